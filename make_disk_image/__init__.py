@@ -1,0 +1,1 @@
+"""NixOS disk images: a typed re-implementation of nixpkgs' make-disk-image.nix."""

@@ -1,0 +1,3 @@
+from make_disk_image.cli import main
+
+raise SystemExit(main())
