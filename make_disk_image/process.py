@@ -1,0 +1,88 @@
+"""The one wrapper through which every external command runs, is logged and fails."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger("make_disk_image")
+
+Arg = str | Path
+
+
+class StepError(Exception):
+    """A build step failed; the message names the step and what to do."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+class CommandError(StepError):
+    """An external command exited non-zero (or could not start)."""
+
+    def __init__(self, step: str, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        detail = stderr.strip()
+        tail = "\n".join(detail.splitlines()[-20:])
+        super().__init__(
+            step,
+            f"command failed (exit {returncode}): {shlex.join(self.argv)}"
+            + (f"\n{tail}" if tail else ""),
+        )
+
+
+def run(
+    argv: Sequence[Arg],
+    *,
+    step: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    stdin: IO[bytes] | int | None = None,
+    stdout: IO[bytes] | int | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one command, logging it; raise CommandError on failure.
+
+    `env` entries are added to the current environment (not a replacement), so PATH
+    set by the driver (Nix's binPath) still applies. stdout is captured unless a
+    destination is given; stderr is always captured so failures can quote it.
+    """
+    args = [str(a) for a in argv]
+    full_env = None
+    if env:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+    logger.info("[%s] $ %s%s", step, prefix + " " if prefix else "", shlex.join(args))
+    try:
+        proc = subprocess.run(
+            args,
+            env=full_env,
+            cwd=cwd,
+            input=input,
+            stdin=stdin if input is None else None,
+            stdout=subprocess.PIPE if stdout is None else stdout,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(step, args, 127, f"{args[0]}: not found on PATH ({exc})") from exc
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        raise CommandError(step, args, -1, f"timed out after {timeout} s\n{err}") from exc
+    stderr = proc.stderr.decode(errors="replace") if proc.stderr else ""
+    if stderr.strip():
+        logger.debug("[%s] stderr: %s", step, stderr.strip())
+    if proc.returncode != 0:
+        raise CommandError(step, args, proc.returncode, stderr)
+    return proc
