@@ -320,6 +320,9 @@ mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 exec </dev/null >/dev/console 2>&1
+# The firmware's last console line ("Booting from ROM..") has no newline; end it so the
+# command's first line starts on its own.
+echo
 
 while read -r ko; do
     # "File exists" (already built in or loaded) and missing CPU features
@@ -550,6 +553,30 @@ def run_in_vm(
     raise StepError(STEP, f"guest setup failed: {value or status}")
 
 
+class _ConsoleText:
+    """Turns serial console bytes into log text: plain newlines, no terminal controls.
+
+    SeaBIOS and OVMF clear the screen and switch video modes with escape sequences;
+    in a log they are noise. A sequence split across reads is held back until complete.
+    """
+
+    _CONTROL = re.compile(r"\x1b(\[[0-9;=?]*[A-Za-z]|[A-Za-z])|\r(?=\n)")
+    _INCOMPLETE = re.compile(r"\x1b(\[[0-9;=?]*)?$|\r$")
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        text = self._held + text
+        incomplete = self._INCOMPLETE.search(text)
+        if incomplete:
+            self._held = text[incomplete.start() :]
+            text = text[: incomplete.start()]
+        else:
+            self._held = ""
+        return self._CONTROL.sub("", text)
+
+
 def _stream_qemu(qemu: Sequence[str], out: IO[str], timeout: float) -> str:
     """Run qemu, copying its console to `out` until it exits; return the console's tail."""
     started = time.monotonic()
@@ -567,7 +594,7 @@ def _stream_qemu(qemu: Sequence[str], out: IO[str], timeout: float) -> str:
     try:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
-        pending_cr = False
+        console = _ConsoleText()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -581,14 +608,7 @@ def _stream_qemu(qemu: Sequence[str], out: IO[str], timeout: float) -> str:
             chunk = os.read(fd, 65536)
             if not chunk:
                 break
-            text = decoder.decode(chunk)
-            # The serial line ends lines with CRLF; the log wants plain newlines.
-            if pending_cr:
-                text = "\r" + text
-            pending_cr = text.endswith("\r")
-            if pending_cr:
-                text = text[:-1]
-            text = text.replace("\r\n", "\n")
+            text = console.feed(decoder.decode(chunk))
             out.write(text)
             out.flush()
             tail = (tail + text)[-4000:]
@@ -601,6 +621,8 @@ def _stream_qemu(qemu: Sequence[str], out: IO[str], timeout: float) -> str:
         return "\n".join(tail.splitlines()[-30:])
     finally:
         _kill(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,220 @@
+"""The data the engine works on: the validated spec, layouts and the disk plan."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECTOR = 512
+MIB = 1024 * 1024
+FS_BLOCK = 4096  # ext4 block size, as the reference uses
+
+
+class Format(enum.Enum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+    QCOW2_COMPRESSED = "qcow2-compressed"
+    VDI = "vdi"
+    VPC = "vpc"
+
+    @property
+    def qemu_format(self) -> str:
+        return "qcow2" if self is Format.QCOW2_COMPRESSED else self.value
+
+    @property
+    def extension(self) -> str:
+        return {"raw": "img", "qcow2": "qcow2", "vdi": "vdi", "vpc": "vhd"}[self.qemu_format]
+
+
+@dataclass(frozen=True)
+class ContentEntry:
+    """One `contents` element: `source` grafted at `target` in the root filesystem."""
+
+    source: str
+    target: str
+    mode: str | None = None
+    user: str | None = None
+    group: str | None = None
+
+    @property
+    def is_glob(self) -> bool:
+        # The reference globs whenever the source contains '*'.
+        return "*" in self.source
+
+
+@dataclass(frozen=True)
+class Spec:
+    """SPEC.json after validation: the makeDiskImage arguments plus what Nix computed."""
+
+    toplevel: str
+    closureInfo: str
+    diskSize: int | None = None  # MiB; None means "auto"
+    additionalSpace: int = 512 * MIB  # bytes
+    bootSize: int = 256 * MIB  # bytes, as given (before the reference's rounding)
+    contents: tuple[ContentEntry, ...] = ()
+    partitionTableType: str = "legacy"
+    installBootLoader: bool = True
+    touchEFIVars: bool = False
+    efiFirmware: str | None = None
+    efiVariables: str | None = None
+    ovmfSystemManagementModeRequired: bool = False
+    fsType: str = "ext4"
+    label: str = "nixos"
+    configFile: str | None = None
+    postVM: str = ""
+    memSize: int = 1024
+    onlyNixStore: bool = False
+    name: str = "nixos-disk-image"
+    format: Format = Format.RAW
+    baseName: str = "nixos"
+    deterministic: bool = True
+    rootGPUID: str = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
+    rootFSUID: str | None = None
+    copyChannel: bool = True
+    additionalPaths: tuple[str, ...] = ()
+    channelSources: str | None = None
+    grubDevices: tuple[str, ...] = ()
+    limineBiosDevice: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return f"{self.baseName}.{self.format.extension}"
+
+
+class Bound(enum.Enum):
+    """Symbolic partition boundaries of the reference's parted scripts."""
+
+    BOOT_SIZE = "bootSize"  # $bootSizeMiB
+    REST = "100%"
+
+
+@dataclass(frozen=True)
+class PartitionTemplate:
+    """One partition of a layout, as the reference's parted script creates it."""
+
+    role: str  # "esp", "xbootldr", "boot", "bios_grub", "root"
+    start: int | Bound  # MiB, or sector 34 for hybrid's bios_grub (see start_sector)
+    end: int | Bound  # MiB (exclusive, as parted reads "NMiB" ends)
+    parted_fs: str | None
+    name: str | None  # GPT partition name; parted's msdos "primary" has none
+    flags: tuple[str, ...] = ()
+    seed_guid: str | None = None  # deterministic partition GUID; None = rootGPUID
+    start_sector: int | None = None  # overrides `start` (parted's "0" -> first usable)
+    end_sector: int | None = None  # inclusive end sector, overrides `end`
+    filesystem: str | None = None  # made by the guest phase: "vfat"
+    fs_label: str | None = None
+    mountpoint: str | None = None  # under the root mount, in the guest
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A partitionTableType as data."""
+
+    name: str
+    table: str | None  # "msdos", "gpt" or None (filesystem on the whole disk)
+    partitions: tuple[PartitionTemplate, ...]
+    # Space the auto size reserves besides the filesystem (the reference's reservedSpace).
+    reserve_gpt_tail: bool = False
+    reserve_boot_size: bool = False
+    reserve_bytes: int = 0
+
+    @property
+    def root_number(self) -> int | None:
+        for number, part in enumerate(self.partitions, start=1):
+            if part.role == "root":
+                return number
+        return None
+
+
+@dataclass(frozen=True)
+class PlannedPartition:
+    number: int
+    role: str
+    start: int  # sector
+    end: int  # sector, inclusive
+    type: str  # GPT type GUID or MBR type byte (hex)
+    guid: str | None  # GPT partition GUID when deterministic, else None (random)
+    name: str | None
+    flags: tuple[str, ...]
+    filesystem: str | None
+    label: str | None
+    mountpoint: str | None
+
+    @property
+    def sectors(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def offset_bytes(self) -> int:
+        return self.start * SECTOR
+
+    @property
+    def size_bytes(self) -> int:
+        return self.sectors * SECTOR
+
+
+@dataclass(frozen=True)
+class SizeComputation:
+    """How an automatic disk size was reached, in the reference's terms (bytes)."""
+
+    closure_space_use: int
+    fudge: int
+    filesystem_size_needed: int
+    additional_space: int
+    disk_image_size: int
+    files_blocks: int
+    inodes: int
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    partition_table_type: str
+    table: str | None
+    disk_size: int  # bytes
+    size_source: str  # "diskSize" or "auto"
+    auto: SizeComputation | None
+    boot_size: int  # bytes, after the reference's rounding
+    disk_guid: str | None
+    mbr_disk_id: str | None
+    partitions: tuple[PlannedPartition, ...]
+    root_number: int | None
+    root_offset: int  # bytes
+    root_size: int  # bytes
+    fs_type: str
+    label: str
+    root_fs_uuid: str | None
+    image: str = "nixos.raw"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root_partition(self) -> PlannedPartition | None:
+        if self.root_number is None:
+            return None
+        return self.partitions[self.root_number - 1]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["root_partition_device"] = (
+            f"/dev/vda{self.root_number}" if self.root_number else "/dev/vda"
+        )
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DiskPlan:
+        data = dict(data)
+        data.pop("root_partition_device", None)
+        auto = data.pop("auto")
+        parts = data.pop("partitions")
+        return cls(
+            auto=SizeComputation(**auto) if auto else None,
+            partitions=tuple(
+                PlannedPartition(**{**p, "flags": tuple(p["flags"])}) for p in parts
+            ),
+            **data,
+        )
+
+
+def image_path(build_dir: Path, plan: DiskPlan) -> Path:
+    return build_dir / plan.image

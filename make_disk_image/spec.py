@@ -1,0 +1,261 @@
+"""Loading and validating SPEC.json: every reference `assert`, before any slow work."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from make_disk_image.layouts import LAYOUTS
+from make_disk_image.models import MIB, ContentEntry, Format, Spec
+from make_disk_image.utils import parse_iec, round_up_one_unit
+
+
+class SpecError(ValueError):
+    """The spec is wrong; the message names the argument and the fix."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"argument `{argument}`: {message}")
+        self.argument = argument
+
+
+GUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+MODE_RE = re.compile(r"^[0-7]{3,4}$")
+EXT_FAMILY = ("ext2", "ext3", "ext4")
+EFI_VAR_LAYOUTS = ("hybrid", "efi", "efixbootldr", "legacy+gpt")
+
+_Check = Callable[[Any], bool]
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_opt_str(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, str) or _is_int(v)
+
+
+# key -> (type check, human type name)
+FIELDS: Mapping[str, tuple[_Check, str]] = {
+    "diskSize": (lambda v: v == "auto" or _is_int(v) or (isinstance(v, str) and v.isdigit()),
+                 '"auto" or an integer number of MiB'),
+    "additionalSpace": (_is_size, 'a size string such as "512M"'),
+    "bootSize": (_is_size, 'a size string such as "256M"'),
+    "contents": (lambda v: isinstance(v, list), "a list of {source, target, mode?, user?, group?}"),
+    "partitionTableType": (_is_str, "a string"),
+    "installBootLoader": (_is_bool, "a boolean"),
+    "touchEFIVars": (_is_bool, "a boolean"),
+    "efiFirmware": (_is_opt_str, "a path or null"),
+    "efiVariables": (_is_opt_str, "a path or null"),
+    "ovmfSystemManagementModeRequired": (_is_bool, "a boolean"),
+    "fsType": (_is_str, "a string"),
+    "label": (_is_opt_str, "a string or null"),
+    "configFile": (_is_opt_str, "a path or null"),
+    "postVM": (_is_str, "a string of shell code"),
+    "memSize": (_is_int, "an integer number of MiB"),
+    "onlyNixStore": (_is_bool, "a boolean"),
+    "name": (_is_str, "a string"),
+    "format": (_is_str, "a string"),
+    "baseName": (_is_str, "a string"),
+    "deterministic": (_is_bool, "a boolean"),
+    "rootGPUID": (_is_str, "a GUID string"),
+    "rootFSUID": (_is_opt_str, "a UUID string or null"),
+    "copyChannel": (_is_bool, "a boolean"),
+    "additionalPaths": (_is_str_list, "a list of store paths"),
+    "toplevel": (_is_str, "the store path of config.system.build.toplevel"),
+    "closureInfo": (_is_str, "the store path of a closureInfo"),
+    "channelSources": (_is_opt_str, "a store path or null"),
+    "grubDevices": (_is_str_list, "a list of device paths"),
+    "limineBiosDevice": (_is_opt_str, "a device path or null"),
+}
+REQUIRED = ("toplevel", "closureInfo")
+CONTENT_KEYS = ("source", "target", "mode", "user", "group")
+
+
+def load_spec(path: Path) -> Spec:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise SpecError("SPEC.json", f"{path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise SpecError("SPEC.json", f"{path} is not valid JSON: {exc}") from exc
+    return parse_spec(raw)
+
+
+def _parse_contents(value: list[Any]) -> tuple[ContentEntry, ...]:
+    entries: list[ContentEntry] = []
+    for i, item in enumerate(value):
+        where = f"contents[{i}]"
+        if not isinstance(item, dict):
+            raise SpecError(where, "must be an attribute set {source, target, mode?, user?, group?}")
+        unknown = sorted(set(item) - set(CONTENT_KEYS))
+        if unknown:
+            raise SpecError(where, f"unknown attribute(s) {', '.join(unknown)}; "
+                            f"allowed: {', '.join(CONTENT_KEYS)}")
+        for key in ("source", "target"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise SpecError(f"{where}.{key}", "is required and must be a non-empty string")
+        for key in ("mode", "user", "group"):
+            if not _is_opt_str(item.get(key)):
+                raise SpecError(f"{where}.{key}", "must be a string or null")
+        mode = item.get("mode") or None
+        if mode is not None and not MODE_RE.match(mode):
+            raise SpecError(f"{where}.mode", f'"{mode}" is not an octal mode; write it like "755"')
+        user, group = item.get("user") or None, item.get("group") or None
+        if (user is None) != (group is None):
+            raise SpecError(
+                where,
+                "Contents of the disk image should set none of {user, group} or both at the "
+                f"same time (target {item['target']} sets only "
+                f"{'user' if user else 'group'}).",
+            )
+        target = item["target"]
+        if ".." in Path(target).parts:
+            raise SpecError(f"{where}.target", f"{target} must not contain '..'")
+        entries.append(ContentEntry(item["source"], target, mode, user, group))
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if entry.is_glob:
+            continue  # the reference lets globs merge into a directory
+        key = entry.target.strip("/")
+        if key in seen:
+            raise SpecError(
+                f"contents[{i}].target",
+                f"duplicate entry {entry.target} -> {entry.source} "
+                f"(contents[{seen[key]}] already places a file there); remove one of them",
+            )
+        seen[key] = i
+    return tuple(entries)
+
+
+def parse_spec(raw: Any) -> Spec:
+    if not isinstance(raw, dict):
+        raise SpecError("SPEC.json", "must be a JSON object of makeDiskImage arguments")
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise SpecError(unknown[0], f"unknown argument(s) {', '.join(unknown)}; "
+                        "see docs/interface.md for the accepted keys")
+    for key, (check, type_name) in FIELDS.items():
+        if key in raw and not check(raw[key]):
+            raise SpecError(key, f"must be {type_name}, got {json.dumps(raw[key])}")
+    for key in REQUIRED:
+        if key not in raw:
+            raise SpecError(key, "is required (the driver computes it from config)")
+
+    kw: dict[str, Any] = {k: v for k, v in raw.items() if k in FIELDS}
+
+    # partitionTableType: lib.assertOneOf
+    ptt = kw.get("partitionTableType", "legacy")
+    if ptt not in LAYOUTS:
+        raise SpecError("partitionTableType", f'"{ptt}" is not one of '
+                        + ", ".join(f'"{name}"' for name in LAYOUTS))
+
+    fmt = kw.get("format", "raw")
+    try:
+        kw["format"] = Format(fmt)
+    except ValueError:
+        raise SpecError("format", f'"{fmt}" is not one of '
+                        + ", ".join(f'"{f.value}"' for f in Format)) from None
+
+    disk_size = kw.pop("diskSize", "auto")
+    kw["diskSize"] = None if disk_size == "auto" else int(disk_size)
+    if kw["diskSize"] is not None and kw["diskSize"] <= 0:
+        raise SpecError("diskSize", f"{disk_size} MiB must be positive (or \"auto\")")
+
+    for key in ("additionalSpace", "bootSize"):
+        if key in kw:
+            try:
+                kw[key] = parse_iec(kw[key])
+            except ValueError as exc:
+                raise SpecError(key, str(exc)) from None
+
+    if "contents" in kw:
+        kw["contents"] = _parse_contents(kw["contents"])
+    for key in ("additionalPaths", "grubDevices"):
+        if key in kw:
+            kw[key] = tuple(kw[key])
+
+    only_nix_store = kw.get("onlyNixStore", False)
+    if kw.get("label") is None:
+        kw["label"] = "nix-store" if only_nix_store else "nixos"
+    fs_type = kw.get("fsType", "ext4")
+    deterministic = kw.get("deterministic", True)
+    root_gpuid = kw.get("rootGPUID", Spec.rootGPUID)
+    if not GUID_RE.match(root_gpuid):
+        raise SpecError("rootGPUID", f'"{root_gpuid}" is not a GUID '
+                        "(8-4-4-4-12 hexadecimal digits)")
+    if "rootFSUID" not in raw:
+        kw["rootFSUID"] = root_gpuid if fs_type == "ext4" else None
+    if fs_type == "ext4" and deterministic and kw["rootFSUID"] is None:
+        raise SpecError("rootFSUID", "In deterministic mode with a ext4 partition, rootFSUID "
+                        "must be non-null, by default, it is equal to rootGPUID.")
+    if kw["rootFSUID"] is not None and not GUID_RE.match(kw["rootFSUID"]):
+        raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
+
+    if ptt != "none" and fs_type != "ext4":
+        raise SpecError("fsType", f'"{fs_type}": to produce a partition table, we need to use '
+                        "-E offset flag which is support only for fsType = ext4")
+    if fs_type not in EXT_FAMILY:
+        raise SpecError("fsType", f'"{fs_type}" cannot be filled without root; this engine '
+                        "fills ext2, ext3 and ext4 (mke2fs -d). Use one of those.")
+    if len(kw["label"].encode()) > 16:
+        raise SpecError("label", f'"{kw["label"]}" is longer than the 16 bytes an ext4 label holds')
+
+    if kw.get("touchEFIVars", False):
+        if ptt not in EFI_VAR_LAYOUTS:
+            raise SpecError("touchEFIVars", "EFI variables can be used only with a partition "
+                            "table of type: hybrid, efi, efixbootldr, or legacy+gpt.")
+        for key in ("efiFirmware", "efiVariables"):
+            if not kw.get(key):
+                raise SpecError(key, "is required when touchEFIVars is true (OVMF.firmware / "
+                                "OVMF.variables)")
+
+    if only_nix_store and (kw.get("contents") or kw.get("configFile") is not None
+                           or kw.get("installBootLoader", True)):
+        raise SpecError("onlyNixStore", "In a only Nix store image, the contents must be empty, "
+                        "no configuration must be provided and no bootloader should be installed.")
+
+    if kw.get("copyChannel", True) and not kw.get("channelSources"):
+        raise SpecError("channelSources", "is required when copyChannel is true (or set "
+                        "copyChannel = false)")
+
+    base = kw.get("baseName", "nixos")
+    if not base or "/" in base:
+        raise SpecError("baseName", f'"{base}" must be a file name without "/"')
+    if kw.get("memSize", 1024) < 256:
+        raise SpecError("memSize", f"{kw['memSize']} MiB is too little for the build VM; "
+                        "use at least 256")
+
+    _check_boot_size(ptt, kw.get("bootSize", Spec.bootSize))
+    return Spec(**kw)
+
+
+def _check_boot_size(ptt: str, boot_size: int) -> None:
+    """Partitions that end at bootSize must still have room after the reference's rounding."""
+    rounded_mib = round_up_one_unit(boot_size, MIB) // MIB
+    minimum = {"efi": 8, "hybrid": 8, "efixbootldr": 100, "legacy+boot": 1}.get(ptt)
+    if minimum is not None and rounded_mib <= minimum:
+        raise SpecError(
+            "bootSize",
+            f"{boot_size} bytes puts the end of the boot partition at {rounded_mib} MiB, but "
+            f"for {ptt} it must end after {minimum} MiB; use a bootSize of at least "
+            f"{minimum}M",
+        )
