@@ -1,0 +1,102 @@
+# The stand-in's vmTools.runInLinuxVM, shaped as nixpkgs' pkgs/build-support/vm:
+# the derivation's builder becomes a script that saves the environment to
+# xchg/saved-env, runs preVM, boots a qemu TCG guest with `$diskImage` as virtio
+# /dev/vda and the store (read-write) and ./xchg (at /tmp/xchg) shared in, runs the
+# original builder there with the saved environment, reads its exit status back from
+# xchg/in-vm-exit, then runs postVM. The guest is make_disk_image/vm.py: the host's
+# kernel and root file system over 9p instead of a NixOS kernel and initrd.
+{
+  lib,
+  bash,
+  coreutils,
+  python3,
+  vmRunner,
+  writeText,
+  storeDir,
+}:
+rec {
+  # Runs in the guest (after vm.py chroots into the host's root): restore the build's
+  # environment, run the original builder, record its status for the host.
+  stage2Init = writeText "vm-run-stage2" ''
+    source /tmp/xchg/saved-env
+    export NIX_STORE=${storeDir}
+    export NIX_BUILD_TOP=/tmp
+    export TMPDIR=/tmp TMP=/tmp TEMP=/tmp TEMPDIR=/tmp
+    export PATH=/empty
+    cd "$NIX_BUILD_TOP"
+    source "$stdenv/setup"
+    exec < /dev/null
+    "$origBuilder" $origArgs && exitCode=0 || exitCode=$?
+    echo "$exitCode" > /tmp/xchg/in-vm-exit
+  '';
+
+  qemuCommandLinux = ''
+    PYTHONPATH=${vmRunner} ${python3}/bin/python3 -m make_disk_image.vm \
+      --share ${storeDir}:${storeDir}:rw \
+      --share "$NIX_BUILD_TOP/xchg:/tmp/xchg:rw" \
+      ''${diskImage:+--disk "$diskImage"} \
+      --mem "$memSize" \
+      --qemu-opts "$QEMU_OPTS" \
+      --cwd /tmp \
+      -- ${bash}/bin/bash ${stage2Init}
+  '';
+
+  vmRunCommand =
+    qemuCommand:
+    writeText "vm-run" ''
+      ${coreutils}/bin/mkdir xchg
+      export > xchg/saved-env
+      source $stdenv/setup
+
+      eval "$preVM"
+
+      # Write the command that starts the VM to a file so that the user can debug
+      # inside the VM if the build fails (nix-build -K keeps the build directory).
+      ${coreutils}/bin/cat > ./run-vm <<EOF
+      #! ${bash}/bin/sh
+      ''${diskImage:+diskImage=$diskImage}
+      ${qemuCommand}
+      EOF
+
+      ${coreutils}/bin/chmod +x ./run-vm
+      source ./run-vm
+
+      if ! test -e xchg/in-vm-exit; then
+        echo "Virtual machine didn't produce an exit code."
+        exit 1
+      fi
+
+      exitCode="$(${coreutils}/bin/cat xchg/in-vm-exit)"
+      if [ "$exitCode" != "0" ]; then
+        exit "$exitCode"
+      fi
+
+      eval "$postVM"
+    '';
+
+  runInLinuxVM =
+    drv:
+    lib.overrideDerivation drv (
+      {
+        memSize ? 512,
+        QEMU_OPTS ? "",
+        args,
+        builder,
+        ...
+      }:
+      {
+        builder = "${bash}/bin/sh";
+        args = [
+          "-e"
+          (vmRunCommand qemuCommandLinux)
+        ];
+        origArgs = args;
+        origBuilder = builder;
+        # nixpkgs adds "-m memSize" to QEMU_OPTS; vm.py takes the size as --mem.
+        inherit memSize QEMU_OPTS;
+        # The guest cannot see files in the host's build directory, so the build
+        # script travels in the environment (saved-env), as in nixpkgs.
+        passAsFile = [ ];
+      }
+    );
+}

@@ -1,0 +1,110 @@
+# system.build of the stand-in NixOS: toplevel (with activate and
+# bin/switch-to-configuration, as NixOS' toplevel has), and nixos-install.
+{
+  pkgs,
+  lib,
+  config,
+}:
+let
+  inherit (pkgs) busybox runCommand writeText;
+
+  passwd = lib.concatStringsSep "" (
+    lib.mapAttrsToList (
+      name: user:
+      "${name}:x:${toString user.uid}:${toString config.users.groups.${user.group}.gid}::${
+        user.home or "/var/empty"
+      }:/run/current-system/sw/bin/sh\n"
+    ) config.users.users
+  );
+  group = lib.concatStringsSep "" (
+    lib.mapAttrsToList (name: g: "${name}:x:${toString g.gid}:\n") config.users.groups
+  );
+
+  etc = runCommand "etc" { } ''
+    mkdir -p $out/etc
+    cp ${writeText "passwd" passwd} $out/etc/passwd
+    cp ${writeText "group" group} $out/etc/group
+    echo ${config.networking.hostName} > $out/etc/hostname
+    cat > $out/etc/os-release <<EOF
+    NAME=NixOS
+    ID=nixos
+    VERSION_ID="${config.system.nixos.release}"
+    BUILD_ID="${config.system.nixos.version}"
+    EOF
+  '';
+
+  system-path = runCommand "system-path" { } ''
+    mkdir -p $out/bin
+    for applet in sh cat chown chmod id ln ls mkdir readlink rm test echo stat; do
+      ln -s ${busybox}/bin/busybox $out/bin/$applet
+    done
+  '';
+
+  grub = config.boot.loader.grub;
+  limine = config.boot.loader.limine;
+  bootDevices =
+    lib.optionals grub.enable grub.devices
+    ++ lib.optional (limine.enable && limine.biosSupport) limine.biosDevice;
+
+  # What `switch-to-configuration boot` does here: record the boot loader installation
+  # on /boot, and fail as grub-install would when a configured device is missing.
+  installBootLoader = ''
+    if [ "$action" = boot ] || [ "$action" = switch ]; then
+      mkdir -p /boot
+      {
+        echo "system=$systemConfig"
+        echo "install=''${NIXOS_INSTALL_BOOTLOADER:-}"
+        for device in ${lib.concatStringsSep " " (map (d: "'${d}'") bootDevices)}; do
+          if [ "$device" != nodev ] && ! [ -b "$device" ]; then
+            echo "switch-to-configuration: boot device $device is not a block device" >&2
+            exit 1
+          fi
+          echo "device=$device"
+        done
+      } > /boot/nixos-standin-bootloader
+    fi
+  '';
+in
+{
+  inherit etc system-path;
+
+  toplevel = runCommand "nixos-system-${config.networking.hostName}-${config.system.nixos.version}" { } ''
+    mkdir -p $out/bin
+    ln -s ${etc}/etc $out/etc
+    ln -s ${system-path} $out/sw
+    echo -n ${config.system.nixos.version} > $out/nixos-version
+
+    cat > $out/activate <<EOF
+    #!${busybox}/bin/sh
+    systemConfig=$out
+    export PATH=${busybox}/bin
+    mkdir -p /etc /bin /run /tmp /var /root
+    for f in hostname os-release; do ln -sfn ${etc}/etc/\$f /etc/\$f; done
+    cat ${etc}/etc/passwd > /etc/passwd
+    cat ${etc}/etc/group > /etc/group
+    ln -sfn ${busybox}/bin/sh /bin/sh
+    ln -sfn \$systemConfig /run/current-system
+    EOF
+
+    cat > $out/bin/switch-to-configuration <<EOF
+    #!${busybox}/bin/sh
+    set -e
+    systemConfig=$out
+    action=\$1
+    export PATH=${busybox}/bin
+    ${lib.replaceStrings [ "$" ] [ "\\$" ] installBootLoader}
+    EOF
+    chmod +x $out/activate $out/bin/switch-to-configuration
+  '';
+
+  # NixOS' installer tool; the engine fills the image without it.
+  nixos-install = runCommand "nixos-install" { } ''
+    mkdir -p $out/bin
+    cat > $out/bin/nixos-install <<'EOF'
+    #!${pkgs.bash}/bin/bash
+    echo "nixos-install is not part of the offline nixpkgs stand-in" >&2
+    exit 1
+    EOF
+    chmod +x $out/bin/nixos-install
+  '';
+}

@@ -1,0 +1,553 @@
+# The stand-in's package set: nixpkgs' attribute names, signatures and semantics for
+# what default.nix, flake.nix and the tests use, built by this host's Nix 2.8 offline.
+# Tool packages are links to Debian's binaries (see build-support/debian-package.sh).
+{
+  system ? builtins.currentSystem,
+}:
+let
+  lib = import ./lib.nix;
+  inherit (lib) optionalString;
+
+  storeDir = builtins.storeDir;
+
+  # Host programs the bootstrap derivations run with before any stand-in package exists.
+  hostPath = "/usr/bin:/bin:/usr/sbin:/sbin";
+
+  # A package of links to the executables (and Python modules) of Debian packages.
+  debianPackage =
+    {
+      pname,
+      debianPackages ? [ pname ],
+      # NAME=TARGET links added to bin/ (e.g. nixpkgs' bash also provides sh)
+      extraLinks ? [ ],
+      passthru ? { },
+      meta ? { },
+    }:
+    derivation {
+      name = "${pname}-debian";
+      inherit system debianPackages extraLinks;
+      builder = "/bin/bash";
+      args = [ ./build-support/debian-package.sh ];
+      PATH = hostPath;
+      preferLocalBuild = true;
+    }
+    // passthru
+    // {
+      inherit pname meta;
+    };
+
+  bash = debianPackage {
+    pname = "bash";
+    extraLinks = [ "sh=/bin/bash" ];
+    meta.mainProgram = "bash";
+  };
+  coreutils = debianPackage { pname = "coreutils"; };
+  findutils = debianPackage { pname = "findutils"; };
+  diffutils = debianPackage { pname = "diffutils"; };
+  gnused = debianPackage {
+    pname = "gnused";
+    debianPackages = [ "sed" ];
+  };
+  gnugrep = debianPackage {
+    pname = "gnugrep";
+    debianPackages = [ "grep" ];
+  };
+  gawk = debianPackage {
+    pname = "gawk";
+    debianPackages = [ ];
+    # Debian's default awk (mawk) under nixpkgs' names.
+    extraLinks = [
+      "awk=/usr/bin/awk"
+      "gawk=/usr/bin/awk"
+    ];
+  };
+  gnutar = debianPackage {
+    pname = "gnutar";
+    debianPackages = [ "tar" ];
+  };
+  gzip = debianPackage { pname = "gzip"; };
+  bzip2 = debianPackage { pname = "bzip2"; };
+  xz = debianPackage {
+    pname = "xz";
+    debianPackages = [ "xz-utils" ];
+  };
+
+  stdenvInitialPath = [
+    coreutils
+    findutils
+    diffutils
+    gnused
+    gnugrep
+    gawk
+    gnutar
+    gzip
+    bzip2
+    xz
+    bash
+  ];
+
+  # The store path sourced as `$stdenv/setup`.
+  stdenvSetup = derivation {
+    name = "stdenv-linux";
+    inherit system;
+    builder = "/bin/bash";
+    PATH = hostPath;
+    setupTemplate = ./stdenv/setup.sh;
+    shell = "${bash}/bin/bash";
+    initialPath = stdenvInitialPath;
+    args = [
+      "-c"
+      ''
+        set -eu
+        mkdir -p "$out"
+        sed -e "s|@shell@|$shell|" -e "s|@initialPath@|$initialPath|" "$setupTemplate" > "$out/setup"
+      ''
+    ];
+  };
+
+  # nixpkgs' mkDerivation, reduced to what the stand-in needs: attributes become the
+  # environment, `passthru`/`meta` stay on the Nix value, the builder runs genericBuild.
+  mkDerivation =
+    {
+      name ? "${attrs.pname}-${attrs.version}",
+      passthru ? { },
+      meta ? { },
+      ...
+    }@attrs:
+    let
+      drvAttrs = removeAttrs attrs [
+        "passthru"
+        "meta"
+        "pname"
+        "version"
+      ];
+      drv = derivation (
+        {
+          inherit system name;
+          builder = "${bash}/bin/bash";
+          args = [
+            "-e"
+            ./stdenv/default-builder.sh
+          ];
+          stdenv = stdenvSetup;
+        }
+        // drvAttrs
+      );
+    in
+    drv
+    // passthru
+    // {
+      inherit meta passthru;
+    }
+    // lib.optionalAttrs (attrs ? pname) { inherit (attrs) pname; }
+    // lib.optionalAttrs (attrs ? version) { inherit (attrs) version; };
+
+  stdenv = {
+    inherit mkDerivation system;
+    initialPath = stdenvInitialPath;
+    shell = "${bash}/bin/bash";
+    isLinux = true;
+    hostPlatform = {
+      inherit system;
+      isLinux = true;
+      isx86_64 = system == "x86_64-linux";
+      isAarch64 = system == "aarch64-linux";
+    };
+    buildPlatform = stdenv.hostPlatform;
+    outPath = stdenvSetup.outPath;
+  };
+
+  # nixpkgs' runCommandWith/runCommand: the script passed as a file (passAsFile).
+  runCommandWith =
+    {
+      name,
+      derivationArgs ? { },
+      ...
+    }:
+    buildCommand:
+    mkDerivation (
+      {
+        enableParallelBuilding = true;
+        inherit buildCommand name;
+        passAsFile = [ "buildCommand" ] ++ (derivationArgs.passAsFile or [ ]);
+      }
+      // removeAttrs derivationArgs [ "passAsFile" ]
+    );
+  runCommand =
+    name: env:
+    runCommandWith {
+      inherit name;
+      derivationArgs = env;
+    };
+  runCommandLocal = name: env: runCommand name ({ preferLocalBuild = true; } // env);
+
+  # nixpkgs' writeTextFile and its short forms.
+  writeTextFile =
+    {
+      name,
+      text,
+      executable ? false,
+      destination ? "",
+      checkPhase ? "",
+      meta ? { },
+      passthru ? { },
+    }:
+    runCommand name
+      {
+        inherit
+          text
+          executable
+          checkPhase
+          meta
+          passthru
+          ;
+        passAsFile = [ "text" ];
+        preferLocalBuild = true;
+        allowSubstitutes = false;
+      }
+      ''
+        target=$out${destination}
+        mkdir -p "$(dirname "$target")"
+        if [ -e "$textPath" ]; then
+          mv "$textPath" "$target"
+        else
+          echo -n "$text" > "$target"
+        fi
+        if [ -n "$executable" ]; then
+          chmod +x "$target"
+        fi
+        eval "$checkPhase"
+      '';
+  writeText = name: text: writeTextFile { inherit name text; };
+  writeScript =
+    name: text:
+    writeTextFile {
+      inherit name text;
+      executable = true;
+    };
+  writeShellScript =
+    name: text:
+    writeScript name ''
+      #!${bash}/bin/bash
+      ${text}
+    '';
+  writeShellScriptBin =
+    name: text:
+    writeTextFile {
+      inherit name;
+      executable = true;
+      destination = "/bin/${name}";
+      text = ''
+        #!${bash}/bin/bash
+        ${text}
+      '';
+      meta.mainProgram = name;
+    };
+
+  # nixpkgs' closureInfo: Nix exports the reference graph of rootPaths, the builder
+  # turns it into store-paths and a registration for `nix-store --load-db`.
+  closureInfo =
+    { rootPaths }:
+    derivation {
+      name = "closure-info";
+      inherit system;
+      __structuredAttrs = true;
+      exportReferencesGraph.closure = rootPaths;
+      preferLocalBuild = true;
+      builder = "${python3}/bin/python3";
+      args = [ ./build-support/closure-info.py ];
+    };
+
+  busybox = derivation {
+    name = "busybox-static-debian";
+    inherit system;
+    builder = "/bin/bash";
+    PATH = hostPath;
+    # A copy, not a link: the stand-in NixOS closure must run inside the image's chroot,
+    # where only the store closure exists.
+    args = [
+      "-c"
+      ''
+        set -eu
+        mkdir -p "$out/bin"
+        cp /bin/busybox "$out/bin/busybox"
+        for applet in sh ash cat chown chmod id ln ls mkdir readlink rm test echo; do
+          ln -s busybox "$out/bin/$applet"
+        done
+      ''
+    ];
+  };
+
+  python3 =
+    debianPackage {
+      pname = "python3";
+      debianPackages = [ ];
+      extraLinks = [
+        "python3=/usr/bin/python3"
+        "python=/usr/bin/python3"
+        "python3.11=/usr/bin/python3.11"
+      ];
+      meta.mainProgram = "python3";
+    }
+    // {
+      pythonVersion = "3.11";
+      sitePackages = "lib/python3.11/site-packages";
+      interpreter = "${python3}/bin/python3";
+      pkgs = python3Packages;
+    };
+
+  python3Packages = {
+    python = python3;
+    pyparted = debianPackage {
+      pname = "pyparted";
+      debianPackages = [ "python3-parted" ];
+    };
+    pyudev = debianPackage {
+      pname = "pyudev";
+      debianPackages = [ "python3-pyudev" ];
+    };
+    pytest = debianPackage {
+      pname = "pytest";
+      debianPackages = [ "python3-pytest" ];
+    };
+    setuptools = debianPackage {
+      pname = "setuptools";
+      debianPackages = [ "python3-setuptools" ];
+    };
+
+    # nixpkgs' buildPythonApplication for a setuptools (setup.cfg) project: the check
+    # phase runs after installation, as nixpkgs runs it as installCheckPhase.
+    buildPythonApplication =
+      {
+        pname,
+        version,
+        src,
+        pyproject ? null,
+        format ? null,
+        build-system ? [ ],
+        dependencies ? [ ],
+        propagatedBuildInputs ? [ ],
+        nativeCheckInputs ? [ ],
+        doCheck ? true,
+        checkPhase ? null,
+        meta ? { },
+        passthru ? { },
+        ...
+      }@attrs:
+      mkDerivation (
+        removeAttrs attrs [
+          "pyproject"
+          "format"
+          "build-system"
+          "dependencies"
+          "checkPhase"
+          "doCheck"
+        ]
+        // {
+          name = "${pname}-${version}";
+          nativeBuildInputs = [ python3 ] ++ build-system;
+          dependencies = dependencies ++ propagatedBuildInputs;
+          propagatedBuildInputs = dependencies ++ propagatedBuildInputs;
+          inherit nativeCheckInputs;
+          phases = "unpackPhase installPhase installCheckPhase";
+          installPhase = ''
+            runHook preInstall
+            ${python3}/bin/python3 ${./build-support/python-application.py} ${python3}/bin/python3
+            runHook postInstall
+          '';
+          doInstallCheck = doCheck;
+          installCheckPhase = ''
+            export PYTHONPATH=$out/${python3.sitePackages}''${PYTHONPATH:+:$PYTHONPATH}
+            export PATH=$out/bin:$PATH
+            export HOME=$TMPDIR
+          ''
+          + (if checkPhase != null then checkPhase else "runHook preCheck; runHook postCheck");
+          inherit meta passthru;
+        }
+      );
+  };
+
+  e2fsprogs = debianPackage { pname = "e2fsprogs"; };
+  dosfstools = debianPackage { pname = "dosfstools"; };
+  mtools = debianPackage { pname = "mtools"; };
+  gptfdisk = debianPackage {
+    pname = "gptfdisk";
+    debianPackages = [ "gdisk" ];
+  };
+  util-linux = debianPackage {
+    pname = "util-linux";
+    # nixpkgs' util-linux holds what Debian splits into three packages.
+    debianPackages = [
+      "util-linux"
+      "fdisk"
+      "mount"
+    ];
+  };
+  parted = debianPackage { pname = "parted"; };
+  qemu-utils = debianPackage { pname = "qemu-utils"; };
+  qemu = debianPackage {
+    pname = "qemu";
+    debianPackages = [
+      "qemu-system-x86"
+      "qemu-utils"
+    ];
+  };
+  nix = debianPackage {
+    pname = "nix";
+    debianPackages = [ "nix-bin" ];
+  };
+  kmod = debianPackage { pname = "kmod"; };
+  systemdMinimal = debianPackage {
+    pname = "systemd-minimal";
+    debianPackages = [
+      "systemd"
+      "systemd-boot"
+    ];
+  };
+  jq = debianPackage { pname = "jq"; };
+
+  # nixpkgs' OVMF: the `fd` output holds FV/OVMF_CODE.fd and FV/OVMF_VARS.fd, and
+  # firmware/variables name them. Debian's 4 MiB builds without secure boot need no SMM.
+  OVMF =
+    let
+      fd =
+        derivation {
+          name = "OVMF-debian-fd";
+          inherit system;
+          builder = "/bin/bash";
+          PATH = hostPath;
+          args = [
+            "-c"
+            ''
+              set -eu
+              mkdir -p "$out/FV"
+              cp /usr/share/OVMF/OVMF_CODE_4M.fd "$out/FV/OVMF_CODE.fd"
+              cp /usr/share/OVMF/OVMF_VARS_4M.fd "$out/FV/OVMF_VARS.fd"
+            ''
+          ];
+        }
+        // passthru;
+      passthru = {
+        firmware = "${fd}/FV/OVMF_CODE.fd";
+        variables = "${fd}/FV/OVMF_VARS.fd";
+        systemManagementModeRequired = false;
+      };
+    in
+    fd // { inherit fd; };
+
+  # The guest runner of runInLinuxVM is the project's own qemu TCG runner
+  # (make_disk_image/vm.py), taken from the checkout this stand-in lives in.
+  vmRunnerSource = ../../make_disk_image;
+  vmRunner =
+    if builtins.pathExists (vmRunnerSource + "/vm.py") then
+      runCommand "make-disk-image-vm-runner" { } ''
+        mkdir -p $out
+        cp -r ${builtins.path {
+          path = vmRunnerSource;
+          name = "make_disk_image";
+          filter = path: _type: baseNameOf path != "__pycache__";
+        }} $out/make_disk_image
+      ''
+    else
+      throw "tests/nixpkgs: vmTools needs make_disk_image/vm.py two directories up; load the stand-in from a checkout of the project (path:REPO?dir=tests/nixpkgs for flakes)";
+
+  vmTools = import ./build-support/vm.nix {
+    inherit
+      lib
+      bash
+      coreutils
+      python3
+      vmRunner
+      writeText
+      storeDir
+      ;
+  };
+
+  # nixos-enter as nixpkgs' (nixos/modules/installer/tools/nixos-enter.sh): the mock
+  # from testsys/ when the checkout has it.
+  nixosEnterScript = ../../testsys/bin/nixos-enter;
+  nixos-enter = runCommand "nixos-enter" { meta.mainProgram = "nixos-enter"; } (
+    if builtins.pathExists nixosEnterScript then
+      ''
+        mkdir -p $out/bin
+        cp ${nixosEnterScript} $out/bin/nixos-enter
+        chmod +x $out/bin/nixos-enter
+      ''
+    else
+      ''
+        mkdir -p $out/bin
+        cp ${./build-support/nixos-enter.sh} $out/bin/nixos-enter
+        chmod +x $out/bin/nixos-enter
+      ''
+  );
+
+  # A formatter package for flake.nix's `formatter` output: there is no nixfmt on
+  # Debian 12, so running it says so.
+  nixfmt-tree = writeShellScriptBin "treefmt" ''
+    echo "nixfmt is not available in the offline nixpkgs stand-in" >&2
+    exit 1
+  '';
+
+  callPackage =
+    fn: overrides:
+    let
+      f = if builtins.isFunction fn then fn else import fn;
+      wanted = builtins.functionArgs f;
+      available = lib.filterAttrs (name: _: builtins.hasAttr name pkgs) wanted;
+    in
+    f ((builtins.mapAttrs (name: _: pkgs.${name}) available) // overrides);
+
+  pkgs = {
+    inherit
+      lib
+      system
+      stdenv
+      bash
+      coreutils
+      findutils
+      diffutils
+      gnused
+      gnugrep
+      gawk
+      gnutar
+      gzip
+      bzip2
+      xz
+      busybox
+      python3
+      python3Packages
+      e2fsprogs
+      dosfstools
+      mtools
+      gptfdisk
+      util-linux
+      parted
+      qemu-utils
+      qemu
+      nix
+      kmod
+      systemdMinimal
+      jq
+      OVMF
+      runCommand
+      runCommandWith
+      runCommandLocal
+      writeTextFile
+      writeText
+      writeScript
+      writeShellScript
+      writeShellScriptBin
+      closureInfo
+      vmTools
+      nixos-enter
+      nixfmt-tree
+      callPackage
+      ;
+    stdenvNoCC = stdenv;
+    systemd = systemdMinimal;
+    python3Minimal = python3;
+    path = ./.;
+    pkgs = pkgs;
+  };
+in
+pkgs
