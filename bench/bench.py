@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""Benchmarks for make-disk-image. Prints figures; asserts nothing about time.
+
+    python3 bench/bench.py [--size-mb 500] [--layouts legacy,efi,...] [--only NAME,...]
+
+Sections (all on one synthetic closure of --size-mb, made with Debian's Nix):
+  prepare    wall time of `make-disk-image prepare` per partitionTableType (auto size)
+  autosize   the engine's auto disk size against the smallest filesystem `mkfs.ext4 -d`
+             fills, found by bisection over MiB
+  mkfs       `mke2fs -d -` (tar stream) vs `mke2fs -d DIR` vs `-O ^metadata_csum` then
+             `tune2fs -O metadata_csum` + `e2fsck -fyD`
+  qcow2      `qemu-img convert` to qcow2: plain, zlib (-c), zstd (-c -o
+             compression_type=zstd): time and size
+
+Run as root (Debian's Nix is single-user here). Needs ~4x --size-mb of free space
+under --workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+LAYOUTS = ("legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hybrid", "none")
+SECTIONS = ("prepare", "autosize", "mkfs", "qcow2")
+# Fixed so runs are comparable and mke2fs output is reproducible.
+FS_UUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
+SOURCE_DATE_EPOCH = "1"
+
+
+@dataclass(frozen=True)
+class Closure:
+    """A synthetic NixOS-like closure in the real Nix store, with a closureInfo dir."""
+
+    toplevel: str
+    store_paths: tuple[str, ...]
+    closure_info: Path
+    apparent_bytes: int
+    entries: int
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    detail: str = ""
+
+
+def run(argv: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+@contextmanager
+def stopwatch() -> Iterator[Callable[[], float]]:
+    start = time.monotonic()
+    end: list[float] = []
+    yield lambda: (end[0] if end else time.monotonic()) - start
+    end.append(time.monotonic())
+
+
+def timed(argv: Sequence[str | Path], **kwargs: object) -> float:
+    with stopwatch() as elapsed:
+        run(argv, **kwargs)
+    return elapsed()
+
+
+def human(n: int) -> str:
+    return f"{n / MIB:,.1f} MiB"
+
+
+# --- the synthetic closure ---------------------------------------------------------
+
+
+def _file_bytes(rng: random.Random, size: int) -> bytes:
+    """Roughly like store contents: a third incompressible, the rest repetitive text."""
+    noise = rng.randbytes(size // 3)
+    words = b"lib/x86_64-linux-gnu /nix/store/ GLIBC_2.34 symbol_table .text .rodata "
+    text = (words * (size // len(words) + 1))[: size - len(noise)]
+    return noise + text
+
+
+def _write_package(root: Path, rng: random.Random, budget: int) -> tuple[int, int]:
+    """One package directory of about `budget` bytes; returns (bytes, entries)."""
+    written = entries = 0
+    for sub in ("bin", "lib", "share/doc", "share/man/man1"):
+        (root / sub).mkdir(parents=True)
+        entries += 1
+    n = 0
+    while written < budget:
+        # Mostly small files, a few large ones: a log-normal with a ~6 KiB median.
+        size = min(int(rng.lognormvariate(8.7, 1.6)), budget - written, 24 * MIB)
+        size = max(size, 1)
+        sub = rng.choice(("bin", "lib", "lib", "share/doc", "share/man/man1"))
+        path = root / sub / f"f{n}"
+        path.write_bytes(_file_bytes(rng, size))
+        if sub == "bin":
+            path.chmod(0o755)
+        written += size
+        entries += 1
+        n += 1
+        if n % 17 == 0:
+            (root / sub / f"link{n}").symlink_to(f"f{n - 1}")
+            entries += 1
+    return written, entries
+
+
+def make_closure(work: Path, total_bytes: int, packages: int = 40, seed: int = 1) -> Closure:
+    """Add `packages` directories totalling ~total_bytes to the Nix store, plus a
+    toplevel linking to them, and write a closureInfo directory (store-paths,
+    registration) the way nixpkgs' closureInfo does."""
+    rng = random.Random(seed)
+    staging = work / "closure-src"
+    store_paths: list[str] = []
+    apparent = entries = 0
+    for i in range(packages):
+        pkg = staging / f"bench-pkg-{i:02d}"
+        size, count = _write_package(pkg, rng, total_bytes // packages)
+        apparent += size
+        entries += count
+        store_paths.append(run(["nix-store", "--add", pkg]).stdout.decode().strip())
+    top = staging / "bench-toplevel"
+    top.mkdir()
+    (top / "init").write_text("#!/bin/sh\nexec /bin/sh\n")
+    (top / "init").chmod(0o755)
+    (top / "kernel-params").write_text("console=ttyS0\n")
+    (top / "nixos-version").write_text("25.11pre-bench\n")
+    (top / "sw").mkdir()
+    for i, path in enumerate(store_paths):
+        (top / "sw" / f"pkg{i:02d}").symlink_to(path)
+    toplevel = run(["nix-store", "--add", top]).stdout.decode().strip()
+    store_paths.append(toplevel)
+    shutil.rmtree(staging)
+    info = work / "closure-info"
+    info.mkdir()
+    (info / "store-paths").write_text("".join(f"{p}\n" for p in sorted(store_paths)))
+    (info / "registration").write_bytes(run(["nix-store", "--dump-db", *store_paths]).stdout)
+    return Closure(toplevel, tuple(sorted(store_paths)), info, apparent, entries)
+
+
+def stage_root(closure: Closure, dest: Path) -> None:
+    """A root tree like the image's: the store paths under nix/store, plus the
+    system profile. Used for the mke2fs comparisons."""
+    (dest / "nix/store").mkdir(parents=True)
+    for path in closure.store_paths:
+        run(["cp", "-a", path, dest / "nix/store"])
+    (dest / "nix/var/nix/profiles").mkdir(parents=True)
+    (dest / "nix/var/nix/profiles/system-1-link").symlink_to(closure.toplevel)
+    (dest / "nix/var/nix/profiles/system").symlink_to("system-1-link")
+    (dest / "etc").mkdir()
+    (dest / "etc/NIXOS").touch()
+
+
+# --- sections --------------------------------------------------------------------------
+
+
+def engine(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> bytes:
+    argv = [sys.executable, "-m", "make_disk_image", *map(str, args)]
+    full_env = dict(os.environ, **(env or {}))
+    full_env["PYTHONPATH"] = f"{REPO}:{full_env.get('PYTHONPATH', '')}"
+    proc = subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr.decode()[-2000:]}")
+    return proc.stdout
+
+
+def write_spec(path: Path, closure: Closure, layout: str, **extra: object) -> Path:
+    spec = {
+        "toplevel": closure.toplevel,
+        "closureInfo": str(closure.closure_info),
+        "partitionTableType": layout,
+        "copyChannel": False,
+        "installBootLoader": False,
+        **extra,
+    }
+    path.write_text(json.dumps(spec, indent=2))
+    return path
+
+
+def bench_prepare(work: Path, closure: Closure, layouts: Sequence[str]) -> dict[str, Measured]:
+    results = {}
+    for layout in layouts:
+        build = work / f"prepare-{layout.replace('+', '-')}"
+        out = build / "out"
+        out.mkdir(parents=True)
+        spec = write_spec(build / "spec.json", closure, layout)
+        with stopwatch() as elapsed:
+            engine("prepare", spec, "--out", out, cwd=build, env={"out": str(out)})
+        seconds = elapsed()
+        size = (build / "nixos.raw").stat().st_size
+        results[layout] = Measured(seconds, f"disk {human(size)}")
+        print(f"  prepare {layout:<12} {seconds:6.1f} s   {human(size)}", flush=True)
+        shutil.rmtree(build)
+    return results
+
+
+def mkfs_fits(root: Path, img: Path, size_mib: int) -> bool:
+    img.unlink(missing_ok=True)
+    proc = subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", root, img, f"{size_mib}M"],
+        capture_output=True,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
+def smallest_mkfs_size(root: Path, img: Path, upper_mib: int) -> int:
+    """Bisect the smallest whole-MiB filesystem `mkfs.ext4 -d` fills without error."""
+    low, high = 1, upper_mib  # low fails (or is untested), high fits
+    if not mkfs_fits(root, img, high):
+        raise RuntimeError(f"even {upper_mib} MiB is too small for {root}")
+    while high - low > 1:
+        mid = (low + high) // 2
+        if mkfs_fits(root, img, mid):
+            high = mid
+        else:
+            low = mid
+    img.unlink(missing_ok=True)
+    return high
+
+
+def bench_autosize(work: Path, closure: Closure, root: Path) -> None:
+    build = work / "autosize"
+    build.mkdir()
+    spec = write_spec(build / "spec.json", closure, "none", additionalSpace="0M")
+    plan = json.loads(engine("plan", spec, cwd=build))
+    fs_bytes = plan["root_size"]
+    auto = plan.get("auto") or {}
+    with stopwatch() as elapsed:
+        smallest = smallest_mkfs_size(root, build / "probe.img", fs_bytes // MIB + 64)
+    print(f"  engine auto size (none, additionalSpace 0M): {human(plan['disk_size'])}")
+    if auto:
+        print(
+            f"    files {auto['files_blocks']} blocks, {auto['inodes']} inodes -> "
+            f"closure {human(auto['closure_space_use'])} + fudge {human(auto['fudge'])}"
+        )
+    print(f"  smallest size mkfs.ext4 -d succeeds at:     {smallest:,} MiB  ({elapsed():.0f} s)")
+    print(f"  ratio engine / smallest:                    {fs_bytes / (smallest * MIB):.2f}x")
+    shutil.rmtree(build)
+
+
+def bench_mkfs(work: Path, root: Path, size_mib: int) -> None:
+    img = work / "mkfs.img"
+    env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH)
+    common = ["-q", "-F", "-t", "ext4", "-b", "4096", "-U", FS_UUID, "-E", f"hash_seed={FS_UUID}"]
+
+    def fresh() -> None:
+        img.unlink(missing_ok=True)
+
+    fresh()
+    t_dir = timed(["mke2fs", *common, "-d", root, img, f"{size_mib}M"], env=env)
+    fresh()
+    tar_path = work / "root.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(root, arcname=".")
+    with stopwatch() as elapsed, open(tar_path, "rb") as stream:
+        run(["mke2fs", *common, "-d", "-", img, f"{size_mib}M"], stdin=stream, env=env)
+    t_tar = elapsed()
+    fresh()
+    with stopwatch() as elapsed:
+        tar_cmd = subprocess.Popen(["tar", "-C", root, "-cf", "-", "."], stdout=subprocess.PIPE)
+        run(["mke2fs", *common, "-d", "-", img, f"{size_mib}M"], stdin=tar_cmd.stdout, env=env)
+        tar_cmd.wait()
+    t_pipe = elapsed()
+    fresh()
+    no_csum = [*common, "-O", "^metadata_csum"]
+    with stopwatch() as elapsed:
+        run(["mke2fs", *no_csum, "-d", root, img, f"{size_mib}M"], env=env)
+        t_nocsum_mkfs = elapsed()
+        run(["tune2fs", "-O", "metadata_csum", img], env=env)
+        subprocess.run(["e2fsck", "-fyD", img], capture_output=True, check=False, env=env)
+    t_nocsum = elapsed()
+    verdict = subprocess.run(["e2fsck", "-fn", img], capture_output=True, check=False)
+    fresh()
+    tar_path.unlink()
+    print(f"  mke2fs -d DIR                         {t_dir:6.1f} s")
+    print(f"  mke2fs -d - < tar file                {t_tar:6.1f} s")
+    print(f"  tar -c DIR | mke2fs -d -              {t_pipe:6.1f} s")
+    print(
+        f"  mke2fs -O ^metadata_csum -d DIR       {t_nocsum_mkfs:6.1f} s, + tune2fs + e2fsck -fyD"
+        f" = {t_nocsum:.1f} s (e2fsck -fn after: exit {verdict.returncode})"
+    )
+
+
+def bench_qcow2(work: Path, root: Path, size_mib: int) -> None:
+    raw = work / "convert.img"
+    raw.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", root, raw, f"{size_mib}M"])
+    used = int(run(["du", "-B1", raw]).stdout.split()[0])
+    print(f"  source: raw {human(raw.stat().st_size)} ({human(used)} allocated)")
+    variants = {
+        "qcow2": [],
+        "qcow2 zlib (-c)": ["-c"],
+        "qcow2 zstd (-c -o compression_type=zstd)": ["-c", "-o", "compression_type=zstd"],
+    }
+    for name, extra in variants.items():
+        out = work / "convert.qcow2"
+        out.unlink(missing_ok=True)
+        seconds = timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", *extra, raw, out])
+        print(f"  {name:<42} {seconds:6.1f} s   {human(out.stat().st_size)}")
+        out.unlink()
+    raw.unlink()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=500, help="synthetic closure size")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    layouts = [layout for layout in args.layouts.split(",") if layout]
+
+    work = Path(tempfile.mkdtemp(prefix="mdi-bench-", dir=args.workdir))
+    try:
+        mke2fs_version = run(["mke2fs", "-V"]).stderr.decode().splitlines()[0]
+        print(f"machine: {os.cpu_count()} cores; {mke2fs_version}")
+        with stopwatch() as elapsed:
+            closure = make_closure(work, args.size_mb * MIB)
+        print(
+            f"synthetic closure: {len(closure.store_paths)} store paths, {closure.entries:,} "
+            f"entries, {human(closure.apparent_bytes)} apparent ({elapsed():.0f} s to make)",
+            flush=True,
+        )
+        root = work / "root"
+        stage_root(closure, root)
+        fs_mib = int(closure.apparent_bytes * 1.6 // MIB) + 64
+        if "prepare" in sections:
+            print("prepare (wall time, auto size, additionalSpace 512M):")
+            bench_prepare(work, closure, layouts)
+        if "autosize" in sections:
+            print("auto size:")
+            bench_autosize(work, closure, root)
+        if "mkfs" in sections:
+            print(f"mke2fs, {fs_mib} MiB filesystem, SOURCE_DATE_EPOCH={SOURCE_DATE_EPOCH}:")
+            bench_mkfs(work, root, fs_mib)
+        if "qcow2" in sections:
+            print("qemu-img convert:")
+            bench_qcow2(work, root, fs_mib)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
