@@ -13,6 +13,7 @@ let
   defaults = {
     boot.loader.grub = {
       enable = true;
+      device = "";
       devices = [ ];
     };
     boot.loader.limine = {
@@ -53,6 +54,18 @@ let
     in
     declared
     // {
+      # NixOS adds boot.loader.grub.device to boot.loader.grub.devices.
+      boot = declared.boot // {
+        loader = declared.boot.loader // {
+          grub =
+            declared.boot.loader.grub
+            // {
+              devices =
+                declared.boot.loader.grub.devices
+                ++ lib.optional ((declared.boot.loader.grub.device or "") != "") declared.boot.loader.grub.device;
+            };
+        };
+      };
       system = declared.system // {
         build = (declared.system.build or { }) // import ./toplevel.nix { inherit pkgs lib config; };
       };

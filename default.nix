@@ -1,0 +1,222 @@
+# makeDiskImage: a drop-in for nixpkgs' nixos/lib/make-disk-image.nix.
+#
+# The arguments and their defaults are the reference's. Nix computes only what needs
+# Nix (the closure, the channel, the OVMF store paths, the few `config` values the
+# guest needs) and writes them with the arguments to one JSON spec; the Python engine
+# (make_disk_image, see docs/interface.md) validates it and does the work in preVM
+# (`prepare`), in the VM (`guest`) and in postVM (`finish`). See docs/nix.md.
+{
+  pkgs,
+  lib,
+
+  # The NixOS configuration to be installed onto the disk image.
+  config,
+
+  # Size of the disk in MiB, or "auto" (contents + additionalSpace).
+  diskSize ? "auto",
+
+  # Extra space added when diskSize is "auto" (numfmt --from=iec).
+  additionalSpace ? "512M",
+
+  # End offset of the boot partition (efi, efixbootldr, hybrid, legacy+boot).
+  bootSize ? "256M",
+
+  # Files and directories to put in the root file system:
+  # [ { source; target; mode ? ; user ? ; group ? ; } ]
+  contents ? [ ],
+
+  # legacy, legacy+boot, legacy+gpt, efi, efixbootldr, hybrid or none.
+  partitionTableType ? "legacy",
+
+  # Whether to run `switch-to-configuration boot` while building.
+  installBootLoader ? true,
+
+  # Whether to keep the EFI variables in $out/efi-vars.fd and use them while building.
+  touchEFIVars ? false,
+
+  # OVMF firmware derivation
+  OVMF ? pkgs.OVMF.fd,
+
+  # EFI firmware
+  efiFirmware ? OVMF.firmware,
+
+  # EFI variables
+  efiVariables ? OVMF.variables,
+
+  # The root file system type.
+  fsType ? "ext4",
+
+  # File system label
+  label ? if onlyNixStore then "nix-store" else "nixos",
+
+  # Copied to /etc/nixos/configuration.nix.
+  configFile ? null,
+
+  # Shell code run after the VM has finished, with $diskImage set.
+  postVM ? "",
+
+  # Guest memory size in MiB.
+  memSize ? 1024,
+
+  # Only the Nix store at the root of the image, built without a VM. Incompatible with
+  # contents, installBootLoader and configFile.
+  onlyNixStore ? false,
+
+  name ? "nixos-disk-image",
+
+  # qcow2, qcow2-compressed, vdi, vpc or raw.
+  format ? "raw",
+
+  # Image file name without extension.
+  baseName ? "nixos",
+
+  # Fixed GPT GUIDs, ext4 UUID and timestamps.
+  deterministic ? true,
+
+  # GPT partition GUID of the root partition.
+  rootGPUID ? "F222513B-DED1-49FA-B591-20CE86A2FE7F",
+
+  # ext4 UUID of the root file system.
+  rootFSUID ? (if fsType == "ext4" then rootGPUID else null),
+
+  # Whether to put a nixos channel of pkgs.path in the image.
+  copyChannel ? true,
+
+  # More store paths to copy to the image's store.
+  additionalPaths ? [ ],
+}:
+let
+  makeDiskImage = pkgs.callPackage ./nix/package.nix { };
+
+  # The channel, as the reference builds it: pkgs' own source as nixos (and nixpkgs).
+  nixpkgsSource = lib.cleanSource pkgs.path;
+  channelSources = pkgs.runCommand "nixos-${config.system.nixos.version}" { } ''
+    mkdir -p $out
+    cp -prd ${nixpkgsSource.outPath} $out/nixos
+    chmod -R u+w $out/nixos
+    if [ ! -e $out/nixos/nixpkgs ]; then
+      ln -s . $out/nixos/nixpkgs
+    fi
+    rm -rf $out/nixos/.git
+    echo -n ${config.system.nixos.versionSuffix} > $out/nixos/.version-suffix
+  '';
+
+  toplevel = config.system.build.toplevel;
+  basePaths = [ toplevel ] ++ lib.optional copyChannel channelSources;
+  additionalPaths' = lib.subtractLists basePaths additionalPaths;
+  closureInfo = pkgs.closureInfo { rootPaths = basePaths ++ additionalPaths'; };
+
+  grub = config.boot.loader.grub;
+  limine = config.boot.loader.limine or { enable = false; };
+
+  # Only the keys a contents entry may have; toJSON turns paths and derivations into
+  # store path strings (and the spec file depends on them).
+  contentsEntry =
+    entry:
+    {
+      inherit (entry) source target;
+    }
+    // lib.filterAttrs (key: _: entry ? ${key}) {
+      mode = entry.mode or null;
+      user = entry.user or null;
+      group = entry.group or null;
+    };
+
+  spec = pkgs.writeText "${name}-spec.json" (
+    builtins.toJSON {
+      inherit
+        diskSize
+        additionalSpace
+        bootSize
+        partitionTableType
+        installBootLoader
+        touchEFIVars
+        fsType
+        label
+        configFile
+        postVM
+        memSize
+        onlyNixStore
+        name
+        format
+        baseName
+        deterministic
+        rootGPUID
+        rootFSUID
+        copyChannel
+        additionalPaths
+        toplevel
+        closureInfo
+        ;
+      contents = map contentsEntry contents;
+      # The firmware is only built when it is used, as in the reference.
+      efiFirmware = if touchEFIVars then efiFirmware else null;
+      efiVariables = if touchEFIVars then efiVariables else null;
+      ovmfSystemManagementModeRequired = OVMF.systemManagementModeRequired or false;
+      channelSources = if copyChannel then channelSources else null;
+      grubDevices = if grub.enable then grub.devices else [ ];
+      limineBiosDevice = if limine.enable && (limine.biosSupport or false) then limine.biosDevice else null;
+    }
+  );
+
+  # Every tool a phase runs, named once.
+  binPath = lib.makeBinPath (
+    [
+      makeDiskImage
+      pkgs.util-linux
+      pkgs.parted
+      pkgs.e2fsprogs
+      pkgs.dosfstools
+      pkgs.mtools
+      pkgs.gptfdisk
+      pkgs.qemu-utils
+      pkgs.nix
+      config.system.build.nixos-install
+      pkgs.nixos-enter
+      pkgs.systemdMinimal
+    ]
+    ++ pkgs.stdenv.initialPath
+  );
+
+  prepare = ''
+    export PATH=${binPath}:$PATH
+    make-disk-image prepare ${spec}
+    diskImage=nixos.raw
+  '';
+
+  finish = ''
+    export PATH=${binPath}:$PATH
+    eval "$(make-disk-image finish ${spec})"
+  '';
+
+  buildImage = pkgs.vmTools.runInLinuxVM (
+    pkgs.runCommand name
+      {
+        preVM = prepare;
+        postVM = finish + postVM;
+        QEMU_OPTS = lib.concatStringsSep " " (
+          lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=0,readonly=on,file=${efiFirmware}"
+          # The engine's prepare writes $out/efi-vars.fd from efiVariables.
+          ++ lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=1,file=$out/efi-vars.fd"
+          ++ lib.optionals (OVMF.systemManagementModeRequired or false) [
+            "-machine"
+            "q35,smm=on"
+            "-global"
+            "driver=cfi.pflash01,property=secure,value=on"
+          ]
+        );
+        inherit memSize;
+        passthru = { inherit spec makeDiskImage; };
+      }
+      ''
+        export PATH=${binPath}:$PATH
+        make-disk-image guest ${spec}
+      ''
+  );
+in
+if onlyNixStore then
+  pkgs.runCommand name {
+    passthru = { inherit spec makeDiskImage; };
+  } (prepare + finish + postVM)
+else
+  buildImage

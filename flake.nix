@@ -1,0 +1,94 @@
+{
+  description = "make-disk-image: NixOS disk images built by a typed Python engine, a drop-in for nixpkgs' make-disk-image.nix";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+
+      # The images `nix flake check` builds: a small NixOS configuration (see
+      # nix/check-configuration.nix) on a BIOS and a UEFI layout, through the VM.
+      imageChecks =
+        pkgs:
+        let
+          configWith =
+            bootLoader:
+            (lib.nixosSystem {
+              inherit (pkgs.stdenv.hostPlatform) system;
+              modules = [
+                ./nix/check-configuration.nix
+                bootLoader
+              ];
+            }).config;
+          grub.boot.loader.grub = {
+            enable = true;
+            device = "/dev/vda";
+          };
+          systemd-boot.boot.loader = {
+            grub.enable = false;
+            systemd-boot.enable = true;
+            efi.canTouchEfiVariables = true;
+          };
+          image =
+            bootLoader: args:
+            self.lib.makeDiskImage (
+              {
+                inherit pkgs lib;
+                config = configWith bootLoader;
+              }
+              // args
+            );
+        in
+        {
+          image-legacy-raw = image grub {
+            partitionTableType = "legacy";
+            format = "raw";
+          };
+          image-efi-qcow2 = image systemd-boot {
+            partitionTableType = "efi";
+            format = "qcow2";
+            touchEFIVars = true;
+          };
+          image-nix-store = image { } {
+            onlyNixStore = true;
+            installBootLoader = false;
+            partitionTableType = "none";
+          };
+        };
+    in
+    {
+      # Same arguments as nixpkgs' nixos/lib/make-disk-image.nix:
+      #   makeDiskImage { inherit pkgs lib; config = nixosConfiguration.config; format = "qcow2"; }
+      lib.makeDiskImage = import ./default.nix;
+
+      packages = forAllSystems (pkgs: {
+        default = pkgs.callPackage ./nix/package.nix { };
+      });
+
+      checks = forAllSystems (
+        pkgs:
+        {
+          # Its pytest suite runs as the check phase.
+          package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+        }
+        // imageChecks pkgs
+        # The NixOS VM tests need real nixpkgs (testers.runNixOSTest); the offline
+        # stand-in in tests/nixpkgs has none.
+        // lib.optionalAttrs (pkgs ? testers.runNixOSTest) (
+          import ./nixos-tests {
+            inherit pkgs;
+            inherit (self.lib) makeDiskImage;
+          }
+        )
+      );
+
+      formatter = forAllSystems (pkgs: pkgs.nixfmt-tree);
+    };
+}
