@@ -1,0 +1,339 @@
+"""make_disk_image.vm: real qemu TCG boots of the host kernel against small disk images."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from make_disk_image import vm
+from make_disk_image.process import StepError
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# A vendor GUID of our own: efivarfs refuses unknown names under the EFI global GUID.
+TEST_VARIABLE = "MdiTest-3cd7a8a2-51f0-4b6e-9d61-7a0c9b7f1e25"
+# The interpreter running the tests; the guest sees it through the read-only 9p root.
+PYTHON = os.path.realpath(sys.executable)
+
+
+def _qemu_children() -> list[int]:
+    """qemu processes that are children of this test process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == os.getpid() and comm.startswith("qemu-system"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Path:
+    """A 32 MiB GPT image with a 4 MiB first partition and the rest as a second one."""
+    image = tmp_path / "disk.img"
+    with image.open("wb") as f:
+        f.truncate(32 * 1024 * 1024)
+    subprocess.run(
+        ["sfdisk", "--quiet", str(image)],
+        input=b"label: gpt\nstart=2048, size=8192, type=U\nstart=10240, type=L\n",
+        check=True,
+    )
+    return image
+
+
+def _run(argv: list[str], **kwargs: object) -> tuple[int, str]:
+    log = io.StringIO()
+    status = vm.run_in_vm(argv, log=log, **kwargs)  # type: ignore[arg-type]
+    return status, log.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# No VM
+
+
+def test_host_kernel_has_modules() -> None:
+    image, version = vm.host_kernel()
+    assert image == Path("/boot") / f"vmlinuz-{version}"
+    assert (Path("/lib/modules") / version / "modules.dep").is_file()
+
+
+def test_host_kernel_missing_names_the_package(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / "vmlinuz-9.9.9").write_bytes(b"")  # no modules for it
+    with pytest.raises(StepError, match="linux-image-amd64"):
+        vm.host_kernel(tmp_path / "boot", tmp_path / "modules")
+
+
+def test_kernel_versions_sort_numerically() -> None:
+    versions = ["6.9.0-1-amd64", "6.10.0-1-amd64", "6.1.0-56-amd64"]
+    assert max(versions, key=vm._version_key) == "6.10.0-1-amd64"
+
+
+def _cpio_listing(path: Path) -> list[str]:
+    listing = subprocess.run(
+        ["cpio", "-t", "--quiet"], input=gzip.decompress(path.read_bytes()), capture_output=True
+    )
+    assert listing.returncode == 0, listing.stderr
+    return listing.stdout.decode().split()
+
+
+def test_initramfs_has_busybox_modules_in_dependency_order_and_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, version = vm.host_kernel()
+    extra = tmp_path / "payload"
+    extra.write_text("hello\n")
+    first = vm.build_initramfs(
+        "#!/bin/sh\necho one\n",
+        kernel_version=version,
+        modules=["ext4", "vfat"],
+        extra_files={"etc/payload": extra},
+    )
+    assert first.parent == tmp_path / "cache" / "make-disk-image"
+    names = _cpio_listing(first)
+    assert {"init", "bin/busybox", "bin/sh", "bin/insmod", "etc/payload"} <= set(names)
+    order = (
+        subprocess.run(
+            ["cpio", "-i", "--quiet", "--to-stdout", "lib/modules/load-order"],
+            input=gzip.decompress(first.read_bytes()),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split()
+    )
+    # jbd2 and mbcache are ext4's dependencies, fat is vfat's: each before its user.
+    assert order.index("jbd2.ko") < order.index("ext4.ko")
+    assert order.index("mbcache.ko") < order.index("ext4.ko")
+    assert order.index("fat.ko") < order.index("vfat.ko")
+    assert all(f"lib/modules/{version}/{m}" in names for m in order)
+
+    again = vm.build_initramfs(
+        "#!/bin/sh\necho one\n",
+        kernel_version=version,
+        modules=["ext4", "vfat"],
+        extra_files={"etc/payload": extra},
+    )
+    assert again == first
+    other = vm.build_initramfs(
+        "#!/bin/sh\necho two\n", kernel_version=version, modules=["ext4", "vfat"]
+    )
+    assert other != first
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_console_text_drops_terminal_controls_split_across_reads() -> None:
+    console = vm._ConsoleText()
+    text = console.feed("a\r\n\x1b[2") + console.feed("J\x1bcb\r") + console.feed("\nc")
+    assert text == "a\nb\nc"
+
+
+def test_cli_rejects_missing_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "make_disk_image.vm", "--"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "no command" in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# Real boots
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("code", [0, 7])
+def test_exit_status_propagates(code: int) -> None:
+    started = time.monotonic()
+    status, log = _run(
+        ["sh", "-c", f"echo uptime $(cat /proc/uptime); echo guest-output; exit {code}"], disk=None
+    )
+    elapsed = time.monotonic() - started
+    assert status == code
+    assert "guest-output\n" in log
+    uptime = float(log.split("\nuptime ")[1].split()[0])
+    print(f"boot to command: {uptime:.2f} s guest uptime, whole run {elapsed:.1f} s")
+
+
+@pytest.mark.vm
+def test_disk_is_vda_with_partitions(disk: Path) -> None:
+    script = (
+        "set -e; test -b /dev/vda1; test -b /dev/vda2; ! test -e /dev/vda3;"
+        "blockdev --getsize64 /dev/vda2;"
+        "printf partition-two > /dev/vda2; sync;"
+        "mkfs.vfat /dev/vda1 >/dev/null; mkdir /mnt/esp; mount /dev/vda1 /mnt/esp;"
+        "echo on-esp > /mnt/esp/file; umount /mnt/esp"
+    )
+    status, log = _run(["bash", "-c", script], disk=disk)
+    assert status == 0, log
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, check=True).stdout
+    )
+    assert f"\n{table['partitiontable']['partitions'][1]['size'] * 512}\n" in log
+    with disk.open("rb") as f:
+        f.seek(10240 * 512)
+        assert f.read(13) == b"partition-two"
+    mtype = subprocess.run(
+        ["mtype", "-i", f"{disk}@@{2048 * 512}", "::file"],
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert mtype.stdout == "on-esp\n"
+
+
+@pytest.mark.vm
+def test_shares_env_cwd_and_read_only_root(tmp_path: Path) -> None:
+    writable = tmp_path / "xchg"
+    writable.mkdir()
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    (readonly / "input").write_text("from-host\n")
+    script = (
+        "pwd; env | sort;"
+        "cat /mnt/ro/input > from-guest;"  # relative: cwd is the writable share
+        "if touch /etc/mdi-must-fail 2>/dev/null; then echo ROOT-WRITABLE; fi;"
+        "if touch /mnt/ro/mdi-must-fail 2>/dev/null; then echo SHARE-WRITABLE; fi;"
+        "touch /tmp/ok /run/ok /mnt/ok && echo tmpfs-ok;"
+        f"{PYTHON} -c 'import sys; print(\"python\", sys.version_info[0])'"
+    )
+    status, log = _run(
+        ["bash", "-c", script],
+        disk=None,
+        shares=[
+            vm.Share(host=writable, guest="/tmp/xchg", writable=True),
+            vm.Share(host=readonly, guest="/mnt/ro"),
+        ],
+        env={"FOO": "bar baz"},
+        cwd="/tmp/xchg",
+    )
+    assert status == 0, log
+    assert (writable / "from-guest").read_text() == "from-host\n"
+    assert "/tmp/xchg\n" in log
+    assert "FOO=bar baz\n" in log
+    assert f"PATH={vm.DEFAULT_PATH}\n" in log
+    assert "HOME=" not in log
+    assert "ROOT-WRITABLE" not in log
+    assert "SHARE-WRITABLE" not in log
+    assert not Path("/etc/mdi-must-fail").exists()
+    assert not (readonly / "mdi-must-fail").exists()
+    assert "tmpfs-ok" in log
+    assert "python 3" in log
+
+
+@pytest.mark.vm
+def test_missing_share_mount_point_is_a_setup_error(tmp_path: Path) -> None:
+    with pytest.raises(StepError, match="missing from the read-only host root"):
+        _run(["true"], disk=None, shares=[vm.Share(host=tmp_path, guest="/no-such-dir-mdi")])
+
+
+@pytest.mark.vm
+def test_uefi_guest_keeps_variables_in_vars_file(tmp_path: Path) -> None:
+    vars_copy = tmp_path / "vars.fd"
+    shutil.copyfile(OVMF_VARS, vars_copy)
+    before = vars_copy.read_bytes()
+    write_variable = (
+        "import os\n"
+        f"path = '/sys/firmware/efi/efivars/{TEST_VARIABLE}'\n"
+        "fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)\n"
+        "os.write(fd, b'\\x07\\x00\\x00\\x00mdi-uefi-value')\n"
+        "os.close(fd)\n"
+        "print(open('/proc/mounts').read())\n"
+    )
+    status, log = _run(
+        [PYTHON, "-c", write_variable],
+        disk=None,
+        qemu_opts=[
+            "-machine",
+            "q35,smm=on",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        ],
+    )
+    assert status == 0, log
+    assert "efivarfs /sys/firmware/efi/efivars efivarfs" in log
+    after = vars_copy.read_bytes()
+    assert b"mdi-uefi-value" not in before
+    assert b"mdi-uefi-value" in after
+    assert "MdiTest".encode("utf-16-le") in after
+
+
+@pytest.mark.vm
+def test_bios_guest_has_no_efi() -> None:
+    status, log = _run(["sh", "-c", "test -d /sys/firmware/efi && echo HAS-EFI; true"], disk=None)
+    assert status == 0
+    assert "HAS-EFI" not in log
+
+
+@pytest.mark.vm
+def test_timeout_raises_and_leaves_no_qemu() -> None:
+    started = time.monotonic()
+    with pytest.raises(StepError, match="did not finish within 12 s") as error:
+        _run(["sleep", "600"], disk=None, timeout=12)
+    assert error.value.step == "vm"
+    assert time.monotonic() - started < 30
+    assert _qemu_children() == []
+
+
+@pytest.mark.vm
+def test_guest_dying_without_status_raises() -> None:
+    # A kernel panic (sysrq crash) ends the guest before the command can return.
+    with pytest.raises(StepError, match="without reporting"):
+        _run(
+            ["sh", "-c", "echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger"],
+            disk=None,
+            timeout=120,
+        )
+    assert _qemu_children() == []
+
+
+@pytest.mark.vm
+def test_cli_propagates_status_and_passes_options(tmp_path: Path, disk: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "make_disk_image.vm",
+            "--disk",
+            str(disk),
+            "--share",
+            f"{tmp_path}:/tmp/xchg:rw",
+            "--mem",
+            "512",
+            "--env",
+            "GREETING=hello=world",
+            "--cwd",
+            "/tmp/xchg",
+            "--timeout",
+            "300",
+            "--qemu-opts",
+            "-smp 2",
+            "--",
+            "sh",
+            "-c",
+            'echo "$GREETING" > out; nproc >> out; test -b /dev/vda2 && exit 42',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 42, proc.stderr
+    assert (tmp_path / "out").read_text() == "hello=world\n2\n"
