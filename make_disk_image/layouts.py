@@ -42,27 +42,50 @@ ALIGN_SECTORS = MIB // SECTOR
 
 def _root(start: int | Bound, name: str | None, guid: str | None = None) -> PartitionTemplate:
     return PartitionTemplate(
-        role="root", start=start, end=Bound.REST, parted_fs="ext4", name=name,
-        seed_guid=guid, mountpoint="/",
+        role="root",
+        start=start,
+        end=Bound.REST,
+        parted_fs="ext4",
+        name=name,
+        seed_guid=guid,
+        mountpoint="/",
     )
 
 
 ESP = PartitionTemplate(
-    role="esp", start=8, end=Bound.BOOT_SIZE, parted_fs="fat32", name="ESP", flags=("boot",),
-    seed_guid=ESP_GUID, filesystem="vfat", fs_label="ESP", mountpoint="/boot",
+    role="esp",
+    start=8,
+    end=Bound.BOOT_SIZE,
+    parted_fs="fat32",
+    name="ESP",
+    flags=("boot",),
+    seed_guid=ESP_GUID,
+    filesystem="vfat",
+    fs_label="ESP",
+    mountpoint="/boot",
 )
 
 LAYOUTS: dict[str, Layout] = {
     "legacy": Layout(
-        name="legacy", table="msdos", partitions=(_root(1, None),), reserve_bytes=MIB,
+        name="legacy",
+        table="msdos",
+        partitions=(_root(1, None),),
+        reserve_bytes=MIB,
     ),
     "legacy+boot": Layout(
         name="legacy+boot",
         table="msdos",
         partitions=(
             PartitionTemplate(
-                role="boot", start=1, end=Bound.BOOT_SIZE, parted_fs="fat32", name=None,
-                flags=("boot",), filesystem="vfat", fs_label="BOOT", mountpoint="/boot",
+                role="boot",
+                start=1,
+                end=Bound.BOOT_SIZE,
+                parted_fs="fat32",
+                name=None,
+                flags=("boot",),
+                filesystem="vfat",
+                fs_label="BOOT",
+                mountpoint="/boot",
             ),
             _root(Bound.BOOT_SIZE, None),
         ),
@@ -73,8 +96,13 @@ LAYOUTS: dict[str, Layout] = {
         table="gpt",
         partitions=(
             PartitionTemplate(
-                role="bios_grub", start=1, end=2, parted_fs=None, name="no-fs",
-                flags=("bios_grub",), seed_guid=ESP_GUID,
+                role="bios_grub",
+                start=1,
+                end=2,
+                parted_fs=None,
+                name="no-fs",
+                flags=("bios_grub",),
+                seed_guid=ESP_GUID,
             ),
             # The reference means rootGPUID here but passes it for a partition 3 that
             # does not exist; this engine gives it to the root partition (see README).
@@ -84,25 +112,44 @@ LAYOUTS: dict[str, Layout] = {
         reserve_bytes=2 * MIB,
     ),
     "efi": Layout(
-        name="efi", table="gpt", partitions=(ESP, _root(Bound.BOOT_SIZE, "primary")),
-        reserve_gpt_tail=True, reserve_boot_size=True,
+        name="efi",
+        table="gpt",
+        partitions=(ESP, _root(Bound.BOOT_SIZE, "primary")),
+        reserve_gpt_tail=True,
+        reserve_boot_size=True,
     ),
     "efixbootldr": Layout(
         name="efixbootldr",
         table="gpt",
         partitions=(
             PartitionTemplate(
-                role="esp", start=8, end=100, parted_fs="fat32", name="ESP", flags=("boot",),
-                seed_guid=ESP_GUID, filesystem="vfat", fs_label="ESP", mountpoint="/efi",
+                role="esp",
+                start=8,
+                end=100,
+                parted_fs="fat32",
+                name="ESP",
+                flags=("boot",),
+                seed_guid=ESP_GUID,
+                filesystem="vfat",
+                fs_label="ESP",
+                mountpoint="/efi",
             ),
             PartitionTemplate(
-                role="xbootldr", start=100, end=Bound.BOOT_SIZE, parted_fs="fat32",
-                name="BOOT", flags=("bls_boot",), seed_guid=SECOND_GUID, filesystem="vfat",
-                fs_label="BOOT", mountpoint="/boot",
+                role="xbootldr",
+                start=100,
+                end=Bound.BOOT_SIZE,
+                parted_fs="fat32",
+                name="BOOT",
+                flags=("bls_boot",),
+                seed_guid=SECOND_GUID,
+                filesystem="vfat",
+                fs_label="BOOT",
+                mountpoint="/boot",
             ),
             _root(Bound.BOOT_SIZE, "ROOT"),
         ),
-        reserve_gpt_tail=True, reserve_boot_size=True,
+        reserve_gpt_tail=True,
+        reserve_boot_size=True,
     ),
     "hybrid": Layout(
         name="hybrid",
@@ -112,13 +159,20 @@ LAYOUTS: dict[str, Layout] = {
             # parted's "mkpart no-fs 0 1024KiB" cannot be aligned; it lands on the first
             # usable sector and ends on sector 2048 (inclusive).
             PartitionTemplate(
-                role="bios_grub", start=0, end=1, parted_fs=None, name="no-fs",
-                flags=("bios_grub",), seed_guid=SECOND_GUID,
-                start_sector=GPT_FIRST_USABLE, end_sector=ALIGN_SECTORS,
+                role="bios_grub",
+                start=0,
+                end=1,
+                parted_fs=None,
+                name="no-fs",
+                flags=("bios_grub",),
+                seed_guid=SECOND_GUID,
+                start_sector=GPT_FIRST_USABLE,
+                end_sector=ALIGN_SECTORS,
             ),
             _root(Bound.BOOT_SIZE, "primary"),
         ),
-        reserve_gpt_tail=True, reserve_boot_size=True,
+        reserve_gpt_tail=True,
+        reserve_boot_size=True,
     ),
     "none": Layout(name="none", table=None, partitions=()),
 }
@@ -153,7 +207,7 @@ def _rest_end(table: str, total_sectors: int) -> int:
 def _sector(bound: int | Bound, boot_size: int, *, end: bool, table: str, total: int) -> int:
     if bound is Bound.REST:
         return _rest_end(table, total)
-    mib = boot_size // MIB if bound is Bound.BOOT_SIZE else int(bound)  # type: ignore[arg-type]
+    mib = boot_size // MIB if bound is Bound.BOOT_SIZE else int(bound)
     sector = mib * ALIGN_SECTORS
     return sector - 1 if end else sector
 
@@ -166,21 +220,36 @@ def plan_disk(spec: Spec, disk_size: int, auto: SizeComputation | None) -> DiskP
     partitions: list[PlannedPartition] = []
     for number, tpl in enumerate(layout.partitions, start=1):
         assert layout.table is not None
-        start = tpl.start_sector if tpl.start_sector is not None else _sector(
-            tpl.start, boot_size, end=False, table=layout.table, total=total)
-        end = tpl.end_sector if tpl.end_sector is not None else _sector(
-            tpl.end, boot_size, end=True, table=layout.table, total=total)
+        start = (
+            tpl.start_sector
+            if tpl.start_sector is not None
+            else _sector(tpl.start, boot_size, end=False, table=layout.table, total=total)
+        )
+        end = (
+            tpl.end_sector
+            if tpl.end_sector is not None
+            else _sector(tpl.end, boot_size, end=True, table=layout.table, total=total)
+        )
         if layout.table == "gpt":
             ptype = GPT_TYPES[tpl.role if tpl.role in GPT_TYPES else "root"]
             guid = (tpl.seed_guid or spec.rootGPUID.upper()) if spec.deterministic else None
         else:
             ptype, guid = MBR_TYPES[tpl.role], None
-        partitions.append(PlannedPartition(
-            number=number, role=tpl.role, start=start, end=end, type=ptype, guid=guid,
-            name=tpl.name, flags=tpl.flags, filesystem=tpl.filesystem,
-            label=spec.label if tpl.role == "root" else tpl.fs_label,
-            mountpoint=tpl.mountpoint,
-        ))
+        partitions.append(
+            PlannedPartition(
+                number=number,
+                role=tpl.role,
+                start=start,
+                end=end,
+                type=ptype,
+                guid=guid,
+                name=tpl.name,
+                flags=tpl.flags,
+                filesystem=tpl.filesystem,
+                label=spec.label if tpl.role == "root" else tpl.fs_label,
+                mountpoint=tpl.mountpoint,
+            )
+        )
     root_number = layout.root_number
     if root_number is None:
         root_offset, root_size = 0, disk_size

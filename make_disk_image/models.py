@@ -209,9 +209,7 @@ class DiskPlan:
         parts = data.pop("partitions")
         return cls(
             auto=SizeComputation(**auto) if auto else None,
-            partitions=tuple(
-                PlannedPartition(**{**p, "flags": tuple(p["flags"])}) for p in parts
-            ),
+            partitions=tuple(PlannedPartition(**{**p, "flags": tuple(p["flags"])}) for p in parts),
             **data,
         )
 

@@ -50,10 +50,17 @@ def _write_with_libparted(image: Path, plan: DiskPlan) -> None:
             if partition.isFlagAvailable(parted.PARTITION_LBA):
                 partition.setFlag(parted.PARTITION_LBA)
         disk.commit()
-    except (parted.PartedException, _ped.PartedException, _ped.PartitionException,
-            _ped.DiskException, _ped.IOException, _ped.ConstraintException) as exc:
-        raise StepError(STEP, f"libparted could not write the {plan.table} table to "
-                        f"{image}: {exc}") from exc
+    except (
+        parted.PartedException,
+        _ped.PartedException,
+        _ped.PartitionException,
+        _ped.DiskException,
+        _ped.IOException,
+        _ped.ConstraintException,
+    ) as exc:
+        raise StepError(
+            STEP, f"libparted could not write the {plan.table} table to {image}: {exc}"
+        ) from exc
     finally:
         if "device" in locals():
             device.removeFromCache()

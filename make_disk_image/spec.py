@@ -21,7 +21,9 @@ class SpecError(ValueError):
         self.argument = argument
 
 
-GUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
+GUID_RE = re.compile(
+    r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+)
 MODE_RE = re.compile(r"^[0-7]{3,4}$")
 EXT_FAMILY = ("ext2", "ext3", "ext4")
 EFI_VAR_LAYOUTS = ("hybrid", "efi", "efixbootldr", "legacy+gpt")
@@ -55,8 +57,10 @@ def _is_size(v: Any) -> bool:
 
 # key -> (type check, human type name)
 FIELDS: Mapping[str, tuple[_Check, str]] = {
-    "diskSize": (lambda v: v == "auto" or _is_int(v) or (isinstance(v, str) and v.isdigit()),
-                 '"auto" or an integer number of MiB'),
+    "diskSize": (
+        lambda v: v == "auto" or _is_int(v) or (isinstance(v, str) and v.isdigit()),
+        '"auto" or an integer number of MiB',
+    ),
     "additionalSpace": (_is_size, 'a size string such as "512M"'),
     "bootSize": (_is_size, 'a size string such as "256M"'),
     "contents": (lambda v: isinstance(v, list), "a list of {source, target, mode?, user?, group?}"),
@@ -105,11 +109,15 @@ def _parse_contents(value: list[Any]) -> tuple[ContentEntry, ...]:
     for i, item in enumerate(value):
         where = f"contents[{i}]"
         if not isinstance(item, dict):
-            raise SpecError(where, "must be an attribute set {source, target, mode?, user?, group?}")
+            raise SpecError(
+                where, "must be an attribute set {source, target, mode?, user?, group?}"
+            )
         unknown = sorted(set(item) - set(CONTENT_KEYS))
         if unknown:
-            raise SpecError(where, f"unknown attribute(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(CONTENT_KEYS)}")
+            raise SpecError(
+                where,
+                f"unknown attribute(s) {', '.join(unknown)}; allowed: {', '.join(CONTENT_KEYS)}",
+            )
         for key in ("source", "target"):
             if not isinstance(item.get(key), str) or not item[key]:
                 raise SpecError(f"{where}.{key}", "is required and must be a non-empty string")
@@ -151,8 +159,11 @@ def parse_spec(raw: Any) -> Spec:
         raise SpecError("SPEC.json", "must be a JSON object of makeDiskImage arguments")
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
-        raise SpecError(unknown[0], f"unknown argument(s) {', '.join(unknown)}; "
-                        "see docs/interface.md for the accepted keys")
+        raise SpecError(
+            unknown[0],
+            f"unknown argument(s) {', '.join(unknown)}; "
+            "see docs/interface.md for the accepted keys",
+        )
     for key, (check, type_name) in FIELDS.items():
         if key in raw and not check(raw[key]):
             raise SpecError(key, f"must be {type_name}, got {json.dumps(raw[key])}")
@@ -165,20 +176,23 @@ def parse_spec(raw: Any) -> Spec:
     # partitionTableType: lib.assertOneOf
     ptt = kw.get("partitionTableType", "legacy")
     if ptt not in LAYOUTS:
-        raise SpecError("partitionTableType", f'"{ptt}" is not one of '
-                        + ", ".join(f'"{name}"' for name in LAYOUTS))
+        raise SpecError(
+            "partitionTableType",
+            f'"{ptt}" is not one of ' + ", ".join(f'"{name}"' for name in LAYOUTS),
+        )
 
     fmt = kw.get("format", "raw")
     try:
         kw["format"] = Format(fmt)
     except ValueError:
-        raise SpecError("format", f'"{fmt}" is not one of '
-                        + ", ".join(f'"{f.value}"' for f in Format)) from None
+        raise SpecError(
+            "format", f'"{fmt}" is not one of ' + ", ".join(f'"{f.value}"' for f in Format)
+        ) from None
 
     disk_size = kw.pop("diskSize", "auto")
     kw["diskSize"] = None if disk_size == "auto" else int(disk_size)
     if kw["diskSize"] is not None and kw["diskSize"] <= 0:
-        raise SpecError("diskSize", f"{disk_size} MiB must be positive (or \"auto\")")
+        raise SpecError("diskSize", f'{disk_size} MiB must be positive (or "auto")')
 
     for key in ("additionalSpace", "bootSize"):
         if key in kw:
@@ -200,49 +214,69 @@ def parse_spec(raw: Any) -> Spec:
     deterministic = kw.get("deterministic", True)
     root_gpuid = kw.get("rootGPUID", Spec.rootGPUID)
     if not GUID_RE.match(root_gpuid):
-        raise SpecError("rootGPUID", f'"{root_gpuid}" is not a GUID '
-                        "(8-4-4-4-12 hexadecimal digits)")
+        raise SpecError(
+            "rootGPUID", f'"{root_gpuid}" is not a GUID (8-4-4-4-12 hexadecimal digits)'
+        )
     if "rootFSUID" not in raw:
         kw["rootFSUID"] = root_gpuid if fs_type == "ext4" else None
     if fs_type == "ext4" and deterministic and kw["rootFSUID"] is None:
-        raise SpecError("rootFSUID", "In deterministic mode with a ext4 partition, rootFSUID "
-                        "must be non-null, by default, it is equal to rootGPUID.")
+        raise SpecError(
+            "rootFSUID",
+            "In deterministic mode with a ext4 partition, rootFSUID "
+            "must be non-null, by default, it is equal to rootGPUID.",
+        )
     if kw["rootFSUID"] is not None and not GUID_RE.match(kw["rootFSUID"]):
         raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
 
     if ptt != "none" and fs_type != "ext4":
-        raise SpecError("fsType", f'"{fs_type}": to produce a partition table, we need to use '
-                        "-E offset flag which is support only for fsType = ext4")
+        raise SpecError(
+            "fsType",
+            f'"{fs_type}": to produce a partition table, we need to use '
+            "-E offset flag which is support only for fsType = ext4",
+        )
     if fs_type not in EXT_FAMILY:
-        raise SpecError("fsType", f'"{fs_type}" cannot be filled without root; this engine '
-                        "fills ext2, ext3 and ext4 (mke2fs -d). Use one of those.")
+        raise SpecError(
+            "fsType",
+            f'"{fs_type}" cannot be filled without root; this engine '
+            "fills ext2, ext3 and ext4 (mke2fs -d). Use one of those.",
+        )
     if len(kw["label"].encode()) > 16:
         raise SpecError("label", f'"{kw["label"]}" is longer than the 16 bytes an ext4 label holds')
 
     if kw.get("touchEFIVars", False):
         if ptt not in EFI_VAR_LAYOUTS:
-            raise SpecError("touchEFIVars", "EFI variables can be used only with a partition "
-                            "table of type: hybrid, efi, efixbootldr, or legacy+gpt.")
+            raise SpecError(
+                "touchEFIVars",
+                "EFI variables can be used only with a partition "
+                "table of type: hybrid, efi, efixbootldr, or legacy+gpt.",
+            )
         for key in ("efiFirmware", "efiVariables"):
             if not kw.get(key):
-                raise SpecError(key, "is required when touchEFIVars is true (OVMF.firmware / "
-                                "OVMF.variables)")
+                raise SpecError(
+                    key, "is required when touchEFIVars is true (OVMF.firmware / OVMF.variables)"
+                )
 
-    if only_nix_store and (kw.get("contents") or kw.get("configFile") is not None
-                           or kw.get("installBootLoader", True)):
-        raise SpecError("onlyNixStore", "In a only Nix store image, the contents must be empty, "
-                        "no configuration must be provided and no bootloader should be installed.")
+    if only_nix_store and (
+        kw.get("contents") or kw.get("configFile") is not None or kw.get("installBootLoader", True)
+    ):
+        raise SpecError(
+            "onlyNixStore",
+            "In a only Nix store image, the contents must be empty, "
+            "no configuration must be provided and no bootloader should be installed.",
+        )
 
     if kw.get("copyChannel", True) and not kw.get("channelSources"):
-        raise SpecError("channelSources", "is required when copyChannel is true (or set "
-                        "copyChannel = false)")
+        raise SpecError(
+            "channelSources", "is required when copyChannel is true (or set copyChannel = false)"
+        )
 
     base = kw.get("baseName", "nixos")
     if not base or "/" in base:
         raise SpecError("baseName", f'"{base}" must be a file name without "/"')
     if kw.get("memSize", 1024) < 256:
-        raise SpecError("memSize", f"{kw['memSize']} MiB is too little for the build VM; "
-                        "use at least 256")
+        raise SpecError(
+            "memSize", f"{kw['memSize']} MiB is too little for the build VM; use at least 256"
+        )
 
     _check_boot_size(ptt, kw.get("bootSize", Spec.bootSize))
     return Spec(**kw)

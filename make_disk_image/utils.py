@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-from pathlib import Path
 
 _IEC_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([KMGTPEZY]?)\s*$")
 _IEC_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
@@ -27,14 +25,12 @@ def parse_iec(value: str | int) -> int:
             "(suffixes K, M, G, T; no 'i', no lower case)"
         )
     number, suffix = match.groups()
-    scaled = float(number) * 1024 ** _IEC_POWER[suffix]
-    return math.ceil(scaled) if "." in number else int(number) * 1024 ** _IEC_POWER[suffix]
+    factor: int = 1024 ** _IEC_POWER[suffix]
+    if "." in number:
+        return math.ceil(float(number) * factor)
+    return int(number) * factor
 
 
 def round_up_one_unit(value: int, unit: int) -> int:
     """The reference's round_to_nearest: (x / m + 1) * m, one unit up even when aligned."""
     return (value // unit + 1) * unit
-
-
-def replace_atomically(tmp: Path, dest: Path) -> None:
-    os.replace(tmp, dest)

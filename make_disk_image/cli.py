@@ -1,0 +1,195 @@
+"""`make-disk-image`: plan, prepare, guest, finish, build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from make_disk_image.finish import finish
+from make_disk_image.guest import guest
+from make_disk_image.models import Spec
+from make_disk_image.prepare import EFI_VARS, HANDOFF, compute_plan, prepare, stage
+from make_disk_image.process import StepError
+from make_disk_image.spec import SpecError, load_spec
+
+logger = logging.getLogger("make_disk_image")
+
+
+def _out_dir(arg: str | None) -> Path:
+    value = arg or os.environ.get("out")  # noqa: SIM112 - Nix names it so
+    if not value:
+        raise SpecError("--out", "no output directory: pass --out DIR or set $out")
+    return Path(value).absolute()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    with tempfile.TemporaryDirectory(prefix="mdi-plan-") as tmp:
+        tree = stage(spec, Path(tmp)) if spec.diskSize is None else None
+        plan = compute_plan(spec, tree)
+    json.dump(plan.to_json(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    prepare(spec, Path.cwd(), _out_dir(args.out))
+    return 0
+
+
+def cmd_guest(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    handoff = args.handoff
+    if handoff is None:
+        for candidate in (Path("/tmp/xchg/make-disk-image.json"), Path.cwd() / HANDOFF):
+            if candidate.is_file():
+                handoff = candidate
+                break
+    guest(spec, handoff)
+    return 0
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    dest = finish(spec, Path.cwd(), _out_dir(args.out))
+    print(f"diskImage={shlex.quote(str(dest))}")
+    return 0
+
+
+def qemu_options(spec: Spec, efi_vars: Path) -> list[str]:
+    """The reference's QEMU_OPTS for the build VM."""
+    opts: list[str] = []
+    if spec.touchEFIVars:
+        opts += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={spec.efiFirmware}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={efi_vars}",
+        ]
+        if spec.ovmfSystemManagementModeRequired:
+            opts += [
+                "-machine",
+                "q35,smm=on",
+                "-global",
+                "driver=cfi.pflash01,property=secure,value=on",
+            ]
+    return opts
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """All phases on this host; the guest phase in a qemu VM. For use without Nix."""
+    spec_path = args.spec.absolute()
+    spec = load_spec(spec_path)
+    out = _out_dir(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SpecError("--out", f"{out} exists and is not empty; remove it or pick another")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging_out = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    build_dir = Path(tempfile.mkdtemp(prefix="mdi-build-"))
+    try:
+        prepare(spec, build_dir, staging_out)
+        if not spec.onlyNixStore:
+            run_guest_vm(spec, spec_path, build_dir, staging_out / EFI_VARS)
+        dest = finish(spec, build_dir, staging_out)
+        if spec.postVM:
+            env = dict(os.environ, out=str(staging_out), diskImage=str(dest))
+            result = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", spec.postVM], env=env, cwd=build_dir, check=False
+            )
+            if result.returncode != 0:
+                raise StepError("postVM", f"the postVM script exited {result.returncode}")
+        # $out paths inside products point at the staging dir: rewrite them, then move.
+        products = staging_out / "nix-support/hydra-build-products"
+        products.write_text(products.read_text().replace(str(staging_out), str(out)))
+        if out.exists():
+            out.rmdir()
+        staging_out.rename(out)
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        shutil.rmtree(staging_out, ignore_errors=True)
+    print(out / spec.filename)
+    return 0
+
+
+def run_guest_vm(spec: Spec, spec_path: Path, build_dir: Path, efi_vars: Path) -> None:
+    from make_disk_image import vm
+
+    argv = [
+        sys.executable,
+        "-m",
+        "make_disk_image",
+        "guest",
+        str(spec_path),
+        "--handoff",
+        str(build_dir / HANDOFF),
+    ]
+    if logger.isEnabledFor(logging.DEBUG):
+        argv.insert(3, "--verbose")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    status = vm.run_in_vm(
+        argv,
+        disk=build_dir / "nixos.raw",
+        env=env,
+        cwd=str(build_dir),
+        mem_mib=spec.memSize,
+        qemu_opts=qemu_options(spec, efi_vars),
+    )
+    if status != 0:
+        raise StepError(
+            "guest", f"the guest phase failed in the VM (exit {status}); its output is above"
+        )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="make-disk-image", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log every command's stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (
+        ("plan", cmd_plan, "print the disk plan as JSON; writes nothing"),
+        ("prepare", cmd_prepare, "preVM: stage, size, partition, fill the root filesystem"),
+        ("guest", cmd_guest, "inside the build VM: boot partitions, bootloader, ownership"),
+        ("finish", cmd_finish, "postVM: convert into $out, hydra-build-products"),
+        ("build", cmd_build, "all phases here, the guest phase in a qemu VM"),
+    ):
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("spec", type=Path, metavar="SPEC.json")
+        sp.set_defaults(func=func)
+        if name in ("prepare", "finish", "build"):
+            sp.add_argument("--out", help="output directory (default: $out)")
+        if name == "guest":
+            sp.add_argument("--handoff", type=Path, help="the plan prepare left in xchg/")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="make-disk-image: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,108 @@
+"""The preVM phase: unprivileged, in the build directory, no loop devices or mounts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from make_disk_image import nixdb, rootfs
+from make_disk_image.layouts import check_fits, plan_disk
+from make_disk_image.models import MIB, DiskPlan, Spec
+from make_disk_image.process import StepError
+from make_disk_image.sizing import auto_disk_size
+from make_disk_image.staging import Tree, build_tree, check_sources
+
+logger = logging.getLogger("make_disk_image")
+
+HANDOFF = Path("xchg") / "make-disk-image.json"
+EFI_VARS = "efi-vars.fd"
+
+
+def compute_plan(spec: Spec, tree: Tree | None) -> DiskPlan:
+    """The disk plan; an automatic size needs the tree (None: size it from diskSize only)."""
+    if spec.diskSize is not None:
+        plan = plan_disk(spec, spec.diskSize * MIB, None)
+    else:
+        if tree is None:
+            raise ValueError("an automatic disk size needs the image tree")
+        auto = auto_disk_size(spec, tree.usage())
+        plan = plan_disk(spec, auto.disk_image_size, auto)
+    problems = check_fits(plan)
+    if problems:
+        raise StepError(
+            "disk plan",
+            f"diskSize {plan.disk_size // MIB} MiB is too small for the {spec.partitionTableType}"
+            f" layout (bootSize {spec.bootSize} bytes): "
+            + "; ".join(problems)
+            + '; raise diskSize or use "auto"',
+        )
+    return plan
+
+
+def stage(spec: Spec, work: Path) -> Tree:
+    check_sources(spec)
+    db_files: dict[str, Path] = {}
+    if not spec.onlyNixStore:
+        db_files = nixdb.make_db(
+            Path(spec.closureInfo),
+            work,
+            registration_time=rootfs.SOURCE_DATE_EPOCH if spec.deterministic else None,
+        )
+    return build_tree(spec, db_files)
+
+
+def log_auto_size(plan: DiskPlan) -> None:
+    if plan.auto is None:
+        return
+    a = plan.auto
+    logger.info("Automatic disk size...")
+    logger.info("  Closure space use: %d bytes", a.closure_space_use)
+    logger.info("  fudge: %d bytes", a.fudge)
+    logger.info("  Filesystem size needed: %d bytes", a.filesystem_size_needed)
+    logger.info("  Additional space: %d bytes", a.additional_space)
+    logger.info("  Disk image size: %d bytes", a.disk_image_size)
+
+
+def prepare(spec: Spec, build_dir: Path, out: Path) -> DiskPlan:
+    """Write ./nixos.raw (table + filled root fs), the guest's handoff file, efi-vars.fd."""
+    from make_disk_image.partitioning import write_partition_table
+
+    image = build_dir / "nixos.raw"
+    partial = build_dir / "nixos.raw.partial"
+    efi_vars = out / EFI_VARS
+    created_out = not out.exists()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mdi-", dir=build_dir) as tmp:
+            tree = stage(spec, Path(tmp))
+            plan = compute_plan(spec, tree)
+            log_auto_size(plan)
+            partial.unlink(missing_ok=True)
+            with partial.open("wb") as fh:
+                fh.truncate(plan.disk_size)
+            write_partition_table(partial, plan)
+            rootfs.make_root_filesystem(
+                partial, plan, tree.ordered(), deterministic=spec.deterministic
+            )
+        os.replace(partial, image)
+        handoff = build_dir / HANDOFF
+        handoff.parent.mkdir(parents=True, exist_ok=True)
+        handoff.write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        if spec.touchEFIVars:
+            # The guest's firmware writes its boot entries into this copy (pflash unit 1),
+            # so it must exist before the VM starts.
+            assert spec.efiVariables is not None
+            shutil.copyfile(spec.efiVariables, efi_vars)
+            efi_vars.chmod(0o644)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        image.unlink(missing_ok=True)
+        efi_vars.unlink(missing_ok=True)
+        if created_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    return plan

@@ -1,0 +1,68 @@
+"""Making and filling the root filesystem without root: `mke2fs -d -` fed a tar stream."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from make_disk_image import process
+from make_disk_image.models import FS_BLOCK, DiskPlan
+from make_disk_image.process import CommandError, StepError
+from make_disk_image.staging import Entry, write_tar
+
+STEP = "root filesystem"
+# Timestamps when deterministic: Nix's store time, for the superblock and every inode.
+SOURCE_DATE_EPOCH = 1
+
+
+def mkfs_command(image: Path, plan: DiskPlan, *, deterministic: bool) -> list[str]:
+    args = ["mke2fs", "-t", plan.fs_type, "-b", str(FS_BLOCK), "-F", "-L", plan.label]
+    extended = [f"offset={plan.root_offset}"] if plan.table is not None else []
+    if deterministic and plan.root_fs_uuid:
+        args += ["-U", plan.root_fs_uuid]
+        extended.append(f"hash_seed={plan.root_fs_uuid}")
+    if extended:
+        args += ["-E", ",".join(extended)]
+    # Always give the size: with an offset and no size, mke2fs runs to the end of the file
+    # and destroys the backup GPT.
+    return [*args, "-d", "-", str(image), f"{plan.root_size // 1024}K"]
+
+
+def make_root_filesystem(
+    image: Path, plan: DiskPlan, entries: list[Entry], *, deterministic: bool
+) -> None:
+    argv = mkfs_command(image, plan, deterministic=deterministic)
+    env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)} if deterministic else {}
+    # The tar writer runs in a thread feeding mke2fs's stdin, so the tree is streamed
+    # straight from the store into the image.
+    errors: list[BaseException] = []
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as out:
+                write_tar(entries, out)
+        except BrokenPipeError:
+            pass  # mke2fs stopped reading; its own error explains why
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+
+    feeder = threading.Thread(target=feed, name="tar-feeder", daemon=True)
+    feeder.start()
+    try:
+        with os.fdopen(read_fd, "rb") as stdin:
+            process.run(argv, step=STEP, env=env, stdin=stdin)
+    except CommandError as exc:
+        feeder.join(timeout=60)
+        if "Could not allocate" in exc.stderr or "No space left" in exc.stderr:
+            raise StepError(
+                STEP,
+                f"the root filesystem ({plan.root_size // (1024 * 1024)} MiB) is too small "
+                'for the closure and contents; raise diskSize, or use diskSize = "auto" '
+                f"(mke2fs: {exc.stderr.strip().splitlines()[-1]})",
+            ) from exc
+        raise
+    feeder.join()
+    if errors:
+        raise StepError(STEP, f"could not read the tree: {errors[0]}") from errors[0]
