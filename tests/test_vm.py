@@ -138,6 +138,28 @@ def test_initramfs_has_busybox_modules_in_dependency_order_and_is_cached(
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_pvh_kernel_is_the_elf_inside_the_bzimage_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    image, version = vm.host_kernel()
+    elf = vm.pvh_kernel(image, version)
+    assert elf is not None
+    assert elf.read_bytes()[:4] == b"\x7fELF"
+    assert elf.stat().st_size > image.stat().st_size
+    assert vm.pvh_kernel(image, version) == elf
+    # A kernel whose config lacks PVH (here: no config at all) is booted as it is.
+    (tmp_path / "boot").mkdir()
+    shutil.copyfile(image, tmp_path / "boot" / image.name)
+    assert vm.pvh_kernel(tmp_path / "boot" / image.name, version) is None
+
+
+def test_firmware_options_select_the_bzimage() -> None:
+    assert vm._uses_firmware(["-drive", "if=pflash,format=raw,unit=0,file=CODE.fd"])
+    assert vm._uses_firmware(["-bios", "/usr/share/ovmf/OVMF.fd"])
+    assert not vm._uses_firmware(["-smp", "2", "-machine", "q35"])
+
+
 def test_console_text_drops_terminal_controls_split_across_reads() -> None:
     console = vm._ConsoleText()
     text = console.feed("a\r\n\x1b[2") + console.feed("J\x1bcb\r") + console.feed("\nc")
