@@ -20,7 +20,7 @@ canTouchEfiVariables="@canTouchEfiVariables@"
 efiSysMountPoint="@efiSysMountPoint@"
 xbootldrMountPoint="@xbootldrMountPoint@"
 profiles=/nix/var/nix/profiles
-efiGlobal=8be4df61-93ca-11d0-aa4d-00e098032b8c
+efiGlobal=8be4df61-93ca-11d2-aa0d-00e098032b8c
 
 die() {
     echo "switch-to-configuration: $*" >&2
