@@ -271,8 +271,8 @@ let
         set -eu
         mkdir -p "$out/bin"
         cp /bin/busybox "$out/bin/busybox"
-        for applet in sh ash cat chown chmod id ln ls mkdir readlink rm test echo; do
-          ln -s busybox "$out/bin/$applet"
+        for applet in $("$out/bin/busybox" --list); do
+          [ "$applet" = busybox ] || ln -s busybox "$out/bin/$applet"
         done
       ''
     ];
@@ -399,9 +399,11 @@ let
   kmod = debianPackage { pname = "kmod"; };
   systemdMinimal = debianPackage {
     pname = "systemd-minimal";
+    # udevadm too: libparted runs `udevadm settle`.
     debianPackages = [
       "systemd"
       "systemd-boot"
+      "udev"
     ];
   };
   jq = debianPackage { pname = "jq"; };
@@ -457,29 +459,26 @@ let
       bash
       coreutils
       python3
+      qemu
+      kmod
       vmRunner
       writeText
       storeDir
       ;
   };
 
-  # nixos-enter as nixpkgs' (nixos/modules/installer/tools/nixos-enter.sh): the mock
-  # from testsys/ when the checkout has it.
+  # nixos-enter with nixpkgs' interface: the one testsys/ provides for the project's
+  # tests (it needs the checkout, as vmTools does).
   nixosEnterScript = ../../testsys/bin/nixos-enter;
-  nixos-enter = runCommand "nixos-enter" { meta.mainProgram = "nixos-enter"; } (
+  nixos-enter =
     if builtins.pathExists nixosEnterScript then
-      ''
+      runCommand "nixos-enter" { meta.mainProgram = "nixos-enter"; } ''
         mkdir -p $out/bin
         cp ${nixosEnterScript} $out/bin/nixos-enter
         chmod +x $out/bin/nixos-enter
       ''
     else
-      ''
-        mkdir -p $out/bin
-        cp ${./build-support/nixos-enter.sh} $out/bin/nixos-enter
-        chmod +x $out/bin/nixos-enter
-      ''
-  );
+      throw "tests/nixpkgs: nixos-enter comes from testsys/bin/nixos-enter two directories up; load the stand-in from a checkout of the project";
 
   # A formatter package for flake.nix's `formatter` output: there is no nixfmt on
   # Debian 12, so running it says so.

@@ -10,6 +10,8 @@
   bash,
   coreutils,
   python3,
+  qemu,
+  kmod,
   vmRunner,
   writeText,
   storeDir,
@@ -30,7 +32,11 @@ rec {
     echo "$exitCode" > /tmp/xchg/in-vm-exit
   '';
 
+  # vm.py builds its initramfs with modprobe (module order) and runs qemu.
   qemuCommandLinux = ''
+    # HOME is /homeless-shelter, which must not come to exist (Nix refuses to build
+    # without a sandbox then): vm.py caches its initramfs in the build directory.
+    PATH=${qemu}/bin:${kmod}/bin:${coreutils}/bin XDG_CACHE_HOME="$NIX_BUILD_TOP/.cache" \
     PYTHONPATH=${vmRunner} ${python3}/bin/python3 -m make_disk_image.vm \
       --share ${storeDir}:${storeDir}:rw \
       --share "$NIX_BUILD_TOP/xchg:/tmp/xchg:rw" \

@@ -35,9 +35,12 @@ let
 
   system-path = runCommand "system-path" { } ''
     mkdir -p $out/bin
-    for applet in sh cat chown chmod id ln ls mkdir readlink rm test echo stat; do
-      ln -s ${busybox}/bin/busybox $out/bin/$applet
+    for applet in ${busybox}/bin/*; do
+      ln -s $applet $out/bin/
     done
+    # nixos-enter -c runs sw/bin/bash; busybox's sh stands in for it.
+    printf '#!%s\nexec %s "$@"\n' ${busybox}/bin/sh ${busybox}/bin/sh > $out/bin/bash
+    chmod +x $out/bin/bash
   '';
 
   grub = config.boot.loader.grub;
@@ -78,7 +81,9 @@ in
     #!${busybox}/bin/sh
     systemConfig=$out
     export PATH=${busybox}/bin
-    mkdir -p /etc /bin /run /tmp /var /root
+    mkdir -p /etc /bin /proc /run /tmp /var /root
+    [ -e /proc/self ] || mount -t proc proc /proc
+    grep -q " /run " /proc/mounts || mount -t tmpfs -o mode=0755 tmpfs /run
     for f in hostname os-release; do ln -sfn ${etc}/etc/\$f /etc/\$f; done
     cat ${etc}/etc/passwd > /etc/passwd
     cat ${etc}/etc/group > /etc/group

@@ -1,0 +1,518 @@
+"""The Nix layer, built for real: nix-build of default.nix and the flake against the
+offline nixpkgs stand-in (tests/nixpkgs), through preVM / the qemu guest / postVM.
+
+Each image is checked with the tools a user would use (sfdisk, e2fsck, debugfs,
+dumpe2fs, mtools, qemu-img), not with the engine's own code. See docs/nix.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.nix,
+    pytest.mark.skipif(
+        shutil.which("nix-build") is None, reason="nix-build (nix-bin) not installed"
+    ),
+]
+
+ROOT_GPUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
+# What sgdisk makes of the reference's 31-digit disk GUID literal.
+SEED_DISK_GUID = "97FD5997-F390-0B4A-A3F8-D106C1723AEA"
+BIOS_BOOT_GUID = "21686148-6449-6E6F-744E-656564454649"
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+XBOOTLDR_GUID = "BC13C2FF-59E6-4262-A352-B275FD6F7172"
+BOOTLOADER_MARKER = "nixos-standin-bootloader"
+
+# The image under test: default.nix called like nixos/lib/make-disk-image.nix, with a
+# stand-in NixOS configuration made of one JSON module. Paths in `contents` and the
+# text of `configFile` / `additionalPaths` come as strings and become store paths here.
+IMAGE_NIX = """
+{ repo, imageArgs, configModule }:
+let
+  pkgs = import (repo + "/tests/nixpkgs") { };
+  inherit (pkgs) lib;
+  standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
+  config = (standIn.lib.nixosSystem {
+    system = builtins.currentSystem;
+    modules = [ (builtins.fromJSON configModule) ];
+  }).config;
+  args = builtins.fromJSON imageArgs;
+  converted = {
+    contents = map (entry: entry // { source = /. + entry.source; }) (args.contents or [ ]);
+    additionalPaths =
+      map (text: pkgs.writeText "additional-path" text) (args.additionalTexts or [ ]);
+  } // lib.optionalAttrs (args ? configFileText) {
+    configFile = pkgs.writeText "configuration.nix" args.configFileText;
+  };
+in
+import (repo + "/default.nix") (
+  { inherit pkgs lib config; }
+  // removeAttrs args [ "additionalTexts" "configFileText" ]
+  // converted
+)
+"""
+
+
+@dataclass(frozen=True)
+class Partition:
+    start: int  # sectors
+    size: int  # sectors
+    type: str
+    uuid: str | None
+    name: str | None
+
+    @property
+    def offset(self) -> int:
+        return self.start * 512
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    out: Path
+    log: str
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+
+
+def checked(argv: list[str], **kwargs: Any) -> str:
+    proc = run(argv, **kwargs)
+    assert proc.returncode == 0, f"{argv} failed ({proc.returncode}):\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working tree as a fresh git repository: flakes only see `git add`ed files,
+    and this is what a CI clone looks like (without caches and build results)."""
+    dest = tmp_path_factory.mktemp("checkout") / "make-disk-image"
+    listed = checked(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO
+    )
+    for name in filter(None, listed.split("\0")):
+        src = REPO / name
+        if not src.exists():  # deleted in the working tree, not yet committed
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target, follow_symlinks=False)
+    checked(["git", "init", "-q"], cwd=dest)
+    checked(["git", "add", "-A"], cwd=dest)
+    return dest
+
+
+def nix_build_image(
+    checkout: Path,
+    tmp_path: Path,
+    image_args: Mapping[str, Any],
+    config_module: Mapping[str, Any] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    expr = tmp_path / "image.nix"
+    expr.write_text(IMAGE_NIX)
+    return run(
+        [
+            "nix-build",
+            str(expr),
+            "--arg",
+            "repo",
+            str(checkout),
+            "--argstr",
+            "imageArgs",
+            json.dumps(image_args),
+            "--argstr",
+            "configModule",
+            json.dumps(config_module or {}),
+            "--out-link",
+            str(tmp_path / "result"),
+        ]
+    )
+
+
+def build_image(
+    checkout: Path,
+    tmp_path: Path,
+    image_args: Mapping[str, Any],
+    config_module: Mapping[str, Any] | None = None,
+) -> BuildResult:
+    proc = nix_build_image(checkout, tmp_path, image_args, config_module)
+    assert proc.returncode == 0, f"nix-build failed:\n{proc.stderr[-6000:]}"
+    return BuildResult(out=Path(proc.stdout.strip().splitlines()[-1]), log=proc.stderr)
+
+
+def as_raw(image: Path, tmp_path: Path) -> Path:
+    info = json.loads(checked(["qemu-img", "info", "--output=json", str(image)]))
+    if info["format"] == "raw":
+        return image
+    raw = tmp_path / "converted.raw"
+    checked(["qemu-img", "convert", "-O", "raw", str(image), str(raw)])
+    return raw
+
+
+def partition_table(raw: Path) -> tuple[dict[str, Any], list[Partition]]:
+    table = json.loads(checked(["sfdisk", "--json", str(raw)]))["partitiontable"]
+    parts = [
+        Partition(
+            start=p["start"],
+            size=p["size"],
+            type=p["type"].upper(),
+            uuid=p.get("uuid"),
+            name=p.get("name"),
+        )
+        for p in table["partitions"]
+    ]
+    return table, parts
+
+
+def ext4_header(spec: str) -> dict[str, str]:
+    out = checked(["dumpe2fs", "-h", spec])
+    fields = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def check_ext4(spec: str) -> None:
+    proc = run(["e2fsck", "-fn", spec])
+    assert proc.returncode == 0, f"e2fsck -fn {spec}:\n{proc.stdout}\n{proc.stderr}"
+
+
+def debugfs(spec: str, request: str) -> str:
+    proc = run(["debugfs", "-R", request, spec])
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def ext4_read(spec: str, path: str) -> str:
+    return debugfs(spec, f"cat {path}")
+
+
+def ext4_stat(spec: str, path: str) -> dict[str, str]:
+    """uid, gid and mode of one inode, from debugfs' stat."""
+    text = debugfs(spec, f"stat {path}")
+    assert "File not found" not in text, f"{path} missing"
+    fields: dict[str, str] = {}
+    for token in text.replace(":", " : ").split("\n")[0:2]:
+        parts = token.split()
+        for i, word in enumerate(parts):
+            if word in ("Mode", "User", "Group") and i + 2 < len(parts):
+                fields[word.lower()] = parts[i + 2]
+    return fields
+
+
+def fat_read(raw: Path, part: Partition, path: str) -> str:
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    return checked(["mtype", "-i", f"{raw}@@{part.offset}", f"::{path}"], env=env)
+
+
+def fat_label(raw: Path, part: Partition) -> str:
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    return checked(["mlabel", "-s", "-i", f"{raw}@@{part.offset}", "::"], env=env).strip()
+
+
+def hydra_products(out: Path) -> list[str]:
+    return (out / "nix-support" / "hydra-build-products").read_text().splitlines()
+
+
+def store_path_names(spec: str, directory: str) -> set[str]:
+    return set(debugfs(spec, f"ls -p {directory}").split("/")[5::6]) - {"", ".", ".."}
+
+
+@pytest.fixture
+def contents_file(tmp_path: Path) -> Path:
+    source = tmp_path / "motd"
+    source.write_text("welcome to the image\n")
+    return source
+
+
+# Config modules of the stand-in NixOS (nixos/default.nix there): grub on a device the
+# guest must link to /dev/vda, and a user the guest must chown contents to.
+GRUB_SDA = {
+    "boot": {"loader": {"grub": {"enable": True, "devices": ["/dev/sda"]}}},
+    "users": {"users": {"alice": {"uid": 1000, "group": "users", "home": "/home/alice"}}},
+}
+NO_GRUB = {"boot": {"loader": {"grub": {"enable": False}}}}
+LIMINE_SDB = {
+    "boot": {
+        "loader": {
+            "grub": {"enable": False},
+            "limine": {"enable": True, "biosSupport": True, "biosDevice": "/dev/sdb"},
+        }
+    }
+}
+
+
+@dataclass(frozen=True)
+class LayoutCase:
+    partition_table_type: str
+    image_format: str
+    extension: str
+    config: Mapping[str, Any]
+    # 1-based number of the root partition (0: the image is the file system), of the
+    # partition /boot lives on when it is not the root, and the boot loader devices.
+    root: int
+    boot: int | None
+    devices: tuple[str, ...]
+    extra_args: Mapping[str, Any]
+
+
+LAYOUTS = [
+    LayoutCase("legacy", "raw", "img", GRUB_SDA, 1, None, ("/dev/sda",), {}),
+    LayoutCase("legacy+boot", "qcow2", "qcow2", GRUB_SDA, 2, 1, ("/dev/sda",), {}),
+    LayoutCase("legacy+gpt", "vpc", "vhd", GRUB_SDA, 2, None, ("/dev/sda",), {}),
+    LayoutCase("efi", "qcow2-compressed", "qcow2", NO_GRUB, 2, 1, (), {"touchEFIVars": True}),
+    LayoutCase("efixbootldr", "vdi", "vdi", NO_GRUB, 3, 2, (), {"bootSize": "160M"}),
+    LayoutCase("hybrid", "raw", "img", LIMINE_SDB, 3, 1, ("/dev/sdb",), {}),
+    LayoutCase("none", "raw", "img", NO_GRUB, 0, None, (), {"copyChannel": False}),
+]
+
+
+@pytest.mark.parametrize(
+    "case", LAYOUTS, ids=lambda c: f"{c.partition_table_type}-{c.image_format}"
+)
+def test_nix_build_layout(
+    case: LayoutCase, checkout: Path, tmp_path: Path, contents_file: Path
+) -> None:
+    args: dict[str, Any] = {
+        "partitionTableType": case.partition_table_type,
+        "format": case.image_format,
+        "contents": [
+            {"source": str(contents_file), "target": "/etc/motd", "mode": "0640"}
+            | ({"user": "alice", "group": "users"} if "users" in case.config else {})
+        ],
+        "postVM": 'echo "$diskImage" > $out/post-vm-disk-image',
+        **case.extra_args,
+    }
+    result = build_image(checkout, tmp_path, args, case.config)
+    out = result.out
+    image = out / f"nixos.{case.extension}"
+    assert image.is_file()
+    # The user's postVM ran after the engine's finish, with diskImage set to the output.
+    assert (out / "post-vm-disk-image").read_text().strip() == str(image)
+    fmt = "qcow2" if case.image_format == "qcow2-compressed" else case.image_format
+    assert hydra_products(out) == [f"file {fmt}-image {image}"]
+    info = json.loads(checked(["qemu-img", "info", "--output=json", str(image)]))
+    assert info["format"] == fmt
+    assert (out / "efi-vars.fd").is_file() == bool(case.extra_args.get("touchEFIVars"))
+
+    raw = as_raw(image, tmp_path)
+    if case.root == 0:
+        root_spec = str(raw)
+        assert not run(["sfdisk", "--json", str(raw)]).stdout.strip()
+        parts: list[Partition] = []
+    else:
+        table, parts = partition_table(raw)
+        root_part = parts[case.root - 1]
+        root_spec = f"{raw}?offset={root_part.offset}"
+        if table["label"] == "gpt":
+            assert table["id"].upper() == SEED_DISK_GUID
+            if case.partition_table_type != "legacy+gpt":
+                assert root_part.uuid is not None and root_part.uuid.upper() == ROOT_GPUID
+        else:
+            assert table["label"] == "dos"
+    check_ext4(root_spec)
+    header = ext4_header(root_spec)
+    assert header["Filesystem volume name"] == "nixos"
+    # tune2fs in the guest set the UUID and the deterministic timestamps.
+    assert header["Filesystem UUID"].upper() == ROOT_GPUID
+    assert header["Last checked"].endswith("1970")
+
+    assert "Type: symlink" in debugfs(root_spec, "stat /nix/var/nix/profiles/system")
+    assert ext4_read(root_spec, "/etc/motd") == "welcome to the image\n"
+    motd = ext4_stat(root_spec, "/etc/motd")
+    assert motd["mode"].endswith("0640")
+    if "users" in case.config:
+        # chown in the guest through nixos-enter, with the image's own /etc/passwd.
+        assert (motd["user"], motd["group"]) == ("1000", "100")
+
+    # switch-to-configuration boot ran in the guest through nixos-enter, with the boot
+    # loader devices linked to /dev/vda and /boot mounted where the layout puts it.
+    if case.boot is None:
+        marker = ext4_read(root_spec, f"/boot/{BOOTLOADER_MARKER}")
+    else:
+        boot_part = parts[case.boot - 1]
+        marker = fat_read(raw, boot_part, f"/{BOOTLOADER_MARKER}")
+        expected_label = {"legacy+boot": "BOOT", "efixbootldr": "BOOT"}.get(
+            case.partition_table_type, "ESP"
+        )
+        assert fat_label(raw, boot_part).endswith(expected_label)
+    lines = marker.splitlines()
+    assert lines[0].startswith("system=/nix/store/") and "install=1" in lines
+    assert [line for line in lines if line.startswith("device=")] == [
+        f"device={d}" for d in case.devices
+    ]
+    if case.partition_table_type == "efixbootldr":
+        esp = parts[0]
+        assert esp.type == ESP_GUID and parts[1].type == XBOOTLDR_GUID
+        assert fat_label(raw, esp).endswith("ESP")
+    if case.partition_table_type in ("legacy+gpt", "hybrid"):
+        assert BIOS_BOOT_GUID in {p.type for p in parts}
+
+
+def test_nix_build_only_nix_store(checkout: Path, tmp_path: Path) -> None:
+    """onlyNixStore: a plain derivation without VM, the store at the image's root."""
+    result = build_image(
+        checkout,
+        tmp_path,
+        {
+            "onlyNixStore": True,
+            "installBootLoader": False,
+            "partitionTableType": "none",
+            "copyChannel": False,
+            "additionalTexts": ["an additional path\n"],
+        },
+    )
+    image = result.out / "nixos.img"
+    check_ext4(str(image))
+    assert ext4_header(str(image))["Filesystem volume name"] == "nix-store"
+    names = store_path_names(str(image), "/")
+    assert any(n.endswith("-busybox-static-debian") for n in names), names
+    assert any(n.endswith("-additional-path") for n in names), names
+    assert "nix" not in names
+    assert "Virtual machine" not in result.log
+
+
+@pytest.mark.parametrize(
+    ("image_args", "message"),
+    [
+        ({"partitionTableType": "gpt"}, "partitionTableType"),
+        ({"format": "vmdk"}, "format"),
+        ({"onlyNixStore": True, "partitionTableType": "none"}, "onlyNixStore"),
+    ],
+    ids=["partitionTableType", "format", "onlyNixStore-with-bootloader"],
+)
+def test_nix_build_wrong_argument_fails_with_engine_message(
+    checkout: Path, tmp_path: Path, image_args: dict[str, Any], message: str
+) -> None:
+    proc = nix_build_image(checkout, tmp_path, image_args | {"copyChannel": False})
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line and message in line]
+    assert errors, proc.stderr[-4000:]
+    # The engine refused in preVM: no VM was started.
+    assert "guest command" not in proc.stderr
+
+
+def test_nix_build_guest_failure_fails_the_build(
+    checkout: Path, tmp_path: Path, contents_file: Path
+) -> None:
+    """A command failing inside the VM reaches the host through xchg/in-vm-exit."""
+    proc = nix_build_image(
+        checkout,
+        tmp_path,
+        {
+            "copyChannel": False,
+            "contents": [
+                {
+                    "source": str(contents_file),
+                    "target": "/etc/motd",
+                    "user": "nosuchuser",
+                    "group": "users",
+                }
+            ],
+        },
+        GRUB_SDA,
+    )
+    assert proc.returncode != 0
+    assert "nosuchuser" in proc.stderr, proc.stderr[-4000:]
+    assert "Virtual machine didn't produce an exit code" not in proc.stderr
+
+
+def flake_ref_of_stand_in(checkout: Path) -> str:
+    # git+file with dir=: the stand-in's vmTools and nixos-enter come from the checkout
+    # around it (path: flake refs take no dir= in Nix 2.8).
+    return f"git+file://{checkout}?dir=tests/nixpkgs"
+
+
+def test_flake_build_package_and_check(checkout: Path) -> None:
+    override = ["--override-input", "nixpkgs", flake_ref_of_stand_in(checkout)]
+    built = json.loads(
+        checked(
+            ["nix", "build", "--no-link", "--json", f"{checkout}#packages.x86_64-linux.default"]
+            + override,
+            cwd=checkout,
+        )
+    )
+    app = Path(built[0]["outputs"]["out"])
+    help_text = checked([str(app / "bin" / "make-disk-image"), "--help"])
+    assert "prepare" in help_text and "guest" in help_text
+
+    shown = json.loads(checked(["nix", "flake", "show", "--json", str(checkout)] + override))
+    checks = shown["checks"]["x86_64-linux"]
+    assert {"package", "image-legacy-raw", "image-efi-qcow2", "image-nix-store"} <= set(checks)
+    assert set(shown["checks"]) == {"x86_64-linux", "aarch64-linux"}
+    assert "formatter" in shown and "lib" in shown
+
+    proc = run(["nix", "flake", "check", "-L", str(checkout)] + override, cwd=checkout)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    # The checks were really built: their outputs are valid store paths now.
+    for name in ("image-legacy-raw", "image-efi-qcow2"):
+        out = json.loads(
+            checked(
+                ["nix", "build", "--no-link", "--json", f"{checkout}#checks.x86_64-linux.{name}"]
+                + override,
+                cwd=checkout,
+            )
+        )[0]["outputs"]["out"]
+        assert (Path(out) / "nix-support" / "hydra-build-products").is_file()
+
+
+def test_default_nix_takes_the_reference_arguments(checkout: Path) -> None:
+    args = json.loads(
+        checked(
+            [
+                "nix-instantiate",
+                "--eval",
+                "--json",
+                "-E",
+                f"builtins.functionArgs (import {checkout}/default.nix)",
+            ]
+        )
+    )
+    # Exactly the reference's arguments, the same ones optional.
+    assert args == REFERENCE_ARGUMENTS
+
+
+# The reference's argument list: name -> has a default.
+REFERENCE_ARGUMENTS = {
+    "pkgs": False,
+    "lib": False,
+    "config": False,
+    "diskSize": True,
+    "additionalSpace": True,
+    "bootSize": True,
+    "contents": True,
+    "partitionTableType": True,
+    "installBootLoader": True,
+    "touchEFIVars": True,
+    "OVMF": True,
+    "efiFirmware": True,
+    "efiVariables": True,
+    "fsType": True,
+    "label": True,
+    "configFile": True,
+    "postVM": True,
+    "memSize": True,
+    "onlyNixStore": True,
+    "name": True,
+    "format": True,
+    "baseName": True,
+    "deterministic": True,
+    "rootGPUID": True,
+    "rootFSUID": True,
+    "copyChannel": True,
+    "additionalPaths": True,
+}
