@@ -122,39 +122,31 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def run_guest_vm(spec: Spec, spec_path: Path, build_dir: Path, efi_vars: Path) -> None:
+    """The guest phase in a TCG VM, as runInLinuxVM would run it.
+
+    The guest sees the host's / read-only but its own /tmp, so the build directory (with
+    a copy of the spec) is shared in at /tmp/build, as nixpkgs shares xchg.
+    """
     from make_disk_image import vm
 
-    argv = [
-        sys.executable,
-        "-m",
-        "make_disk_image",
-        "guest",
-        str(spec_path),
-        "--handoff",
-        str(build_dir / HANDOFF),
-    ]
+    guest_build = "/tmp/build"
+    shutil.copyfile(spec_path, build_dir / "spec.json")
+    argv = [sys.executable, "-m", "make_disk_image", "guest", f"{guest_build}/spec.json",
+            "--handoff", f"{guest_build}/{HANDOFF}"]
     if logger.isEnabledFor(logging.DEBUG):
         argv.insert(3, "--verbose")
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "HOME": "/tmp",
-        "TMPDIR": "/tmp",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     status = vm.run_in_vm(
-        argv,
-        disk=build_dir / "nixos.raw",
-        env=env,
-        cwd=str(build_dir),
-        mem_mib=spec.memSize,
-        qemu_opts=qemu_options(spec, efi_vars),
+        argv, disk=build_dir / "nixos.raw", env=env, cwd=guest_build,
+        shares=[vm.Share(host=build_dir, guest=guest_build)],
+        mem_mib=spec.memSize, qemu_opts=qemu_options(spec, efi_vars),
     )
     if status != 0:
-        raise StepError(
-            "guest", f"the guest phase failed in the VM (exit {status}); its output is above"
-        )
+        raise StepError("guest", f"the guest phase failed in the VM (exit {status}); its "
+                        "output is above")
 
 
 def parser() -> argparse.ArgumentParser:
