@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import ctypes
 import gzip
 import hashlib
 import io
@@ -25,6 +26,7 @@ import re
 import select
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -455,7 +457,7 @@ status=$?
 
 # stty sets the terminal with TCSADRAIN: it returns once the command's output left the
 # serial port, so the host sees all of it before the status.
-stty -F /dev/console >/dev/null 2>&1
+stty -F /dev/console onlcr >/dev/null 2>&1
 sync
 echo "exit $status" >$C/status
 sync
@@ -556,6 +558,17 @@ def qemu_command(
 def _drive_path(path: Path) -> str:
     # qemu splits -drive/-virtfs values at commas; doubling one escapes it.
     return str(path.resolve()).replace(",", ",,")
+
+
+def _die_with_parent() -> None:
+    """In the qemu child: get SIGKILL when this process dies (even by SIGKILL itself).
+
+    `finally` covers exceptions; this covers a driver that is killed outright (a Nix
+    build timeout), which would otherwise leave a guest running for up to `timeout`.
+    """
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -675,7 +688,11 @@ def _stream_qemu(qemu: Sequence[str], out: IO[str], timeout: float) -> str:
     tail = ""
     try:
         proc = subprocess.Popen(
-            list(qemu), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            list(qemu),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
     except FileNotFoundError as exc:
         raise StepError(

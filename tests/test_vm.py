@@ -25,21 +25,29 @@ TEST_VARIABLE = "MdiTest-3cd7a8a2-51f0-4b6e-9d61-7a0c9b7f1e25"
 PYTHON = os.path.realpath(sys.executable)
 
 
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(command name, parent pid) of a process, None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    return comm, int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _ppid(pid: int) -> int | None:
+    stat = _stat(pid)
+    return stat[1] if stat else None
+
+
+def _all_qemu() -> list[int]:
+    pids = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+    return [pid for pid in pids if (_stat(pid) or ("", 0))[0].startswith("qemu-system")]
+
+
 def _qemu_children() -> list[int]:
     """qemu processes that are children of this test process."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == os.getpid() and comm.startswith("qemu-system"):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in _all_qemu() if _ppid(pid) == os.getpid()]
 
 
 @pytest.fixture
@@ -299,10 +307,15 @@ def test_uefi_guest_keeps_variables_in_vars_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.vm
-def test_bios_guest_has_no_efi() -> None:
-    status, log = _run(["sh", "-c", "test -d /sys/firmware/efi && echo HAS-EFI; true"], disk=None)
-    assert status == 0
+def test_bios_guest_has_no_efi_and_all_output_arrives() -> None:
+    # The last of a burst of output must reach the host before the guest powers off.
+    status, log = _run(
+        ["sh", "-c", "test -d /sys/firmware/efi && echo HAS-EFI; seq 1 30000; exit 3"],
+        disk=None,
+    )
+    assert status == 3
     assert "HAS-EFI" not in log
+    assert "\n29999\n30000\n" in log
 
 
 @pytest.mark.vm
@@ -313,6 +326,29 @@ def test_timeout_raises_and_leaves_no_qemu() -> None:
     assert error.value.step == "vm"
     assert time.monotonic() - started < 30
     assert _qemu_children() == []
+
+
+@pytest.mark.vm
+def test_qemu_dies_with_a_killed_driver(tmp_path: Path) -> None:
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "make_disk_image.vm", "--", "sleep", "600"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        qemu: list[int] = []
+        while not qemu and time.monotonic() < deadline:
+            time.sleep(0.5)
+            qemu = [pid for pid in _all_qemu() if _ppid(pid) == driver.pid]
+        assert qemu, "qemu did not start"
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{qemu[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{qemu[0]}").exists()
 
 
 @pytest.mark.vm
