@@ -1,0 +1,97 @@
+"""finish: every format through qemu-img, hydra-build-products, nothing partial in $out."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from conftest import Closure, Engine, base_spec
+from imagecheck import e2fsck_clean, qemu_img_info, run, sfdisk_json
+
+from make_disk_image.finish import convert_command
+from make_disk_image.spec import parse_spec
+
+FORMATS = {  # format -> (file name, qemu-img's format name)
+    "raw": ("nixos.img", "raw"),
+    "qcow2": ("nixos.qcow2", "qcow2"),
+    "qcow2-compressed": ("nixos.qcow2", "qcow2"),
+    "vdi": ("nixos.vdi", "vdi"),
+    "vpc": ("nixos.vhd", "vpc"),
+}
+
+
+def prepared(engine: Engine, closure: Closure, **kw: object) -> tuple[Path, Path, dict]:  # type: ignore[type-arg]
+    spec = base_spec(closure, partitionTableType="efi", additionalSpace="8M", **kw)
+    build_dir, out = engine.new_build(str(kw.get("format", "raw")))
+    result = engine.run("prepare", spec, build_dir=build_dir, out=out)
+    assert result.returncode == 0, result.stderr
+    return build_dir, out, spec
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_format(closure: Closure, engine: Engine, fmt: str, tmp_path: Path) -> None:
+    build_dir, out, spec = prepared(engine, closure, format=fmt)
+    raw_size = (build_dir / "nixos.raw").stat().st_size
+    result = engine.run("finish", spec, build_dir=build_dir, out=out)
+    assert result.returncode == 0, result.stderr
+    filename, qemu_name = FORMATS[fmt]
+    image = out / filename
+    assert result.stdout.strip() == f"diskImage={shlex.quote(str(image))}"
+    info = qemu_img_info(image)
+    assert info["format"] == qemu_name
+    assert info["virtual-size"] == raw_size
+    products = (out / "nix-support/hydra-build-products").read_text()
+    assert products == f"file {qemu_name}-image {image}\n"
+    assert sorted(p.name for p in out.iterdir()) == sorted([filename, "nix-support"])
+    assert not (build_dir / "nixos.raw").exists() or fmt != "raw"
+    # The converted image holds the same disk: table and clean root filesystem.
+    back = tmp_path / "back.raw"
+    run("qemu-img", "convert", "-O", "raw", str(image), str(back))
+    assert back.stat().st_size == raw_size
+    table = sfdisk_json(back)
+    assert table["id"] == "97FD5997-F390-0B4A-A3F8-D106C1723AEA"
+    root = table["partitions"][1]
+    assert e2fsck_clean(back, root["start"] * 512).returncode == 0
+
+
+def test_compressed_qcow2_is_smaller(closure: Closure, engine: Engine) -> None:
+    sizes = {}
+    for fmt in ("qcow2", "qcow2-compressed"):
+        build_dir, out, spec = prepared(engine, closure, format=fmt)
+        assert engine.run("finish", spec, build_dir=build_dir, out=out).returncode == 0
+        sizes[fmt] = (out / "nixos.qcow2").stat().st_size
+    assert sizes["qcow2-compressed"] < sizes["qcow2"]
+
+
+def test_qcow2_is_deterministic(closure: Closure, engine: Engine) -> None:
+    images = []
+    for _ in range(2):
+        build_dir, out, spec = prepared(engine, closure, format="qcow2")
+        assert engine.run("finish", spec, build_dir=build_dir, out=out).returncode == 0
+        images.append((out / "nixos.qcow2").read_bytes())
+    assert images[0] == images[1]
+
+
+def test_vpc_keeps_the_exact_size() -> None:
+    spec = parse_spec({"toplevel": "/t", "closureInfo": "/c", "copyChannel": False,
+                       "format": "vpc"})
+    assert "force_size=on" in convert_command(spec, Path("a"), Path("b"))
+
+
+def test_finish_without_prepare_fails_and_leaves_out_empty(closure: Closure,
+                                                           engine: Engine) -> None:
+    result = engine.run("finish", base_spec(closure))
+    assert result.returncode == 1
+    assert "nixos.raw does not exist" in result.stderr
+    assert not result.out.exists() or list(result.out.iterdir()) == []
+
+
+def test_failed_conversion_leaves_no_partial(closure: Closure, engine: Engine) -> None:
+    build_dir, out, spec = prepared(engine, closure, format="qcow2")
+    (build_dir / "nixos.raw").write_bytes(b"")  # qemu-img will convert, so break the input
+    (build_dir / "nixos.raw").chmod(0o000)
+    result = engine.run("finish", spec, build_dir=build_dir, out=out)
+    assert result.returncode == 1
+    assert "qemu-img convert" in result.stderr
+    assert [p.name for p in out.iterdir()] == []
