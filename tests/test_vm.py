@@ -273,8 +273,22 @@ def test_missing_share_mount_point_is_a_setup_error(tmp_path: Path) -> None:
         _run(["true"], disk=None, shares=[vm.Share(host=tmp_path, guest="/no-such-dir-mdi")])
 
 
+# What the engine passes for touchEFIVars: plain OVMF on the default machine, OVMF on
+# q35 with SMM, and the SMM-requiring secure-boot build (ovmfSystemManagementModeRequired).
+UEFI_VARIANTS = {
+    "pc": (OVMF_CODE, []),
+    "q35-smm": (OVMF_CODE, ["-machine", "q35,smm=on"]),
+    "secboot-smm": (
+        OVMF_CODE.with_name("OVMF_CODE_4M.secboot.fd"),
+        ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"],
+    ),
+}
+
+
 @pytest.mark.vm
-def test_uefi_guest_keeps_variables_in_vars_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", sorted(UEFI_VARIANTS))
+def test_uefi_guest_keeps_variables_in_vars_file(tmp_path: Path, variant: str) -> None:
+    code, machine = UEFI_VARIANTS[variant]
     vars_copy = tmp_path / "vars.fd"
     shutil.copyfile(OVMF_VARS, vars_copy)
     before = vars_copy.read_bytes()
@@ -290,13 +304,13 @@ def test_uefi_guest_keeps_variables_in_vars_file(tmp_path: Path) -> None:
         [PYTHON, "-c", write_variable],
         disk=None,
         qemu_opts=[
-            "-machine",
-            "q35,smm=on",
+            *machine,
             "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive",
             f"if=pflash,format=raw,unit=1,file={vars_copy}",
         ],
+        timeout=300,
     )
     assert status == 0, log
     assert "efivarfs /sys/firmware/efi/efivars efivarfs" in log
