@@ -26,6 +26,7 @@
 #
 # stdout: KEY=VALUE lines (sizes in bytes, root partition START/SECTORS in sectors)
 # for the test to compare with `make-disk-image plan`; tool chatter goes to stderr.
+# Environment: SEED_ORACLE_MKFS=0 stops after the partition table (no mkfs.ext4).
 set -euo pipefail
 
 if [[ $# -lt 8 || $# -gt 9 ]]; then
@@ -233,17 +234,25 @@ seedDiskGUID=97FD5997-D90B-4AA3-8D16-C1723AEA73C
     none) ;;
   esac
 
-  # --- the root filesystem (empty: the seed fills it with cptofs afterwards) ---
   if [[ $partitionTableType != none ]]; then
     eval "$(partx "$diskImage" -o START,SECTORS --nr $rootPartition --pairs)"
-    mkfs.ext4 -b $blockSize -F -L "$label" "$diskImage" -E offset="$(sectorsToBytes "$START")" "$(sectorsToKilobytes "$SECTORS")K"
-  else
-    mkfs.ext4 -b $blockSize -F -L "$label" "$diskImage"
   fi
 } >&2
-
 if [[ $partitionTableType != none ]]; then
   echo "ROOT_PARTITION=$rootPartition"
   echo "ROOT_START=$START"
   echo "ROOT_SECTORS=$SECTORS"
+fi
+
+# --- the root filesystem (empty: the seed fills it with cptofs afterwards) -------
+# SEED_ORACLE_MKFS=0 skips it when only the layout is compared.
+if [[ ${SEED_ORACLE_MKFS:-1} != 0 ]]; then
+  {
+    if [[ $partitionTableType != none ]]; then
+      mkfs.ext4 -b $blockSize -F -L "$label" "$diskImage" -E offset="$(sectorsToBytes "$START")" "$(sectorsToKilobytes "$SECTORS")K"
+    else
+      mkfs.ext4 -b $blockSize -F -L "$label" "$diskImage"
+    fi
+  } >&2
+  echo "MKFS=done"
 fi
