@@ -136,7 +136,7 @@ def check_boot_loader(
             if expected["partitionTableType"] == "efixbootldr":
                 # Entries and kernels on XBOOTLDR, the boot manager on the ESP.
                 machine.succeed("test -e /boot/loader/entries/nixos-generation-1.conf")
-                machine.succeed("test -e /efi/EFI/systemd/systemd-bootx64.efi")
+                machine.succeed("ls /efi/EFI/systemd/systemd-boot*.efi")
                 machine.fail("test -e /efi/loader/entries/nixos-generation-1.conf")
             else:
                 machine.succeed("test -e /boot/loader/entries/nixos-generation-1.conf")
