@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,8 +60,13 @@ BOOTS = [(name, firmware) for name, case in CASES.items() for firmware in case.f
 
 
 @pytest.fixture(scope="module")
-def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("boot")
+def work_dir() -> Iterator[Path]:
+    # Not under /tmp: the engine's build VM mounts a fresh tmpfs there, so a SPEC.json or
+    # build directory in the host's /tmp would not exist for its guest phase.
+    base = Path(os.environ.get("MDI_BOOT_TEST_DIR", "/var/tmp"))
+    directory = Path(tempfile.mkdtemp(prefix="mdi-boot-tests-", dir=base))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

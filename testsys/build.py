@@ -35,6 +35,8 @@ def build_image(
 ) -> BuiltImage:
     """Write `spec` to WORK_DIR/NAME.json and build it into WORK_DIR/NAME.
 
+    WORK_DIR must be visible in the build VM: anywhere but /tmp, /run and /mnt.
+
     The engine's guest phase runs the system's switch-to-configuration and chown
     through `nixos-enter`, so testsys/bin (this project's stand-in) goes first on PATH;
     the guest sees the host's / and so the same PATH works there.
@@ -43,7 +45,15 @@ def build_image(
     spec_file = work_dir / f"{name}.json"
     spec_file.write_text(json.dumps(spec, indent=2) + "\n")
     out = work_dir / name
-    env = dict(os.environ, PATH=f"{NIXOS_ENTER_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    # The engine's build directory goes under WORK_DIR too, not the host's /tmp, which
+    # the build VM covers with its own tmpfs.
+    scratch = work_dir / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = dict(
+        os.environ,
+        PATH=f"{NIXOS_ENTER_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        TMPDIR=str(scratch),
+    )
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "make_disk_image", "build", str(spec_file), "--out", str(out)],
