@@ -177,7 +177,8 @@ def partition_table(raw: Path) -> tuple[dict[str, Any], list[Partition]]:
 
 
 def ext4_header(spec: str) -> dict[str, str]:
-    out = checked(["dumpe2fs", "-h", spec])
+    # debugfs, not dumpe2fs: dumpe2fs takes an argument with "=" for a NAME=value tag.
+    out = debugfs(spec, "stats -h")
     fields = {}
     for line in out.splitlines():
         key, sep, value = line.partition(":")
@@ -229,7 +230,9 @@ def hydra_products(out: Path) -> list[str]:
 
 
 def store_path_names(spec: str, directory: str) -> set[str]:
-    return set(debugfs(spec, f"ls -p {directory}").split("/")[5::6]) - {"", ".", ".."}
+    # `ls -p` lines: /inode/mode/uid/gid/name/size/
+    lines = debugfs(spec, f"ls -p {directory}").splitlines()
+    return {line.split("/")[5] for line in lines if line.count("/") >= 6} - {".", ".."}
 
 
 @pytest.fixture
