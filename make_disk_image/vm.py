@@ -27,6 +27,7 @@ import select
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -303,9 +304,25 @@ def _system_tool(name: str) -> str:
     return found or name
 
 
+def _is_static_elf(path: Path) -> bool:
+    """Whether `path` is a 64-bit ELF without a program interpreter (PT_INTERP)."""
+    with path.open("rb") as f:
+        header = f.read(64)
+        if len(header) < 64 or header[:5] != b"\x7fELF\x02":
+            return False
+        (phoff,) = struct.unpack_from("<Q", header, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    PT_INTERP = 3
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
+
+
 def _busybox() -> Path:
+    # The initramfs has no C library: Debian's dynamically linked `busybox` package
+    # installs the same path, so check rather than trust it.
     for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        if Path(candidate).is_file():
+        if Path(candidate).is_file() and _is_static_elf(Path(candidate)):
             return Path(candidate)
     raise StepError(STEP, "no static busybox found; install the Debian package busybox-static")
 
@@ -355,10 +372,19 @@ def build_initramfs(
     logger.info("[%s] building initramfs %s", STEP, target)
     applets = process.run([busybox, "--list"], step=STEP).stdout.decode().split()
     archive = _NewcArchive()
-    for directory in ("bin", "dev", "proc", "sys", "lib", "lib/modules", GUEST_ROOT[1:]):
+    made_dirs = [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "lib",
+        "lib/modules",
+        f"lib/modules/{kernel_version}",
+        GUEST_ROOT[1:],
+        GUEST_CONTROL[1:],
+    ]
+    for directory in made_dirs:
         archive.directory(directory)
-    archive.directory(f"lib/modules/{kernel_version}")
-    archive.directory(GUEST_CONTROL[1:])
     archive.file("bin/busybox", busybox_bytes, 0o755)
     for applet in applets:
         if applet != "busybox" and "/" not in applet:
@@ -369,13 +395,12 @@ def build_initramfs(
         archive.file(f"lib/modules/{kernel_version}/{name}", _module_bytes(path))
         order.append(name)
     archive.file("lib/modules/load-order", "".join(f"{n}\n" for n in order).encode())
-    made_dirs: set[str] = set()
     for name, data, mode in extra_data:
         parts = name.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             parent = "/".join(parts[:i])
             if parent not in made_dirs:
-                made_dirs.add(parent)
+                made_dirs.append(parent)
                 archive.directory(parent)
         archive.file(name, data, mode)
     archive.file("init", init_script.encode(), 0o755)

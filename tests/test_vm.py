@@ -168,6 +168,12 @@ def test_firmware_options_select_the_bzimage() -> None:
     assert not vm._uses_firmware(["-smp", "2", "-machine", "q35"])
 
 
+def test_static_elf_check_tells_static_busybox_from_dynamic_programs() -> None:
+    assert vm._is_static_elf(Path("/bin/busybox"))
+    assert not vm._is_static_elf(Path("/bin/ls"))
+    assert not vm._is_static_elf(Path("/etc/os-release"))
+
+
 def test_console_text_drops_terminal_controls_split_across_reads() -> None:
     console = vm._ConsoleText()
     text = console.feed("a\r\n\x1b[2") + console.feed("J\x1bcb\r") + console.feed("\nc")
