@@ -1,12 +1,14 @@
 """nixos-tests/ cannot run here (no nixpkgs), but every file in it must parse.
 
 `nix-instantiate --parse` also resolves variable names, so an undefined variable or a
-misspelt binding fails here too, not only a syntax error.
+misspelt binding fails here too, not only a syntax error. layouts.nix, plain data, is
+evaluated and held against the engine's layouts: the guests check what the engine makes.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -79,3 +81,28 @@ def test_guest_checks_are_python() -> None:
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
     assert "run_image_test" in functions
     assert "run_image_test(machine, subtest," in (NIXOS_TESTS / "make-image-test.nix").read_text()
+
+
+def test_layouts_agree_with_the_engine() -> None:
+    """What the VM tests expect to see (nixos-tests/layouts.nix) is what the engine makes."""
+    from make_disk_image.layouts import LAYOUTS
+
+    evaluated = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", str(NIXOS_TESTS / "layouts.nix")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    expected = json.loads(evaluated)
+    bootable = {name for name, layout in LAYOUTS.items() if layout.table is not None}
+    assert set(expected) == bootable
+    for name, seen in expected.items():
+        layout = LAYOUTS[name]
+        assert seen["partitionTable"] == {"msdos": "dos", "gpt": "gpt"}[layout.table or ""], name
+        assert seen["rootPartition"] == layout.root_number, name
+        engine_vfat = [
+            {"mountPoint": part.mountpoint, "label": part.fs_label, "partition": number}
+            for number, part in enumerate(layout.partitions, start=1)
+            if part.filesystem == "vfat"
+        ]
+        assert seen["bootFileSystems"] == engine_vfat, name
