@@ -93,31 +93,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = _out_dir(args.out)
     if out.exists() and any(out.iterdir()):
         raise SpecError("--out", f"{out} exists and is not empty; remove it or pick another")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging_out = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     build_dir = Path(tempfile.mkdtemp(prefix="mdi-build-"))
+    succeeded = False
     try:
-        prepare(spec, build_dir, staging_out)
+        prepare(spec, build_dir, out)
         if not spec.onlyNixStore:
-            run_guest_vm(spec, spec_path, build_dir, staging_out / EFI_VARS)
-        dest = finish(spec, build_dir, staging_out)
+            run_guest_vm(spec, spec_path, build_dir, out / EFI_VARS)
+        dest = finish(spec, build_dir, out)
         if spec.postVM:
-            env = dict(os.environ, out=str(staging_out), diskImage=str(dest))
-            result = subprocess.run(
-                ["bash", "-euo", "pipefail", "-c", spec.postVM], env=env, cwd=build_dir, check=False
-            )
+            # As in the reference's postVM: the image is $diskImage, the output $out.
+            env = dict(os.environ, out=str(out), diskImage=str(dest))
+            result = subprocess.run(["bash", "-euo", "pipefail", "-c", spec.postVM],
+                                    env=env, cwd=build_dir, check=False)
             if result.returncode != 0:
                 raise StepError("postVM", f"the postVM script exited {result.returncode}")
-        # $out paths inside products point at the staging dir: rewrite them, then move.
-        products = staging_out / "nix-support/hydra-build-products"
-        products.write_text(products.read_text().replace(str(staging_out), str(out)))
-        if out.exists():
-            out.rmdir()
-        staging_out.rename(out)
+        succeeded = True
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
-        shutil.rmtree(staging_out, ignore_errors=True)
-    print(out / spec.filename)
+        if not succeeded:
+            # Like a failed Nix build: no output at all rather than a half-written one.
+            shutil.rmtree(out, ignore_errors=True)
+    print(dest)
     return 0
 
 

@@ -152,21 +152,22 @@ def guest(
         tune_root(spec, root_dev, final=False)
     link_block_devices(dev_root, sys_root)
 
-    needs_mount = (
-        spec.installBootLoader
-        or any(c.user for c in spec.contents)
-        or any(p.filesystem for p in plan.partitions)
+    boot_partitions = sorted(
+        (p for p in plan.partitions if p.filesystem),
+        key=lambda p: (p.mountpoint or "").count("/"),
     )
+    for part in boot_partitions:
+        make_fat(part, device(dev_root, part.number), deterministic=spec.deterministic)
+    # The kernel's ext4 allocates inodes with some randomness (Orlov) and writes real
+    # times: the root filesystem is mounted only when the bootloader or owners given by
+    # name need it, so that other deterministic images stay bit-identical.
+    needs_mount = spec.installBootLoader or any(c.needs_guest_chown for c in spec.contents)
     if needs_mount:
         MOUNT_POINT.mkdir(exist_ok=True)
         process.run(["mount", str(root_dev), str(MOUNT_POINT)], step="guest: mount root")
         try:
-            for part in sorted(
-                (p for p in plan.partitions if p.filesystem),
-                key=lambda p: (p.mountpoint or "").count("/"),
-            ):
+            for part in boot_partitions:
                 dev = device(dev_root, part.number)
-                make_fat(part, dev, deterministic=spec.deterministic)
                 assert part.mountpoint is not None
                 where = MOUNT_POINT / part.mountpoint.lstrip("/")
                 where.mkdir(parents=True, exist_ok=True)
@@ -184,7 +185,7 @@ def guest(
                     env={"NIXOS_INSTALL_BOOTLOADER": "1", "HOME": os.environ.get("TMPDIR", "/tmp")},
                 )
             for entry in spec.contents:
-                if entry.user:
+                if entry.needs_guest_chown:
                     # Names resolve against the image's own /etc/passwd, hence nixos-enter.
                     nixos_enter(
                         ["chown", "-R", f"{entry.user}:{entry.group}", entry.target],

@@ -39,6 +39,18 @@ class ContentEntry:
     group: str | None = None
 
     @property
+    def numeric_owner(self) -> tuple[int, int] | None:
+        """uid/gid when both are numbers: set while staging, no guest chown needed."""
+        if self.user and self.group and self.user.isdigit() and self.group.isdigit():
+            return int(self.user), int(self.group)
+        return None
+
+    @property
+    def needs_guest_chown(self) -> bool:
+        # Names resolve only against the image's own passwd/group, inside the guest.
+        return self.user is not None and self.numeric_owner is None
+
+    @property
     def is_glob(self) -> bool:
         # The reference globs whenever the source contains '*'.
         return "*" in self.source

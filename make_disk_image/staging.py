@@ -77,33 +77,41 @@ class Tree:
     def add_symlink(self, path: str, target: str) -> None:
         self.add(Entry(path.strip("/"), "symlink", 0o777, link=target, size=len(target.encode())))
 
-    def add_host(self, source: Path, dest: str, chmod: int | None = None) -> None:
+    def add_host(self, source: Path, dest: str, chmod: int | None = None,
+                 owner: tuple[int, int] = (0, 0)) -> None:
         """Copy a host file system object like `rsync -a --no-o --no-g [--chmod]`.
 
-        Symlinks stay symlinks; owners become root (the guest chowns what asks for it).
+        Symlinks stay symlinks; owners become `owner` (root unless numeric ids were
+        given; names are resolved by the guest against the image's own users).
         """
         dest = dest.strip("/")
         st = os.lstat(source)
+        uid, gid = owner
         if stat.S_ISDIR(st.st_mode):
-            self._merge_dir(source, dest, st, chmod)
+            self._merge_dir(source, dest, st, chmod, owner)
         elif stat.S_ISLNK(st.st_mode):
-            self.add_symlink(dest, os.readlink(source))
+            link = os.readlink(source)
+            self.add(Entry(dest, "symlink", 0o777, uid, gid, link=link, size=len(link.encode())))
         elif stat.S_ISREG(st.st_mode):
             mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
-            self.add(Entry(dest, "file", mode, source=source, size=st.st_size))
+            self.add(Entry(dest, "file", mode, uid, gid, source=source, size=st.st_size))
         else:
             raise StepError(STEP, f"{source} is neither a file, a directory nor a symlink")
 
-    def _merge_dir(self, source: Path, dest: str, st: os.stat_result, chmod: int | None) -> None:
+    def _merge_dir(self, source: Path, dest: str, st: os.stat_result, chmod: int | None,
+                   owner: tuple[int, int]) -> None:
         mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
+        entry = Entry(dest, "dir", mode, *owner)
         if dest in self.entries and self.entries[dest].kind == "dir":
-            self.entries[dest] = Entry(dest, "dir", mode) if dest else self.entries[dest]
+            if dest:
+                self.entries[dest] = entry
         else:
-            self.add(Entry(dest, "dir", mode))
+            self.add(entry)
         with os.scandir(source) as it:
             children = sorted(it, key=lambda e: e.name)
         for child in children:
-            self.add_host(Path(child.path), f"{dest}/{child.name}" if dest else child.name, chmod)
+            self.add_host(Path(child.path), f"{dest}/{child.name}" if dest else child.name,
+                          chmod, owner)
 
     def usage(self) -> TreeUsage:
         files = sum(TreeUsage.blocks_for(e.size) for e in self.entries.values() if e.kind != "dir")
@@ -150,20 +158,21 @@ def stage_contents(spec: Spec, tree: Tree) -> None:
     """`contents`, with the reference's rsync semantics."""
     for i, entry in enumerate(spec.contents):
         chmod = int(entry.mode, 8) if entry.mode else None
+        owner = entry.numeric_owner or (0, 0)
         target = entry.target.strip("/")
         if entry.is_glob:
             # Globs land *inside* the target directory, each match under its own name.
             tree.mkdir_p(target)
             for match in sorted(glob.glob(entry.source)):
                 name = os.path.basename(match.rstrip("/"))
-                tree.add_host(Path(match), f"{target}/{name}" if target else name, chmod)
+                tree.add_host(Path(match), f"{target}/{name}" if target else name, chmod, owner)
             continue
         if target in tree:
             raise StepError(
                 STEP, f"contents[{i}]: duplicate entry {entry.target} -> {entry.source}"
             )
         # A directory source is copied *to* the target, not inside it (rsync's source/).
-        tree.add_host(Path(entry.source), target, chmod)
+        tree.add_host(Path(entry.source), target, chmod, owner)
 
 
 def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:

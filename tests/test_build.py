@@ -1,0 +1,165 @@
+"""`make-disk-image build`: all phases, the guest phase in a TCG VM, checked with real tools.
+
+The system is testsys' NixOS-shaped test system (real store paths, an activation that
+writes /etc/passwd, busybox inside the image) so that the guest's nixos-enter + chown
+resolve user names against the image as on NixOS. Bootloader installation itself is
+covered by test_boot.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imagecheck import dumpe2fs, e2fsck_clean, run, sfdisk_json, stat
+
+from testsys.build import BuildError, BuiltImage, build_image
+from testsys.system import BootLoader, TestSystem, build_test_system
+
+pytestmark = pytest.mark.vm
+
+ROOT_GUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("build")
+
+
+@pytest.fixture(scope="module")
+def system(work: Path) -> TestSystem:
+    return build_test_system(work / "system", BootLoader())
+
+
+@pytest.fixture(scope="module")
+def payload(work: Path) -> Path:
+    src = work / "payload"
+    (src / "data").mkdir(parents=True)
+    (src / "data/notes.txt").write_text("notes\n")
+    (src / "key").write_text("k\n")
+    return src
+
+
+def spec_for(system: TestSystem, payload: Path, **kw: Any) -> dict[str, Any]:
+    return system.spec(
+        installBootLoader=False, additionalSpace="16M",
+        contents=[
+            {"source": str(payload / "data"), "target": "/home/alice/data", "mode": "750",
+             "user": "alice", "group": "users"},
+            {"source": str(payload / "key"), "target": "/etc/bob.key", "mode": "0400",
+             "user": "bob", "group": "bob"},
+            {"source": str(payload / "key"), "target": "/etc/plain.key"},
+        ],
+        **kw,
+    )
+
+
+def extract(image: Path, start_sector: int, sectors: int, dest: Path) -> Path:
+    with image.open("rb") as src, dest.open("wb") as out:
+        src.seek(start_sector * 512)
+        remaining = sectors * 512
+        while remaining:
+            chunk = src.read(min(remaining, 1 << 20))
+            out.write(chunk)
+            remaining -= len(chunk)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def efixbootldr(system: TestSystem, payload: Path, work: Path) -> Iterator[BuiltImage]:
+    yield build_image(spec_for(system, payload, partitionTableType="efixbootldr",
+                               postVM='echo "post $diskImage" > "$out/post-vm.txt"'),
+                      work, name="efixbootldr")
+
+
+def test_fat_partitions_are_made_in_the_guest(efixbootldr: BuiltImage, tmp_path: Path) -> None:
+    table = sfdisk_json(efixbootldr.image)
+    for number, label, volume_id in ((1, "ESP", "1C06-F03B"), (2, "BOOT", "970C-694F")):
+        part = table["partitions"][number - 1]
+        fat = extract(efixbootldr.image, part["start"], part["size"], tmp_path / f"{label}.fat")
+        fsck = subprocess.run(["fsck.vfat", "-n", str(fat)], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        listing = subprocess.run(["mdir", "-i", str(fat), "::"], capture_output=True,
+                                 text=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin"})
+        assert f"Volume in drive : is {label}" in listing.stdout, listing.stderr
+        blkid = run("blkid", "-o", "export", str(fat))
+        assert f"LABEL={label}" in blkid and f"UUID={volume_id}" in blkid
+
+
+def test_guest_chowns_contents_by_the_images_user_names(efixbootldr: BuiltImage) -> None:
+    table = sfdisk_json(efixbootldr.image)
+    offset = table["partitions"][2]["start"] * 512
+    data = stat(efixbootldr.image, offset, "/home/alice/data")
+    notes = stat(efixbootldr.image, offset, "/home/alice/data/notes.txt")
+    key = stat(efixbootldr.image, offset, "/etc/bob.key")
+    plain = stat(efixbootldr.image, offset, "/etc/plain.key")
+    assert data and notes and key and plain
+    assert (data.uid, data.gid, data.mode & 0o7777) == (1000, 100, 0o750)
+    assert (notes.uid, notes.gid, notes.mode & 0o7777) == (1000, 100, 0o750)
+    assert (key.uid, key.gid, key.mode & 0o7777) == (1001, 1001, 0o400)
+    assert (plain.uid, plain.gid) == (0, 0)
+
+
+def test_root_filesystem_is_tuned_like_the_reference(efixbootldr: BuiltImage) -> None:
+    table = sfdisk_json(efixbootldr.image)
+    offset = table["partitions"][2]["start"] * 512
+    assert e2fsck_clean(efixbootldr.image, offset).returncode == 0
+    sb = dumpe2fs(efixbootldr.image, offset)
+    assert sb["Filesystem UUID"] == ROOT_GUID.lower()
+    assert sb["Maximum mount count"] == "-1"
+    assert sb["Check interval"].startswith("0")
+    assert sb["Last checked"] == "Thu Jan  1 00:00:00 1970"
+    assert sb["Filesystem state"] == "clean"
+
+
+def test_post_vm_runs_with_disk_image(efixbootldr: BuiltImage) -> None:
+    assert (efixbootldr.out / "post-vm.txt").read_text() == f"post {efixbootldr.image}\n"
+    products = (efixbootldr.out / "nix-support/hydra-build-products").read_text()
+    assert products == f"file raw-image {efixbootldr.image}\n"
+
+
+def test_deterministic_builds_with_a_guest_phase_are_identical(
+        system: TestSystem, payload: Path, work: Path) -> None:
+    # FAT partitions made in the guest, numeric owners set while staging: the guest
+    # never mounts the root filesystem, and the images match bit for bit.
+    spec = system.spec(installBootLoader=False, additionalSpace="8M",
+                       partitionTableType="legacy+boot", contents=[
+                           {"source": str(payload / "data"), "target": "/srv/data",
+                            "mode": "750", "user": "1000", "group": "100"}])
+    first = build_image(spec, work, name="det-1")
+    second = build_image(spec, work, name="det-2")
+    assert first.image.read_bytes() == second.image.read_bytes()
+    offset = sfdisk_json(first.image)["partitions"][1]["start"] * 512
+    notes = stat(first.image, offset, "/srv/data/notes.txt")
+    assert notes is not None and (notes.uid, notes.gid, notes.mode & 0o777) == (1000, 100, 0o750)
+
+
+def test_guest_mounting_root_keeps_identities_fixed(
+        system: TestSystem, payload: Path, work: Path, efixbootldr: BuiltImage) -> None:
+    # With a chown by name the kernel writes the root filesystem; what `deterministic`
+    # fixes in the reference (GUIDs, UUIDs, labels, check times) still matches.
+    again = build_image(efixbootldr.spec, work, name="efixbootldr-again")
+    tables = [sfdisk_json(i.image) for i in (efixbootldr, again)]
+    assert tables[0] == {**tables[1], "device": tables[0]["device"],
+                         "partitions": [{**p, "node": q["node"]} for p, q in
+                                        zip(tables[1]["partitions"], tables[0]["partitions"],
+                                            strict=True)]}
+    offset = tables[0]["partitions"][2]["start"] * 512
+    sbs = [dumpe2fs(i.image, offset) for i in (efixbootldr, again)]
+    for key in ("Filesystem UUID", "Filesystem volume name", "Last checked", "Directory Hash Seed"):
+        assert sbs[0][key] == sbs[1][key]
+
+
+def test_guest_failure_names_the_step_and_leaves_no_output(
+        system: TestSystem, payload: Path, work: Path) -> None:
+    spec = system.spec(installBootLoader=False, additionalSpace="8M", contents=[
+        {"source": str(payload / "key"), "target": "/etc/k", "user": "nosuchuser",
+         "group": "nogroup"}])
+    with pytest.raises(BuildError) as err:
+        build_image(spec, work, name="broken")
+    assert "guest: chown /etc/k" in str(err.value)
+    assert "nixos-enter --root /mnt -- chown -R nosuchuser:nogroup /etc/k" in str(err.value)
+    assert not (work / "broken").exists()
