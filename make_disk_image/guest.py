@@ -50,26 +50,29 @@ def wait_for(path: Path, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def link_block_devices(dev_root: Path, sys_root: Path) -> None:
+def link_block_devices(dev_root: Path) -> None:
     """/dev/block/MAJ:MIN for the disk and its partitions, as udev would make them.
 
-    systemd-boot's installer (bootctl) finds the ESP through these links.
+    systemd-boot's installer (bootctl) finds the ESP through these links. There is no
+    udev daemon in the build VM; libudev (pyudev) enumerates sysfs directly, so the
+    numbers are the kernel's, not assumed (the reference hard-codes 254:1).
     """
+    import pyudev
+
     block = dev_root / "block"
     block.mkdir(exist_ok=True)
-    disk_sys = sys_root / "class/block" / DISK
-    names = [DISK] + sorted(
-        p.name
-        for p in (sys_root / "class/block").iterdir()
-        if p.name.startswith(DISK) and p.name != DISK
-    )
-    if not disk_sys.exists():
-        raise process.StepError("guest", f"{disk_sys} is missing: no {DISK} disk in this VM")
-    for name in names:
-        majmin = (sys_root / "class/block" / name / "dev").read_text().strip()
-        link = block / majmin
+    found = False
+    for dev in pyudev.Context().list_devices(subsystem="block"):
+        parent = dev.find_parent("block")
+        if dev.sys_name != DISK and (parent is None or parent.sys_name != DISK):
+            continue
+        found = found or dev.sys_name == DISK
+        link = block / f"{dev.properties['MAJOR']}:{dev.properties['MINOR']}"
         if not link.is_symlink() and not link.exists():
-            link.symlink_to(dev_root / name)
+            link.symlink_to(dev_root / dev.sys_name)
+            logger.info("linked %s -> %s", link, dev_root / dev.sys_name)
+    if not found:
+        raise process.StepError("guest", f"no block device {DISK} in this VM (sysfs)")
 
 
 def link_boot_devices(spec: Spec, dev_root: Path) -> None:
@@ -143,14 +146,13 @@ def guest(
     handoff: Path | None,
     *,
     dev_root: Path = Path("/dev"),
-    sys_root: Path = Path("/sys"),
 ) -> None:
     plan = load_plan(spec, handoff)
     root_dev = device(dev_root, plan.root_number)
     wait_for(root_dev)
     if spec.deterministic:
         tune_root(spec, root_dev, final=False)
-    link_block_devices(dev_root, sys_root)
+    link_block_devices(dev_root)
 
     boot_partitions = sorted(
         (p for p in plan.partitions if p.filesystem),

@@ -115,6 +115,16 @@ def test_root_filesystem_is_tuned_like_the_reference(efixbootldr: BuiltImage) ->
     assert sb["Filesystem state"] == "clean"
 
 
+def test_block_links_come_from_the_guests_sysfs(efixbootldr: BuiltImage) -> None:
+    import re
+
+    links = dict(re.findall(r"linked /dev/block/(\d+:\d+) -> /dev/(vda\d*)", efixbootldr.log))
+    assert sorted(links.values()) == ["vda", "vda1", "vda2", "vda3"]
+    majors = {key.split(":")[0] for key in links}
+    assert len(majors) == 1  # one disk, its partitions numbered after it
+    assert sorted(int(key.split(":")[1]) for key in links) == [0, 1, 2, 3]
+
+
 def test_post_vm_runs_with_disk_image(efixbootldr: BuiltImage) -> None:
     assert (efixbootldr.out / "post-vm.txt").read_text() == f"post {efixbootldr.image}\n"
     products = (efixbootldr.out / "nix-support/hydra-build-products").read_text()
