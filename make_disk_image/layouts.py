@@ -8,6 +8,8 @@ reaches one (msdos: the disk end; GPT: one MiB before it), else at the last usab
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from make_disk_image.models import (
     MIB,
     SECTOR,
@@ -122,18 +124,8 @@ LAYOUTS: dict[str, Layout] = {
         name="efixbootldr",
         table="gpt",
         partitions=(
-            PartitionTemplate(
-                role="esp",
-                start=8,
-                end=100,
-                parted_fs="fat32",
-                name="ESP",
-                flags=("boot",),
-                seed_guid=ESP_GUID,
-                filesystem="vfat",
-                fs_label="ESP",
-                mountpoint="/efi",
-            ),
+            # The ESP ends at 100 MiB and is mounted on /efi; XBOOTLDR takes /boot.
+            replace(ESP, end=100, mountpoint="/efi"),
             PartitionTemplate(
                 role="xbootldr",
                 start=100,
