@@ -35,8 +35,11 @@ REPORT_PREFIX = "MDI-REPORT "
 NO_BOOT_MARKERS = (
     "No bootable device",  # SeaBIOS (on its debug console)
     "No bootable option or device was found",  # OVMF's BDS
+    "UEFI Interactive Shell",  # OVMF's last boot option, after the disk's failed
     "Kernel panic",
 )
+# The kernel's first console line: a boot loader that works gets here within seconds.
+KERNEL_STARTED = "Linux version"
 
 # The partition make-disk-image puts the root file system on, per layout.
 ROOT_PARTITION = {
@@ -275,10 +278,14 @@ def boot_image(
     efi_vars: Path | None = None,
     image_format: str | None = None,
     timeout: float = 180,
+    kernel_timeout: float = 60,
     memory_mib: int = 512,
     serial_log: Path | None = None,
 ) -> BootResult:
     """Boot `image` until the guest powers off, at most `timeout` seconds; parse its report.
+
+    The kernel must have started within `kernel_timeout` seconds: a disk whose boot
+    sector holds no loader can hang the firmware without any message.
 
     UEFI boots use a copy of `efi_vars` (the image's efi-vars.fd when it was built with
     touchEFIVars), or of OVMF's empty variable store. The serial console is also written
@@ -301,7 +308,9 @@ def boot_image(
             debug_log=debug_log,
             memory_mib=memory_mib,
         )
-        serial, failure = _run_qemu(argv, timeout=timeout, debug_log=debug_log)
+        serial, failure = _run_qemu(
+            argv, timeout=timeout, kernel_timeout=kernel_timeout, debug_log=debug_log
+        )
     if serial_log is not None:
         serial_log.write_text(serial)
     if failure:
@@ -310,14 +319,18 @@ def boot_image(
     return BootResult(report=report, serial=serial, seconds=time.monotonic() - started)
 
 
-def _run_qemu(argv: Sequence[str], *, timeout: float, debug_log: Path) -> tuple[str, str | None]:
+def _run_qemu(
+    argv: Sequence[str], *, timeout: float, kernel_timeout: float, debug_log: Path
+) -> tuple[str, str | None]:
     """Run qemu until it exits; return (serial output, failure message or None)."""
     proc = subprocess.Popen(
         list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     assert proc.stdout is not None
     chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    kernel_started = False
     failure: str | None = None
     try:
         fd = proc.stdout.fileno()
@@ -332,7 +345,12 @@ def _run_qemu(argv: Sequence[str], *, timeout: float, debug_log: Path) -> tuple[
                 if not chunk:
                     break
                 chunks.append(chunk)
-            seen = b"".join(chunks[-4:]).decode(errors="replace")
+            # The whole console so far: firmware menus redraw the screen after a message.
+            seen = b"".join(chunks).decode(errors="replace")
+            kernel_started = kernel_started or KERNEL_STARTED in seen
+            if not kernel_started and time.monotonic() - started > kernel_timeout:
+                failure = f"no kernel started within {kernel_timeout:g} s"
+                break
             debug = debug_log.read_text(errors="replace") if debug_log.exists() else ""
             marker = next((m for m in NO_BOOT_MARKERS if m in seen or m in debug), None)
             if marker is not None:
