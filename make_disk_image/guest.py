@@ -4,7 +4,8 @@ It does what needs a kernel: FAT filesystems on the boot partitions (mkfs.vfat h
 offset option for a partition inside an image file, and the bootloader wants them
 mounted), the bootloader installation through the system's own
 switch-to-configuration, ownership by user names the image itself defines, and the
-final ext4 tuning.
+final ext4 tuning. When deterministic and the root filesystem had to be mounted, the
+filesystems are made again from what the guest left (make_disk_image.repack).
 """
 
 from __future__ import annotations
@@ -12,28 +13,55 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
-from make_disk_image import process
+from make_disk_image import process, repack
 from make_disk_image.layouts import plan_disk
 from make_disk_image.models import MIB, DiskPlan, PlannedPartition, Spec
+from make_disk_image.prepare import NIX_DB_KEY
+from make_disk_image.repack import FAT_EPOCH, FatSnapshot, RootSnapshot
+from make_disk_image.staging import build_tree
 
 logger = logging.getLogger("make_disk_image")
+T = TypeVar("T")
 
 DISK = "vda"
 MOUNT_POINT = Path("/mnt")
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
-# FAT volume ids when deterministic, from the reference's fixed partition GUIDs.
-FAT_EPOCH = 315532800  # 1980-01-01, the earliest time FAT can store
+# The guest's tmpfs: what the repack copies out of the filesystems before making them again.
+SCRATCH = Path("/tmp")
+
+
+@dataclass(frozen=True)
+class Handoff:
+    plan: DiskPlan
+    from_prepare: bool  # False: derived from the spec, the sizes are not the disk's
+    nix_db_files: dict[str, Path]  # prepare's Nix database files, for the repack
+
+
+def load_handoff(spec: Spec, handoff: Path | None) -> Handoff:
+    if handoff is not None and handoff.is_file():
+        data = json.loads(handoff.read_text())
+        kept = data.pop(NIX_DB_KEY, {})
+        return Handoff(
+            DiskPlan.from_json(data),
+            True,
+            {name: handoff.parent / rel for name, rel in kept.items()},
+        )
+    # Numbers, roles and labels do not depend on the disk size.
+    logger.info("no handoff file; deriving the layout from the spec")
+    plan = plan_disk(spec, spec.diskSize * MIB if spec.diskSize else 4096 * MIB, None)
+    return Handoff(plan, False, {})
 
 
 def load_plan(spec: Spec, handoff: Path | None) -> DiskPlan:
-    if handoff is not None and handoff.is_file():
-        return DiskPlan.from_json(json.loads(handoff.read_text()))
-    # Numbers, roles and labels do not depend on the disk size.
-    logger.info("no handoff file; deriving the layout from the spec")
-    return plan_disk(spec, spec.diskSize * MIB if spec.diskSize else 4096 * MIB, None)
+    return load_handoff(spec, handoff).plan
 
 
 def device(dev_root: Path, number: int | None) -> Path:
@@ -92,6 +120,7 @@ def link_boot_devices(spec: Spec, dev_root: Path) -> None:
 
 
 def make_fat(part: PlannedPartition, dev: Path, *, deterministic: bool) -> None:
+    # FAT volume ids when deterministic, from the reference's fixed partition GUIDs.
     argv = ["mkfs.vfat"]
     env = {}
     if deterministic:
@@ -141,15 +170,41 @@ def nixos_enter(args: list[str], *, step: str, env: dict[str, str] | None = None
     process.run(["nixos-enter", "--root", str(MOUNT_POINT), "--", *args], step=step, env=env)
 
 
+def check_repack_inputs(spec: Spec, handoff: Handoff) -> None:
+    """The repack needs prepare's sizes and Nix database: fail before any slow work."""
+    if not handoff.from_prepare:
+        raise process.StepError(
+            repack.STEP,
+            "a deterministic build whose guest mounts the root filesystem needs prepare's "
+            "handoff file (pass --handoff xchg/make-disk-image.json)",
+        )
+    missing = [str(p) for p in handoff.nix_db_files.values() if not p.is_file()]
+    if not handoff.nix_db_files or missing:
+        raise process.StepError(
+            repack.STEP,
+            "the handoff file names no readable Nix database files "
+            f"({', '.join(missing) or 'none listed'}); run this version's prepare first",
+        )
+
+
 def guest(
     spec: Spec,
-    handoff: Path | None,
+    handoff_file: Path | None,
     *,
     dev_root: Path = Path("/dev"),
 ) -> None:
-    plan = load_plan(spec, handoff)
+    handoff = load_handoff(spec, handoff_file)
+    plan = handoff.plan
     root_dev = device(dev_root, plan.root_number)
     wait_for(root_dev)
+    # The kernel's ext4 allocates inodes with some randomness (Orlov) and writes real
+    # times, vfat writes real times: the root filesystem is mounted only when the
+    # bootloader or owners given by name need it, and a deterministic build then makes
+    # the filesystems again from what was written.
+    needs_mount = repack.guest_mounts_root(spec)
+    repacking = needs_mount and repack.repacks(spec)
+    if repacking:
+        check_repack_inputs(spec, handoff)
     if spec.deterministic:
         tune_root(spec, root_dev, final=False)
     link_block_devices(dev_root)
@@ -160,44 +215,104 @@ def guest(
     )
     for part in boot_partitions:
         make_fat(part, device(dev_root, part.number), deterministic=spec.deterministic)
-    # The kernel's ext4 allocates inodes with some randomness (Orlov) and writes real
-    # times: the root filesystem is mounted only when the bootloader or owners given by
-    # name need it, so that other deterministic images stay bit-identical.
-    needs_mount = spec.installBootLoader or any(c.needs_guest_chown for c in spec.contents)
-    if needs_mount:
-        MOUNT_POINT.mkdir(exist_ok=True)
-        process.run(["mount", str(root_dev), str(MOUNT_POINT)], step="guest: mount root")
-        try:
-            for part in boot_partitions:
-                dev = device(dev_root, part.number)
-                assert part.mountpoint is not None
-                where = MOUNT_POINT / part.mountpoint.lstrip("/")
-                where.mkdir(parents=True, exist_ok=True)
-                process.run(["mount", str(dev), str(where)], step=f"guest: mount {part.label}")
-            if spec.touchEFIVars:
-                mount_efivarfs()
-            (MOUNT_POINT / "etc/nixos").mkdir(parents=True, exist_ok=True)
-            if spec.installBootLoader:
-                link_boot_devices(spec, dev_root)
-                # HOME: systemd-boot's builder runs nix-env, which would otherwise create
-                # /homeless-shelter in the image.
+    if not needs_mount:
+        tune_root(spec, root_dev, final=True)
+        return
+
+    fat_snapshots: dict[int, FatSnapshot] = {}
+    root_snapshot: RootSnapshot | None = None
+    scratch = Path(tempfile.mkdtemp(prefix="mdi-repack-", dir=SCRATCH)) if repacking else None
+    MOUNT_POINT.mkdir(exist_ok=True)
+    process.run(["mount", str(root_dev), str(MOUNT_POINT)], step="guest: mount root")
+    try:
+        for part in boot_partitions:
+            process.run(
+                ["mount", str(device(dev_root, part.number)), str(mount_point(part))],
+                step=f"guest: mount {part.label}",
+            )
+        if spec.touchEFIVars:
+            mount_efivarfs()
+        (MOUNT_POINT / "etc/nixos").mkdir(parents=True, exist_ok=True)
+        if spec.installBootLoader:
+            link_boot_devices(spec, dev_root)
+            # HOME: systemd-boot's builder runs nix-env, which would otherwise create
+            # /homeless-shelter in the image.
+            nixos_enter(
+                [f"{SYSTEM_PROFILE}/bin/switch-to-configuration", "boot"],
+                step="guest: switch-to-configuration boot",
+                env={"NIXOS_INSTALL_BOOTLOADER": "1", "HOME": os.environ.get("TMPDIR", "/tmp")},
+            )
+        for entry in spec.contents:
+            if entry.needs_guest_chown:
+                # Names resolve against the image's own /etc/passwd, hence nixos-enter.
                 nixos_enter(
-                    [f"{SYSTEM_PROFILE}/bin/switch-to-configuration", "boot"],
-                    step="guest: switch-to-configuration boot",
-                    env={"NIXOS_INSTALL_BOOTLOADER": "1", "HOME": os.environ.get("TMPDIR", "/tmp")},
+                    ["chown", "-R", f"{entry.user}:{entry.group}", entry.target],
+                    step=f"guest: chown {entry.target}",
                 )
-            for entry in spec.contents:
-                if entry.needs_guest_chown:
-                    # Names resolve against the image's own /etc/passwd, hence nixos-enter.
-                    nixos_enter(
-                        ["chown", "-R", f"{entry.user}:{entry.group}", entry.target],
-                        step=f"guest: chown {entry.target}",
-                    )
-        finally:
-            process.run(["umount", "-R", str(MOUNT_POINT)], step="guest: umount")
-        if spec.fsType == "ext4" and spec.deterministic:
-            reset_mount_traces(root_dev)
+        if scratch is not None:
+            # Deepest first: with a FAT partition unmounted, the directory it covered on
+            # the root filesystem is what the root's walk must see.
+            for part in reversed(boot_partitions):
+                where = mount_point(part)
+                fat_snapshots[part.number] = timed(
+                    f"copied the {part.label} partition",
+                    partial(repack.snapshot_fat, where, scratch / f"fat-{part.number}"),
+                )
+                process.run(["umount", str(where)], step=f"guest: umount {part.label}")
+            prepared = timed(
+                "listed prepare's tree",
+                lambda: build_tree(spec, handoff.nix_db_files),
+            )
+            root_snapshot = timed(
+                "walked the root filesystem",
+                lambda: repack.snapshot_root(MOUNT_POINT, prepared, scratch / "root"),
+            )
+            logger.info(
+                "repack: %d entries, %d files from prepare's sources, %d files (%d bytes) "
+                "written in the guest",
+                len(root_snapshot.entries),
+                root_snapshot.reused,
+                root_snapshot.copied,
+                root_snapshot.copied_bytes,
+            )
+    finally:
+        process.run(["umount", "-R", str(MOUNT_POINT)], step="guest: umount")
+
+    if root_snapshot is not None:
+        for part in boot_partitions:
+            dev = device(dev_root, part.number)
+            snapshot = fat_snapshots[part.number]
+
+            def remake_fat(
+                part: PlannedPartition = part, dev: Path = dev, snapshot: FatSnapshot = snapshot
+            ) -> None:
+                repack.zero_device(dev)
+                make_fat(part, dev, deterministic=True)
+                repack.fill_fat(dev, snapshot)
+
+            timed(f"made the {part.label} partition again", remake_fat)
+        timed(
+            "made the root filesystem again",
+            lambda: repack.make_root(root_dev, plan, root_snapshot),
+        )
+        tune_root(spec, root_dev, final=False)
+    elif spec.fsType == "ext4" and spec.deterministic:
+        reset_mount_traces(root_dev)
     tune_root(spec, root_dev, final=True)
+
+
+def mount_point(part: PlannedPartition) -> Path:
+    assert part.mountpoint is not None
+    where = MOUNT_POINT / part.mountpoint.lstrip("/")
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+def timed(what: str, func: Callable[[], T]) -> T:
+    started = time.monotonic()
+    result = func()
+    logger.info("repack: %s in %.1f s", what, time.monotonic() - started)
+    return result
 
 
 def mount_efivarfs() -> None:

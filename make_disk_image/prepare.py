@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from make_disk_image import nixdb, rootfs
+from make_disk_image import nixdb, repack, rootfs
 from make_disk_image.layouts import check_fits, plan_disk
 from make_disk_image.models import MIB, DiskPlan, Spec
 from make_disk_image.process import StepError
@@ -19,6 +19,10 @@ from make_disk_image.staging import Tree, build_tree, check_sources
 logger = logging.getLogger("make_disk_image")
 
 HANDOFF = Path("xchg") / "make-disk-image.json"
+# Where prepare keeps its Nix database files for the guest's repack, next to HANDOFF.
+NIX_DB_DIR = "nix-db"
+# The handoff key naming them: {file name: path relative to the handoff's directory}.
+NIX_DB_KEY = "nix_db_files"
 EFI_VARS = "efi-vars.fd"
 
 
@@ -44,6 +48,11 @@ def compute_plan(spec: Spec, tree: Tree | None) -> DiskPlan:
 
 
 def stage(spec: Spec, work: Path) -> Tree:
+    return stage_with_db(spec, work)[0]
+
+
+def stage_with_db(spec: Spec, work: Path) -> tuple[Tree, dict[str, Path]]:
+    """The image tree and the Nix database files it holds (made under `work`)."""
     check_sources(spec)
     db_files: dict[str, Path] = {}
     if not spec.onlyNixStore:
@@ -52,7 +61,22 @@ def stage(spec: Spec, work: Path) -> Tree:
             work,
             registration_time=rootfs.SOURCE_DATE_EPOCH if spec.deterministic else None,
         )
-    return build_tree(spec, db_files)
+    return build_tree(spec, db_files), db_files
+
+
+def keep_db_files(db_files: dict[str, Path], xchg: Path) -> dict[str, str]:
+    """Copy the Nix database files next to the handoff, for the guest's repack.
+
+    The guest makes the root filesystem again from prepare's tree, which holds these
+    files; they are made in a temporary directory the guest cannot see.
+    """
+    dest = xchg / NIX_DB_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    for name, source in sorted(db_files.items()):
+        shutil.copyfile(source, dest / name)
+        kept[name] = f"{NIX_DB_DIR}/{name}"
+    return kept
 
 
 def log_auto_size(plan: DiskPlan) -> None:
@@ -68,16 +92,24 @@ def log_auto_size(plan: DiskPlan) -> None:
 
 
 def prepare(spec: Spec, build_dir: Path, out: Path) -> DiskPlan:
-    """Write ./nixos.raw (table + filled root fs), the guest's handoff file, efi-vars.fd."""
+    """Write ./nixos.raw (table + filled root fs), the guest's handoff file, efi-vars.fd.
+
+    When the guest will repack the root filesystem (make_disk_image.repack), the handoff
+    also names copies of the Nix database files in xchg/nix-db.
+    """
     from make_disk_image.partitioning import write_partition_table
 
     image = build_dir / "nixos.raw"
     partial = build_dir / "nixos.raw.partial"
+    handoff = build_dir / HANDOFF
     efi_vars = out / EFI_VARS
     created_out = not out.exists()
+    kept_db: dict[str, str] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="mdi-", dir=build_dir) as tmp:
-            tree = stage(spec, Path(tmp))
+            tree, db_files = stage_with_db(spec, Path(tmp))
+            if repack.repacks(spec):
+                kept_db = keep_db_files(db_files, handoff.parent)
             plan = compute_plan(spec, tree)
             log_auto_size(plan)
             partial.unlink(missing_ok=True)
@@ -88,9 +120,11 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> DiskPlan:
                 partial, plan, tree.ordered(), deterministic=spec.deterministic
             )
         os.replace(partial, image)
-        handoff = build_dir / HANDOFF
         handoff.parent.mkdir(parents=True, exist_ok=True)
-        handoff.write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+        data = plan.to_json()
+        if kept_db:
+            data[NIX_DB_KEY] = kept_db
+        handoff.write_text(json.dumps(data, indent=2) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         if spec.touchEFIVars:
             # The guest's firmware writes its boot entries into this copy (pflash unit 1),
@@ -101,6 +135,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> DiskPlan:
     except BaseException:
         partial.unlink(missing_ok=True)
         image.unlink(missing_ok=True)
+        shutil.rmtree(handoff.parent / NIX_DB_DIR, ignore_errors=True)
         efi_vars.unlink(missing_ok=True)
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -16,9 +16,18 @@ STEP = "root filesystem"
 SOURCE_DATE_EPOCH = 1
 
 
-def mkfs_command(image: Path, plan: DiskPlan, *, deterministic: bool) -> list[str]:
+def mkfs_command(
+    target: Path, plan: DiskPlan, *, deterministic: bool, in_image: bool = True
+) -> list[str]:
+    """mke2fs for the root filesystem.
+
+    `in_image`: `target` is the whole disk image and the filesystem starts at the plan's
+    root offset (prepare); otherwise `target` is the root partition's block device (the
+    guest's repack), and everything else is the same, so the same tree gives the same
+    filesystem.
+    """
     args = ["mke2fs", "-t", plan.fs_type, "-b", str(FS_BLOCK), "-F", "-L", plan.label]
-    extended = [f"offset={plan.root_offset}"] if plan.table is not None else []
+    extended = [f"offset={plan.root_offset}"] if in_image and plan.table is not None else []
     if deterministic and plan.root_fs_uuid:
         args += ["-U", plan.root_fs_uuid]
         extended.append(f"hash_seed={plan.root_fs_uuid}")
@@ -26,13 +35,18 @@ def mkfs_command(image: Path, plan: DiskPlan, *, deterministic: bool) -> list[st
         args += ["-E", ",".join(extended)]
     # Always give the size: with an offset and no size, mke2fs runs to the end of the file
     # and destroys the backup GPT.
-    return [*args, "-d", "-", str(image), f"{plan.root_size // 1024}K"]
+    return [*args, "-d", "-", str(target), f"{plan.root_size // 1024}K"]
 
 
 def make_root_filesystem(
-    image: Path, plan: DiskPlan, entries: list[Entry], *, deterministic: bool
+    target: Path,
+    plan: DiskPlan,
+    entries: list[Entry],
+    *,
+    deterministic: bool,
+    in_image: bool = True,
 ) -> None:
-    argv = mkfs_command(image, plan, deterministic=deterministic)
+    argv = mkfs_command(target, plan, deterministic=deterministic, in_image=in_image)
     env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)} if deterministic else {}
     # The tar writer runs in a thread feeding mke2fs's stdin, so the tree is streamed
     # straight from the store into the image.

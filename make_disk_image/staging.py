@@ -24,7 +24,9 @@ from make_disk_image.process import StepError
 from make_disk_image.sizing import TreeUsage
 
 STEP = "staging"
-Kind = Literal["dir", "file", "symlink"]
+# "hardlink", devices and fifos only come from the guest's repack (make_disk_image.repack):
+# prepare's tree never has them.
+Kind = Literal["dir", "file", "symlink", "hardlink", "chardev", "blockdev", "fifo"]
 
 # Nix's canonical store timestamp; everything in the image gets it (mke2fs also clamps
 # to SOURCE_DATE_EPOCH when deterministic).
@@ -41,7 +43,8 @@ class Entry:
     gid: int = 0
     source: Path | None = None  # file contents come from here ...
     data: bytes | None = None  # ... or from here
-    link: str | None = None  # symlink target
+    link: str | None = None  # symlink target; for a hardlink, the path it shares an inode with
+    device: tuple[int, int] | None = None  # (major, minor) of a chardev or blockdev
     size: int = 0  # apparent size (du --apparent-size): file length or link length
 
 
@@ -77,8 +80,9 @@ class Tree:
     def add_symlink(self, path: str, target: str) -> None:
         self.add(Entry(path.strip("/"), "symlink", 0o777, link=target, size=len(target.encode())))
 
-    def add_host(self, source: Path, dest: str, chmod: int | None = None,
-                 owner: tuple[int, int] = (0, 0)) -> None:
+    def add_host(
+        self, source: Path, dest: str, chmod: int | None = None, owner: tuple[int, int] = (0, 0)
+    ) -> None:
         """Copy a host file system object like `rsync -a --no-o --no-g [--chmod]`.
 
         Symlinks stay symlinks; owners become `owner` (root unless numeric ids were
@@ -98,8 +102,9 @@ class Tree:
         else:
             raise StepError(STEP, f"{source} is neither a file, a directory nor a symlink")
 
-    def _merge_dir(self, source: Path, dest: str, st: os.stat_result, chmod: int | None,
-                   owner: tuple[int, int]) -> None:
+    def _merge_dir(
+        self, source: Path, dest: str, st: os.stat_result, chmod: int | None, owner: tuple[int, int]
+    ) -> None:
         mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
         entry = Entry(dest, "dir", mode, *owner)
         if dest in self.entries and self.entries[dest].kind == "dir":
@@ -110,8 +115,9 @@ class Tree:
         with os.scandir(source) as it:
             children = sorted(it, key=lambda e: e.name)
         for child in children:
-            self.add_host(Path(child.path), f"{dest}/{child.name}" if dest else child.name,
-                          chmod, owner)
+            self.add_host(
+                Path(child.path), f"{dest}/{child.name}" if dest else child.name, chmod, owner
+            )
 
     def usage(self) -> TreeUsage:
         files = sum(TreeUsage.blocks_for(e.size) for e in self.entries.values() if e.kind != "dir")
@@ -220,6 +226,19 @@ def write_tar(entries: Iterable[Entry], out: IO[bytes]) -> None:
                 tar.addfile(info)
             elif entry.kind == "symlink":
                 info.type, info.linkname = tarfile.SYMTYPE, entry.link or ""
+                tar.addfile(info)
+            elif entry.kind == "hardlink":
+                # mke2fs applies a hard link's header to the shared inode too, so it carries
+                # the same owner and mode as the first name.
+                info.type, info.linkname = tarfile.LNKTYPE, entry.link or ""
+                tar.addfile(info)
+            elif entry.kind in ("chardev", "blockdev"):
+                assert entry.device is not None
+                info.type = tarfile.CHRTYPE if entry.kind == "chardev" else tarfile.BLKTYPE
+                info.devmajor, info.devminor = entry.device
+                tar.addfile(info)
+            elif entry.kind == "fifo":
+                info.type = tarfile.FIFOTYPE
                 tar.addfile(info)
             elif entry.data is not None:
                 info.size = len(entry.data)
