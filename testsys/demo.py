@@ -52,15 +52,13 @@ def show_image(raw: Path) -> None:
             disk.seek(offset + 1024 + 56)
             is_ext4 = struct.unpack("<H", disk.read(2))[0] == 0xEF53
         if is_ext4:
-            _show(
-                f"partition {number} files", ["debugfs", "-R", "ls -p /", f"{raw}?offset={offset}"]
-            )
-            _show(
-                f"partition {number} /boot",
-                ["debugfs", "-R", "ls -p /boot", f"{raw}?offset={offset}"],
-            )
+            for directory in ("/", "/etc", "/nix/store", "/nix/var/nix/profiles"):
+                _show(
+                    f"partition {number} {directory}",
+                    ["debugfs", "-R", f"ls -l {directory}", f"{raw}?offset={offset}"],
+                )
         elif sectors > 2048:
-            _show(f"partition {number} files", ["mdir", "-/", "-i", f"{raw}@@{offset}", "::"])
+            _show(f"partition {number} files", ["mdir", "-/", "-b", "-i", f"{raw}@@{offset}", "::"])
 
 
 def main(argv: list[str] | None = None) -> int:
