@@ -178,6 +178,7 @@ class SizeComputation:
     disk_image_size: int
     files_blocks: int
     inodes: int
+    alignment_growth: int = 0  # bytes added so the root partition holds the filesystem
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from make_disk_image import nixdb, repack, rootfs
@@ -35,6 +36,18 @@ def compute_plan(spec: Spec, tree: Tree | None) -> DiskPlan:
             raise ValueError("an automatic disk size needs the image tree")
         auto = auto_disk_size(spec, tree.usage())
         plan = plan_disk(spec, auto.disk_image_size, auto)
+        # The reference reserves 34 sectors for the backup GPT, but parted ends "100%"
+        # on a MiB boundary, taking up to a MiB more: with a small additionalSpace its
+        # root partition can come out smaller than the filesystem needs, or empty.
+        # Grow by whole MiB until it holds it; otherwise the size is the reference's.
+        while plan.root_size < auto.filesystem_size_needed:
+            grown = replace(
+                auto,
+                disk_image_size=plan.disk_size + MIB,
+                alignment_growth=auto.alignment_growth + MIB,
+            )
+            auto = grown
+            plan = plan_disk(spec, auto.disk_image_size, auto)
     problems = check_fits(plan)
     if problems:
         raise StepError(
