@@ -60,10 +60,6 @@ def load_handoff(spec: Spec, handoff: Path | None) -> Handoff:
     return Handoff(plan, False, {})
 
 
-def load_plan(spec: Spec, handoff: Path | None) -> DiskPlan:
-    return load_handoff(spec, handoff).plan
-
-
 def device(dev_root: Path, number: int | None) -> Path:
     return dev_root / (f"{DISK}{number}" if number else DISK)
 
@@ -146,31 +142,11 @@ def tune_root(spec: Spec, dev: Path, *, final: bool) -> None:
         process.run(["tune2fs", "-f", "-T", "19700101", str(dev)], step="guest: tune2fs", env=env)
 
 
-def reset_mount_traces(dev: Path) -> None:
-    """Mounting writes times, a path and counters into the superblock; put them back."""
-    commands = "\n".join(
-        [
-            "ssv mtime 0",
-            "ssv wtime 1",
-            "ssv mnt_count 0",
-            'ssv last_mounted ""',
-            "ssv kbytes_written 0",
-            "ssv lastcheck 0",
-        ]
-    )
-    process.run(
-        ["debugfs", "-w", "-f", "-", str(dev)],
-        step="guest: debugfs",
-        input=commands.encode(),
-        env={"E2FSPROGS_FAKE_TIME": "1"},
-    )
-
-
 def nixos_enter(args: list[str], *, step: str, env: dict[str, str] | None = None) -> None:
     process.run(["nixos-enter", "--root", str(MOUNT_POINT), "--", *args], step=step, env=env)
 
 
-def check_repack_inputs(spec: Spec, handoff: Handoff) -> None:
+def check_repack_inputs(handoff: Handoff) -> None:
     """The repack needs prepare's sizes and Nix database: fail before any slow work."""
     if not handoff.from_prepare:
         raise process.StepError(
@@ -202,9 +178,9 @@ def guest(
     # bootloader or owners given by name need it, and a deterministic build then makes
     # the filesystems again from what was written.
     needs_mount = repack.guest_mounts_root(spec)
-    repacking = needs_mount and repack.repacks(spec)
+    repacking = repack.repacks(spec)
     if repacking:
-        check_repack_inputs(spec, handoff)
+        check_repack_inputs(handoff)
     if spec.deterministic:
         tune_root(spec, root_dev, final=False)
     link_block_devices(dev_root)
@@ -280,25 +256,25 @@ def guest(
 
     if root_snapshot is not None:
         for part in boot_partitions:
-            dev = device(dev_root, part.number)
-            snapshot = fat_snapshots[part.number]
-
-            def remake_fat(
-                part: PlannedPartition = part, dev: Path = dev, snapshot: FatSnapshot = snapshot
-            ) -> None:
-                repack.zero_device(dev)
-                make_fat(part, dev, deterministic=True)
-                repack.fill_fat(dev, snapshot)
-
-            timed(f"made the {part.label} partition again", remake_fat)
+            timed(
+                f"made the {part.label} partition again",
+                partial(
+                    remake_fat, part, device(dev_root, part.number), fat_snapshots[part.number]
+                ),
+            )
         timed(
             "made the root filesystem again",
-            lambda: repack.make_root(root_dev, plan, root_snapshot),
+            partial(repack.make_root, root_dev, plan, root_snapshot),
         )
+        # The same tuning as a build that never mounts the root filesystem.
         tune_root(spec, root_dev, final=False)
-    elif spec.fsType == "ext4" and spec.deterministic:
-        reset_mount_traces(root_dev)
     tune_root(spec, root_dev, final=True)
+
+
+def remake_fat(part: PlannedPartition, dev: Path, snapshot: FatSnapshot) -> None:
+    repack.zero_device(dev)
+    make_fat(part, dev, deterministic=True)
+    repack.fill_fat(dev, snapshot)
 
 
 def mount_point(part: PlannedPartition) -> Path:

@@ -224,8 +224,8 @@ def test_repack_needs_prepares_handoff(tmp_path: Path) -> None:
     plan = plan_disk(spec, 64 * MIB, None)
     assert repack.repacks(spec)  # installBootLoader defaults to true
     with pytest.raises(StepError, match="needs prepare's handoff file"):
-        check_repack_inputs(spec, Handoff(plan, False, {}))
+        check_repack_inputs(Handoff(plan, False, {}))
     with pytest.raises(StepError, match="no readable Nix database files"):
-        check_repack_inputs(spec, Handoff(plan, True, {"db.sqlite": tmp_path / "missing"}))
+        check_repack_inputs(Handoff(plan, True, {"db.sqlite": tmp_path / "missing"}))
     assert not repack.repacks(Spec(toplevel="x", closureInfo="y", deterministic=False))
     assert not repack.repacks(Spec(toplevel="x", closureInfo="y", installBootLoader=False))
