@@ -250,3 +250,20 @@ def test_plan_writes_nothing(closure: Closure, engine: Engine) -> None:
     assert plan["auto"]["additional_space"] == 512 * MIB + 34 * 512 + 257 * MIB
     assert plan["root_partition_device"] == "/dev/vda3"
     assert list(result.build_dir.iterdir()) == [] and not result.out.exists()
+
+
+@pytest.mark.parametrize("ptt", ["efi", "hybrid", "legacy+gpt"])
+def test_auto_size_grows_when_alignment_would_starve_root(closure: Closure, engine: Engine,
+                                                          ptt: str) -> None:
+    # additionalSpace of a few bytes: the reference's arithmetic gives a disk whose
+    # MiB-aligned root partition is smaller than the filesystem it computed.
+    result = engine.run("prepare", base_spec(closure, partitionTableType=ptt,
+                                             additionalSpace="1.3K"), name=ptt)
+    assert result.returncode == 0, result.stderr
+    plan = handoff(result.build_dir)
+    auto = plan["auto"]
+    assert auto["alignment_growth"] >= MIB
+    assert plan["disk_size"] == auto["disk_image_size"]
+    assert plan["root_size"] >= auto["filesystem_size_needed"]
+    fsck = e2fsck_clean(result.build_dir / "nixos.raw", plan["root_offset"])
+    assert fsck.returncode == 0, fsck.stdout
