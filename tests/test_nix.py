@@ -207,11 +207,11 @@ def ext4_stat(spec: str, path: str) -> dict[str, str]:
     text = debugfs(spec, f"stat {path}")
     assert "File not found" not in text, f"{path} missing"
     fields: dict[str, str] = {}
-    for token in text.replace(":", " : ").split("\n")[0:2]:
-        parts = token.split()
-        for i, word in enumerate(parts):
-            if word in ("Mode", "User", "Group") and i + 2 < len(parts):
-                fields[word.lower()] = parts[i + 2]
+    for line in text.splitlines():
+        words = line.replace(":", " : ").split()
+        for i, word in enumerate(words[:-2]):
+            if word in ("Mode", "User", "Group") and words[i + 1] == ":":
+                fields.setdefault(word.lower(), words[i + 2])
     return fields
 
 

@@ -279,21 +279,19 @@ let
   };
 
   python3 =
-    debianPackage {
-      pname = "python3";
-      debianPackages = [ ];
-      extraLinks = [
-        "python3=/usr/bin/python3"
-        "python=/usr/bin/python3"
-        "python3.11=/usr/bin/python3.11"
-      ];
-      meta.mainProgram = "python3";
+    derivation {
+      name = "python3-host";
+      inherit system;
+      builder = "/bin/bash";
+      args = [ ./build-support/host-python.sh ];
+      PATH = hostPath;
     }
     // {
       pythonVersion = "3.11";
       sitePackages = "lib/python3.11/site-packages";
       interpreter = "${python3}/bin/python3";
       pkgs = python3Packages;
+      meta.mainProgram = "python3";
     };
 
   python3Packages = {
@@ -407,6 +405,7 @@ let
     ];
   };
   jq = debianPackage { pname = "jq"; };
+  bc = debianPackage { pname = "bc"; };
 
   # nixpkgs' OVMF: the `fd` output holds FV/OVMF_CODE.fd and FV/OVMF_VARS.fd, and
   # firmware/variables name them. Debian's 4 MiB builds without secure boot need no SMM.
@@ -527,6 +526,7 @@ let
       kmod
       systemdMinimal
       jq
+      bc
       OVMF
       runCommand
       runCommandWith
