@@ -11,8 +11,11 @@ of `contents`. Every qemu run is bounded by a timeout.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -238,3 +241,74 @@ def test_check_report_flags_a_spec_the_image_does_not_meet(images: Images) -> No
         "systemd-boot's entry",
     ):
         assert expected in text, text
+
+
+def fat_files(image: Path, partition: int, scratch: Path) -> set[str]:
+    """Paths of the files on a FAT partition of an image (any qemu format), via mtools."""
+    raw = scratch / f"{image.parent.name}-{image.stem}.raw"
+    if not raw.exists():
+        subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True, timeout=120)
+    table = json.loads(
+        subprocess.run(["sfdisk", "--json", raw], capture_output=True, check=True).stdout
+    )
+    start = int(table["partitiontable"]["partitions"][partition - 1]["start"])
+    listing = subprocess.run(
+        ["mdir", "-/", "-b", "-i", f"{raw}@@{start * 512}", "::"],
+        env=dict(os.environ, MTOOLS_SKIP_CHECK="1"),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    return {line.removeprefix("::") for line in listing.stdout.decode().split() if line}
+
+
+def matching(files: set[str], pattern: str) -> list[str]:
+    return sorted(f for f in files if fnmatch.fnmatch(f, pattern))
+
+
+SYSTEMD_BOOT_ON_ESP = (
+    "/EFI/systemd/systemd-bootx64.efi",
+    "/EFI/BOOT/BOOTX64.EFI",
+    "/loader/loader.conf",
+)
+ENTRIES_AND_KERNELS = (
+    "/loader/entries/nixos-generation-1.conf",
+    "/EFI/nixos/*-linux-*-bzImage.efi",
+    "/EFI/nixos/*-initrd-*-initrd.efi",
+)
+GRUB_ON_BOOT = (
+    "/grub/grub.cfg",
+    "/grub/i386-pc/core.img",
+    "/kernels/*-bzImage",
+    "/kernels/*-initrd",
+)
+# (case, FAT partition number, files that must be there, files that must not)
+BOOT_FILES = [
+    ("legacy+boot", 1, GRUB_ON_BOOT, ("/EFI/*",)),
+    ("efi", 1, SYSTEMD_BOOT_ON_ESP + ENTRIES_AND_KERNELS, ("/grub/*",)),
+    ("efixbootldr", 1, SYSTEMD_BOOT_ON_ESP, ENTRIES_AND_KERNELS),
+    ("efixbootldr", 2, ENTRIES_AND_KERNELS, SYSTEMD_BOOT_ON_ESP),
+    ("hybrid", 1, SYSTEMD_BOOT_ON_ESP + ENTRIES_AND_KERNELS + GRUB_ON_BOOT, ()),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "partition", "present", "absent"),
+    BOOT_FILES,
+    ids=[f"{case}-partition{number}" for case, number, _, _ in BOOT_FILES],
+)
+def test_boot_files_are_where_nixos_puts_them(
+    images: Images,
+    work_dir: Path,
+    name: str,
+    partition: int,
+    present: tuple[str, ...],
+    absent: tuple[str, ...],
+) -> None:
+    """Loader, entries and kernels on the ESP, XBOOTLDR or BOOT partition as configured."""
+    built, _ = images.build(name, CASES[name])
+    files = fat_files(built.image, partition, work_dir)
+    for pattern in present:
+        assert len(matching(files, pattern)) == 1, (pattern, sorted(files))
+    for pattern in absent:
+        assert matching(files, pattern) == [], (pattern, sorted(files))
