@@ -26,7 +26,6 @@ from make_disk_image.layouts import plan_disk
 from make_disk_image.models import MIB, DiskPlan, PlannedPartition, Spec
 from make_disk_image.prepare import NIX_DB_KEY
 from make_disk_image.repack import FAT_EPOCH, FatSnapshot, RootSnapshot
-from make_disk_image.staging import build_tree
 
 logger = logging.getLogger("make_disk_image")
 T = TypeVar("T")
@@ -237,7 +236,7 @@ def guest(
                 process.run(["umount", str(where)], step=f"guest: umount {part.label}")
             prepared = timed(
                 "listed prepare's tree",
-                lambda: build_tree(spec, handoff.nix_db_files),
+                partial(repack.prepared_tree, spec, handoff.nix_db_files),
             )
             root_snapshot = timed(
                 "walked the root filesystem",

@@ -24,19 +24,20 @@ again from that record with the same tools and arguments as an untouched build:
 from __future__ import annotations
 
 import errno
+import glob
 import logging
 import os
 import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 
 from make_disk_image import process, rootfs
 from make_disk_image.models import DiskPlan, Spec
 from make_disk_image.process import StepError
-from make_disk_image.staging import Entry, Kind, Tree
+from make_disk_image.staging import Entry, Kind, Tree, build_tree
 
 logger = logging.getLogger("make_disk_image")
 
@@ -82,6 +83,32 @@ class FatSnapshot:
     files: tuple[str, ...]
     copy: Path
     dropped: tuple[str, ...]
+
+
+def prepared_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
+    """Prepare's tree again, in the guest, as far as the guest can read its sources.
+
+    Store paths are always there (the store is shared into the VM), and so are a Nix
+    build's `contents` and configFile (store paths too). A source prepare read from
+    elsewhere (`make-disk-image build` with files under the host's /tmp, which the VM
+    covers with its own) is left out: its files are then copied out of the image like
+    the guest's own.
+    """
+    visible = []
+    for entry in spec.contents:
+        if glob.glob(entry.source) if entry.is_glob else os.path.lexists(entry.source):
+            visible.append(entry)
+        else:
+            logger.info(
+                "repack: %s is not visible in the VM; copying %s from the image",
+                entry.source,
+                entry.target,
+            )
+    config_file = spec.configFile
+    if config_file is not None and not os.path.isfile(config_file):
+        logger.info("repack: %s is not visible in the VM; copying it from the image", config_file)
+        config_file = None
+    return build_tree(replace(spec, contents=tuple(visible), configFile=config_file), db_files)
 
 
 def _children(directory: Path, rel: str) -> Iterator[tuple[str, Path, os.stat_result]]:

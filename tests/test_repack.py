@@ -19,7 +19,7 @@ from imagecheck import cat, e2fsck_clean, run
 from make_disk_image import repack
 from make_disk_image.guest import Handoff, check_repack_inputs
 from make_disk_image.layouts import plan_disk
-from make_disk_image.models import MIB, Spec
+from make_disk_image.models import MIB, ContentEntry, Spec
 from make_disk_image.process import StepError
 from make_disk_image.staging import Entry, Tree, write_tar
 
@@ -229,3 +229,31 @@ def test_repack_needs_prepares_handoff(tmp_path: Path) -> None:
         check_repack_inputs(Handoff(plan, True, {"db.sqlite": tmp_path / "missing"}))
     assert not repack.repacks(Spec(toplevel="x", closureInfo="y", deterministic=False))
     assert not repack.repacks(Spec(toplevel="x", closureInfo="y", installBootLoader=False))
+
+
+def test_sources_the_vm_cannot_see_are_copied_from_the_image(tmp_path: Path) -> None:
+    closure_info = tmp_path / "closure-info"
+    closure_info.mkdir()
+    (closure_info / "store-paths").write_text("")
+    (tmp_path / "a").write_text("a\n")
+    spec = Spec(
+        toplevel="/nix/store/x",
+        closureInfo=str(closure_info),
+        contents=(
+            ContentEntry(source=str(tmp_path / "a"), target="/etc/a"),
+            ContentEntry(source=str(tmp_path / "gone"), target="/etc/b"),
+            ContentEntry(source=str(tmp_path / "gone*"), target="/etc/c"),
+        ),
+        configFile=str(tmp_path / "gone.nix"),
+    )
+    tree = repack.prepared_tree(spec, {})
+    assert tree.entries["etc/a"].source == tmp_path / "a"
+    assert "etc/b" not in tree and "etc/nixos/configuration.nix" not in tree
+    image_root = tmp_path / "root"
+    prepared_file(image_root / "etc/a", b"a\n")
+    prepared_file(image_root / "etc/b", b"b\n")
+    snapshot = repack.snapshot_root(image_root, tree, tmp_path / "scratch")
+    entries = by_path(snapshot)
+    assert entries["etc/a"].source == tmp_path / "a"
+    b = entries["etc/b"].source
+    assert b is not None and b.is_relative_to(tmp_path / "scratch") and b.read_bytes() == b"b\n"
