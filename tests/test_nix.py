@@ -405,8 +405,8 @@ def test_nix_build_wrong_argument_fails_with_engine_message(
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if "error:" in line and message in line]
     assert errors, proc.stderr[-4000:]
-    # The engine refused in preVM: no VM was started.
-    assert "guest command" not in proc.stderr
+    # The engine refused in preVM: nothing ran in a guest.
+    assert "[guest" not in proc.stderr
 
 
 def test_nix_build_guest_failure_fails_the_build(
@@ -430,6 +430,8 @@ def test_nix_build_guest_failure_fails_the_build(
         GRUB_SDA,
     )
     assert proc.returncode != 0
+    # The guest's steps ran (the engine logs them), and chown's complaint came back.
+    assert "[guest" in proc.stderr
     assert "nosuchuser" in proc.stderr, proc.stderr[-4000:]
     assert "Virtual machine didn't produce an exit code" not in proc.stderr
 
@@ -519,3 +521,34 @@ REFERENCE_ARGUMENTS = {
     "copyChannel": True,
     "additionalPaths": True,
 }
+
+
+def test_default_nix_qemu_opts_follow_the_reference(checkout: Path) -> None:
+    """QEMU_OPTS: both pflash drives with touchEFIVars, SMM options when OVMF needs them."""
+    expr = f"""
+      let
+        pkgs = import {checkout}/tests/nixpkgs {{ }};
+        standIn = (import {checkout}/tests/nixpkgs/flake.nix).outputs {{ self = null; }};
+        config = (standIn.lib.nixosSystem {{ modules = [ ]; }}).config;
+        image = args: import {checkout}/default.nix
+          ({{ inherit pkgs config; inherit (pkgs) lib; }} // args);
+        smmOVMF = pkgs.OVMF.fd // {{ systemManagementModeRequired = true; }};
+      in {{
+        plain = (image {{ }}).QEMU_OPTS;
+        efi = (image {{ partitionTableType = "efi"; touchEFIVars = true; }}).QEMU_OPTS;
+        smm = (image {{ partitionTableType = "efi"; touchEFIVars = true; OVMF = smmOVMF; }})
+          .QEMU_OPTS;
+        memSize = (image {{ memSize = 768; }}).memSize;
+      }}
+    """
+    opts = json.loads(checked(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr]))
+    assert opts["plain"] == ""
+    firmware = "if=pflash,format=raw,unit=0,readonly=on,file=/nix/store/"
+    assert opts["efi"].startswith(f"-drive {firmware}")
+    assert opts["efi"].endswith("-drive if=pflash,format=raw,unit=1,file=$out/efi-vars.fd")
+    assert "smm" not in opts["efi"]
+    assert opts["smm"].startswith(opts["efi"])
+    assert opts["smm"].endswith(
+        "-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on"
+    )
+    assert opts["memSize"] == 768

@@ -1,6 +1,6 @@
 # The stand-in's `lib.nixosSystem`: a NixOS-shaped configuration without the module
-# system. Modules are attribute sets (or functions of { config, pkgs, lib, ... }
-# returning one) merged recursively over defaults that mirror NixOS' defaults for the
+# system. Modules are attribute sets (or files holding one, or functions of
+# { config, pkgs, lib, ... } returning one) merged recursively over defaults that mirror NixOS' defaults for the
 # options make-disk-image reads; `system.build.toplevel` is a real store path whose
 # closure (busybox, etc, system-path) runs inside the image's chroot.
 { pkgs, lib }:
@@ -49,7 +49,14 @@ let
         modulesPath = toString ./.;
       };
       declared = lib.foldl' lib.recursiveUpdate defaults (
-        map (module: if builtins.isFunction module then module args else module) modules
+        map (
+          module:
+          let
+            # A module is a file, a function of the module arguments, or an attribute set.
+            loaded = if builtins.isPath module || builtins.isString module then import module else module;
+          in
+          if builtins.isFunction loaded then loaded args else loaded
+        ) modules
       );
     in
     declared
