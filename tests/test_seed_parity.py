@@ -49,8 +49,8 @@ ALL_LAYOUTS = ("legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hyb
 BOOT_SIZE_LAYOUTS = ("legacy+boot", "efi", "efixbootldr", "hybrid")
 MBR_LAYOUTS = ("legacy", "legacy+boot")
 # 7M: the ESP (from 8MiB) would be empty; 99M: efixbootldr's BOOT (from 100MiB) would be;
-# 100M: BOOT is 1 MiB; 300000K is not a whole MiB.
-BOOT_SIZES = ("256M", "512M", "100M", "1G", "300000K", "7M", "99M")
+# 100M: BOOT is 1 MiB; 300000K, 0.3G and 268435457 (bytes) are not whole MiBs.
+BOOT_SIZES = ("256M", "512M", "100M", "1G", "300000K", "0.3G", "268435457", "7M", "99M")
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("parted", "sgdisk", "sfdisk", "rsync", "debugfs")),
@@ -135,13 +135,6 @@ def engine_plan(engine: Engine, spec: dict[str, Any]) -> dict[str, Any] | None:
         return None
     plan: dict[str, Any] = json.loads(run.stdout)
     return plan
-
-
-def engine_prepare(engine: Engine, spec: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    run = engine.run("prepare", spec, name="prepare")
-    assert run.returncode == 0, run.stderr
-    handoff = json.loads((run.build_dir / "xchg" / "make-disk-image.json").read_text())
-    return run.build_dir / "nixos.raw", handoff
 
 
 def plan_as_sfdisk(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -271,23 +264,63 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
 # --- the partition plan, fixed sizes: `plan` against the reference's parted ------------
 
 
+def iec_bytes(size: str) -> int:
+    """numfmt --from=iec, for choosing disk sizes around a bootSize."""
+    units = {"K": 1024, "M": MIB, "G": 1024 * MIB}
+    if size[-1] in units:
+        return math.ceil(float(size[:-1]) * units[size[-1]])
+    return int(size)
+
+
+# Known differences from the reference's parted, found by these tests (see the report of
+# the parity work); strict, so each marker must go when the engine matches.
+#
+# A GPT disk of 3 MiB (legacy+gpt; auto size with additionalSpace 0M and a tiny closure):
+# parted's "100%" only reaches half a percent (30 sectors) back from the disk end, not
+# the 33 sectors the backup GPT takes, so the reference's parted fails ("The closest
+# location we can manage is ..."); the engine ends the root partition at the last usable
+# sector and succeeds.
+GPT_TINY_DISK_GAP = pytest.mark.xfail(
+    strict=True, reason="reference fails on GPT disks under ~3.3 MiB, the engine does not"
+)
+# A GPT root partition whose start is the last MiB boundary before the backup GPT (disk
+# = bootSize end + 1 MiB, or an auto size with additionalSpace under 1 MiB), on a disk
+# over ~203 MiB, where parted's "100%" tolerance (half a percent) reaches back past that
+# boundary: the MiB-aligned end falls before the start, so parted drops alignment and
+# ends the partition at the last usable sector (2015 sectors); the engine plans an
+# empty partition and refuses the disk. (On smaller disks both take the last usable
+# sector.)
+ALIGNED_END_BEFORE_START_GAP = pytest.mark.xfail(
+    strict=True, reason="engine refuses where parted falls back to the last usable sector"
+)
+
+
+def known_gap(layout: str, disk_mib: int, reserved_mib: int) -> list[pytest.MarkDecorator]:
+    if layout == "legacy+gpt" and disk_mib == 3:
+        return [GPT_TINY_DISK_GAP]
+    if layout in ("efi", "efixbootldr", "hybrid") and disk_mib == reserved_mib + 1 > 203:
+        return [ALIGNED_END_BEFORE_START_GAP]
+    return []
+
+
 def fixed_cases() -> Iterator[Any]:
     for layout in ALL_LAYOUTS:
         boot_sizes = BOOT_SIZES if layout in BOOT_SIZE_LAYOUTS else ("256M",)
         for boot_size in boot_sizes:
-            boot_end_mib = math.ceil(
-                (int(boot_size[:-1]) * {"K": 1024, "M": MIB, "G": 1024 * MIB}[boot_size[-1]] + 1)
-                / MIB
-            )
+            boot_end_mib = math.ceil((iec_bytes(boot_size) + 1) / MIB)
             reserved_mib = boot_end_mib if layout in BOOT_SIZE_LAYOUTS else 2
-            # Tight (root of 2-3 MiB, where parted's "100%" tolerance reaches past the
-            # last MiB boundary), odd, and large sizes.
-            sizes = (
-                (reserved_mib + 3, 1537, 8193) if boot_size == "256M" else (reserved_mib + 3, 1537)
-            )
+            # Tight (a root of 0-3 MiB, where parted's "100%" tolerance reaches past the
+            # last MiB boundary, or the boundary falls before the start); for the default
+            # bootSize also an odd and a large size.
+            tight = (reserved_mib + 1, reserved_mib + 3)
+            sizes = (*tight, 1537, 8193) if boot_size == "256M" else tight
             for disk_mib in sizes:
                 yield pytest.param(
-                    layout, boot_size, disk_mib, id=f"{layout}-{boot_size}-{disk_mib}"
+                    layout,
+                    boot_size,
+                    disk_mib,
+                    id=f"{layout}-{boot_size}-{disk_mib}",
+                    marks=known_gap(layout, disk_mib, reserved_mib),
                 )
 
 
@@ -337,12 +370,14 @@ class PrepareCase:
     boot_size: str = "256M"
     deterministic: bool = True
     root_gpuid: str = DEFAULT_ROOT_GPUID
+    additional_space: str = "512M"
 
     @property
     def id(self) -> str:
         flags = "" if self.deterministic else "-random"
         guid = "" if self.root_gpuid == DEFAULT_ROOT_GPUID else "-guid"
-        return f"{self.layout}-{self.disk_size}-{self.boot_size}{flags}{guid}"
+        extra = "" if self.additional_space == "512M" else f"-add{self.additional_space}"
+        return f"{self.layout}-{self.disk_size}-{self.boot_size}{flags}{guid}{extra}"
 
 
 PREPARE_CASES = [
@@ -355,10 +390,26 @@ PREPARE_CASES = [
     PrepareCase("legacy+boot", boot_size="1G"),
     PrepareCase("efi", disk_size=1100, deterministic=False),
     PrepareCase("legacy", deterministic=False),
+    PrepareCase("legacy", additional_space="0M"),
+    PrepareCase("hybrid", additional_space="1000000"),
+]
+
+PREPARE_PARAMS = [
+    *(pytest.param(case, id=case.id) for case in PREPARE_CASES),
+    pytest.param(
+        PrepareCase("legacy+gpt", additional_space="0M"),
+        id="legacy+gpt-auto-256M-add0M",
+        marks=GPT_TINY_DISK_GAP,
+    ),
+    pytest.param(
+        PrepareCase("efi", additional_space="1.3K"),
+        id="efi-auto-256M-add1.3K",
+        marks=ALIGNED_END_BEFORE_START_GAP,
+    ),
 ]
 
 
-@pytest.mark.parametrize("case", PREPARE_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", PREPARE_PARAMS)
 def test_prepared_image_matches_reference(
     case: PrepareCase, closure: Closure, engine: Engine, scratch: Path
 ) -> None:
@@ -366,26 +417,45 @@ def test_prepared_image_matches_reference(
         "bootSize": case.boot_size,
         "deterministic": case.deterministic,
         "rootGPUID": case.root_gpuid,
+        "additionalSpace": case.additional_space,
     }
     if case.disk_size != "auto":
         overrides["diskSize"] = case.disk_size
-    image, plan = engine_prepare(engine, engine_spec(closure, case.layout, **overrides))
+    spec = engine_spec(closure, case.layout, **overrides)
+    run = engine.run("prepare", spec, name="prepare")
 
     staging = None
     if case.disk_size == "auto":
-        # The same tree, measured the reference's way (du/find), from the engine's image.
+        # The same tree, measured the reference's way (du/find), from the engine's image
+        # (from one with room to spare when this spec is refused: the tree is the same).
+        if run.returncode == 0:
+            tree_source = run
+        else:
+            tree_source = engine.run("prepare", {**spec, "additionalSpace": "512M"})
+            assert tree_source.returncode == 0, tree_source.stderr
         staging = scratch / "tree"
-        extract_tree(image, plan["root_offset"], staging)
+        tree_plan = json.loads((tree_source.build_dir / "xchg/make-disk-image.json").read_text())
+        extract_tree(tree_source.build_dir / "nixos.raw", tree_plan["root_offset"], staging)
     seed = run_oracle(
         scratch,
         case.layout,
         case.disk_size,
         case.boot_size,
+        case.additional_space,
         deterministic=case.deterministic,
         root_gpuid=case.root_gpuid,
         staging=staging,
     )
-    assert seed.ok, seed.stderr
+    if not seed.ok or run.returncode != 0:
+        # Where one side refuses, the other must too.
+        assert (seed.ok, run.returncode == 0) == (False, False), (
+            f"reference ok: {seed.ok}, engine ok: {run.returncode == 0}\n"
+            f"reference: {seed.stderr[-1500:]}\nengine: {run.stderr[-1500:]}"
+        )
+        assert "error:" in run.stderr
+        return
+    image = run.build_dir / "nixos.raw"
+    plan = json.loads((run.build_dir / "xchg" / "make-disk-image.json").read_text())
 
     # The auto size: the reference's arithmetic on the engine's tree gives its size.
     if case.disk_size == "auto":
