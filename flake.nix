@@ -56,7 +56,7 @@
             format = "qcow2";
             touchEFIVars = true;
           };
-          image-nix-store = image { } {
+          image-nix-store = image grub {
             onlyNixStore = true;
             installBootLoader = false;
             partitionTableType = "none";

@@ -1,8 +1,9 @@
 # The stand-in's `lib.nixosSystem`: a NixOS-shaped configuration without the module
-# system. Modules are attribute sets (or files holding one, or functions of
-# { config, pkgs, lib, ... } returning one) merged recursively over defaults that mirror NixOS' defaults for the
-# options make-disk-image reads; `system.build.toplevel` is a real store path whose
-# closure (busybox, etc, system-path) runs inside the image's chroot.
+# system. Modules are attribute sets, files holding one, or functions of
+# { config, pkgs, lib, ... } returning one; they are merged recursively over defaults
+# that mirror NixOS' defaults for the options make-disk-image reads.
+# `system.build.toplevel` is a real store path whose closure (busybox, etc,
+# system-path) runs inside the image's chroot.
 { pkgs, lib }:
 {
   modules ? [ ],
