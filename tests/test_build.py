@@ -2,8 +2,9 @@
 
 The system is testsys' NixOS-shaped test system (real store paths, an activation that
 writes /etc/passwd, busybox inside the image) so that the guest's nixos-enter + chown
-resolve user names against the image as on NixOS. Bootloader installation itself is
-covered by test_boot.py.
+resolve user names against the image as on NixOS. That images with an installed
+bootloader boot is covered by test_boot.py; here, that deterministic builds which mount
+the root filesystem (bootloader, owners by name) are bit-identical (the guest's repack).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagecheck import dumpe2fs, e2fsck_clean, run, sfdisk_json, stat
+from imagecheck import cat, dumpe2fs, e2fsck_clean, run, sfdisk_json, stat
 
 from testsys.build import BuildError, BuiltImage, build_image
-from testsys.system import BootLoader, TestSystem, build_test_system
+from testsys.system import BootLoader, TestSystem, boot_loader_for, build_test_system
 
 pytestmark = pytest.mark.vm
 
@@ -147,20 +148,104 @@ def test_deterministic_builds_with_a_guest_phase_are_identical(
     assert notes is not None and (notes.uid, notes.gid, notes.mode & 0o777) == (1000, 100, 0o750)
 
 
-def test_guest_mounting_root_keeps_identities_fixed(
+def test_guest_mounting_root_is_repacked_identically(
         system: TestSystem, payload: Path, work: Path, efixbootldr: BuiltImage) -> None:
-    # With a chown by name the kernel writes the root filesystem; what `deterministic`
-    # fixes in the reference (GUIDs, UUIDs, labels, check times) still matches.
+    # A chown by name mounts the root filesystem and both FAT partitions; the repack
+    # makes all three again, so a second build matches bit for bit.
+    assert "repack: made the root filesystem again" in efixbootldr.log
     again = build_image(efixbootldr.spec, work, name="efixbootldr-again")
-    tables = [sfdisk_json(i.image) for i in (efixbootldr, again)]
-    assert tables[0] == {**tables[1], "device": tables[0]["device"],
-                         "partitions": [{**p, "node": q["node"]} for p, q in
-                                        zip(tables[1]["partitions"], tables[0]["partitions"],
-                                            strict=True)]}
-    offset = tables[0]["partitions"][2]["start"] * 512
-    sbs = [dumpe2fs(i.image, offset) for i in (efixbootldr, again)]
-    for key in ("Filesystem UUID", "Filesystem volume name", "Last checked", "Directory Hash Seed"):
-        assert sbs[0][key] == sbs[1][key]
+    assert efixbootldr.image.read_bytes() == again.image.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def loader_systems(work: Path) -> dict[str, TestSystem]:
+    """Test systems with the boot loader of a layout: GRUB (legacy), systemd-boot (efi)."""
+    return {layout: build_test_system(work / f"system-{layout}", boot_loader_for(layout))
+            for layout in ("legacy", "efi")}
+
+
+def loader_spec(system: TestSystem, payload: Path, layout: str, **kw: Any) -> dict[str, Any]:
+    return system.spec(
+        partitionTableType=layout, installBootLoader=True, additionalSpace="16M",
+        contents=[
+            {"source": str(payload / "data"), "target": "/home/alice/data", "mode": "750",
+             "user": "alice", "group": "users"},
+            {"source": str(payload / "key"), "target": "/etc/bob.key", "mode": "0400",
+             "user": "bob", "group": "bob"},
+        ],
+        **kw,
+    )
+
+
+def check_chowned(image: Path, offset: int) -> None:
+    notes = stat(image, offset, "/home/alice/data/notes.txt")
+    key = stat(image, offset, "/etc/bob.key")
+    assert notes and key
+    assert (notes.uid, notes.gid, notes.mode & 0o7777) == (1000, 100, 0o750)
+    assert (key.uid, key.gid, key.mode & 0o7777) == (1001, 1001, 0o400)
+    assert cat(image, offset, "/etc/bob.key") == "k\n"
+    # Written by the activation in the guest, kept by the repack.
+    assert "alice:x:1000:100:" in cat(image, offset, "/etc/passwd")
+
+
+def mtools(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True,
+                          env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin"}).stdout
+
+
+@pytest.mark.parametrize("layout", ["legacy", "efi"])
+def test_deterministic_builds_with_bootloader_and_chown_are_identical(
+        loader_systems: dict[str, TestSystem], payload: Path, work: Path, tmp_path: Path,
+        layout: str) -> None:
+    system = loader_systems[layout]
+    spec = loader_spec(system, payload, layout)
+    first = build_image(spec, work, name=f"loader-{layout}-1")
+    second = build_image(spec, work, name=f"loader-{layout}-2")
+    assert "repack: made the root filesystem again" in first.log
+    assert first.image.read_bytes() == second.image.read_bytes()
+
+    table = sfdisk_json(first.image)
+    root = table["partitions"][-1]
+    offset = root["start"] * 512
+    fsck = e2fsck_clean(first.image, offset)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    check_chowned(first.image, offset)
+    store_file = system.toplevel / "nixos-version"
+    assert cat(first.image, offset, str(store_file)) == store_file.read_text()
+    sb = dumpe2fs(first.image, offset)
+    assert sb["Filesystem UUID"] == ROOT_GUID.lower()
+    assert sb["Last checked"] == "Thu Jan  1 00:00:00 1970"
+    if layout == "legacy":
+        # GRUB: boot.img in the MBR, core.img in the gap, its files on the root filesystem.
+        assert b"GRUB" in first.image.read_bytes()[:512]
+        grub_cfg = cat(first.image, offset, "/boot/grub/grub.cfg")
+        assert f"init={system.toplevel}/init" in grub_cfg
+        assert stat(first.image, offset, "/boot/grub/i386-pc/core.img") is not None
+    else:
+        esp = table["partitions"][0]
+        fat = extract(first.image, esp["start"], esp["size"], tmp_path / "esp.fat")
+        fsck = subprocess.run(["fsck.vfat", "-n", str(fat)], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        files = mtools("mdir", "-b", "-/", "-i", str(fat), "::/").split()
+        assert "::/EFI/systemd/systemd-bootx64.efi" in files
+        assert "::/EFI/BOOT/BOOTX64.EFI" in files
+        loader_conf = mtools("mtype", "-i", str(fat), "::/loader/loader.conf")
+        assert "default nixos-generation-1.conf" in loader_conf
+        entry = mtools("mtype", "-i", str(fat), "::/loader/entries/nixos-generation-1.conf")
+        assert f"init={system.toplevel}/init" in entry
+        assert "1980-01-01" in mtools("mdir", "-i", str(fat), "::/loader")
+
+
+def test_non_deterministic_build_with_bootloader_is_not_repacked(
+        loader_systems: dict[str, TestSystem], payload: Path, work: Path) -> None:
+    spec = loader_spec(loader_systems["legacy"], payload, "legacy", deterministic=False)
+    built = build_image(spec, work, name="loader-legacy-nondet")
+    assert "repack" not in built.log
+    offset = sfdisk_json(built.image)["partitions"][0]["start"] * 512
+    fsck = e2fsck_clean(built.image, offset)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    check_chowned(built.image, offset)
+    assert "init=" in cat(built.image, offset, "/boot/grub/grub.cfg")
 
 
 def test_guest_failure_names_the_step_and_leaves_no_output(
