@@ -257,8 +257,17 @@ def seed_stage(
 
 
 @pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
+def scratch(tmp_path: Path) -> Path:
+    """Root's working directory for the reference's side."""
+    return tmp_path
+
+
+@pytest.fixture
+def readable_sources() -> Iterator[Path]:
+    """A directory for contents sources that the unprivileged engine can read."""
+    path = world_readable_dir("mdi-parity-contents-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 # --- the partition plan, fixed sizes: `plan` against the reference's parted ------------
@@ -532,17 +541,15 @@ REFERENCE_STAGING_GAP = pytest.mark.xfail(
 @REFERENCE_STAGING_GAP
 @pytest.mark.parametrize("layout", ["efi", "legacy"])
 def test_auto_size_matches_reference_staging(
-    layout: str, closure: Closure, engine: Engine, scratch: Path
+    layout: str, closure: Closure, engine: Engine, scratch: Path, readable_sources: Path
 ) -> None:
     """The reference measures its build directory after nixos-install, not the image's
     tree: see seed_stage.sh. Its auto size is what the engine's must equal."""
-    # Sources the unprivileged engine can read.
-    sources = world_readable_dir("mdi-parity-contents-")
-    source = sources / "data"
+    source = readable_sources / "data"
     (source / "sub").mkdir(parents=True)
     (source / "a").write_text("a" * 5000)
     (source / "sub" / "b").write_text("b")
-    note = sources / "note"
+    note = readable_sources / "note"
     note.write_text("note\n")
     for path in [source, *source.rglob("*"), note]:
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -569,7 +576,6 @@ def test_auto_size_matches_reference_staging(
         "DISK_SIZE": plan["disk_size"],
     }
     seed_figures = {k: seed.values[k] for k in engine_figures}
-    shutil.rmtree(sources)
     breakdown = {p.name: seed_measure(p) for p in sorted(build_dir.iterdir())}
     assert engine_figures == seed_figures, (
         f"engine {engine_figures} vs reference {seed_figures}; the reference's `find .` "
