@@ -137,130 +137,137 @@ let
     .${format};
   imageFormat = if format == "raw" then "raw" else "qcow2";
 in
-pkgs.testers.runNixOSTest {
-  name = "make-disk-image-${name}";
-
-  nodes.machine =
-    { lib, pkgs, ... }:
-    {
-      virtualisation = {
-        # Boot the image's own boot loader from firmware, with the image's own store.
-        directBoot.enable = false;
-        mountHostNixStore = false;
-        useBootLoader = false; # qemu-vm would build its own image otherwise
-        # Hybrid images get UEFI firmware per boot from the test script instead,
-        # so GRUB's BIOS target stays the disk (qemu-vm makes it "nodev" under UEFI).
-        useEFIBoot = usesUEFIOnly;
-        efi.keepVariables = false;
-        rootDevice = "/dev/disk/by-label/${label}";
-        fileSystems = vfatFileSystems;
-        memorySize = 1024;
-      };
-      # The image's view of its filesystems; under qemu-vm, virtualisation.fileSystems
-      # (same devices) takes precedence.
-      fileSystems = {
-        "/" = {
-          device = "/dev/disk/by-label/${label}";
-          fsType = "ext4";
-        };
-      } // vfatFileSystems;
-
-      # make-disk-image runs switch-to-configuration; nixos tests leave it out by default.
-      system.switch.enable = true;
-
-      boot.loader = {
-        timeout = 1;
-        grub = {
-          enable = bootLoader != "systemd-boot";
-          efiSupport = bootLoader == "grub-hybrid";
-          efiInstallAsRemovable = bootLoader == "grub-hybrid";
-        };
-        systemd-boot = lib.mkIf (bootLoader == "systemd-boot") (
-          {
-            enable = true;
-          }
-          // lib.optionalAttrs (partitionTableType == "efixbootldr") {
-            xbootldrMountPoint = "/boot";
-          }
-        );
-        efi = {
-          canTouchEfiVariables = touchEFIVars;
-          efiSysMountPoint = if partitionTableType == "efixbootldr" then "/efi" else "/boot";
-        };
-      };
-
-      users.users.alice = {
-        isNormalUser = true;
-        uid = aliceUid;
-      };
-      environment.systemPackages = [ pkgs.efibootmgr ];
+# A module, so that the image and the expectations can use the node's configuration
+# and are exposed as passthru: `nix build .#checks.<system>.<test>.image` builds only
+# the image.
+pkgs.testers.runNixOSTest (
+  { config, ... }:
+  let
+    machineConfig = config.nodes.machine;
+    image = makeDiskImage {
+      inherit pkgs lib;
+      config = machineConfig;
+      inherit
+        partitionTableType
+        touchEFIVars
+        format
+        diskSize
+        additionalSpace
+        bootSize
+        copyChannel
+        rootGPUID
+        label
+        contents
+        ;
+      OVMF = machineConfig.virtualisation.efi.OVMF;
+      installBootLoader = true;
+      deterministic = true;
     };
+    expected = {
+      inherit
+        partitionTableType
+        bootLoader
+        firmwares
+        touchEFIVars
+        copyChannel
+        label
+        imageFormat
+        ;
+      inherit (layout) partitionTable bootFileSystems;
+      rootDevice = "/dev/vda${toString layout.rootPartition}";
+      partitionCount =
+        {
+          legacy = 1;
+          "legacy+boot" = 2;
+          "legacy+gpt" = 2;
+          efi = 2;
+          efixbootldr = 3;
+          hybrid = 3;
+        }
+        .${partitionTableType};
+      # Deterministic ext4 images carry rootFSUID (= rootGPUID by default); on GPT
+      # the root partition's own GUID is rootGPUID for every layout, legacy+gpt
+      # included (the reference dropped it there: it addressed partition 3).
+      rootFSUID = lib.toLower rootGPUID;
+      rootPartUUID = if layout.partitionTable == "gpt" then lib.toLower rootGPUID else null;
+      toplevel = "${machineConfig.system.build.toplevel}";
+      nixosVersion = "${machineConfig.system.nixos.version} (${machineConfig.system.nixos.codeName})";
+      imageFile = "${image}/${imageFileName}";
+      qemuImg = "${machineConfig.virtualisation.qemu.package}/bin/qemu-img";
+      efiFirmware = "${machineConfig.virtualisation.efi.firmware}";
+      efiVariables =
+        if touchEFIVars then "${image}/efi-vars.fd" else "${machineConfig.virtualisation.efi.variables}";
+      nodeHasEFI = usesUEFIOnly;
+      contents = expectedContents;
+    };
+    expectedFile = pkgs.writeText "make-disk-image-expected.json" (builtins.toJSON expected);
+  in
+  {
+    name = "make-disk-image-${name}";
 
-  testScript =
-    { nodes, ... }:
-    let
-      machineConfig = nodes.machine;
-      image = makeDiskImage {
-        inherit pkgs lib;
-        config = machineConfig;
-        inherit
-          partitionTableType
-          touchEFIVars
-          format
-          diskSize
-          additionalSpace
-          bootSize
-          copyChannel
-          rootGPUID
-          label
-          contents
-          ;
-        OVMF = machineConfig.virtualisation.efi.OVMF;
-        installBootLoader = true;
-        deterministic = true;
-      };
-      expected = {
-        inherit
-          partitionTableType
-          bootLoader
-          firmwares
-          touchEFIVars
-          copyChannel
-          label
-          imageFormat
-          ;
-        inherit (layout) partitionTable bootFileSystems;
-        rootDevice = "/dev/vda${toString layout.rootPartition}";
-        partitionCount =
-          {
-            legacy = 1;
-            "legacy+boot" = 2;
-            "legacy+gpt" = 2;
-            efi = 2;
-            efixbootldr = 3;
-            hybrid = 3;
-          }
-          .${partitionTableType};
-        # Deterministic ext4 images carry rootFSUID (= rootGPUID by default); on GPT
-        # the root partition's own GUID is rootGPUID for every layout, legacy+gpt
-        # included (the reference dropped it there: it addressed partition 3).
-        rootFSUID = lib.toLower rootGPUID;
-        rootPartUUID = if layout.partitionTable == "gpt" then lib.toLower rootGPUID else null;
-        toplevel = "${machineConfig.system.build.toplevel}";
-        nixosVersion = "${machineConfig.system.nixos.version} (${machineConfig.system.nixos.codeName})";
-        imageFile = "${image}/${imageFileName}";
-        qemuImg = "${machineConfig.virtualisation.qemu.package}/bin/qemu-img";
-        efiFirmware = "${machineConfig.virtualisation.efi.firmware}";
-        efiVariables =
-          if touchEFIVars then "${image}/efi-vars.fd" else "${machineConfig.virtualisation.efi.variables}";
-        nodeHasEFI = usesUEFIOnly;
-        contents = expectedContents;
-      };
-      expectedFile = pkgs.writeText "make-disk-image-expected.json" (builtins.toJSON expected);
-    in
-    builtins.readFile ./checks.py
-    + ''
+    nodes.machine =
+      { lib, pkgs, ... }:
+      {
+        virtualisation = {
+          # Boot the image's own boot loader from firmware, with the image's own store.
+          directBoot.enable = false;
+          mountHostNixStore = false;
+          useBootLoader = false; # qemu-vm would build its own image otherwise
+          # Hybrid images get UEFI firmware per boot from the test script instead,
+          # so GRUB's BIOS target stays the disk (qemu-vm makes it "nodev" under UEFI).
+          useEFIBoot = usesUEFIOnly;
+          efi.keepVariables = false;
+          rootDevice = "/dev/disk/by-label/${label}";
+          fileSystems = vfatFileSystems;
+          memorySize = 1024;
+        };
+        # The image's view of its filesystems; under qemu-vm, virtualisation.fileSystems
+        # (same devices) takes precedence.
+        fileSystems = {
+          "/" = {
+            device = "/dev/disk/by-label/${label}";
+            fsType = "ext4";
+          };
+        } // vfatFileSystems;
 
-      run_image_test(machine, subtest, "${expectedFile}")
-    '';
-}
+        # make-disk-image runs switch-to-configuration; nixos tests leave it out by default.
+        system.switch.enable = true;
+
+        boot.loader = {
+          timeout = 1;
+          grub = {
+            enable = bootLoader != "systemd-boot";
+            efiSupport = bootLoader == "grub-hybrid";
+            efiInstallAsRemovable = bootLoader == "grub-hybrid";
+          };
+          systemd-boot = lib.mkIf (bootLoader == "systemd-boot") (
+            {
+              enable = true;
+            }
+            // lib.optionalAttrs (partitionTableType == "efixbootldr") {
+              xbootldrMountPoint = "/boot";
+            }
+          );
+          efi = {
+            canTouchEfiVariables = touchEFIVars;
+            efiSysMountPoint = if partitionTableType == "efixbootldr" then "/efi" else "/boot";
+          };
+        };
+
+        users.users.alice = {
+          isNormalUser = true;
+          uid = aliceUid;
+        };
+        environment.systemPackages = [ pkgs.efibootmgr ];
+      };
+
+    testScript =
+      builtins.readFile ./checks.py
+      + ''
+
+        run_image_test(machine, subtest, "${expectedFile}")
+      '';
+
+    passthru = { inherit image expected; };
+  }
+)

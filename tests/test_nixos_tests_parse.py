@@ -3,6 +3,11 @@
 `nix-instantiate --parse` also resolves variable names, so an undefined variable or a
 misspelt binding fails here too, not only a syntax error. layouts.nix, plain data, is
 evaluated and held against the engine's layouts: the guests check what the engine makes.
+Then every test is evaluated against tests/nixos_tests_stub.nix, a stub of the handful
+of nixpkgs names the tests use (runNixOSTest returns the test module, makeDiskImage its
+arguments): argument names, the node module, the image arguments and the expectations
+must hang together, and the test script must compile. What only real nixpkgs can tell
+(NixOS option types, the boot itself) is for `nix build .#checks...` (docs/nixos-tests.md).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +112,103 @@ def test_layouts_agree_with_the_engine() -> None:
             if part.filesystem == "vfat"
         ]
         assert seen["bootFileSystems"] == engine_vfat, name
+
+
+# The seed's asserts on its arguments, and the bootable layouts' firmware.
+TOUCH_EFI_VARS_LAYOUTS = {"hybrid", "efi", "efixbootldr", "legacy+gpt"}
+UEFI_ONLY_LAYOUTS = {"efi", "efixbootldr"}
+
+
+def evaluate_with_stub(*, isx86: bool) -> dict[str, Any]:
+    """Every test of nixos-tests/default.nix, evaluated against tests/nixos_tests_stub.nix."""
+    proc = subprocess.run(
+        [
+            "nix-instantiate",
+            "--eval",
+            "--strict",
+            "--json",
+            str(Path(__file__).resolve().parent / "nixos_tests_stub.nix"),
+            "--arg",
+            "nixosTests",
+            str(NIXOS_TESTS),
+            "--arg",
+            "isx86",
+            "true" if isx86 else "false",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def test_tests_evaluate_per_platform() -> None:
+    assert set(evaluate_with_stub(isx86=False)) == {"efi", "efixbootldr"}
+    assert set(evaluate_with_stub(isx86=True)) == {
+        "legacy",
+        "legacy-boot",
+        "legacy-gpt",
+        "efi",
+        "efixbootldr",
+        "hybrid",
+    }
+
+
+@pytest.fixture(scope="module")
+def evaluated() -> dict[str, Any]:
+    return evaluate_with_stub(isx86=True)
+
+
+@pytest.mark.parametrize(
+    "name", ["legacy", "legacy-boot", "legacy-gpt", "efi", "efixbootldr", "hybrid"]
+)
+def test_test_is_consistent(name: str, evaluated: dict[str, Any]) -> None:
+    test = evaluated[name]
+    args, expected, node = test["imageArgs"], test["expected"], test["node"]
+    layout = args["partitionTableType"]
+    assert test["name"] == f"make-disk-image-{name}"
+
+    # makeDiskImage gets what the reference accepts, as the reference's asserts demand.
+    assert args["installBootLoader"] is True and args["deterministic"] is True
+    assert args["format"] in {"raw", "qcow2", "qcow2-compressed", "vdi", "vpc"}
+    assert not args["touchEFIVars"] or layout in TOUCH_EFI_VARS_LAYOUTS
+    for entry in args["contents"]:
+        assert ("user" in entry) == ("group" in entry), entry
+
+    # The node boots the image from firmware, with the boot loader its layout needs.
+    virtualisation = node["virtualisation"]
+    assert virtualisation["directBoot"]["enable"] is False
+    assert virtualisation["mountHostNixStore"] is False
+    assert virtualisation["useBootLoader"] is False
+    assert virtualisation["useEFIBoot"] == (layout in UEFI_ONLY_LAYOUTS)
+    assert virtualisation["rootDevice"] == f"/dev/disk/by-label/{args['label']}"
+    assert node["system"]["switch"]["enable"] is True
+    loader = node["boot"]["loader"]
+    uses_systemd_boot = layout in UEFI_ONLY_LAYOUTS
+    assert loader["grub"]["enable"] is not uses_systemd_boot
+    assert (loader["systemd-boot"] is not None) is uses_systemd_boot
+    assert loader["efi"]["canTouchEfiVariables"] is args["touchEFIVars"]
+    vfat = {fs["mountPoint"]: fs["label"] for fs in expected["bootFileSystems"]}
+    assert {
+        mount: fs["device"].removeprefix("/dev/disk/by-label/")
+        for mount, fs in virtualisation["fileSystems"].items()
+    } == vfat
+    if layout == "efixbootldr":
+        assert loader["efi"]["efiSysMountPoint"] == "/efi"
+        assert loader["systemd-boot"]["xbootldrMountPoint"] == "/boot"
+    if layout == "hybrid":
+        assert loader["grub"]["efiSupport"] and loader["grub"]["efiInstallAsRemovable"]
+        assert expected["firmwares"] == ["bios", "uefi"]
+
+    # The guest checks every contents entry, and boots what makeDiskImage was given.
+    assert {e["target"] for e in args["contents"]} <= {e["path"] for e in expected["contents"]}
+    assert expected["partitionTableType"] == layout
+    assert expected["imageFormat"] == ("raw" if args["format"] == "raw" else "qcow2")
+    if args["touchEFIVars"]:
+        assert expected["efiVariables"].endswith("/efi-vars.fd")
+
+    # The script is checks.py plus the call; it must compile.
+    compile(test["testScript"], f"{name}-testScript", "exec")
+    assert test["testScript"].rstrip().endswith('-make-disk-image-expected.json")')
