@@ -69,7 +69,9 @@ def work_dir() -> Iterator[Path]:
     base = Path(os.environ.get("MDI_BOOT_TEST_DIR", "/var/tmp"))
     directory = Path(tempfile.mkdtemp(prefix="mdi-boot-tests-", dir=base))
     yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    # MDI_BOOT_TEST_KEEP=1 keeps specs, build logs, images and serial console logs.
+    if not os.environ.get("MDI_BOOT_TEST_KEEP"):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
