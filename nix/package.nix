@@ -35,7 +35,10 @@ let
 in
 python3Packages.buildPythonApplication {
   pname = "make-disk-image";
-  version = "0.1.0";
+  # One version, setup.cfg's.
+  version = builtins.head (
+    builtins.match ".*\nversion = ([^\n]+)\n.*" (builtins.readFile ../setup.cfg)
+  );
   pyproject = true;
 
   src = lib.cleanSourceWith {
