@@ -184,21 +184,32 @@ def reserved_space(layout: Layout, boot_size: int) -> int:
     return reserved
 
 
-def _rest_end(table: str, total_sectors: int) -> int:
-    """Where parted puts the end of "100%"."""
+def _rest_end(table: str, total_sectors: int, start: int) -> int:
+    """Where parted 3.5 puts the end of "100%" for a partition starting at `start`.
+
+    parted reads "100%" as the last sector with a tolerance of half a percent of the
+    disk, and within it prefers the last MiB-aligned end that is usable (GPT keeps 33
+    sectors for its backup) and after the start; failing that, the last usable sector
+    itself if the tolerance reaches it. Otherwise parted fails; then this returns
+    `start - 1`, an empty partition, which check_fits reports.
+    """
     last_usable = total_sectors - 1 - (GPT_TAIL_SECTORS - 1 if table == "gpt" else 0)
-    aligned = (last_usable + 1) // ALIGN_SECTORS * ALIGN_SECTORS - 1
-    # parted reads "100%" with a tolerance of half a percent of the disk on either side
     percent_sectors = -(-(total_sectors * SECTOR // 100) // SECTOR)
     radius = max(percent_sectors // 2 - 1, 0)
-    if aligned >= total_sectors - 1 - radius:
+    lowest = max(total_sectors - 1 - radius, start)
+    aligned = (last_usable + 1) // ALIGN_SECTORS * ALIGN_SECTORS - 1
+    if aligned >= lowest:
         return aligned
-    return last_usable
+    if last_usable >= lowest:
+        return last_usable
+    return start - 1
 
 
-def _sector(bound: int | Bound, boot_size: int, *, end: bool, table: str, total: int) -> int:
+def _sector(
+    bound: int | Bound, boot_size: int, *, end: bool, table: str, total: int, start: int = 0
+) -> int:
     if bound is Bound.REST:
-        return _rest_end(table, total)
+        return _rest_end(table, total, start)
     mib = boot_size // MIB if bound is Bound.BOOT_SIZE else int(bound)
     sector = mib * ALIGN_SECTORS
     return sector - 1 if end else sector
@@ -220,7 +231,7 @@ def plan_disk(spec: Spec, disk_size: int, auto: SizeComputation | None) -> DiskP
         end = (
             tpl.end_sector
             if tpl.end_sector is not None
-            else _sector(tpl.end, boot_size, end=True, table=layout.table, total=total)
+            else _sector(tpl.end, boot_size, end=True, table=layout.table, total=total, start=start)
         )
         if layout.table == "gpt":
             ptype = GPT_TYPES[tpl.role if tpl.role in GPT_TYPES else "root"]

@@ -289,26 +289,14 @@ def iec_bytes(size: str) -> int:
 # the 33 sectors the backup GPT takes, so the reference's parted fails ("The closest
 # location we can manage is ..."); the engine ends the root partition at the last usable
 # sector and succeeds.
+# With a fixed size the engine refuses too; with an auto size it grows the disk by whole
+# MiB until the root partition holds the filesystem (README, difference 9).
 GPT_TINY_DISK_GAP = pytest.mark.xfail(
-    strict=True, reason="reference fails on GPT disks under ~3.3 MiB, the engine does not"
+    strict=True, reason="reference fails on GPT disks under ~3.3 MiB; the engine's auto size grows"
 )
-# A GPT root partition whose start is the last MiB boundary before the backup GPT (disk
-# = bootSize end + 1 MiB, or an auto size with additionalSpace under 1 MiB), on a disk
-# over ~203 MiB, where parted's "100%" tolerance (half a percent) reaches back past that
-# boundary: the MiB-aligned end falls before the start, so parted drops alignment and
-# ends the partition at the last usable sector (2015 sectors); the engine plans an
-# empty partition and refuses the disk. (On smaller disks both take the last usable
-# sector.)
-ALIGNED_END_BEFORE_START_GAP = pytest.mark.xfail(
-    strict=True, reason="engine refuses where parted falls back to the last usable sector"
-)
-
-
 def known_gap(layout: str, disk_mib: int, reserved_mib: int) -> list[pytest.MarkDecorator]:
-    if layout == "legacy+gpt" and disk_mib == 3:
-        return [GPT_TINY_DISK_GAP]
-    if layout in ("efi", "efixbootldr", "hybrid") and disk_mib == reserved_mib + 1 > 203:
-        return [ALIGNED_END_BEFORE_START_GAP]
+    # Both gaps above are closed for fixed sizes: layouts._rest_end follows parted's
+    # fallback to the last usable sector, and refuses where parted fails.
     return []
 
 
@@ -410,11 +398,7 @@ PREPARE_PARAMS = [
         id="legacy+gpt-auto-256M-add0M",
         marks=GPT_TINY_DISK_GAP,
     ),
-    pytest.param(
-        PrepareCase("efi", additional_space="1.3K"),
-        id="efi-auto-256M-add1.3K",
-        marks=ALIGNED_END_BEFORE_START_GAP,
-    ),
+    pytest.param(PrepareCase("efi", additional_space="1.3K"), id="efi-auto-256M-add1.3K"),
 ]
 
 
