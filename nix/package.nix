@@ -9,7 +9,6 @@
   util-linux,
   parted,
   qemu-utils,
-  bc,
 }:
 let
   # The whole checkout (the unit tests read files beside the package, e.g.
@@ -53,8 +52,7 @@ python3Packages.buildPythonApplication {
     pyudev
   ];
 
-  # The unit tests run the engine's tools (and bc, for the reference's measurement)
-  # on files.
+  # The unit tests run the engine's tools on files.
   nativeCheckInputs = [
     python3Packages.pytest
     e2fsprogs
@@ -64,7 +62,6 @@ python3Packages.buildPythonApplication {
     util-linux
     parted
     qemu-utils
-    bc
   ];
   checkPhase = ''
     runHook preCheck

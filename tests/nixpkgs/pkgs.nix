@@ -405,7 +405,6 @@ let
     ];
   };
   jq = debianPackage { pname = "jq"; };
-  bc = debianPackage { pname = "bc"; };
 
   # nixpkgs' OVMF: the `fd` output holds FV/OVMF_CODE.fd and FV/OVMF_VARS.fd, and
   # firmware/variables name them. Debian's 4 MiB builds without secure boot need no SMM.
@@ -526,7 +525,6 @@ let
       kmod
       systemdMinimal
       jq
-      bc
       OVMF
       runCommand
       runCommandWith
