@@ -552,3 +552,82 @@ def test_default_nix_qemu_opts_follow_the_reference(checkout: Path) -> None:
         "-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on"
     )
     assert opts["memSize"] == 768
+
+
+VM_PROBE_NIX = """
+{ repo, guestExit }:
+let
+  pkgs = import (repo + "/tests/nixpkgs") { };
+in
+pkgs.vmTools.runInLinuxVM (
+  pkgs.runCommand "vmtools-probe"
+    {
+      FROM_DERIVATION = "yes";
+      memSize = 384;
+      QEMU_OPTS = "-smbios type=1,serial=standin-probe";
+      buildInputs = [ pkgs.util-linux ];
+      preVM = ''
+        export FROM_PRE_VM=1
+        diskImage=$PWD/probe.raw
+        truncate -s 4M $diskImage
+        mkdir -p $out
+      '';
+      postVM = ''
+        head -c 13 $diskImage > $out/disk-marker
+      '';
+    }
+    ''
+      env > $out/guest-env
+      grep MemTotal /proc/meminfo > $out/meminfo
+      cat /sys/class/dmi/id/product_serial > $out/serial
+      printf written-in-vm | dd of=/dev/vda conv=notrunc,fsync status=none
+      exit ${toString guestExit}
+    ''
+)
+"""
+
+
+def build_vm_probe(
+    tmp_path: Path, checkout: Path, guest_exit: int
+) -> subprocess.CompletedProcess[str]:
+    expr = tmp_path / "probe.nix"
+    expr.write_text(VM_PROBE_NIX)
+    return run(
+        [
+            "nix-build",
+            str(expr),
+            "--arg",
+            "repo",
+            str(checkout),
+            "--arg",
+            "guestExit",
+            str(guest_exit),
+            "--out-link",
+            str(tmp_path / "result"),
+        ]
+    )
+
+
+def test_stand_in_run_in_linux_vm(checkout: Path, tmp_path: Path) -> None:
+    """The stand-in's vmTools.runInLinuxVM behaves like nixpkgs': the environment is
+    saved before preVM, the original builder runs in the guest with $diskImage as
+    /dev/vda and the store shared, memSize and QEMU_OPTS reach qemu, postVM runs after,
+    and the guest's exit status is the build's."""
+    proc = build_vm_probe(tmp_path, checkout, 0)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    guest_env = dict(
+        line.split("=", 1) for line in (out / "guest-env").read_text().splitlines() if "=" in line
+    )
+    assert guest_env["FROM_DERIVATION"] == "yes"
+    assert "FROM_PRE_VM" not in guest_env
+    assert guest_env["TMPDIR"] == "/tmp"
+    mem_kib = int((out / "meminfo").read_text().split()[1])
+    assert 256 * 1024 < mem_kib <= 384 * 1024
+    assert (out / "serial").read_text().strip() == "standin-probe"
+    assert (out / "disk-marker").read_text() == "written-in-vm"
+
+    (tmp_path / "failing").mkdir()
+    failed = build_vm_probe(tmp_path / "failing", checkout, 3)
+    assert failed.returncode != 0
+    assert "exit code 3" in failed.stderr, failed.stderr[-4000:]
