@@ -18,6 +18,7 @@ let
     {
       pname,
       debianPackages ? [ pname ],
+      optionalDebianPackages ? [ ],
       # NAME=TARGET links added to bin/ (e.g. nixpkgs' bash also provides sh)
       extraLinks ? [ ],
       passthru ? { },
@@ -25,7 +26,12 @@ let
     }:
     derivation {
       name = "${pname}-debian";
-      inherit system debianPackages extraLinks;
+      inherit
+        system
+        debianPackages
+        optionalDebianPackages
+        extraLinks
+        ;
       builder = "/bin/bash";
       args = [ ./build-support/debian-package.sh ];
       PATH = hostPath;
@@ -294,24 +300,33 @@ let
       meta.mainProgram = "python3";
     };
 
+  # A Python package as the stand-in's python3 imports it (from the host's install).
+  hostPythonPackage =
+    pname: modules:
+    derivation {
+      name = "${pname}-host-python";
+      inherit system modules;
+      python = "${python3}/bin/python3";
+      builder = "/bin/bash";
+      args = [ ./build-support/python-module.sh ];
+      PATH = hostPath;
+    }
+    // {
+      inherit pname;
+    };
+
   python3Packages = {
     python = python3;
-    pyparted = debianPackage {
-      pname = "pyparted";
-      debianPackages = [ "python3-parted" ];
-    };
-    pyudev = debianPackage {
-      pname = "pyudev";
-      debianPackages = [ "python3-pyudev" ];
-    };
-    pytest = debianPackage {
-      pname = "pytest";
-      debianPackages = [ "python3-pytest" ];
-    };
-    setuptools = debianPackage {
-      pname = "setuptools";
-      debianPackages = [ "python3-setuptools" ];
-    };
+    pyparted = hostPythonPackage "pyparted" [
+      "parted"
+      "_ped"
+    ];
+    pyudev = hostPythonPackage "pyudev" [ "pyudev" ];
+    pytest = hostPythonPackage "pytest" [
+      "pytest"
+      "_pytest"
+    ];
+    setuptools = hostPythonPackage "setuptools" [ "setuptools" ];
 
     # nixpkgs' buildPythonApplication for a setuptools (setup.cfg) project: the check
     # phase runs after installation, as nixpkgs runs it as installCheckPhase.
@@ -397,12 +412,12 @@ let
   kmod = debianPackage { pname = "kmod"; };
   systemdMinimal = debianPackage {
     pname = "systemd-minimal";
-    # udevadm too: libparted runs `udevadm settle`.
     debianPackages = [
       "systemd"
       "systemd-boot"
-      "udev"
     ];
+    # udevadm: libparted runs `udevadm settle` (and does without it).
+    optionalDebianPackages = [ "udev" ];
   };
   jq = debianPackage { pname = "jq"; };
 
