@@ -7,6 +7,8 @@ package and its dependencies (the `dependencies` store paths) on sys.path, as ni
 wrapPythonPrograms does with NIX_PYTHONPATH.
 """
 
+from __future__ import annotations
+
 import configparser
 import fnmatch
 import os
@@ -16,42 +18,55 @@ from pathlib import Path
 
 SITE = "lib/python3.11/site-packages"
 
-out = Path(os.environ["out"])
-interpreter = sys.argv[1]
-setup = configparser.ConfigParser()
-setup.read("setup.cfg")
 
-include = setup.get("options.packages.find", "include", fallback="*").split()
-packages = sorted(
-    str(init.parent).replace("/", ".")
-    for init in Path(".").rglob("__init__.py")
-    if any(fnmatch.fnmatch(str(init.parent).replace("/", "."), pat) for pat in include)
-)
-if not packages:
-    sys.exit("error: setup.cfg [options.packages.find] matched no package")
-site = out / SITE
-for package in packages:
-    src = Path(package.replace(".", "/"))
-    dst = site / src
-    dst.mkdir(parents=True, exist_ok=True)
-    for module in src.glob("*.py"):
-        shutil.copy2(module, dst / module.name)
-
-search_path = [str(site)] + [
-    f"{dep}/{SITE}" for dep in os.environ.get("dependencies", "").split() if dep
-]
-scripts = setup.get("options.entry_points", "console_scripts", fallback="").strip().splitlines()
-(out / "bin").mkdir(parents=True, exist_ok=True)
-for line in scripts:
-    name, _, target = (part.strip() for part in line.partition("="))
-    module, _, function = target.partition(":")
-    wrapper = out / "bin" / name
-    wrapper.write_text(
-        f"#!{interpreter}\n"
-        "import sys\n"
-        f"sys.path[0:0] = {search_path!r}\n"
-        f"from {module} import {function}\n"
-        f"sys.exit({function}())\n"
+def install_packages(setup: configparser.ConfigParser, site: Path) -> None:
+    include = setup.get("options.packages.find", "include", fallback="*").split()
+    packages = sorted(
+        str(init.parent).replace("/", ".")
+        for init in Path(".").rglob("__init__.py")
+        if any(fnmatch.fnmatch(str(init.parent).replace("/", "."), pat) for pat in include)
     )
-    wrapper.chmod(0o755)
-    print(f"installed {wrapper} -> {target}")
+    if not packages:
+        sys.exit("error: setup.cfg [options.packages.find] matched no package")
+    for package in packages:
+        source = Path(package.replace(".", "/"))
+        dest = site / source
+        dest.mkdir(parents=True, exist_ok=True)
+        for module in source.glob("*.py"):
+            shutil.copy2(module, dest / module.name)
+
+
+def install_scripts(
+    setup: configparser.ConfigParser, bin_dir: Path, interpreter: str, search_path: list[str]
+) -> None:
+    entry_points = setup.get("options.entry_points", "console_scripts", fallback="")
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for line in entry_points.strip().splitlines():
+        name, _, target = (part.strip() for part in line.partition("="))
+        module, _, function = target.partition(":")
+        wrapper = bin_dir / name
+        wrapper.write_text(
+            f"#!{interpreter}\n"
+            "import sys\n"
+            f"sys.path[0:0] = {search_path!r}\n"
+            f"from {module} import {function}\n"
+            f"sys.exit({function}())\n"
+        )
+        wrapper.chmod(0o755)
+        print(f"installed {wrapper} -> {target}")
+
+
+def main() -> None:
+    out = Path(os.environ["out"])  # noqa: SIM112 - Nix names it so
+    dependencies = os.environ.get("dependencies", "")  # noqa: SIM112 - the attribute's name
+    interpreter = sys.argv[1]
+    setup = configparser.ConfigParser()
+    setup.read("setup.cfg")
+    site = out / SITE
+    install_packages(setup, site)
+    search_path = [str(site)] + [f"{dep}/{SITE}" for dep in dependencies.split()]
+    install_scripts(setup, out / "bin", interpreter, search_path)
+
+
+if __name__ == "__main__":
+    main()
