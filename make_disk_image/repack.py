@@ -10,7 +10,7 @@ again from that record with the same tools and arguments as an untouched build:
   symlink target. A regular file whose mtime is still prepare's (1 s) and whose path and
   size match what prepare put there reads its bytes from prepare's source again (the
   store path, `contents` source or Nix database file); when the guest touched its inode
-  (chown: ctime is no longer 1 s) the bytes are compared first. Everything else (files
+  (chown: its ctime is no longer 0) the bytes are compared first. Everything else (files
   the guest wrote) is copied into the guest's tmpfs. The partition is zeroed and mke2fs
   makes the filesystem from that tree exactly as prepare does, on the partition device:
   the same sorted tar stream, so the same allocation and the same bytes.
@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from itertools import groupby
@@ -42,8 +43,9 @@ from make_disk_image.staging import Entry, Kind, Tree, build_tree
 logger = logging.getLogger("make_disk_image")
 
 STEP = "guest: repack"
-# The time prepare gives every inode (mke2fs with SOURCE_DATE_EPOCH): anything the guest
-# wrote has a real time instead.
+# prepare's mtime for every inode (tar mtime, clamped by mke2fs to SOURCE_DATE_EPOCH):
+# anything the guest wrote has a real mtime instead. prepare's ctimes are at most this
+# (tar carries none: mke2fs leaves 0); a chown or write in the guest sets a real one.
 PREPARED_TIME_NS = rootfs.SOURCE_DATE_EPOCH * 1_000_000_000
 # FAT times when deterministic: 1980-01-01, the earliest time FAT can store.
 FAT_EPOCH = 315532800
@@ -193,7 +195,7 @@ def snapshot_root(mount: Path, prepared: Tree, scratch: Path) -> RootSnapshot:
                 and before.kind == "file"
                 and before.size == st.st_size
                 and st.st_mtime_ns == PREPARED_TIME_NS
-                and (st.st_ctime_ns == PREPARED_TIME_NS or _same_bytes(path, before))
+                and (st.st_ctime_ns <= PREPARED_TIME_NS or _same_bytes(path, before))
             ):
                 entries.append(
                     Entry(
@@ -282,7 +284,15 @@ def fill_fat(dev: Path, snapshot: FatSnapshot) -> None:
 
 def make_root(dev: Path, plan: DiskPlan, snapshot: RootSnapshot) -> None:
     """The root filesystem again, on its partition, exactly as prepare makes it."""
+    started = time.monotonic()
     zero_device(dev)
+    zeroed = time.monotonic()
     rootfs.make_root_filesystem(
         dev, plan, list(snapshot.entries), deterministic=True, in_image=False
+    )
+    logger.info(
+        "repack: zeroed %s in %.1f s, mke2fs in %.1f s",
+        dev,
+        zeroed - started,
+        time.monotonic() - zeroed,
     )

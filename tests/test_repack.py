@@ -1,7 +1,7 @@
 """The repack's walk, its source rules and its tar stream, on plain directories (no VM).
 
 The guest walks the mounted image; here a directory stands in for it. Its files cannot
-have prepare's ctime (1 s), so files that still look like prepare's (mtime 1 s, same
+have prepare's ctime (0), so files that still look like prepare's (mtime 1 s, same
 path and size) take the rule for inodes the guest touched: the bytes are compared.
 """
 
