@@ -274,13 +274,22 @@ class LayoutCase:
 
 
 LAYOUTS = [
-    LayoutCase("legacy", "raw", "img", GRUB_SDA, 1, None, ("/dev/sda",), {}),
+    LayoutCase("legacy", "raw", "img", GRUB_SDA, 1, None, ("/dev/sda",), {"diskSize": 700}),
     LayoutCase("legacy+boot", "qcow2", "qcow2", GRUB_SDA, 2, 1, ("/dev/sda",), {}),
     LayoutCase("legacy+gpt", "vpc", "vhd", GRUB_SDA, 2, None, ("/dev/sda",), {}),
     LayoutCase("efi", "qcow2-compressed", "qcow2", NO_GRUB, 2, 1, (), {"touchEFIVars": True}),
     LayoutCase("efixbootldr", "vdi", "vdi", NO_GRUB, 3, 2, (), {"bootSize": "160M"}),
     LayoutCase("hybrid", "raw", "img", LIMINE_SDB, 3, 1, ("/dev/sdb",), {}),
-    LayoutCase("none", "raw", "img", NO_GRUB, 0, None, (), {"copyChannel": False}),
+    LayoutCase(
+        "none",
+        "raw",
+        "img",
+        NO_GRUB,
+        0,
+        None,
+        (),
+        {"copyChannel": False, "baseName": "rootfs", "label": "standin-root", "name": "rootfs"},
+    ),
 ]
 
 
@@ -302,7 +311,8 @@ def test_nix_build_layout(
     }
     result = build_image(checkout, tmp_path, args, case.config)
     out = result.out
-    image = out / f"nixos.{case.extension}"
+    image = out / f"{case.extra_args.get('baseName', 'nixos')}.{case.extension}"
+    assert out.name.endswith("-" + case.extra_args.get("name", "nixos-disk-image"))
     assert image.is_file()
     # The user's postVM ran after the engine's finish, with diskImage set to the output.
     assert (out / "post-vm-disk-image").read_text().strip() == str(image)
@@ -310,6 +320,8 @@ def test_nix_build_layout(
     assert hydra_products(out) == [f"file {fmt}-image {image}"]
     info = json.loads(checked(["qemu-img", "info", "--output=json", str(image)]))
     assert info["format"] == fmt
+    if "diskSize" in case.extra_args:
+        assert info["virtual-size"] == case.extra_args["diskSize"] * 1024 * 1024
     assert (out / "efi-vars.fd").is_file() == bool(case.extra_args.get("touchEFIVars"))
 
     raw = as_raw(image, tmp_path)
@@ -329,7 +341,7 @@ def test_nix_build_layout(
             assert table["label"] == "dos"
     check_ext4(root_spec)
     header = ext4_header(root_spec)
-    assert header["Filesystem volume name"] == "nixos"
+    assert header["Filesystem volume name"] == case.extra_args.get("label", "nixos")
     # tune2fs in the guest set the UUID and the deterministic timestamps.
     assert header["Filesystem UUID"].upper() == ROOT_GPUID
     assert header["Last checked"].endswith("1970")
