@@ -283,9 +283,14 @@ class _NewcArchive:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    home = Path(os.path.expanduser("~"))
+    base = os.environ.get("XDG_CACHE_HOME") or str(home / ".cache")
     wanted = Path(base) / "make-disk-image"
     try:
+        # Never create a missing HOME: a Nix builder's /homeless-shelter must stay
+        # absent, or every later build on the machine fails.
+        if not os.environ.get("XDG_CACHE_HOME") and not home.is_dir():
+            raise OSError(f"HOME {home} does not exist")
         wanted.mkdir(parents=True, exist_ok=True)
         if os.access(wanted, os.W_OK):
             return wanted
