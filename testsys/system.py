@@ -121,6 +121,8 @@ def boot_loader_for(
 class TestSystem:
     """A built test system: its store paths and what a SPEC.json needs of it."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     toplevel: Path
     channel: Path
     closure_info: Path
