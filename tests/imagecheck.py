@@ -38,8 +38,13 @@ def dumpe2fs(image: Path, offset: int) -> dict[str, str]:
         out = run("tune2fs", "-l", fs_spec(image, offset))
     else:
         out = run("dumpe2fs", "-h", str(image))
+    return header_fields(out)
+
+
+def header_fields(listing: str) -> dict[str, str]:
+    """`Name:   value` lines of a superblock listing (dumpe2fs -h, tune2fs -l, stats -h)."""
     fields = {}
-    for line in out.splitlines():
+    for line in listing.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields[key.strip()] = value.strip()

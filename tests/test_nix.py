@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imagecheck import header_fields
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,13 +179,7 @@ def partition_table(raw: Path) -> tuple[dict[str, Any], list[Partition]]:
 
 def ext4_header(spec: str) -> dict[str, str]:
     # debugfs, not dumpe2fs: dumpe2fs takes an argument with "=" for a NAME=value tag.
-    out = debugfs(spec, "stats -h")
-    fields = {}
-    for line in out.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
-    return fields
+    return header_fields(debugfs(spec, "stats -h"))
 
 
 def check_ext4(spec: str) -> None:
