@@ -13,7 +13,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from testsys.system import write_closure_info
 
 REPO = Path(__file__).resolve().parent.parent
 UNPRIVILEGED_USER = "mdi-builder"
@@ -80,28 +81,9 @@ class Closure:
     root: Path  # where closureInfo dirs are made
 
     def closure_info(self, *roots: str) -> Path:
-        """A nixpkgs-shaped closureInfo over `roots`."""
+        """A nixpkgs-shaped closureInfo over `roots` (a store path, as Nix makes it)."""
         key = "-".join(sorted(os.path.basename(r)[:8] for r in roots))
-        info = self.root / f"closure-info-{key}"
-        if info.exists():
-            return info
-        paths = subprocess.run(
-            ["nix-store", "--query", "--requisites", *roots],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        paths = sorted(set(paths))
-        tmp = self.root / f".tmp-{key}"
-        tmp.mkdir()
-        (tmp / "store-paths").write_text("".join(p + "\n" for p in paths))
-        reg = subprocess.run(
-            ["nix-store", "--dump-db", *paths], check=True, capture_output=True
-        ).stdout
-        (tmp / "registration").write_bytes(reg)
-        tmp.chmod(0o755)
-        tmp.rename(info)
-        return info
+        return write_closure_info([Path(r) for r in roots], self.root / f"closure-info-{key}")
 
 
 def world_readable_dir(prefix: str) -> Path:
@@ -248,14 +230,3 @@ def engine(unprivileged_pkg: Path) -> Iterator[Engine]:
     workdir = world_readable_dir("mdi-test-")
     yield Engine(unprivileged_pkg, workdir)
     shutil.rmtree(workdir, ignore_errors=True)
-
-
-def run_root_engine(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """The engine as root with this interpreter (the `build` command, the guest VM)."""
-    return subprocess.run(
-        [sys.executable, "-m", "make_disk_image", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
