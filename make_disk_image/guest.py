@@ -126,19 +126,21 @@ def make_fat(part: PlannedPartition, dev: Path, *, deterministic: bool) -> None:
     process.run(argv, step=f"guest: mkfs.vfat {part.label}", env=env)
 
 
-def tune_root(spec: Spec, dev: Path, *, final: bool) -> None:
-    """The reference's tune2fs calls: fixed UUID, no forced checks, resize2fs-able times."""
+def tune_root(spec: Spec, dev: Path) -> None:
+    """The reference's final tuning: no forced checks, times resize2fs accepts.
+
+    One tune2fs run. The reference also runs `tune2fs -U rootFSUID` before mounting and
+    again at the end, then a third time for the check time; here mke2fs already wrote
+    the UUID (and the hash seed) when deterministic, so one call sets the rest, with the
+    last check at 1970-01-01 as the reference leaves it.
+    """
     if spec.fsType != "ext4":
         return
-    uuid = ["-U", spec.rootFSUID] if spec.deterministic and spec.rootFSUID else []
-    env = {"E2FSPROGS_FAKE_TIME": "1"} if spec.deterministic else {}
-    process.run(
-        ["tune2fs", "-T", "now", *uuid, "-c", "0", "-i", "0", str(dev)],
-        step="guest: tune2fs",
-        env=env,
-    )
-    if final and spec.deterministic:
-        process.run(["tune2fs", "-f", "-T", "19700101", str(dev)], step="guest: tune2fs", env=env)
+    if spec.deterministic:
+        args, env = ["-T", "19700101"], {"E2FSPROGS_FAKE_TIME": "1"}
+    else:
+        args, env = ["-T", "now"], {}
+    process.run(["tune2fs", *args, "-c", "0", "-i", "0", str(dev)], step="guest: tune2fs", env=env)
 
 
 def nixos_enter(args: list[str], *, step: str, env: dict[str, str] | None = None) -> None:
@@ -180,8 +182,6 @@ def guest(
     repacking = repack.repacks(spec)
     if repacking:
         check_repack_inputs(handoff)
-    if spec.deterministic:
-        tune_root(spec, root_dev, final=False)
     link_block_devices(dev_root)
 
     boot_partitions = sorted(
@@ -191,7 +191,7 @@ def guest(
     for part in boot_partitions:
         make_fat(part, device(dev_root, part.number), deterministic=spec.deterministic)
     if not needs_mount:
-        tune_root(spec, root_dev, final=True)
+        tune_root(spec, root_dev)
         return
 
     fat_snapshots: dict[int, FatSnapshot] = {}
@@ -265,9 +265,7 @@ def guest(
             "made the root filesystem again",
             partial(repack.make_root, root_dev, plan, root_snapshot),
         )
-        # The same tuning as a build that never mounts the root filesystem.
-        tune_root(spec, root_dev, final=False)
-    tune_root(spec, root_dev, final=True)
+    tune_root(spec, root_dev)
 
 
 def remake_fat(part: PlannedPartition, dev: Path, snapshot: FatSnapshot) -> None:
