@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -16,10 +15,12 @@ from pathlib import Path
 
 from make_disk_image.finish import finish
 from make_disk_image.guest import guest
+from make_disk_image.handoff import HANDOFF, XCHG, read_handoff
 from make_disk_image.models import Spec
-from make_disk_image.prepare import EFI_VARS, HANDOFF, compute_plan, prepare, stage
+from make_disk_image.prepare import EFI_VARS, compute_plan, nix_db_files, prepare, stage
 from make_disk_image.process import StepError
 from make_disk_image.spec import SpecError, load_spec
+from make_disk_image.staging import check_sources
 
 logger = logging.getLogger("make_disk_image")
 
@@ -34,7 +35,10 @@ def _out_dir(arg: str | None) -> Path:
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     with tempfile.TemporaryDirectory(prefix="mdi-plan-") as tmp:
-        tree = stage(spec, Path(tmp)) if spec.diskSize is None else None
+        tree = None
+        if spec.diskSize is None:
+            check_sources(spec)
+            tree = stage(spec, nix_db_files(spec, Path(tmp)))
         plan = compute_plan(spec, tree)
     json.dump(plan.to_json(), sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -51,18 +55,18 @@ def cmd_guest(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     handoff = args.handoff
     if handoff is None:
-        for candidate in (Path("/tmp/xchg/make-disk-image.json"), Path.cwd() / HANDOFF):
-            if candidate.is_file():
-                handoff = candidate
-                break
-    guest(spec, handoff)
+        # runInLinuxVM shares the build directory's xchg/ at /tmp/xchg.
+        handoff = Path("/tmp") / XCHG / HANDOFF
+        if not handoff.is_file():
+            handoff = Path.cwd() / XCHG / HANDOFF
+    guest(spec, read_handoff(handoff, step="guest"), handoff.parent)
     return 0
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     dest = finish(spec, Path.cwd(), _out_dir(args.out))
-    print(f"diskImage={shlex.quote(str(dest))}")
+    print(dest)
     return 0
 
 
@@ -121,14 +125,15 @@ def run_guest_vm(spec: Spec, spec_path: Path, build_dir: Path, efi_vars: Path) -
     """The guest phase in a TCG VM, as runInLinuxVM would run it.
 
     The guest sees the host's / read-only but its own /tmp, so the build directory (with
-    a copy of the spec) is shared in at /tmp/build, as nixpkgs shares xchg.
+    a copy of the spec) is shared in at /tmp/build read-only, and its xchg/ at /tmp/xchg
+    writable, as nixpkgs shares it.
     """
     from make_disk_image import vm
 
     guest_build = "/tmp/build"
     shutil.copyfile(spec_path, build_dir / "spec.json")
     argv = [sys.executable, "-m", "make_disk_image", "guest", f"{guest_build}/spec.json",
-            "--handoff", f"{guest_build}/{HANDOFF}"]
+            "--handoff", f"/tmp/{XCHG}/{HANDOFF}"]
     if logger.isEnabledFor(logging.DEBUG):
         argv.insert(3, "--verbose")
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -137,7 +142,8 @@ def run_guest_vm(spec: Spec, spec_path: Path, build_dir: Path, efi_vars: Path) -
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     status = vm.run_in_vm(
         argv, disk=build_dir / "nixos.raw", env=env, cwd=guest_build,
-        shares=[vm.Share(host=build_dir, guest=guest_build)],
+        shares=[vm.Share(host=build_dir, guest=guest_build),
+                vm.Share(host=build_dir / XCHG, guest=f"/tmp/{XCHG}", writable=True)],
         mem_mib=spec.memSize, qemu_opts=qemu_options(spec, efi_vars),
     )
     if status != 0:
@@ -162,7 +168,8 @@ def parser() -> argparse.ArgumentParser:
         if name in ("prepare", "finish", "build"):
             sp.add_argument("--out", help="output directory (default: $out)")
         if name == "guest":
-            sp.add_argument("--handoff", type=Path, help="the plan prepare left in xchg/")
+            sp.add_argument("--handoff", type=Path,
+                            help="prepare's handoff (default: /tmp/xchg/make-disk-image.json)")
     return p
 
 

@@ -1,14 +1,33 @@
-"""The postVM phase: the image into $out, in the asked format, and Hydra's products file."""
+"""The postVM phase, on the host: the image's filesystems, made once and natively.
+
+From prepare's tree and the guest's record it makes the final image: a new sparse
+file that keeps the build VM's disk outside the filesystems (partition tables and the
+boot code GRUB writes there: MBR, the gap after it, the BIOS boot partition), the FAT
+partitions made again and filled with what the bootloader left in them, and the root
+filesystem made by `mke2fs -d -` from prepare's tree with the guest's changes. The
+result goes into $out in the asked format, with Hydra's products file.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import time
+from dataclasses import replace
 from pathlib import Path
 
-from make_disk_image import process
-from make_disk_image.models import Format, Spec
+from make_disk_image import fat, process, rootfs
+from make_disk_image.handoff import HANDOFF, RECORD, read_handoff, read_record, xchg_dir
+from make_disk_image.models import DiskPlan, Entry, Format, GuestRecord, Handoff, Spec
+from make_disk_image.prepare import STORE_PREFIX, VM_DISK, stage
+from make_disk_image.process import StepError
+from make_disk_image.staging import Tree, check_sources
+
+logger = logging.getLogger("make_disk_image")
 
 STEP = "finish"
+COPY_CHUNK = 1 << 20
 
 
 def convert_command(spec: Spec, raw: Path, dest: Path) -> list[str]:
@@ -23,20 +42,151 @@ def convert_command(spec: Spec, raw: Path, dest: Path) -> list[str]:
     return [*argv, str(raw), str(dest)]
 
 
-def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
-    raw = build_dir / "nixos.raw"
-    if not raw.is_file():
-        raise process.StepError(
-            STEP, f"{raw} does not exist; run `make-disk-image prepare` (and the guest phase) first"
+def load_record(handoff: Handoff, xchg: Path) -> GuestRecord:
+    path = xchg / RECORD
+    if not handoff.guest_mounts:
+        return GuestRecord(mounted=False)
+    if not path.is_file():
+        raise StepError(
+            STEP,
+            f"{path} does not exist: the guest phase did not run or did not finish "
+            "(`make-disk-image guest` inside the build VM); its output is above",
         )
+    record = read_record(path, step=STEP)
+    if not record.mounted:
+        raise StepError(STEP, f"{path} says the guest did not mount the root filesystem")
+    return record
+
+
+def final_entries(tree: Tree, record: GuestRecord) -> list[Entry]:
+    """prepare's tree with what the guest left outside the store and in store paths it
+    entered; every other store path as prepare staged it."""
+    if not record.mounted:
+        return tree.ordered()
+    walked = set(record.store_walked)
+    entries: list[Entry] = []
+    for entry, origin in record.entries:
+        if origin == "prepare":
+            before = tree.entries.get(entry.path)
+            if before is None or before.kind != "file":
+                raise StepError(
+                    STEP,
+                    f"the guest record names /{entry.path} as prepare's file, but prepare's "
+                    "tree has none; build again from prepare",
+                )
+            entry = replace(entry, source=before.source, data=before.data)
+        entries.append(entry)
+    for entry in tree.entries.values():
+        if entry.path.startswith(STORE_PREFIX):
+            name = entry.path[len(STORE_PREFIX):].split("/", 1)[0]
+            if name not in walked:
+                entries.append(entry)
+    return sorted(entries, key=lambda e: e.path.split("/"))
+
+
+def filesystem_ranges(plan: DiskPlan) -> list[tuple[int, int]]:
+    """Byte ranges finish makes anew: the root filesystem and the FAT partitions."""
+    if plan.table is None:
+        return [(0, plan.disk_size)]
+    return sorted(
+        (p.offset_bytes, p.offset_bytes + p.size_bytes)
+        for p in plan.partitions
+        if p.filesystem or p.role == "root"
+    )
+
+
+def copy_outside(src: Path, dst: Path, plan: DiskPlan) -> int:
+    """Copy `src` outside the filesystem ranges into `dst` (same size), holes kept."""
+    keep: list[tuple[int, int]] = []
+    position = 0
+    for start, end in filesystem_ranges(plan):
+        if start > position:
+            keep.append((position, start))
+        position = max(position, end)
+    if position < plan.disk_size:
+        keep.append((position, plan.disk_size))
+    copied = 0
+    with src.open("rb") as fin, dst.open("r+b") as fout:
+        in_fd = fin.fileno()
+        for start, end in keep:
+            offset = start
+            while offset < end:
+                try:
+                    data_start = os.lseek(in_fd, offset, os.SEEK_DATA)
+                except OSError:
+                    break  # only a hole to the end of the file
+                if data_start >= end:
+                    break
+                data_end = min(os.lseek(in_fd, data_start, os.SEEK_HOLE), end)
+                fin.seek(data_start)
+                fout.seek(data_start)
+                remaining = data_end - data_start
+                while remaining:
+                    chunk = fin.read(min(remaining, COPY_CHUNK))
+                    if not chunk:
+                        break
+                    fout.write(chunk)
+                    remaining -= len(chunk)
+                    copied += len(chunk)
+                offset = data_end
+    return copied
+
+
+def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Path,
+               dest: Path) -> None:
+    """The final raw image at `dest` (a new sparse file)."""
+    plan = handoff.plan
+    xchg = xchg_dir(build_dir)
+    vm_disk = build_dir / VM_DISK
+    if not vm_disk.is_file():
+        raise StepError(STEP, f"{vm_disk} does not exist; run `make-disk-image prepare` first")
+    started = time.monotonic()
+    check_sources(spec)
+    db_files = {name: xchg / rel for name, rel in handoff.nix_db_files.items()}
+    tree = stage(spec, db_files)
+    entries = final_entries(tree, record)
+    logger.info("finish: %d entries (%d from the guest's record) in %.1f s", len(entries),
+                len(record.entries), time.monotonic() - started)
+    dest.write_bytes(b"")
+    fat_parts = [p for p in plan.partitions if p.filesystem == "vfat"]
+    fat.make_all(dest, fat_parts, handoff.fat_volume_ids, deterministic=spec.deterministic,
+                 disk_size=plan.disk_size)
+    copied = copy_outside(vm_disk, dest, plan)
+    logger.info("finish: kept %d bytes of partition tables and boot code", copied)
+    for part in fat_parts:
+        if not record.mounted:
+            continue
+        mark = time.monotonic()
+        content = fat.extract(vm_disk, part, build_dir / f"fat-{part.number}",
+                              deterministic=spec.deterministic)
+        fat.fill(dest, part, content, deterministic=spec.deterministic)
+        fat.remove_copy(content)
+        logger.info("finish: %s partition: %d files in %.1f s", part.label,
+                    len(content.files), time.monotonic() - mark)
+    rootfs.make_root_filesystem(
+        dest, plan, entries, uuid=handoff.root_uuid, deterministic=spec.deterministic,
+        step="finish: root filesystem",
+    )
+    rootfs.tune(dest, plan, deterministic=spec.deterministic)
+
+
+def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
+    started = time.monotonic()
+    xchg = xchg_dir(build_dir)
+    handoff = read_handoff(xchg / HANDOFF, step=STEP)
+    record = load_record(handoff, xchg)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / spec.filename
     partial = out / f".{spec.filename}.partial"
+    raw = partial if spec.format is Format.RAW else build_dir / "image.raw"
     try:
-        if spec.format is Format.RAW:
-            shutil.move(raw, partial)
-        else:
+        make_image(spec, handoff, record, build_dir, raw)
+        if spec.format is not Format.RAW:
+            mark = time.monotonic()
             process.run(convert_command(spec, raw, partial), step=STEP)
+            raw.unlink()
+            logger.info("finish: converted to %s in %.1f s", spec.format.value,
+                        time.monotonic() - mark)
         partial.replace(dest)
         support = out / "nix-support"
         support.mkdir(exist_ok=True)
@@ -44,5 +194,10 @@ def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
             products.write(f"file {spec.format.qemu_format}-image {dest}\n")
     except BaseException:
         partial.unlink(missing_ok=True)
+        if raw != partial:
+            raw.unlink(missing_ok=True)
+        for leftover in build_dir.glob("fat-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         raise
+    logger.info("finish: done in %.1f s", time.monotonic() - started)
     return dest

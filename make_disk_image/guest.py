@@ -1,62 +1,30 @@
 """The phase inside the build VM: root, the disk is /dev/vda, no udev.
 
-It does what needs a kernel: FAT filesystems on the boot partitions (mkfs.vfat has no
-offset option for a partition inside an image file, and the bootloader wants them
-mounted), the bootloader installation through the system's own
-switch-to-configuration, ownership by user names the image itself defines, and the
-final ext4 tuning. When deterministic and the root filesystem had to be mounted, the
-filesystems are made again from what the guest left (make_disk_image.repack).
+It does only what needs a kernel and the image's own tools: it mounts the filesystems
+prepare made, installs the bootloader through the system's own
+switch-to-configuration (nixos-enter), sets owners given by names the image itself
+defines, and records what changed (make_disk_image.changes) for finish, which makes
+the final filesystems natively. No mkfs, no copy of the closure: its time does not
+grow with the closure's bytes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
-from make_disk_image import process, repack
-from make_disk_image.layouts import plan_disk
-from make_disk_image.models import MIB, DiskPlan, PlannedPartition, Spec
-from make_disk_image.prepare import NIX_DB_KEY
-from make_disk_image.repack import FAT_EPOCH, FatSnapshot, RootSnapshot
+from make_disk_image import process
+from make_disk_image.changes import record_changes
+from make_disk_image.handoff import write_record
+from make_disk_image.models import GuestRecord, Handoff, PlannedPartition, Spec
 
 logger = logging.getLogger("make_disk_image")
-T = TypeVar("T")
 
 DISK = "vda"
 MOUNT_POINT = Path("/mnt")
 SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
-# The guest's tmpfs: what the repack copies out of the filesystems before making them again.
-SCRATCH = Path("/tmp")
-
-
-@dataclass(frozen=True)
-class Handoff:
-    plan: DiskPlan
-    from_prepare: bool  # False: derived from the spec, the sizes are not the disk's
-    nix_db_files: dict[str, Path]  # prepare's Nix database files, for the repack
-
-
-def load_handoff(spec: Spec, handoff: Path | None) -> Handoff:
-    if handoff is not None and handoff.is_file():
-        data = json.loads(handoff.read_text())
-        kept = data.pop(NIX_DB_KEY, {})
-        return Handoff(
-            DiskPlan.from_json(data),
-            True,
-            {name: handoff.parent / rel for name, rel in kept.items()},
-        )
-    # Numbers, roles and labels do not depend on the disk size.
-    logger.info("no handoff file; deriving the layout from the spec")
-    plan = plan_disk(spec, spec.diskSize * MIB if spec.diskSize else 4096 * MIB, None)
-    return Handoff(plan, False, {})
 
 
 def device(dev_root: Path, number: int | None) -> Path:
@@ -114,89 +82,40 @@ def link_boot_devices(spec: Spec, dev_root: Path) -> None:
             link.symlink_to(disk)
 
 
-def make_fat(part: PlannedPartition, dev: Path, *, deterministic: bool) -> None:
-    # FAT volume ids when deterministic, from the reference's fixed partition GUIDs.
-    argv = ["mkfs.vfat"]
-    env = {}
-    if deterministic:
-        volume_id = (part.guid or "970C694F")[:8]
-        argv += ["--invariant", "-i", volume_id]
-        env = {"TZ": "UTC", "SOURCE_DATE_EPOCH": str(FAT_EPOCH)}
-    argv += ["-n", part.label or "BOOT", str(dev)]
-    process.run(argv, step=f"guest: mkfs.vfat {part.label}", env=env)
-
-
-def tune_root(spec: Spec, dev: Path) -> None:
-    """The reference's final tuning: no forced checks, times resize2fs accepts.
-
-    One tune2fs run. The reference also runs `tune2fs -U rootFSUID` before mounting and
-    again at the end, then a third time for the check time; here mke2fs already wrote
-    the UUID (and the hash seed) when deterministic, so one call sets the rest, with the
-    last check at 1970-01-01 as the reference leaves it.
-    """
-    if spec.fsType != "ext4":
-        return
-    if spec.deterministic:
-        args, env = ["-T", "19700101"], {"E2FSPROGS_FAKE_TIME": "1"}
-    else:
-        args, env = ["-T", "now"], {}
-    process.run(["tune2fs", *args, "-c", "0", "-i", "0", str(dev)], step="guest: tune2fs", env=env)
-
-
 def nixos_enter(args: list[str], *, step: str, env: dict[str, str] | None = None) -> None:
     process.run(["nixos-enter", "--root", str(MOUNT_POINT), "--", *args], step=step, env=env)
 
 
-def check_repack_inputs(handoff: Handoff) -> None:
-    """The repack needs prepare's sizes and Nix database: fail before any slow work."""
-    if not handoff.from_prepare:
-        raise process.StepError(
-            repack.STEP,
-            "a deterministic build whose guest mounts the root filesystem needs prepare's "
-            "handoff file (pass --handoff xchg/make-disk-image.json)",
-        )
-    missing = [str(p) for p in handoff.nix_db_files.values() if not p.is_file()]
-    if not handoff.nix_db_files or missing:
-        raise process.StepError(
-            repack.STEP,
-            "the handoff file names no readable Nix database files "
-            f"({', '.join(missing) or 'none listed'}); run this version's prepare first",
-        )
+def chown_command(user: str, group: str, target: str, root: Path = MOUNT_POINT) -> list[str]:
+    """chown by the image system's own binary, not whatever the caller's PATH has.
+
+    nixos-enter keeps the caller's PATH (nixpkgs' puts only util-linux in front), so a
+    bare `chown` would be the build VM's. The system profile's sw/bin is the image's
+    /run/current-system/sw/bin; its store path is the same inside the chroot.
+    """
+    chown = f"{SYSTEM_PROFILE}/sw/bin/chown"
+    if not os.path.exists(f"{root}{chown}"):
+        logger.info("guest: the image system has no %s; using chown from PATH", chown)
+        chown = "chown"
+    return [chown, "-R", f"{user}:{group}", target]
 
 
-def guest(
-    spec: Spec,
-    handoff_file: Path | None,
-    *,
-    dev_root: Path = Path("/dev"),
-) -> None:
-    handoff = load_handoff(spec, handoff_file)
+def guest(spec: Spec, handoff: Handoff, xchg: Path, *, dev_root: Path = Path("/dev")) -> None:
+    started = time.monotonic()
+    if not handoff.guest_mounts:
+        # Nothing needs the image's kernel: finish makes the filesystems from the tree.
+        logger.info("guest: no bootloader to install and no owners by name; nothing to do")
+        write_record(xchg, GuestRecord(mounted=False))
+        return
     plan = handoff.plan
     root_dev = device(dev_root, plan.root_number)
     wait_for(root_dev)
-    # The kernel's ext4 allocates inodes with some randomness (Orlov) and writes real
-    # times, vfat writes real times: the root filesystem is mounted only when the
-    # bootloader or owners given by name need it, and a deterministic build then makes
-    # the filesystems again from what was written.
-    needs_mount = repack.guest_mounts_root(spec)
-    repacking = repack.repacks(spec)
-    if repacking:
-        check_repack_inputs(handoff)
     link_block_devices(dev_root)
-
     boot_partitions = sorted(
         (p for p in plan.partitions if p.filesystem),
         key=lambda p: (p.mountpoint or "").count("/"),
     )
-    for part in boot_partitions:
-        make_fat(part, device(dev_root, part.number), deterministic=spec.deterministic)
-    if not needs_mount:
-        tune_root(spec, root_dev)
-        return
-
-    fat_snapshots: dict[int, FatSnapshot] = {}
-    root_snapshot: RootSnapshot | None = None
-    scratch = Path(tempfile.mkdtemp(prefix="mdi-repack-", dir=SCRATCH)) if repacking else None
+    seconds: dict[str, float] = {}
     MOUNT_POINT.mkdir(exist_ok=True)
     process.run(["mount", str(root_dev), str(MOUNT_POINT)], step="guest: mount root")
     try:
@@ -210,6 +129,7 @@ def guest(
         (MOUNT_POINT / "etc/nixos").mkdir(parents=True, exist_ok=True)
         if spec.installBootLoader:
             link_boot_devices(spec, dev_root)
+            mark = time.monotonic()
             # HOME: systemd-boot's builder runs nix-env, which would otherwise create
             # /homeless-shelter in the image.
             nixos_enter(
@@ -217,61 +137,33 @@ def guest(
                 step="guest: switch-to-configuration boot",
                 env={"NIXOS_INSTALL_BOOTLOADER": "1", "HOME": os.environ.get("TMPDIR", "/tmp")},
             )
+            seconds["bootloader"] = time.monotonic() - mark
         for entry in spec.contents:
             if entry.needs_guest_chown:
+                assert entry.user is not None and entry.group is not None
                 # Names resolve against the image's own /etc/passwd, hence nixos-enter.
                 nixos_enter(
-                    ["chown", "-R", f"{entry.user}:{entry.group}", entry.target],
+                    chown_command(entry.user, entry.group, entry.target),
                     step=f"guest: chown {entry.target}",
                 )
-        if scratch is not None:
-            # Deepest first: with a FAT partition unmounted, the directory it covered on
-            # the root filesystem is what the root's walk must see.
-            for part in reversed(boot_partitions):
-                where = mount_point(part)
-                fat_snapshots[part.number] = timed(
-                    f"copied the {part.label} partition",
-                    partial(repack.snapshot_fat, where, scratch / f"fat-{part.number}"),
-                )
-                process.run(["umount", str(where)], step=f"guest: umount {part.label}")
-            prepared = timed(
-                "listed prepare's tree",
-                partial(repack.prepared_tree, spec, handoff.nix_db_files),
-            )
-            root_snapshot = timed(
-                "walked the root filesystem",
-                lambda: repack.snapshot_root(MOUNT_POINT, prepared, scratch / "root"),
-            )
-            logger.info(
-                "repack: %d entries, %d files from prepare's sources, %d files (%d bytes) "
-                "written in the guest",
-                len(root_snapshot.entries),
-                root_snapshot.reused,
-                root_snapshot.copied,
-                root_snapshot.copied_bytes,
-            )
+        # Deepest first: with a FAT partition unmounted, the directory it covered on the
+        # root filesystem is what the record must see. finish reads the FAT partitions
+        # from the disk itself.
+        for part in reversed(boot_partitions):
+            process.run(["umount", str(mount_point(part))], step=f"guest: umount {part.label}")
+        mark = time.monotonic()
+        record = record_changes(MOUNT_POINT, handoff, xchg)
+        seconds["record"] = time.monotonic() - mark
     finally:
         process.run(["umount", "-R", str(MOUNT_POINT)], step="guest: umount")
-
-    if root_snapshot is not None:
-        for part in boot_partitions:
-            timed(
-                f"made the {part.label} partition again",
-                partial(
-                    remake_fat, part, device(dev_root, part.number), fat_snapshots[part.number]
-                ),
-            )
-        timed(
-            "made the root filesystem again",
-            partial(repack.make_root, root_dev, plan, root_snapshot),
-        )
-    tune_root(spec, root_dev)
-
-
-def remake_fat(part: PlannedPartition, dev: Path, snapshot: FatSnapshot) -> None:
-    repack.zero_device(dev)
-    make_fat(part, dev, deterministic=True)
-    repack.fill_fat(dev, snapshot)
+    process.run(["sync"], step="guest: sync")
+    seconds["guest"] = time.monotonic() - started
+    write_record(xchg, GuestRecord(True, record.entries, record.store_walked, seconds))
+    logger.info(
+        "guest: done in %.1f s (%s)",
+        seconds["guest"],
+        ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "guest"),
+    )
 
 
 def mount_point(part: PlannedPartition) -> Path:
@@ -279,13 +171,6 @@ def mount_point(part: PlannedPartition) -> Path:
     where = MOUNT_POINT / part.mountpoint.lstrip("/")
     where.mkdir(parents=True, exist_ok=True)
     return where
-
-
-def timed(what: str, func: Callable[[], T]) -> T:
-    started = time.monotonic()
-    result = func()
-    logger.info("repack: %s in %.1f s", what, time.monotonic() - started)
-    return result
 
 
 def mount_efivarfs() -> None:

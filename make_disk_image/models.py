@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 SECTOR = 512
 MIB = 1024 * 1024
@@ -229,3 +229,64 @@ class DiskPlan:
 
 def image_path(build_dir: Path, plan: DiskPlan) -> Path:
     return build_dir / plan.image
+
+
+# "hardlink", devices and fifos come from `contents` sources or from what the guest left.
+Kind = Literal["dir", "file", "symlink", "hardlink", "chardev", "blockdev", "fifo"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path of the root filesystem and where its bytes come from."""
+
+    path: str  # relative to the filesystem root, "" is the root itself
+    kind: Kind
+    mode: int  # permission bits
+    uid: int = 0
+    gid: int = 0
+    source: Path | None = None  # file contents come from here ...
+    data: bytes | None = None  # ... or from here
+    link: str | None = None  # symlink target; for a hardlink, the path it shares an inode with
+    device: tuple[int, int] | None = None  # (major, minor) of a chardev or blockdev
+    size: int = 0  # apparent size (du --apparent-size): file length or link length
+    mtime: int | None = None  # seconds; None: the store's time (1)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """What prepare leaves for the guest and for finish (xchg/make-disk-image.json).
+
+    prepare decides everything both filesystem runs must agree on: the plan, the root
+    filesystem's UUID and the FAT volume ids (random ones too, when not deterministic:
+    the bootloader may record them), and which Nix database files the tree holds.
+    """
+
+    plan: DiskPlan
+    root_uuid: str | None  # the ext4 UUID of both root filesystems (None: not ext*)
+    fat_volume_ids: dict[int, str]  # partition number -> 8 hex digits
+    guest_mounts: bool  # the guest has work: bootloader or owners by name
+    nix_db_files: dict[str, str]  # db file name -> path relative to xchg/
+    # What the guest compares the root filesystem against, without listing the closure:
+    # prepare's entries outside the store's paths, and the store paths' names.
+    outside_store: tuple[Entry, ...] = ()
+    store_names: tuple[str, ...] = ()
+
+
+Origin = Literal["prepare", "guest"]
+
+
+@dataclass(frozen=True)
+class GuestRecord:
+    """What the guest left on the root filesystem (xchg/guest-record.json), for finish.
+
+    `entries` is every path outside the store's paths, as the guest left it, in tree
+    order. An entry whose origin is "prepare" has prepare's bytes (finish takes them
+    from prepare's tree); a "guest" entry's bytes were copied to `source`, relative to
+    xchg/. `store_walked` names store paths the guest added or changed at their top;
+    their whole trees are in `entries` too, and prepare's entries for them are dropped.
+    """
+
+    mounted: bool
+    entries: tuple[tuple[Entry, Origin], ...] = ()
+    store_walked: tuple[str, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)

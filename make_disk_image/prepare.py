@@ -1,30 +1,43 @@
-"""The preVM phase: unprivileged, in the build directory, no loop devices or mounts."""
+"""The preVM phase: unprivileged, in the build directory, no loop devices or mounts.
+
+It validates the spec, describes the root filesystem once (staging.Tree), sizes the
+disk and writes the partition table into ./nixos.raw. When the guest has work (the
+bootloader, owners by name), it also makes that disk's filesystems for the build VM:
+the FAT partitions empty, the root filesystem filled (without metadata checksums,
+since finish makes the image's own). The Handoff in xchg/ tells the guest and finish
+what both must agree on.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import tempfile
+import time
+import uuid as uuid_module
 from dataclasses import replace
 from pathlib import Path
 
-from make_disk_image import nixdb, repack, rootfs
+from make_disk_image import fat, nixdb, rootfs
+from make_disk_image.handoff import HANDOFF, NIX_DB_DIR, RECORD, write_handoff, xchg_dir
 from make_disk_image.layouts import check_fits, plan_disk
-from make_disk_image.models import MIB, DiskPlan, Spec
+from make_disk_image.models import MIB, DiskPlan, Entry, Handoff, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import auto_disk_size
 from make_disk_image.staging import Tree, build_tree, check_sources
 
 logger = logging.getLogger("make_disk_image")
 
-HANDOFF = Path("xchg") / "make-disk-image.json"
-# Where prepare keeps its Nix database files for the guest's repack, next to HANDOFF.
-NIX_DB_DIR = "nix-db"
-# The handoff key naming them: {file name: path relative to the handoff's directory}.
-NIX_DB_KEY = "nix_db_files"
 EFI_VARS = "efi-vars.fd"
+# The disk the build VM sees (runInLinuxVM's $diskImage).
+VM_DISK = "nixos.raw"
+STORE_PREFIX = "nix/store/"
+
+
+def guest_mounts_root(spec: Spec) -> bool:
+    """The guest has work only for the bootloader or owners given by name."""
+    if spec.onlyNixStore:
+        return False
+    return spec.installBootLoader or any(c.needs_guest_chown for c in spec.contents)
 
 
 def compute_plan(spec: Spec, tree: Tree | None) -> DiskPlan:
@@ -60,36 +73,20 @@ def compute_plan(spec: Spec, tree: Tree | None) -> DiskPlan:
     return plan
 
 
-def stage(spec: Spec, work: Path) -> Tree:
-    return stage_with_db(spec, work)[0]
+def nix_db_files(spec: Spec, xchg: Path) -> dict[str, Path]:
+    """The image's Nix database files, made in xchg/nix-db (finish reads them again)."""
+    if spec.onlyNixStore:
+        return {}
+    return nixdb.make_db(
+        Path(spec.closureInfo),
+        xchg / NIX_DB_DIR,
+        registration_time=rootfs.SOURCE_DATE_EPOCH if spec.deterministic else None,
+    )
 
 
-def stage_with_db(spec: Spec, work: Path) -> tuple[Tree, dict[str, Path]]:
-    """The image tree and the Nix database files it holds (made under `work`)."""
-    check_sources(spec)
-    db_files: dict[str, Path] = {}
-    if not spec.onlyNixStore:
-        db_files = nixdb.make_db(
-            Path(spec.closureInfo),
-            work,
-            registration_time=rootfs.SOURCE_DATE_EPOCH if spec.deterministic else None,
-        )
-    return build_tree(spec, db_files), db_files
-
-
-def keep_db_files(db_files: dict[str, Path], xchg: Path) -> dict[str, str]:
-    """Copy the Nix database files next to the handoff, for the guest's repack.
-
-    The guest makes the root filesystem again from prepare's tree, which holds these
-    files; they are made in a temporary directory the guest cannot see.
-    """
-    dest = xchg / NIX_DB_DIR
-    dest.mkdir(parents=True, exist_ok=True)
-    kept = {}
-    for name, source in sorted(db_files.items()):
-        shutil.copyfile(source, dest / name)
-        kept[name] = f"{NIX_DB_DIR}/{name}"
-    return kept
+def stage(spec: Spec, db_files: dict[str, Path]) -> Tree:
+    """The image tree as prepare makes it; finish makes the same one again."""
+    return build_tree(spec, db_files)
 
 
 def log_auto_size(plan: DiskPlan) -> None:
@@ -104,40 +101,89 @@ def log_auto_size(plan: DiskPlan) -> None:
     logger.info("  Disk image size: %d bytes", a.disk_image_size)
 
 
-def prepare(spec: Spec, build_dir: Path, out: Path) -> DiskPlan:
-    """Write ./nixos.raw (table + filled root fs), the guest's handoff file, efi-vars.fd.
+def root_uuid(spec: Spec, plan: DiskPlan) -> str | None:
+    """One UUID for both root filesystems: rootFSUID when deterministic, else random."""
+    if not plan.fs_type.startswith("ext"):
+        return None
+    if spec.deterministic and plan.root_fs_uuid:
+        return plan.root_fs_uuid
+    return str(uuid_module.uuid4())
 
-    When the guest will repack the root filesystem (make_disk_image.repack), the handoff
-    also names copies of the Nix database files in xchg/nix-db.
-    """
+
+def split_store(tree: Tree) -> tuple[tuple[Entry, ...], tuple[str, ...]]:
+    """Entries outside the store's paths, relative to xchg where sources lie in it, and
+    the store paths' names: what the guest compares the root filesystem against."""
+    outside: list[Entry] = []
+    names: list[str] = []
+    for entry in tree.ordered():
+        if entry.path.startswith(STORE_PREFIX):
+            rest = entry.path[len(STORE_PREFIX):]
+            if "/" not in rest:
+                names.append(rest)
+            continue
+        outside.append(entry)
+    return tuple(outside), tuple(names)
+
+
+def relative_to_xchg(entries: tuple[Entry, ...], xchg: Path) -> tuple[Entry, ...]:
+    """Sources prepare made in xchg/ (the Nix database) as paths the guest can resolve."""
+    out = []
+    for entry in entries:
+        if entry.source is not None and entry.source.is_relative_to(xchg):
+            entry = replace(entry, source=entry.source.relative_to(xchg))
+        out.append(entry)
+    return tuple(out)
+
+
+def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
+    """Write ./nixos.raw for the build VM, the handoff in xchg/, and $out/efi-vars.fd."""
     from make_disk_image.partitioning import write_partition_table
 
-    image = build_dir / "nixos.raw"
-    partial = build_dir / "nixos.raw.partial"
-    handoff = build_dir / HANDOFF
+    started = time.monotonic()
+    xchg = xchg_dir(build_dir)
+    image = build_dir / VM_DISK
+    partial = build_dir / f"{VM_DISK}.partial"
     efi_vars = out / EFI_VARS
     created_out = not out.exists()
-    kept_db: dict[str, str] = {}
+    created_xchg = not xchg.exists()
     try:
-        with tempfile.TemporaryDirectory(prefix="mdi-", dir=build_dir) as tmp:
-            tree, db_files = stage_with_db(spec, Path(tmp))
-            if repack.repacks(spec):
-                kept_db = keep_db_files(db_files, handoff.parent)
-            plan = compute_plan(spec, tree)
-            log_auto_size(plan)
-            partial.unlink(missing_ok=True)
-            with partial.open("wb") as fh:
-                fh.truncate(plan.disk_size)
-            write_partition_table(partial, plan)
-            rootfs.make_root_filesystem(
-                partial, plan, tree.ordered(), deterministic=spec.deterministic
+        check_sources(spec)
+        xchg.mkdir(parents=True, exist_ok=True)
+        (xchg / RECORD).unlink(missing_ok=True)
+        db_files = nix_db_files(spec, xchg)
+        tree = stage(spec, db_files)
+        plan = compute_plan(spec, tree)
+        log_auto_size(plan)
+        mounts = guest_mounts_root(spec)
+        handoff = Handoff(
+            plan=plan,
+            root_uuid=root_uuid(spec, plan),
+            fat_volume_ids={
+                p.number: fat.volume_id(p, deterministic=spec.deterministic)
+                for p in plan.partitions
+                if p.filesystem == "vfat"
+            },
+            guest_mounts=mounts,
+            nix_db_files={name: str(path.relative_to(xchg)) for name, path in db_files.items()},
+        )
+        if mounts:
+            outside, names = split_store(tree)
+            handoff = replace(
+                handoff, outside_store=relative_to_xchg(outside, xchg), store_names=names
             )
-        os.replace(partial, image)
-        handoff.parent.mkdir(parents=True, exist_ok=True)
-        data = plan.to_json()
-        if kept_db:
-            data[NIX_DB_KEY] = kept_db
-        handoff.write_text(json.dumps(data, indent=2) + "\n")
+        logger.info("prepare: staged %d entries in %.1f s", len(tree.entries),
+                    time.monotonic() - started)
+        partial.unlink(missing_ok=True)
+        partial.touch()
+        fat_parts = [p for p in plan.partitions if p.filesystem == "vfat"] if mounts else []
+        # FAT first, while the file ends where each partition ends (fat.make_all).
+        fat.make_all(partial, fat_parts, handoff.fat_volume_ids, deterministic=True,
+                     disk_size=plan.disk_size)
+        write_partition_table(partial, plan)
+        if mounts:
+            make_vm_root(partial, handoff, tree)
+        partial.replace(image)
+        write_handoff(xchg, handoff)
         out.mkdir(parents=True, exist_ok=True)
         if spec.touchEFIVars:
             # The guest's firmware writes its boot entries into this copy (pflash unit 1),
@@ -148,9 +194,32 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> DiskPlan:
     except BaseException:
         partial.unlink(missing_ok=True)
         image.unlink(missing_ok=True)
-        shutil.rmtree(handoff.parent / NIX_DB_DIR, ignore_errors=True)
+        if created_xchg:
+            shutil.rmtree(xchg, ignore_errors=True)
+        else:
+            (xchg / HANDOFF).unlink(missing_ok=True)
+            shutil.rmtree(xchg / NIX_DB_DIR, ignore_errors=True)
         efi_vars.unlink(missing_ok=True)
         if created_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
-    return plan
+    logger.info("prepare: done in %.1f s", time.monotonic() - started)
+    return handoff
+
+
+def make_vm_root(image: Path, handoff: Handoff, tree: Tree) -> None:
+    """The build VM's root filesystem, filled.
+
+    It always has deterministic times (every inode at 1 s): the guest tells what it
+    changed by its times (make_disk_image.changes).
+    """
+    plan = handoff.plan
+    rootfs.make_root_filesystem(
+        image,
+        plan,
+        tree.ordered(),
+        uuid=handoff.root_uuid,
+        deterministic=True,
+        throwaway=True,
+        step="prepare: root filesystem for the build VM",
+    )

@@ -10,42 +10,20 @@ once, written once, and no step needs root.
 from __future__ import annotations
 
 import glob
-import io
 import os
 import stat
-import tarfile
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
 
-from make_disk_image.models import Spec
+from make_disk_image.models import Entry, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import TreeUsage
 
 STEP = "staging"
-# "hardlink", devices and fifos only come from the guest's repack (make_disk_image.repack):
-# prepare's tree never has them.
-Kind = Literal["dir", "file", "symlink", "hardlink", "chardev", "blockdev", "fifo"]
 
 # Nix's canonical store timestamp; everything in the image gets it (mke2fs also clamps
 # to SOURCE_DATE_EPOCH when deterministic).
 STORE_MTIME = 1
 PROFILES = "nix/var/nix/profiles"
-
-
-@dataclass(frozen=True)
-class Entry:
-    path: str  # relative to the filesystem root, "" is the root itself
-    kind: Kind
-    mode: int  # permission bits
-    uid: int = 0
-    gid: int = 0
-    source: Path | None = None  # file contents come from here ...
-    data: bytes | None = None  # ... or from here
-    link: str | None = None  # symlink target; for a hardlink, the path it shares an inode with
-    device: tuple[int, int] | None = None  # (major, minor) of a chardev or blockdev
-    size: int = 0  # apparent size (du --apparent-size): file length or link length
 
 
 class Tree:
@@ -212,39 +190,3 @@ def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
     if spec.configFile is not None:
         tree.add_file("etc/nixos/configuration.nix", Path(spec.configFile).read_bytes(), 0o444)
     return tree
-
-
-def write_tar(entries: Iterable[Entry], out: IO[bytes]) -> None:
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for entry in entries:
-            info = tarfile.TarInfo(entry.path or ".")
-            info.mode, info.uid, info.gid = entry.mode, entry.uid, entry.gid
-            info.uname = info.gname = "root" if entry.uid == 0 else ""
-            info.mtime = STORE_MTIME
-            if entry.kind == "dir":
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif entry.kind == "symlink":
-                info.type, info.linkname = tarfile.SYMTYPE, entry.link or ""
-                tar.addfile(info)
-            elif entry.kind == "hardlink":
-                # mke2fs applies a hard link's header to the shared inode too, so it carries
-                # the same owner and mode as the first name.
-                info.type, info.linkname = tarfile.LNKTYPE, entry.link or ""
-                tar.addfile(info)
-            elif entry.kind in ("chardev", "blockdev"):
-                assert entry.device is not None
-                info.type = tarfile.CHRTYPE if entry.kind == "chardev" else tarfile.BLKTYPE
-                info.devmajor, info.devminor = entry.device
-                tar.addfile(info)
-            elif entry.kind == "fifo":
-                info.type = tarfile.FIFOTYPE
-                tar.addfile(info)
-            elif entry.data is not None:
-                info.size = len(entry.data)
-                tar.addfile(info, io.BytesIO(entry.data))
-            else:
-                assert entry.source is not None
-                with open(entry.source, "rb") as fh:
-                    info.size = os.fstat(fh.fileno()).st_size
-                    tar.addfile(info, fh)

@@ -225,6 +225,18 @@ class Engine:
         return EngineRun(proc.returncode, proc.stdout, proc.stderr, build_dir, out)
 
 
+    def build_without_vm(self, spec: dict[str, Any], *, name: str = "build") -> EngineRun:
+        """prepare, then finish, as Nix runs them when the guest has nothing to do
+        (onlyNixStore, or no bootloader and no owners by name)."""
+        build_dir, out = self.new_build(name)
+        prepared = self.run("prepare", spec, build_dir=build_dir, out=out)
+        if prepared.returncode != 0:
+            return prepared
+        finished = self.run("finish", spec, build_dir=build_dir, out=out)
+        return EngineRun(finished.returncode, finished.stdout,
+                         prepared.stderr + finished.stderr, build_dir, out)
+
+
 @pytest.fixture
 def engine(unprivileged_pkg: Path) -> Iterator[Engine]:
     workdir = world_readable_dir("mdi-test-")

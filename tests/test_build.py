@@ -4,7 +4,8 @@ The system is testsys' NixOS-shaped test system (real store paths, an activation
 writes /etc/passwd, busybox inside the image) so that the guest's nixos-enter + chown
 resolve user names against the image as on NixOS. That images with an installed
 bootloader boot is covered by test_boot.py; here, that deterministic builds which mount
-the root filesystem (bootloader, owners by name) are bit-identical (the guest's repack).
+the root filesystem (bootloader, owners by name) are bit-identical, and that the guest
+only installs, chowns and records: finish makes every filesystem on the host.
 """
 
 from __future__ import annotations
@@ -56,6 +57,36 @@ def spec_for(system: TestSystem, payload: Path, **kw: Any) -> dict[str, Any]:
         ],
         **kw,
     )
+
+
+def guest_lines(log: str) -> list[str]:
+    """The commands the guest ran (its steps are named "guest: ...")."""
+    return [line for line in log.splitlines() if "[guest" in line and "] $ " in line]
+
+
+def assert_guest_made_no_filesystem(log: str) -> None:
+    commands = guest_lines(log)
+    assert commands, "no guest commands in the log"
+    for line in commands:
+        for tool in ("mke2fs", "mkfs", "mcopy", "mmd", "tune2fs", "blkdiscard"):
+            assert tool not in line, line
+    # The record covers what lies outside the store, not the closure.
+    assert "guest: record changes:" in log
+    assert any("[finish: root filesystem] $ " in line and " mke2fs " in line
+               for line in log.splitlines())
+
+
+def assert_sparse(image: Path, table: dict[str, Any]) -> None:
+    """The image allocates what its root filesystem uses, plus at most its FAT partitions
+    and 2 MiB of tables and boot code: not its whole size (the guest zeroes nothing)."""
+    root = table["partitions"][-1]
+    sb = dumpe2fs(image, root["start"] * 512)
+    used = (int(sb["Block count"]) - int(sb["Free blocks"])) * 4096
+    fat_sizes = sum(p["size"] * 512 for p in table["partitions"][:-1]
+                    if p["type"] in ("c", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+                                     "BC13C2FF-59E6-4262-A352-B275FD6F7172"))
+    allocated = image.stat().st_blocks * 512
+    assert allocated <= used + fat_sizes + 2 * 1024 * 1024, (allocated, used, fat_sizes)
 
 
 def extract(image: Path, start_sector: int, sectors: int, dest: Path) -> Path:
@@ -148,11 +179,12 @@ def test_deterministic_builds_with_a_guest_phase_are_identical(
     assert notes is not None and (notes.uid, notes.gid, notes.mode & 0o777) == (1000, 100, 0o750)
 
 
-def test_guest_mounting_root_is_repacked_identically(
+def test_guest_mounting_root_still_gives_identical_images(
         system: TestSystem, payload: Path, work: Path, efixbootldr: BuiltImage) -> None:
-    # A chown by name mounts the root filesystem and both FAT partitions; the repack
-    # makes all three again, so a second build matches bit for bit.
-    assert "repack: made the root filesystem again" in efixbootldr.log
+    # A chown by name mounts the root filesystem and both FAT partitions in the guest;
+    # finish makes all three from prepare's tree and the guest's record, so a second
+    # build matches bit for bit.
+    assert_guest_made_no_filesystem(efixbootldr.log)
     again = build_image(efixbootldr.spec, work, name="efixbootldr-again")
     assert efixbootldr.image.read_bytes() == again.image.read_bytes()
 
@@ -161,7 +193,7 @@ def test_guest_mounting_root_is_repacked_identically(
 def loader_systems(work: Path) -> dict[str, TestSystem]:
     """Test systems with the boot loader of a layout: GRUB (legacy), systemd-boot (efi)."""
     return {layout: build_test_system(work / f"system-{layout}", boot_loader_for(layout))
-            for layout in ("legacy", "efi")}
+            for layout in ("legacy", "efi", "hybrid")}
 
 
 def loader_spec(system: TestSystem, payload: Path, layout: str, **kw: Any) -> dict[str, Any]:
@@ -193,7 +225,7 @@ def mtools(*argv: str) -> str:
                           env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin"}).stdout
 
 
-@pytest.mark.parametrize("layout", ["legacy", "efi"])
+@pytest.mark.parametrize("layout", ["legacy", "efi", "hybrid"])
 def test_deterministic_builds_with_bootloader_and_chown_are_identical(
         loader_systems: dict[str, TestSystem], payload: Path, work: Path, tmp_path: Path,
         layout: str) -> None:
@@ -201,10 +233,10 @@ def test_deterministic_builds_with_bootloader_and_chown_are_identical(
     spec = loader_spec(system, payload, layout)
     first = build_image(spec, work, name=f"loader-{layout}-1")
     second = build_image(spec, work, name=f"loader-{layout}-2")
-    assert "repack: made the root filesystem again" in first.log
+    assert_guest_made_no_filesystem(first.log)
     assert first.image.read_bytes() == second.image.read_bytes()
-
     table = sfdisk_json(first.image)
+    assert_sparse(first.image, table)
     root = table["partitions"][-1]
     offset = root["start"] * 512
     fsck = e2fsck_clean(first.image, offset)
@@ -215,13 +247,15 @@ def test_deterministic_builds_with_bootloader_and_chown_are_identical(
     sb = dumpe2fs(first.image, offset)
     assert sb["Filesystem UUID"] == ROOT_GUID.lower()
     assert sb["Last checked"] == "Thu Jan  1 00:00:00 1970"
-    if layout == "legacy":
-        # GRUB: boot.img in the MBR, core.img in the gap, its files on the root filesystem.
+    if layout in ("legacy", "hybrid"):
+        # GRUB's boot.img in the MBR: the boot code outside any filesystem is kept.
         assert b"GRUB" in first.image.read_bytes()[:512]
+    if layout == "legacy":
+        # core.img in the gap, GRUB's files on the root filesystem.
         grub_cfg = cat(first.image, offset, "/boot/grub/grub.cfg")
         assert f"init={system.toplevel}/init" in grub_cfg
         assert stat(first.image, offset, "/boot/grub/i386-pc/core.img") is not None
-    else:
+    if layout in ("efi", "hybrid"):
         esp = table["partitions"][0]
         fat = extract(first.image, esp["start"], esp["size"], tmp_path / "esp.fat")
         fsck = subprocess.run(["fsck.vfat", "-n", str(fat)], capture_output=True, text=True)
@@ -229,6 +263,8 @@ def test_deterministic_builds_with_bootloader_and_chown_are_identical(
         files = mtools("mdir", "-b", "-/", "-i", str(fat), "::/").split()
         assert "::/EFI/systemd/systemd-bootx64.efi" in files
         assert "::/EFI/BOOT/BOOTX64.EFI" in files
+        if layout == "hybrid":
+            assert "::/grub/grub.cfg" in files
         loader_conf = mtools("mtype", "-i", str(fat), "::/loader/loader.conf")
         assert "default nixos-generation-1.conf" in loader_conf
         entry = mtools("mtype", "-i", str(fat), "::/loader/entries/nixos-generation-1.conf")
@@ -236,11 +272,11 @@ def test_deterministic_builds_with_bootloader_and_chown_are_identical(
         assert "1980-01-01" in mtools("mdir", "-i", str(fat), "::/loader")
 
 
-def test_non_deterministic_build_with_bootloader_is_not_repacked(
+def test_non_deterministic_build_takes_the_same_path(
         loader_systems: dict[str, TestSystem], payload: Path, work: Path) -> None:
     spec = loader_spec(loader_systems["legacy"], payload, "legacy", deterministic=False)
     built = build_image(spec, work, name="loader-legacy-nondet")
-    assert "repack" not in built.log
+    assert_guest_made_no_filesystem(built.log)
     offset = sfdisk_json(built.image)["partitions"][0]["start"] * 512
     fsck = e2fsck_clean(built.image, offset)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
@@ -256,5 +292,5 @@ def test_guest_failure_names_the_step_and_leaves_no_output(
     with pytest.raises(BuildError) as err:
         build_image(spec, work, name="broken")
     assert "guest: chown /etc/k" in str(err.value)
-    assert "nixos-enter --root /mnt -- chown -R nosuchuser:nogroup /etc/k" in str(err.value)
+    assert "sw/bin/chown -R nosuchuser:nogroup /etc/k" in str(err.value)
     assert not (work / "broken").exists()

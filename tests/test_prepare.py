@@ -1,4 +1,9 @@
-"""prepare (and plan) as the unprivileged build user, checked with the real tools."""
+"""prepare, finish and plan as the unprivileged build user, checked with the real tools.
+
+Where the guest has nothing to do (no bootloader, owners as numbers), Nix runs prepare
+and then finish; those images are checked here. prepare's disk for the build VM is
+checked on its own, and the full flow with a VM in test_build.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Closure, Engine, base_spec
+from conftest import Closure, Engine, EngineRun, base_spec
 from imagecheck import cat, dumpe2fs, e2fsck_clean, ls, sfdisk_json, stat
 
 from make_disk_image.models import MIB
@@ -32,7 +37,12 @@ ROOT_GUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
 
 
 def handoff(build_dir: Path) -> dict:  # type: ignore[type-arg]
-    return json.loads((build_dir / "xchg/make-disk-image.json").read_text())  # type: ignore[no-any-return]
+    data = json.loads((build_dir / "xchg/make-disk-image.json").read_text())
+    return data["plan"]  # type: ignore[no-any-return]
+
+
+def image_of(result: EngineRun) -> Path:
+    return result.out / "nixos.img"
 
 
 @pytest.fixture
@@ -56,13 +66,13 @@ def test_prepare_every_layout(closure: Closure, engine: Engine, contents_src: Pa
         closure, partitionTableType=ptt, additionalSpace="16M",
         contents=[{"source": str(contents_src / "conf"), "target": "/etc/app"},
                   {"source": str(contents_src / "secret"), "target": "/var/lib/secret",
-                   "mode": "0600", "user": "root", "group": "root"}],
-        **({"installBootLoader": False} if ptt == "none" else {}),
+                   "mode": "0600", "user": "0", "group": "0"}],
+        installBootLoader=False,
         **({"fsType": "ext4"} if ptt == "none" else {}),
     )
-    result = engine.run("prepare", spec, name=ptt)
+    result = engine.build_without_vm(spec, name=ptt)
     assert result.returncode == 0, result.stderr
-    image = result.build_dir / "nixos.raw"
+    image = image_of(result)
     plan = handoff(result.build_dir)
     assert image.stat().st_size == plan["disk_size"]
     assert plan["auto"]["disk_image_size"] == plan["disk_size"]
@@ -100,7 +110,7 @@ def test_prepare_every_layout(closure: Closure, engine: Engine, contents_src: Pa
     assert hello is not None and hello.mode == 0o100555
     assert stat(image, offset, closure.extra) is None  # not in the closure
     assert "db.sqlite" in ls(image, offset, "/nix/var/nix/db")
-    # contents: modes and root owners (names are resolved by the guest)
+    # contents: modes and numeric owners (names are resolved by the guest)
     secret = stat(image, offset, "/var/lib/secret")
     assert secret is not None and (secret.mode, secret.uid) == (0o100600, 0)
     toml = stat(image, offset, "/etc/app/app.toml")
@@ -109,16 +119,21 @@ def test_prepare_every_layout(closure: Closure, engine: Engine, contents_src: Pa
     # the channel, as nixos-install makes it
     channels = stat(image, offset, "/root/.nix-defexpr/channels")
     assert channels is not None and channels.mode & 0o170000 == 0o120000
-    # prepare leaves $out with nothing but what the guest needs
-    assert not result.out.exists() or list(result.out.iterdir()) == []
+    # metadata checksums in the image (prepare's disk for the VM has none)
+    assert "metadata_csum" in sb["Filesystem features"]
+    # sparse: allocated about what the filesystem uses
+    assert image.stat().st_blocks * 512 < image.stat().st_size // 2
+    # $out holds the image and Hydra's products file, nothing else
+    assert sorted(p.name for p in result.out.iterdir()) == ["nix-support", "nixos.img"]
 
 
 def test_files_in_image_are_readable_and_db_lists_the_closure(
         closure: Closure, engine: Engine, tmp_path: Path) -> None:
-    result = engine.run("prepare", base_spec(closure, partitionTableType="legacy",
-                                             additionalPaths=[closure.extra]))
+    result = engine.build_without_vm(base_spec(closure, partitionTableType="legacy",
+                                               additionalPaths=[closure.extra],
+                                               installBootLoader=False))
     assert result.returncode == 0, result.stderr
-    image, offset = result.build_dir / "nixos.raw", handoff(result.build_dir)["root_offset"]
+    image, offset = image_of(result), handoff(result.build_dir)["root_offset"]
     assert cat(image, offset, f"{closure.extra}/EXTRA") == "extra path\n"
     db = tmp_path / "db.sqlite"
     db.write_bytes(subprocess.run(["debugfs", "-R", "cat /nix/var/nix/db/db.sqlite",
@@ -137,23 +152,22 @@ def test_files_in_image_are_readable_and_db_lists_the_closure(
 def test_deterministic_builds_are_identical(closure: Closure, engine: Engine,
                                             contents_src: Path) -> None:
     spec = base_spec(closure, partitionTableType="legacy+gpt", additionalSpace="8M",
+                     installBootLoader=False,
                      contents=[{"source": str(contents_src / "conf"), "target": "/etc/app"}])
-    first = engine.run("prepare", spec, name="det-a")
+    first = engine.build_without_vm(spec, name="det-a")
     # A second staging copy of the contents with other timestamps must not matter.
     os.utime(contents_src / "conf/app.toml", (12345, 12345))
-    second = engine.run("prepare", spec, name="det-b")
+    second = engine.build_without_vm(spec, name="det-b")
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    a = (first.build_dir / "nixos.raw").read_bytes()
-    b = (second.build_dir / "nixos.raw").read_bytes()
-    assert a == b
+    assert image_of(first).read_bytes() == image_of(second).read_bytes()
 
 
 def test_not_deterministic_differs(closure: Closure, engine: Engine) -> None:
     spec = base_spec(closure, partitionTableType="efi", deterministic=False, rootFSUID=None,
-                     additionalSpace="8M")
-    runs = [engine.run("prepare", spec, name=f"nondet-{i}") for i in range(2)]
+                     additionalSpace="8M", installBootLoader=False)
+    runs = [engine.build_without_vm(spec, name=f"nondet-{i}") for i in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
-    uuids = {dumpe2fs(r.build_dir / "nixos.raw", handoff(r.build_dir)["root_offset"])
+    uuids = {dumpe2fs(image_of(r), handoff(r.build_dir)["root_offset"])
              ["Filesystem UUID"] for r in runs}
     assert len(uuids) == 2
 
@@ -168,9 +182,9 @@ def test_fixed_disk_size(closure: Closure, engine: Engine) -> None:
 def test_only_nix_store(closure: Closure, engine: Engine) -> None:
     spec = base_spec(closure, partitionTableType="none", onlyNixStore=True,
                      installBootLoader=False, copyChannel=False, additionalSpace="4M")
-    result = engine.run("prepare", spec)
+    result = engine.build_without_vm(spec)
     assert result.returncode == 0, result.stderr
-    image = result.build_dir / "nixos.raw"
+    image = image_of(result)
     names = set(ls(image, 0, "/"))
     assert os.path.basename(closure.toplevel) in names
     assert "nix" not in names and "etc" not in names
@@ -183,9 +197,10 @@ def test_config_file_and_no_channel(closure: Closure, engine: Engine, tmp_path: 
     cfg = world_readable_dir("mdi-cfg-") / "configuration.nix"
     cfg.write_text("{ ... }: { }\n")
     cfg.chmod(0o644)
-    result = engine.run("prepare", base_spec(closure, configFile=str(cfg), copyChannel=False))
+    result = engine.build_without_vm(base_spec(closure, configFile=str(cfg), copyChannel=False,
+                                               installBootLoader=False))
     assert result.returncode == 0, result.stderr
-    image, offset = result.build_dir / "nixos.raw", handoff(result.build_dir)["root_offset"]
+    image, offset = image_of(result), handoff(result.build_dir)["root_offset"]
     assert cat(image, offset, "/etc/nixos/configuration.nix") == "{ ... }: { }\n"
     assert stat(image, offset, "/root/.nix-defexpr/channels") is None
     assert stat(image, offset, closure.channel) is None
@@ -260,13 +275,48 @@ def test_plan_writes_nothing(closure: Closure, engine: Engine) -> None:
 ])
 def test_auto_size_always_holds_the_filesystem(closure: Closure, engine: Engine, ptt: str,
                                                additional: str, grows: bool) -> None:
-    result = engine.run("prepare", base_spec(closure, partitionTableType=ptt,
-                                             additionalSpace=additional), name=ptt)
+    result = engine.build_without_vm(base_spec(closure, partitionTableType=ptt,
+                                               additionalSpace=additional,
+                                               installBootLoader=False), name=ptt)
     assert result.returncode == 0, result.stderr
     plan = handoff(result.build_dir)
     auto = plan["auto"]
     assert (auto["alignment_growth"] >= MIB) is grows
     assert plan["disk_size"] == auto["disk_image_size"]
     assert plan["root_size"] >= auto["filesystem_size_needed"]
-    fsck = e2fsck_clean(result.build_dir / "nixos.raw", plan["root_offset"])
+    fsck = e2fsck_clean(image_of(result), plan["root_offset"])
     assert fsck.returncode == 0, fsck.stdout
+
+
+def test_prepare_makes_the_build_vms_disk(closure: Closure, engine: Engine,
+                                          contents_src: Path) -> None:
+    """With work for the guest, prepare's disk holds what the guest mounts: the FAT
+    partitions, empty, and the root filesystem with every inode at prepare's time."""
+    spec = base_spec(closure, partitionTableType="efixbootldr", additionalSpace="16M",
+                     contents=[{"source": str(contents_src / "secret"), "target": "/etc/s",
+                                "user": "alice", "group": "users"}])
+    result = engine.run("prepare", spec, name="vm-disk")
+    assert result.returncode == 0, result.stderr
+    image, plan = result.build_dir / "nixos.raw", handoff(result.build_dir)
+    data = json.loads((result.build_dir / "xchg/make-disk-image.json").read_text())
+    assert data["guest_mounts"] is True
+    assert data["fat_volume_ids"] == {"1": "1C06F03B", "2": "970C694F"}
+    # The guest compares against prepare's entries outside the store, by name.
+    outside = {e["path"] for e in data["outside_store"]}
+    assert "etc/s" in outside and not any(p.startswith("nix/store/") for p in outside)
+    assert os.path.basename(closure.toplevel) in data["store_names"]
+    for part in plan["partitions"][:2]:
+        listing = subprocess.run(
+            ["mdir", "-i", f"{image}@@{part['start'] * 512}", "::/"], capture_output=True,
+            text=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+        assert listing.returncode == 0 and "No files" in listing.stdout, listing.stderr
+    offset = plan["root_offset"]
+    assert e2fsck_clean(image, offset).returncode == 0
+    assert "metadata_csum" not in dumpe2fs(image, offset)["Filesystem features"]
+    inode = subprocess.run(["debugfs", "-R", f"stat {closure.toplevel}/init",
+                            f"{image}?offset={offset}"], capture_output=True, text=True).stdout
+    assert "mtime: 0x00000001" in inode and "ctime: 0x00000000" in inode
+    # finish refuses to go on without the guest's record.
+    finished = engine.run("finish", spec, build_dir=result.build_dir, out=result.out)
+    assert finished.returncode == 1 and "the guest phase did not run" in finished.stderr
+    assert not (result.out / "nixos.img").exists()

@@ -13,7 +13,8 @@ from make_disk_image.models import MIB
 from make_disk_image.process import StepError
 from make_disk_image.sizing import TreeUsage, auto_disk_size
 from make_disk_image.spec import parse_spec
-from make_disk_image.staging import Tree, build_tree, check_sources, stage_contents, write_tar
+from make_disk_image.staging import Tree, build_tree, check_sources, stage_contents
+from make_disk_image.tarstream import write_tar
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ def test_usage_matches_the_references_du_and_find(src: Path, tmp_path: Path) -> 
     tree.add_file("etc/NIXOS", b"")
     tarball = tmp_path / "tree.tar"
     with tarball.open("wb") as fh:
-        write_tar(tree.ordered(), fh)
+        write_tar(tree.ordered(), fh.fileno())
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
     with tarfile.open(tarball) as tar:

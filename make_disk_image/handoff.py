@@ -1,0 +1,162 @@
+"""The contract between the phases: what each writes into xchg/ and the next one reads.
+
+    prepare (preVM, host)  --Handoff-->      guest (VM)  --GuestRecord-->  finish (postVM, host)
+            \\------------------------------Handoff-------------------------------/
+
+xchg/ is the directory the build VM shares with the host (nixpkgs' runInLinuxVM mounts
+it at /tmp/xchg); paths inside these files are relative to it, so that both sides can
+resolve them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any, cast
+
+from make_disk_image.models import DiskPlan, Entry, GuestRecord, Handoff, Kind, Origin
+from make_disk_image.process import StepError
+
+XCHG = "xchg"
+HANDOFF = "make-disk-image.json"
+RECORD = "guest-record.json"
+# prepare's Nix database files: in the image tree, and read again by finish.
+NIX_DB_DIR = "nix-db"
+# Bytes the guest wrote on the root filesystem, named in the record.
+GUEST_FILES = "guest-files"
+VERSION = 2
+
+
+def xchg_dir(build_dir: Path) -> Path:
+    return build_dir / XCHG
+
+
+def entry_to_json(entry: Entry) -> dict[str, Any]:
+    data: dict[str, Any] = {"path": entry.path, "kind": entry.kind, "mode": entry.mode}
+    if entry.uid or entry.gid:
+        data["uid"], data["gid"] = entry.uid, entry.gid
+    if entry.source is not None:
+        data["source"] = str(entry.source)
+    if entry.data is not None:
+        data["data"] = base64.b64encode(entry.data).decode()
+    if entry.link is not None:
+        data["link"] = entry.link
+    if entry.device is not None:
+        data["device"] = list(entry.device)
+    if entry.size:
+        data["size"] = entry.size
+    if entry.mtime is not None:
+        data["mtime"] = entry.mtime
+    return data
+
+
+def entry_from_json(data: dict[str, Any], base: Path | None = None) -> Entry:
+    """`base`: relative sources are resolved against it (the record's xchg/)."""
+    source = data.get("source")
+    source_path = None
+    if source is not None:
+        source_path = Path(source)
+        if base is not None and not source_path.is_absolute():
+            source_path = base / source_path
+    device = data.get("device")
+    return Entry(
+        path=data["path"],
+        kind=cast(Kind, data["kind"]),
+        mode=data["mode"],
+        uid=data.get("uid", 0),
+        gid=data.get("gid", 0),
+        source=source_path,
+        data=base64.b64decode(data["data"]) if "data" in data else None,
+        link=data.get("link"),
+        device=(device[0], device[1]) if device is not None else None,
+        size=data.get("size", 0),
+        mtime=data.get("mtime"),
+    )
+
+
+def _read(path: Path, what: str, writer: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise StepError(
+            what, f"{path} does not exist; run `make-disk-image {writer}` first"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise StepError(
+            what, f"{path} cannot be read ({exc}); run `make-disk-image {writer}` again"
+        ) from exc
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise StepError(
+            what,
+            f"{path} was written by another version of make-disk-image; run this version's "
+            f"`make-disk-image {writer}`",
+        )
+    return data
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"version": VERSION, **data}, indent=1) + "\n")
+    partial.replace(path)
+
+
+def write_handoff(xchg: Path, handoff: Handoff) -> Path:
+    path = xchg / HANDOFF
+    _write(
+        path,
+        {
+            "plan": handoff.plan.to_json(),
+            "root_uuid": handoff.root_uuid,
+            "fat_volume_ids": {str(k): v for k, v in handoff.fat_volume_ids.items()},
+            "guest_mounts": handoff.guest_mounts,
+            "nix_db_files": handoff.nix_db_files,
+            "outside_store": [entry_to_json(e) for e in handoff.outside_store],
+            "store_names": list(handoff.store_names),
+        },
+    )
+    return path
+
+
+def read_handoff(path: Path, *, step: str) -> Handoff:
+    data = _read(path, step, "prepare")
+    base = path.parent
+    return Handoff(
+        plan=DiskPlan.from_json(data["plan"]),
+        root_uuid=data["root_uuid"],
+        fat_volume_ids={int(k): v for k, v in data["fat_volume_ids"].items()},
+        guest_mounts=data["guest_mounts"],
+        nix_db_files=dict(data["nix_db_files"]),
+        outside_store=tuple(entry_from_json(e, base) for e in data["outside_store"]),
+        store_names=tuple(data["store_names"]),
+    )
+
+
+def write_record(xchg: Path, record: GuestRecord) -> Path:
+    path = xchg / RECORD
+    _write(
+        path,
+        {
+            "mounted": record.mounted,
+            "entries": [{**entry_to_json(e), "origin": o} for e, o in record.entries],
+            "store_walked": list(record.store_walked),
+            "seconds": record.seconds,
+        },
+    )
+    return path
+
+
+def read_record(path: Path, *, step: str) -> GuestRecord:
+    data = _read(path, step, "guest")
+    base = path.parent
+    entries = []
+    for item in data["entries"]:
+        origin = cast(Origin, item["origin"])
+        entries.append((entry_from_json(item, base if origin == "guest" else None), origin))
+    return GuestRecord(
+        mounted=data["mounted"],
+        entries=tuple(entries),
+        store_walked=tuple(data["store_walked"]),
+        seconds=dict(data["seconds"]),
+    )
