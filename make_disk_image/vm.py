@@ -449,7 +449,29 @@ while read -r ko; do
 done </lib/modules/load-order
 
 mount -t 9p -o __9P__ __CONTROL_TAG__ $C || { echo "control share missing"; poweroff -f; }
-mount -t 9p -o ro,__9P__,cache=loose __ROOT_TAG__ $R || fail "cannot mount the host root over 9p"
+if [ -f $C/host-paths ]; then
+    # An empty root, as nixpkgs' runInLinuxVM gives (a tmpfs with the store and xchg
+    # shared in), plus only the host paths listed (read-only).
+    mkdir -p /host-root
+    mount -t 9p -o ro,__9P__,cache=loose __ROOT_TAG__ /host-root ||
+        fail "cannot mount the host root over 9p"
+    mount -t tmpfs -o mode=0755 tmpfs $R || fail "cannot mount the guest's root tmpfs"
+    while read -r p; do
+        if [ -L /host-root$p ]; then
+            mkdir -p "$R${p%/*}"
+            ln -s "$(readlink /host-root$p)" "$R$p" || fail "cannot link $p"
+        elif [ -d /host-root$p ]; then
+            mkdir -p "$R$p" && mount -o bind /host-root$p "$R$p" || fail "cannot bind $p"
+        elif [ -e /host-root$p ]; then
+            mkdir -p "$R${p%/*}" && touch "$R$p" && mount -o bind /host-root$p "$R$p" ||
+                fail "cannot bind $p"
+        fi
+    done <$C/host-paths
+    mkdir -p $R/dev $R/proc $R/sys $R/tmp $R/run $R/mnt
+else
+    mount -t 9p -o ro,__9P__,cache=loose __ROOT_TAG__ $R ||
+        fail "cannot mount the host root over 9p"
+fi
 
 mount -t devtmpfs devtmpfs $R/dev || fail "cannot mount /dev"
 mkdir -p $R/dev/pts $R/dev/shm
@@ -538,11 +560,14 @@ def qemu_command(
     shares: Sequence[Share],
     mem_mib: int,
     qemu_opts: Sequence[str],
+    accel: str = "tcg",
 ) -> list[str]:
     argv = [
         _system_tool("qemu-system-x86_64"),
-        "-accel",
-        "tcg",
+        # nixpkgs starts `qemu-kvm -machine accel=kvm:tcg -cpu max`: KVM where the
+        # builder has it, else TCG.
+        "-machine",
+        f"accel={accel}",
         "-cpu",
         "max",
         "-m",
@@ -621,6 +646,8 @@ def run_in_vm(
     qemu_opts: Sequence[str] = (),
     timeout: float = 900,
     log: IO[str] | None = None,
+    accel: str = "tcg",
+    host_paths: Sequence[str] | None = None,
 ) -> int:
     """Run `argv` as root in a TCG guest and return its exit status.
 
@@ -630,6 +657,10 @@ def run_in_vm(
     `cwd`, reads /dev/null; its output and the guest kernel's messages stream to `log`
     (stderr by default). Raises StepError on timeout or when the guest ends without
     having run the command to completion.
+
+    `host_paths`: the guest's root is an empty tmpfs instead, holding only these host
+    paths (read-only) besides the shares: what nixpkgs' runInLinuxVM gives, where the
+    store is a share. `accel`: qemu's accelerators, "kvm:tcg" as nixpkgs' qemu-kvm.
     """
     if not argv:
         raise StepError(STEP, "no command given to run in the VM")
@@ -659,6 +690,8 @@ def run_in_vm(
                 f"share{i} {s.guest} {'rw' if s.writable else 'ro'}\n" for i, s in enumerate(shares)
             )
         )
+        if host_paths is not None:
+            (control_dir / "host-paths").write_text("".join(f"{p}\n" for p in host_paths))
         qemu = qemu_command(
             kernel=kernel,
             initramfs=initramfs,
@@ -667,6 +700,7 @@ def run_in_vm(
             shares=shares,
             mem_mib=mem_mib,
             qemu_opts=qemu_opts,
+            accel=accel,
         )
         logger.info("[%s] $ %s", STEP, shlex.join(qemu))
         logger.info("[%s] guest command: %s (cwd %s)", STEP, shlex.join(argv), cwd)
@@ -807,6 +841,16 @@ def main(args: Iterable[str] | None = None) -> int:
     parser.add_argument(
         "--env", type=_parse_env, action="append", default=[], metavar="K=V", help="repeatable"
     )
+    parser.add_argument(
+        "--accel", default="tcg", metavar="ACCELS", help='qemu accelerators, e.g. "kvm:tcg"'
+    )
+    parser.add_argument(
+        "--host-path",
+        action="append",
+        metavar="PATH",
+        help="with this, the guest's root is an empty tmpfs holding only the shares and "
+        "these host paths (read-only); repeatable",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log qemu's command line")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGV")
     ns = parser.parse_args(list(args) if args is not None else None)
@@ -826,6 +870,8 @@ def main(args: Iterable[str] | None = None) -> int:
             mem_mib=ns.mem,
             qemu_opts=shlex.split(ns.qemu_opts),
             timeout=ns.timeout,
+            accel=ns.accel,
+            host_paths=ns.host_path,
         )
     except StepError as exc:
         print(f"error: {exc}", file=sys.stderr)
