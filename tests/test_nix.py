@@ -47,7 +47,11 @@ let
   standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
   config = (standIn.lib.nixosSystem {
     system = builtins.currentSystem;
-    modules = [ (builtins.fromJSON configModule) ];
+    modules = [
+      # What every NixOS configuration must have (nixpkgs asserts it).
+      { fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; }; }
+      (builtins.fromJSON configModule)
+    ];
   }).config;
   args = builtins.fromJSON imageArgs;
   converted = {
@@ -237,11 +241,12 @@ def contents_file(tmp_path: Path) -> Path:
     return source
 
 
-# Config modules of the stand-in NixOS (nixos/default.nix there): grub on a device the
-# guest must link to /dev/vda, and a user the guest must chown contents to.
+# Config modules of the stand-in NixOS (NixOS options, evaluated by lib.evalModules):
+# grub on a device the guest must link to /dev/vda, and a user the guest must chown
+# contents to.
 GRUB_SDA = {
     "boot": {"loader": {"grub": {"enable": True, "devices": ["/dev/sda"]}}},
-    "users": {"users": {"alice": {"uid": 1000, "group": "users", "home": "/home/alice"}}},
+    "users": {"users": {"alice": {"isNormalUser": True, "uid": 1000}}},
 }
 NO_GRUB = {"boot": {"loader": {"grub": {"enable": False}}}}
 LIMINE_SDB = {
