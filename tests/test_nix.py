@@ -472,6 +472,9 @@ def test_flake_build_package_and_check(checkout: Path) -> None:
     assert {"package", "image-legacy-raw", "image-efi-qcow2", "image-nix-store"} <= set(checks)
     assert set(shown["checks"]) == {"x86_64-linux", "aarch64-linux"}
     assert "formatter" in shown and "lib" in shown
+    assert set(shown["overlays"]) == {"default"} and set(shown["nixosModules"]) == {"default"}
+    # nixpkgs' GRUB has no BIOS target on aarch64.
+    assert "image-legacy-raw" not in shown["checks"]["aarch64-linux"]
 
     proc = run(["nix", "flake", "check", "-L", str(checkout)] + override, cwd=checkout)
     assert proc.returncode == 0, proc.stderr[-6000:]
