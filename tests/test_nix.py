@@ -139,7 +139,8 @@ def nix_build_image(
             json.dumps(image_args),
             "--argstr",
             "configModule",
-            json.dumps(config_module or {}),
+            # GRUB without devices is an error in NixOS: no boot loader by default.
+            json.dumps(NO_GRUB if config_module is None else config_module),
             "--out-link",
             str(tmp_path / "result"),
         ]
