@@ -46,16 +46,20 @@
               // args
             );
         in
-        {
+        # BIOS boot (GRUB i386-pc) exists on x86 only, as in nixos-tests/.
+        lib.optionalAttrs pkgs.stdenv.hostPlatform.isx86 {
           image-legacy-raw = image grub {
             partitionTableType = "legacy";
             format = "raw";
           };
+        }
+        // {
           image-efi-qcow2 = image systemd-boot {
             partitionTableType = "efi";
             format = "qcow2";
             touchEFIVars = true;
           };
+          # No boot loader is installed; GRUB is only the configuration's.
           image-nix-store = image grub {
             onlyNixStore = true;
             installBootLoader = false;
@@ -67,6 +71,21 @@
       # Same arguments as nixpkgs' nixos/lib/make-disk-image.nix:
       #   makeDiskImage { inherit pkgs lib; config = nixosConfiguration.config; format = "qcow2"; }
       lib.makeDiskImage = import ./default.nix;
+
+      # pkgs.makeDiskImage (the same arguments but pkgs and lib, which are the overlaid
+      # set's) and the engine as pkgs.make-disk-image.
+      overlays.default = final: prev: {
+        make-disk-image = final.callPackage ./nix/package.nix { };
+        makeDiskImage = args: import ./default.nix ({ pkgs = final; inherit (final) lib; } // args);
+      };
+
+      # makeDiskImage's arguments as options `makeDiskImage.*`, the image as
+      # config.system.build.diskImage (and the image variant `make-disk-image` where
+      # nixpkgs has image.modules). See nix/module.nix.
+      nixosModules.default = {
+        _file = ./nix/module.nix;
+        imports = [ ./nix/module.nix ];
+      };
 
       packages = forAllSystems (pkgs: {
         default = pkgs.callPackage ./nix/package.nix { };

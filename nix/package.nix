@@ -11,26 +11,45 @@
   qemu-utils,
 }:
 let
-  # The whole checkout (the unit tests read files beside the package, e.g.
-  # nixos-tests/), without caches and build results.
-  wanted =
-    path: type:
-    !(builtins.elem (baseNameOf path) [
-      "__pycache__"
-      ".pytest_cache"
-      ".mypy_cache"
-      ".ruff_cache"
-    ]);
+  root = ../.;
   # The unit test modules that can run in a build sandbox: the others build store
-  # paths with nix-build (testsys/), boot VMs, or read the host's kernel, which a
-  # sandboxed build cannot do. Those run in the flake's image checks and in CI.
-  sandboxTestModules = builtins.filter (path: builtins.pathExists (../. + "/${path}")) [
+  # paths with nix-build (testsys/), boot VMs, read the host's kernel or need Nix
+  # itself (test_nixos_tests_parse.py), which a sandboxed build cannot do. Those run in
+  # the flake's image checks and in CI.
+  sandboxTestModules = builtins.filter (path: builtins.pathExists (root + "/${path}")) [
     "tests/test_spec.py"
     "tests/test_layouts.py"
     "tests/test_staging.py"
     "tests/test_utils.py"
-    "tests/test_nixos_tests_parse.py"
   ];
+  # Only what the package is built and checked from, so that a change elsewhere (docs,
+  # other tests, Nix files) leaves the engine's store path, and every image built with
+  # it, as it was. conftest.py imports testsys.system.
+  files = [
+    "setup.cfg"
+    "pyproject.toml"
+    "tests/conftest.py"
+    "testsys/__init__.py"
+    "testsys/system.py"
+  ]
+  ++ sandboxTestModules;
+  trees = [ "make_disk_image" ];
+  parents = [
+    "tests"
+    "testsys"
+  ];
+  wanted =
+    path: type:
+    let
+      relative = lib.removePrefix "${toString root}/" (toString path);
+      inTree = lib.any (tree: relative == tree || lib.hasPrefix "${tree}/" relative) trees;
+    in
+    baseNameOf path != "__pycache__"
+    && (
+      inTree
+      || builtins.elem relative files
+      || (type == "directory" && builtins.elem relative parents)
+    );
 in
 python3Packages.buildPythonApplication {
   pname = "make-disk-image";
@@ -41,7 +60,7 @@ python3Packages.buildPythonApplication {
   pyproject = true;
 
   src = lib.cleanSourceWith {
-    src = lib.cleanSource ../.;
+    src = lib.cleanSource root;
     filter = wanted;
     name = "make-disk-image-source";
   };

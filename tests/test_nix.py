@@ -47,7 +47,11 @@ let
   standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
   config = (standIn.lib.nixosSystem {
     system = builtins.currentSystem;
-    modules = [ (builtins.fromJSON configModule) ];
+    modules = [
+      # What every NixOS configuration must have (nixpkgs asserts it).
+      { fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; }; }
+      (builtins.fromJSON configModule)
+    ];
   }).config;
   args = builtins.fromJSON imageArgs;
   converted = {
@@ -135,7 +139,8 @@ def nix_build_image(
             json.dumps(image_args),
             "--argstr",
             "configModule",
-            json.dumps(config_module or {}),
+            # GRUB without devices is an error in NixOS: no boot loader by default.
+            json.dumps(NO_GRUB if config_module is None else config_module),
             "--out-link",
             str(tmp_path / "result"),
         ]
@@ -237,11 +242,12 @@ def contents_file(tmp_path: Path) -> Path:
     return source
 
 
-# Config modules of the stand-in NixOS (nixos/default.nix there): grub on a device the
-# guest must link to /dev/vda, and a user the guest must chown contents to.
+# Config modules of the stand-in NixOS (NixOS options, evaluated by lib.evalModules):
+# grub on a device the guest must link to /dev/vda, and a user the guest must chown
+# contents to.
 GRUB_SDA = {
     "boot": {"loader": {"grub": {"enable": True, "devices": ["/dev/sda"]}}},
-    "users": {"users": {"alice": {"uid": 1000, "group": "users", "home": "/home/alice"}}},
+    "users": {"users": {"alice": {"isNormalUser": True, "uid": 1000}}},
 }
 NO_GRUB = {"boot": {"loader": {"grub": {"enable": False}}}}
 LIMINE_SDB = {
@@ -467,6 +473,9 @@ def test_flake_build_package_and_check(checkout: Path) -> None:
     assert {"package", "image-legacy-raw", "image-efi-qcow2", "image-nix-store"} <= set(checks)
     assert set(shown["checks"]) == {"x86_64-linux", "aarch64-linux"}
     assert "formatter" in shown and "lib" in shown
+    assert set(shown["overlays"]) == {"default"} and set(shown["nixosModules"]) == {"default"}
+    # nixpkgs' GRUB has no BIOS target on aarch64.
+    assert "image-legacy-raw" not in shown["checks"]["aarch64-linux"]
 
     proc = run(["nix", "flake", "check", "-L", str(checkout)] + override, cwd=checkout)
     assert proc.returncode == 0, proc.stderr[-6000:]

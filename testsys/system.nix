@@ -92,6 +92,9 @@ let
     canTouchEfiVariables = if cfg.bootLoader.canTouchEfiVariables then "1" else "";
     efiSysMountPoint = cfg.bootLoader.efiSysMountPoint;
     xbootldrMountPoint = cfg.bootLoader.xbootldrMountPoint;
+    bootctlSystemd = toString cfg.bootLoader.bootctlSystemd;
+    detectVirt = if cfg.bootLoader.detectVirt then "${hostTools}/bin/systemd-detect-virt" else "";
+    bootctlScript = script "bootctl-touch-variables.sh";
     activateScript = script "activate.sh";
     initScript = script "stage-2-init.sh";
     switchScript = script "switch-to-configuration.sh";
@@ -112,9 +115,12 @@ let
         -e "s|@systemdBootEnable@|$systemdBootEnable|g" \
         -e "s|@canTouchEfiVariables@|$canTouchEfiVariables|g" \
         -e "s|@efiSysMountPoint@|$efiSysMountPoint|g" \
-        -e "s|@xbootldrMountPoint@|$xbootldrMountPoint|g" "$1" > "$2"
+        -e "s|@xbootldrMountPoint@|$xbootldrMountPoint|g" \
+        -e "s|@bootctlSystemd@|$bootctlSystemd|g" -e "s|@detectVirt@|$detectVirt|g" "$1" > "$2"
       chmod 0555 "$2"
     }
+    mkdir -p $out/libexec
+    subst $bootctlScript $out/libexec/bootctl-touch-variables
     subst $activateScript $out/activate
     subst $initScript $out/init
     subst $switchScript $out/bin/switch-to-configuration

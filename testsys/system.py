@@ -86,6 +86,16 @@ class BootLoader:
     can_touch_efi_variables: bool = False
     efi_sys_mount_point: str = "/boot"
     xbootldr_mount_point: str | None = None
+    # The systemd whose `bootctl install` switch-to-configuration follows for EFI
+    # variables: below 257 it writes them (Debian 12 has 252); from 257 on it skips
+    # them in a container, which includes nixos-enter's PID namespace.
+    bootctl_systemd: int = 252
+
+
+def host_systemd_version() -> int:
+    """The major version of the host's systemd (`systemd-detect-virt --version`)."""
+    out = process.run(["systemd-detect-virt", "--version"], step=STEP).stdout.decode()
+    return int(out.split()[1])
 
 
 def boot_loader_for(
@@ -204,10 +214,14 @@ def build_test_system(
     """Build the test system with Nix and its closureInfo; GC roots go in `work_dir`."""
     kernel_image, kernel_version = vm.host_kernel()
     work_dir.mkdir(parents=True, exist_ok=True)
+    # systemd >= 257 bootctl semantics: the host's own systemd-detect-virt decides when
+    # it is that new (the same detect_container()), the script's copy of it otherwise.
+    detect_virt = boot_loader.bootctl_systemd >= 257 and host_systemd_version() >= 257
+    host_programs = [*HOST_PROGRAMS, *(["/usr/bin/systemd-detect-virt"] if detect_virt else [])]
     config: Mapping[str, Any] = {
         "scriptsDir": str(PACKAGE_DIR / "scripts"),
         "busybox": str(Path("/bin/busybox").resolve()),
-        "hostPrograms": list(HOST_PROGRAMS),
+        "hostPrograms": host_programs,
         "grubModules": GRUB_MODULES_DIR,
         "systemdBootEfi": SYSTEMD_BOOT_EFI,
         "kernelImage": str(kernel_image),
@@ -226,6 +240,8 @@ def build_test_system(
             "canTouchEfiVariables": boot_loader.can_touch_efi_variables,
             "efiSysMountPoint": boot_loader.efi_sys_mount_point,
             "xbootldrMountPoint": boot_loader.xbootldr_mount_point or "",
+            "bootctlSystemd": boot_loader.bootctl_systemd,
+            "detectVirt": detect_virt,
         },
     }
     config_file = work_dir / "testsys-config.json"

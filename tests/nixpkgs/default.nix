@@ -6,4 +6,4 @@
   overlays ? [ ],
   ...
 }:
-import ./pkgs.nix { inherit system; }
+import ./pkgs.nix { inherit system overlays; }

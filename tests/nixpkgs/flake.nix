@@ -1,27 +1,44 @@
 {
   # A nixpkgs-shaped flake for testing the project's flake offline:
-  #   nix flake check --override-input nixpkgs 'path:REPO?dir=tests/nixpkgs'
+  #   nix flake check --override-input nixpkgs 'git+file://REPO?dir=tests/nixpkgs'
   # (loaded from the whole checkout: vmTools uses REPO/make_disk_image/vm.py).
   description = "Offline nixpkgs stand-in (tests only)";
 
   outputs =
     { self }:
     let
-      lib = import ./lib.nix;
-      legacyPackages = lib.genAttrs lib.systems.flakeExposed (system: import ./pkgs.nix { inherit system; });
+      # nixpkgs' own lib, unmodified (lib/SOURCE.md).
+      lib0 = import ./lib;
+      legacyPackages = lib0.genAttrs lib0.systems.flakeExposed (
+        system: import ./pkgs.nix { inherit system; }
+      );
     in
     {
-      lib = lib // {
-        nixosSystem =
-          {
-            system ? "x86_64-linux",
-            ...
-          }@args:
-          import ./nixos {
-            pkgs = legacyPackages.${args.pkgs.system or system};
-            inherit lib;
-          } (removeAttrs args [ "system" ]);
-      };
+      # As nixpkgs' flake: lib extended with nixosSystem, which is eval-config.nix with
+      # `system = null` (the system comes from the modules, nixpkgs.hostPlatform or
+      # nixpkgs.system, unless the caller passes one) and a version suffix module.
+      lib = lib0.extend (
+        final: prev: {
+          nixosSystem =
+            args:
+            import ./nixos/lib/eval-config.nix (
+              {
+                lib = final;
+                system = null;
+              }
+              // args
+              // {
+                modules = args.modules ++ [
+                  {
+                    system.nixos.versionSuffix = ".${
+                      final.substring 0 8 (self.lastModifiedDate or "19700101")
+                    }.${self.shortRev or "dirty"}";
+                  }
+                ];
+              }
+            );
+        }
+      );
       inherit legacyPackages;
     };
 }

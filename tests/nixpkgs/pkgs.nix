@@ -3,9 +3,12 @@
 # Tool packages are links to Debian's binaries (see build-support/debian-package.sh).
 {
   system ? builtins.currentSystem,
+  # nixpkgs' overlays: each `final: prev: { ... }` is applied in order over the set.
+  overlays ? [ ],
 }:
 let
-  lib = import ./lib.nix;
+  # nixpkgs' own lib (vendored unmodified in ./lib, see lib/SOURCE.md).
+  lib = import ./lib;
   inherit (lib) optionalString;
 
   storeDir = builtins.storeDir;
@@ -153,12 +156,8 @@ let
     initialPath = stdenvInitialPath;
     shell = "${bash}/bin/bash";
     isLinux = true;
-    hostPlatform = {
-      inherit system;
-      isLinux = true;
-      isx86_64 = system == "x86_64-linux";
-      isAarch64 = system == "aarch64-linux";
-    };
+    # nixpkgs' platform description (isx86, isAarch64, efiArch, ...), from its lib.
+    hostPlatform = lib.systems.elaborate system;
     buildPlatform = stdenv.hostPlatform;
     outPath = stdenvSetup.outPath;
   };
@@ -505,9 +504,9 @@ let
     let
       f = if builtins.isFunction fn then fn else import fn;
       wanted = builtins.functionArgs f;
-      available = lib.filterAttrs (name: _: builtins.hasAttr name pkgs) wanted;
+      available = lib.filterAttrs (name: _: builtins.hasAttr name final) wanted;
     in
-    f ((builtins.mapAttrs (name: _: pkgs.${name}) available) // overrides);
+    f ((builtins.mapAttrs (name: _: final.${name}) available) // overrides);
 
   pkgs = {
     inherit
@@ -559,7 +558,13 @@ let
     systemd = systemdMinimal;
     python3Minimal = python3;
     path = ./.;
-    pkgs = pkgs;
+    pkgs = final;
+    # What lib.types.pkgs (the type of NixOS' nixpkgs.pkgs) checks for.
+    _type = "pkgs";
   };
+
+  # The overlays, as nixpkgs applies them: each sees the final set and the one before.
+  # (Unlike nixpkgs, the stand-in's own packages do not see what an overlay replaces.)
+  final = builtins.foldl' (prev: overlay: prev // overlay final prev) pkgs overlays;
 in
-pkgs
+final

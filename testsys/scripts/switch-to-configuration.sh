@@ -6,7 +6,8 @@
 # entry per system generation, kernels copied to /boot/kernels) and systemd-boot for
 # UEFI (the EFI binary on the ESP, loader entries and kernels on the XBOOTLDR
 # partition when there is one, else on the ESP, and with canTouchEfiVariables a
-# Boot#### variable written through efivarfs). NIXOS_INSTALL_BOOTLOADER=1 forces the
+# Boot#### variable written through efivarfs, unless the bootctl it follows is
+# systemd >= 257's and finds itself in a container: libexec/bootctl-touch-variables). NIXOS_INSTALL_BOOTLOADER=1 forces the
 # boot loader binaries to be (re)installed, as with NixOS.
 #
 # Everything it runs comes from the system's own closure (busybox, and Debian's
@@ -19,6 +20,8 @@ systemdBootEnable="@systemdBootEnable@"
 canTouchEfiVariables="@canTouchEfiVariables@"
 efiSysMountPoint="@efiSysMountPoint@"
 xbootldrMountPoint="@xbootldrMountPoint@"
+# The systemd version whose bootctl this follows for EFI variables (see above).
+bootctlSystemd="@bootctlSystemd@"
 profiles=/nix/var/nix/profiles
 efiGlobal=8be4df61-93ca-11d2-aa0d-00e098032b8c
 
@@ -200,7 +203,10 @@ install_systemd_boot() {
         mkdir -p "$esp/EFI/systemd" "$esp/EFI/BOOT"
         cp @systemdBoot@ "$esp/EFI/systemd/systemd-bootx64.efi"
         cp @systemdBoot@ "$esp/EFI/BOOT/BOOTX64.EFI"
-        if [ -n "$canTouchEfiVariables" ]; then
+        # As NixOS' builder runs `bootctl install`: systemd >= 257's bootctl decides
+        # against EFI variables in a container, nixos-enter's PID namespace included.
+        if [ -n "$canTouchEfiVariables" ] &&
+            { [ "$bootctlSystemd" -lt 257 ] || @out@/libexec/bootctl-touch-variables; }; then
             register_efi_boot_entry "$esp"
         fi
     fi

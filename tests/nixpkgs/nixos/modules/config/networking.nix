@@ -1,0 +1,9 @@
+# networking.hostName, as nixpkgs' nixos/modules/tasks/network-interfaces.nix declares it.
+{ lib, ... }:
+{
+  options.networking.hostName = lib.mkOption {
+    default = "nixos";
+    type = lib.types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$";
+    description = "The name of the machine.";
+  };
+}
