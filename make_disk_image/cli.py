@@ -8,11 +8,15 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from make_disk_image.finish import finish
 from make_disk_image.guest import guest
@@ -166,18 +170,70 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Interrupted(BaseException):
+    """A termination signal arrived. Like KeyboardInterrupt, no `except Exception` stops
+    it, so every phase's cleanup (`except BaseException`, `finally`) still runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM and SIGHUP (what Nix, systemd or a closed terminal send) raise Interrupted.
+
+    A second signal during the cleanup gets the default action and ends the process.
+    """
+    handled = (signal.SIGTERM, signal.SIGHUP)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in handled:
+            signal.signal(sig, signal.SIG_DFL)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception no step turned into a message of its own."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"internal error, please report it: {type(exc).__name__}: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure ends in one `error:` line on stderr, no traceback.
+
+    Exit status 2 for a bad spec, 1 for any other failure (also a termination signal,
+    after the phase removed what it had written). MDI_DEBUG=1 also prints the traceback.
+    """
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="make-disk-image: %(message)s",
         stream=sys.stderr,
     )
+    status = 1
     try:
-        return int(args.func(args))
+        with signals_as_exceptions():
+            return int(args.func(args))
     except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        message, status = str(exc), 2
     except StepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        message = str(exc)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        name = exc.args[0] if isinstance(exc, Interrupted) else "SIGINT"
+        message = f"{args.command}: interrupted by {name}; what it had written is removed"
+    except Exception as exc:  # noqa: BLE001 - turned into one line below
+        message = f"{args.command}: {_describe(exc)}"
+    if os.environ.get("MDI_DEBUG") == "1":
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return status

@@ -16,6 +16,7 @@ from make_disk_image.models import MIB, DiskPlan, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import auto_disk_size
 from make_disk_image.staging import Tree, build_tree, check_sources
+from make_disk_image.utils import allocate_file
 
 logger = logging.getLogger("make_disk_image")
 
@@ -125,9 +126,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> DiskPlan:
                 kept_db = keep_db_files(db_files, handoff.parent)
             plan = compute_plan(spec, tree)
             log_auto_size(plan)
-            partial.unlink(missing_ok=True)
-            with partial.open("wb") as fh:
-                fh.truncate(plan.disk_size)
+            allocate_file(partial, plan.disk_size, step="disk image")
             write_partition_table(partial, plan)
             rootfs.make_root_filesystem(
                 partial, plan, tree.ordered(), deterministic=spec.deterministic

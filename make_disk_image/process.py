@@ -31,7 +31,9 @@ class CommandError(StepError):
         self.returncode = returncode
         self.stderr = stderr
         detail = stderr.strip()
-        tail = "\n".join(detail.splitlines()[-20:])
+        # Indented, so that the command's own "error: ..." lines are not taken for the
+        # engine's one `error:` line.
+        tail = "\n".join("  " + line for line in detail.splitlines()[-20:])
         super().__init__(
             step,
             f"command failed (exit {returncode}): {shlex.join(self.argv)}"

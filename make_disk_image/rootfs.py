@@ -69,7 +69,9 @@ def make_root_filesystem(
             process.run(argv, step=STEP, env=env, stdin=stdin)
     except CommandError as exc:
         feeder.join(timeout=60)
-        if "Could not allocate" in exc.stderr or "No space left" in exc.stderr:
+        # "Could not allocate block/inode" is the image's filesystem running out; "No
+        # space left on device" is the build directory's, which a larger image won't fix.
+        if "Could not allocate" in exc.stderr:
             raise StepError(
                 STEP,
                 f"the root filesystem ({plan.root_size // (1024 * 1024)} MiB) is too small "
