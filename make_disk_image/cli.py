@@ -203,9 +203,23 @@ def signals_as_exceptions() -> Iterator[None]:
 def _describe(exc: BaseException) -> str:
     """One line for an exception no step turned into a message of its own."""
     if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
+        # A copy's error names the source in `filename` and the destination in `filename2`.
+        names = [str(n) for n in (exc.filename, exc.filename2) if n]
+        where = f" ({' -> '.join(names)})" if names else ""
         return f"{exc.strerror}{where}"
     return f"internal error, please report it: {type(exc).__name__}: {exc}"
+
+
+def _failure(command: str, exc: BaseException) -> tuple[int, str]:
+    """Exit status and message for a failed command."""
+    if isinstance(exc, SpecError):
+        return 2, str(exc)
+    if isinstance(exc, StepError):
+        return 1, str(exc)
+    if isinstance(exc, Interrupted | KeyboardInterrupt):
+        name = exc.args[0] if isinstance(exc, Interrupted) else "SIGINT"
+        return 1, f"{command}: interrupted by {name}; what it had written is removed"
+    return 1, f"{command}: {_describe(exc)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,20 +234,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="make-disk-image: %(message)s",
         stream=sys.stderr,
     )
-    status = 1
     try:
         with signals_as_exceptions():
             return int(args.func(args))
-    except SpecError as exc:
-        message, status = str(exc), 2
-    except StepError as exc:
-        message = str(exc)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        name = exc.args[0] if isinstance(exc, Interrupted) else "SIGINT"
-        message = f"{args.command}: interrupted by {name}; what it had written is removed"
-    except Exception as exc:  # noqa: BLE001 - turned into one line below
-        message = f"{args.command}: {_describe(exc)}"
-    if os.environ.get("MDI_DEBUG") == "1":
-        traceback.print_exc()
-    print(f"error: {message}", file=sys.stderr)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
+        status, message = _failure(args.command, exc)
+        if os.environ.get("MDI_DEBUG") == "1":
+            traceback.print_exception(exc)
+    # What follows the first line (a command's stderr, the VM's console) is indented, so
+    # that a quoted "error: ..." line is not taken for this one.
+    print("error: " + message.replace("\n", "\n  "), file=sys.stderr)
     return status

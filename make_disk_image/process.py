@@ -31,9 +31,7 @@ class CommandError(StepError):
         self.returncode = returncode
         self.stderr = stderr
         detail = stderr.strip()
-        # Indented, so that the command's own "error: ..." lines are not taken for the
-        # engine's one `error:` line.
-        tail = "\n".join("  " + line for line in detail.splitlines()[-20:])
+        tail = "\n".join(detail.splitlines()[-20:])
         super().__init__(
             step,
             f"command failed (exit {returncode}): {shlex.join(self.argv)}"

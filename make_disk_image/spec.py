@@ -103,6 +103,9 @@ def load_spec(path: Path) -> Spec:
         raw = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise SpecError("SPEC.json", f"{path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise SpecError("SPEC.json", f"cannot read {path}: {reason}") from exc
     except json.JSONDecodeError as exc:
         raise SpecError("SPEC.json", f"{path} is not valid JSON: {exc}") from exc
     return parse_spec(raw)
