@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -186,6 +187,9 @@ def signals_as_exceptions() -> Iterator[None]:
     A second signal during the cleanup gets the default action and ends the process.
     """
     handled = (signal.SIGTERM, signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (main() called from a thread)
+        return
 
     def handler(signum: int, frame: FrameType | None) -> None:
         for sig in handled:
