@@ -7,11 +7,16 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from make_disk_image.finish import finish
 from make_disk_image.guest import guest
@@ -173,7 +178,67 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Interrupted(BaseException):
+    """A termination signal arrived. Like KeyboardInterrupt, no `except Exception` stops
+    it, so every phase's cleanup (`except BaseException`, `finally`) still runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """SIGTERM and SIGHUP (what Nix, systemd or a closed terminal send) raise Interrupted.
+
+    A second signal during the cleanup gets the default action and ends the process.
+    """
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (main() called from a thread)
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in handled:
+            signal.signal(sig, signal.SIG_DFL)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception no step turned into a message of its own."""
+    if isinstance(exc, OSError) and exc.strerror:
+        # A copy's error names the source in `filename` and the destination in `filename2`.
+        names = [str(n) for n in (exc.filename, exc.filename2) if n]
+        where = f" ({' -> '.join(names)})" if names else ""
+        return f"{exc.strerror}{where}"
+    return f"internal error, please report it: {type(exc).__name__}: {exc}"
+
+
+def _failure(command: str, exc: BaseException) -> tuple[int, str]:
+    """Exit status and message for a failed command."""
+    if isinstance(exc, SpecError):
+        return 2, str(exc)
+    if isinstance(exc, StepError):
+        return 1, str(exc)
+    if isinstance(exc, Interrupted | KeyboardInterrupt):
+        name = exc.args[0] if isinstance(exc, Interrupted) else "SIGINT"
+        return 1, f"{command}: interrupted by {name}; what it had written is removed"
+    return 1, f"{command}: {_describe(exc)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure ends in one `error:` line on stderr, no traceback.
+
+    Exit status 2 for a bad spec, 1 for any other failure (also a termination signal,
+    after the phase removed what it had written). MDI_DEBUG=1 also prints the traceback.
+    """
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -181,10 +246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return int(args.func(args))
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        with signals_as_exceptions():
+            return int(args.func(args))
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
+        status, message = _failure(args.command, exc)
+        if os.environ.get("MDI_DEBUG") == "1":
+            traceback.print_exception(exc)
+    # What follows the first line (a command's stderr, the VM's console) is indented, so
+    # that a quoted "error: ..." line is not taken for this one.
+    print("error: " + message.replace("\n", "\n  "), file=sys.stderr)
+    return status

@@ -23,6 +23,7 @@ from make_disk_image.models import DiskPlan, Entry, Format, GuestRecord, Handoff
 from make_disk_image.prepare import STORE_PREFIX, VM_DISK, stage
 from make_disk_image.process import StepError
 from make_disk_image.staging import Tree, check_sources
+from make_disk_image.utils import allocate_file
 
 logger = logging.getLogger("make_disk_image")
 
@@ -147,7 +148,7 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
     entries = final_entries(tree, record)
     logger.info("finish: %d entries (%d from the guest's record) in %.1f s", len(entries),
                 len(record.entries), time.monotonic() - started)
-    dest.write_bytes(b"")
+    allocate_file(dest, plan.disk_size, step=STEP)
     fat_parts = [p for p in plan.partitions if p.filesystem == "vfat"]
     fat.make_all(dest, fat_parts, handoff.fat_volume_ids, deterministic=spec.deterministic,
                  disk_size=plan.disk_size)

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from make_disk_image import process
+from make_disk_image import efiboot, process
 from make_disk_image.changes import record_changes
 from make_disk_image.handoff import write_record
 from make_disk_image.models import GuestRecord, Handoff, PlannedPartition, Spec
@@ -138,6 +138,11 @@ def guest(spec: Spec, handoff: Handoff, xchg: Path, *, dev_root: Path = Path("/d
                 env={"NIXOS_INSTALL_BOOTLOADER": "1", "HOME": os.environ.get("TMPDIR", "/tmp")},
             )
             seconds["bootloader"] = time.monotonic() - mark
+            esp = next((p for p in plan.partitions if p.role == "esp"), None)
+            if spec.touchEFIVars and esp is not None:
+                # systemd >= 257's bootctl skips EFI variables inside nixos-enter's PID
+                # namespace: make sure the firmware gets its boot entry all the same.
+                efiboot.ensure_boot_entry(mount_point(esp), esp, dev_root / DISK)
         for entry in spec.contents:
             if entry.needs_guest_chown:
                 assert entry.user is not None and entry.group is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import posixpath
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,11 @@ class ContentEntry:
     def needs_guest_chown(self) -> bool:
         # Names resolve only against the image's own passwd/group, inside the guest.
         return self.user is not None and self.numeric_owner is None
+
+    @property
+    def image_path(self) -> str:
+        """`target` relative to the image's root, normalised ("/a//b/" and "a/./b" are "a/b")."""
+        return posixpath.normpath("/" + self.target).lstrip("/")
 
     @property
     def is_glob(self) -> bool:

@@ -25,7 +25,7 @@ def make_db(closure_info: Path, work: Path, *, registration_time: int | None) ->
     if not registration.is_file():
         raise StepError(
             STEP,
-            f"closureInfo {closure_info} has no registration file; pass the "
+            f"closureInfo: {closure_info} has no registration file; pass the "
             "output of pkgs.closureInfo",
         )
     store_root = work / "nix-db-root"
@@ -33,7 +33,8 @@ def make_db(closure_info: Path, work: Path, *, registration_time: int | None) ->
     with registration.open("rb") as reg:
         process.run(
             ["nix-store", "--store", store_root, "--load-db"],
-            step=STEP,
+            # A registration that does not load is closureInfo's fault: name it.
+            step=f"{STEP} from closureInfo {registration}",
             stdin=reg,
             env={"HOME": str(work), "NIX_REMOTE": ""},
         )

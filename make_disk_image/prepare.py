@@ -24,6 +24,7 @@ from make_disk_image.models import MIB, DiskPlan, Entry, Handoff, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import auto_disk_size
 from make_disk_image.staging import Tree, build_tree, check_sources
+from make_disk_image.utils import allocate_file
 
 logger = logging.getLogger("make_disk_image")
 
@@ -174,7 +175,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
         logger.info("prepare: staged %d entries in %.1f s", len(tree.entries),
                     time.monotonic() - started)
         partial.unlink(missing_ok=True)
-        partial.touch()
+        allocate_file(partial, plan.disk_size, step="disk image")
         fat_parts = [p for p in plan.partitions if p.filesystem == "vfat"] if mounts else []
         # FAT first, while the file ends where each partition ends (fat.make_all).
         fat.make_all(partial, fat_parts, handoff.fat_volume_ids, deterministic=True,

@@ -100,7 +100,9 @@ def make_root_filesystem(
             process.run(argv, step=step, env=env, stdin=stdin)
     except CommandError as exc:
         feeder.join(timeout=60)
-        if "Could not allocate" in exc.stderr or "No space left" in exc.stderr:
+        # "Could not allocate block/inode" is the image's filesystem running out; "No
+        # space left on device" is the build directory's, which a larger image won't fix.
+        if "Could not allocate" in exc.stderr:
             raise StepError(
                 step,
                 f"the root filesystem ({plan.root_size // MIB} MiB) is too small "

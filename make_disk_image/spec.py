@@ -10,7 +10,7 @@ from typing import Any
 
 from make_disk_image.layouts import LAYOUTS
 from make_disk_image.models import MIB, ContentEntry, Format, Spec
-from make_disk_image.utils import parse_iec, round_up_one_unit
+from make_disk_image.utils import MAX_SIZE, parse_iec, round_up_one_unit
 
 
 class SpecError(ValueError):
@@ -25,6 +25,8 @@ GUID_RE = re.compile(
     r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 )
 MODE_RE = re.compile(r"^[0-7]{3,4}$")
+# What Nix accepts as a derivation name (the store path name): `name` becomes one.
+NIX_NAME_RE = re.compile(r"^[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}$")
 EXT_FAMILY = ("ext2", "ext3", "ext4")
 EFI_VAR_LAYOUTS = ("hybrid", "efi", "efixbootldr", "legacy+gpt")
 
@@ -91,6 +93,8 @@ FIELDS: Mapping[str, tuple[_Check, str]] = {
     "limineBiosDevice": (_is_opt_str, "a device path or null"),
 }
 REQUIRED = ("toplevel", "closureInfo")
+PATH_KEYS = ("toplevel", "closureInfo", "channelSources", "configFile", "efiFirmware",
+             "efiVariables")
 CONTENT_KEYS = ("source", "target", "mode", "user", "group")
 
 
@@ -99,6 +103,9 @@ def load_spec(path: Path) -> Spec:
         raw = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise SpecError("SPEC.json", f"{path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise SpecError("SPEC.json", f"cannot read {path}: {reason}") from exc
     except json.JSONDecodeError as exc:
         raise SpecError("SPEC.json", f"{path} is not valid JSON: {exc}") from exc
     return parse_spec(raw)
@@ -137,13 +144,17 @@ def _parse_contents(value: list[Any]) -> tuple[ContentEntry, ...]:
             )
         target = item["target"]
         if ".." in Path(target).parts:
-            raise SpecError(f"{where}.target", f"{target} must not contain '..'")
+            raise SpecError(
+                f"{where}.target",
+                f"{target} must not contain '..' (it would leave the image's root); "
+                "write the path from the image's /",
+            )
         entries.append(ContentEntry(item["source"], target, mode, user, group))
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         if entry.is_glob:
             continue  # the reference lets globs merge into a directory
-        key = entry.target.strip("/")
+        key = entry.image_path
         if key in seen:
             raise SpecError(
                 f"contents[{i}].target",
@@ -154,9 +165,29 @@ def _parse_contents(value: list[Any]) -> tuple[ContentEntry, ...]:
     return tuple(entries)
 
 
+def _find_nul(value: Any, where: str) -> str | None:
+    """The first place in `value` where a string holds NUL (no path or name can)."""
+    if isinstance(value, str):
+        return where if "\0" in value else None
+    if isinstance(value, list):
+        items: Any = enumerate(value)
+    elif isinstance(value, dict):
+        items = value.items()
+    else:
+        return None
+    for key, item in items:
+        found = _find_nul(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}")
+        if found:
+            return found
+    return None
+
+
 def parse_spec(raw: Any) -> Spec:
     if not isinstance(raw, dict):
         raise SpecError("SPEC.json", "must be a JSON object of makeDiskImage arguments")
+    nul = _find_nul(raw, "")
+    if nul:
+        raise SpecError(nul.lstrip("."), "contains a NUL character, which no path or name can hold")
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
         raise SpecError(
@@ -170,6 +201,10 @@ def parse_spec(raw: Any) -> Spec:
     for key in REQUIRED:
         if key not in raw:
             raise SpecError(key, "is required (the driver computes it from config)")
+
+    for key in PATH_KEYS:
+        if raw.get(key) == "":
+            raise SpecError(key, "is an empty string; give a path (or null where allowed)")
 
     kw: dict[str, Any] = {k: v for k, v in raw.items() if k in FIELDS}
 
@@ -191,8 +226,15 @@ def parse_spec(raw: Any) -> Spec:
 
     disk_size = kw.pop("diskSize", "auto")
     kw["diskSize"] = None if disk_size == "auto" else int(disk_size)
-    if kw["diskSize"] is not None and kw["diskSize"] <= 0:
-        raise SpecError("diskSize", f'{disk_size} MiB must be positive (or "auto")')
+    if kw["diskSize"] is not None:
+        if kw["diskSize"] <= 0:
+            raise SpecError("diskSize", f'{disk_size} MiB must be positive (or "auto")')
+        if kw["diskSize"] * MIB > MAX_SIZE:
+            raise SpecError(
+                "diskSize",
+                f"{disk_size} MiB is more than the 1E (2^60 bytes) an ext4 filesystem or a "
+                'disk image can be; give a smaller number of MiB or "auto"',
+            )
 
     for key in ("additionalSpace", "bootSize"):
         if key in kw:
@@ -271,12 +313,34 @@ def parse_spec(raw: Any) -> Spec:
         )
 
     base = kw.get("baseName", "nixos")
-    if not base or "/" in base:
-        raise SpecError("baseName", f'"{base}" must be a file name without "/"')
+    if not base or "/" in base or any(ord(c) < 0x20 for c in base):
+        raise SpecError(
+            "baseName",
+            f"{json.dumps(base)} must be a file name in $out: not empty, without \"/\" "
+            "or control characters (e.g. \"nixos\")",
+        )
+    name = kw.get("name", Spec.name)
+    if not NIX_NAME_RE.match(name):
+        raise SpecError(
+            "name",
+            f"{json.dumps(name)} is not a derivation name Nix accepts: 1 to 211 of "
+            "A-Z a-z 0-9 + - . _ ? =, not starting with \".\" (e.g. \"nixos-disk-image\")",
+        )
     if kw.get("memSize", 1024) < 256:
         raise SpecError(
             "memSize", f"{kw['memSize']} MiB is too little for the build VM; use at least 256"
         )
+    if kw.get("memSize", 1024) * MIB > MAX_SIZE:
+        raise SpecError(
+            "memSize", f"{kw['memSize']} MiB is more memory than qemu can give a VM; "
+            "the default 1024 is enough for most images"
+        )
+    for key in ("grubDevices", "additionalPaths"):
+        for i, item in enumerate(kw.get(key, ())):
+            if not item:
+                raise SpecError(f"{key}[{i}]", "is an empty string; remove it or name a path")
+    if kw.get("limineBiosDevice") == "":
+        raise SpecError("limineBiosDevice", "is an empty string; use null or a device path")
 
     _check_boot_size(ptt, kw.get("bootSize", Spec.bootSize))
     return Spec(**kw)

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from make_disk_image.models import Entry, Spec
+from make_disk_image.models import Entry, Kind, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import TreeUsage
 
@@ -24,6 +24,10 @@ STEP = "staging"
 # to SOURCE_DATE_EPOCH when deterministic).
 STORE_MTIME = 1
 PROFILES = "nix/var/nix/profiles"
+SYSTEM_FIX = (
+    "the store and the Nix database are made from closureInfo, so choose a target "
+    "outside /nix/store and /nix/var/nix"
+)
 
 
 class Tree:
@@ -31,9 +35,28 @@ class Tree:
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {"": Entry("", "dir", 0o755)}
+        # Which `contents` element placed a path ("contents[3]"), for messages, and what
+        # is being added now: a contents element, or what the system needs (a store path,
+        # the Nix database), which no contents element may take the place of.
+        self.placed_by: dict[str, str] = {}
+        self.adding: str | None = None
+        self.adding_system = False
 
     def __contains__(self, path: str) -> bool:
         return path.strip("/") in self.entries
+
+    def _claim(self, path: str, existing: Entry | None, new_kind: Kind) -> None:
+        """Record who places `path`; refuse a system path that `contents` already took."""
+        owner = self.placed_by.get(path)
+        both_dirs = existing is not None and existing.kind == new_kind == "dir"
+        if owner is not None and self.adding_system and existing is not None and not both_dirs:
+            raise StepError(
+                STEP,
+                f"{owner}.target: /{path} is also where the image needs {self.adding}; "
+                + SYSTEM_FIX,
+            )
+        if self.adding is not None and not self.adding_system:
+            self.placed_by[path] = self.adding
 
     def mkdir_p(self, path: str, mode: int = 0o755) -> None:
         parts = [p for p in path.strip("/").split("/") if p]
@@ -41,15 +64,22 @@ class Tree:
             sub = "/".join(parts[:i])
             existing = self.entries.get(sub)
             if existing is None:
+                self._claim(sub, None, "dir")
                 self.entries[sub] = Entry(sub, "dir", mode)
             elif existing.kind != "dir":
+                owner = self.placed_by.get(sub)
+                needed = f" for {self.adding}" if self.adding else ""
                 raise StepError(
-                    STEP, f"/{sub} is a {existing.kind} but /{path} needs it to be a directory"
+                    STEP,
+                    f"{(owner + '.target: ') if owner else ''}/{sub} is a {existing.kind}, "
+                    f"but /{path.strip('/')} needs it to be a directory{needed}; "
+                    + (SYSTEM_FIX if self.adding_system else "change one of the targets"),
                 )
 
     def add(self, entry: Entry) -> None:
         parent = entry.path.rsplit("/", 1)[0] if "/" in entry.path else ""
         self.mkdir_p(parent)
+        self._claim(entry.path, self.entries.get(entry.path), entry.kind)
         self.entries[entry.path] = entry
 
     def add_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
@@ -67,18 +97,45 @@ class Tree:
         given; names are resolved by the guest against the image's own users).
         """
         dest = dest.strip("/")
-        st = os.lstat(source)
+        try:
+            st = os.lstat(source)
+        except OSError as exc:
+            raise self._unreadable(source, exc) from exc
         uid, gid = owner
+        mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             self._merge_dir(source, dest, st, chmod, owner)
         elif stat.S_ISLNK(st.st_mode):
             link = os.readlink(source)
             self.add(Entry(dest, "symlink", 0o777, uid, gid, link=link, size=len(link.encode())))
         elif stat.S_ISREG(st.st_mode):
-            mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
+            # Checked now, not when mke2fs is half-way through the image.
+            if not os.access(source, os.R_OK):
+                raise self._unreadable(source, PermissionError(13, "Permission denied"))
             self.add(Entry(dest, "file", mode, uid, gid, source=source, size=st.st_size))
+        elif stat.S_ISFIFO(st.st_mode):
+            self.add(Entry(dest, "fifo", mode, uid, gid))
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            kind: Kind = "chardev" if stat.S_ISCHR(st.st_mode) else "blockdev"
+            device = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            self.add(Entry(dest, kind, mode, uid, gid, device=device))
         else:
-            raise StepError(STEP, f"{source} is neither a file, a directory nor a symlink")
+            raise StepError(
+                STEP,
+                f"{self._where()}{source} is a socket: a disk image cannot hold one (tar and "
+                "mke2fs -d have no socket type); remove it from the source, the program "
+                "that uses it creates it at run time",
+            )
+
+    def _where(self) -> str:
+        return f"{self.adding}.source: " if self.adding and not self.adding_system else ""
+
+    def _unreadable(self, source: Path, exc: OSError) -> StepError:
+        return StepError(
+            STEP,
+            f"{self._where()}cannot read {source}: {exc.strerror}; make it readable by the "
+            "build user (or remove it from the image)",
+        )
 
     def _merge_dir(
         self, source: Path, dest: str, st: os.stat_result, chmod: int | None, owner: tuple[int, int]
@@ -90,8 +147,11 @@ class Tree:
                 self.entries[dest] = entry
         else:
             self.add(entry)
-        with os.scandir(source) as it:
-            children = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(source) as it:
+                children = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise self._unreadable(source, exc) from exc
         for child in children:
             self.add_host(
                 Path(child.path), f"{dest}/{child.name}" if dest else child.name, chmod, owner
@@ -109,13 +169,27 @@ class Tree:
 def read_store_paths(closure_info: Path) -> list[str]:
     try:
         lines = (closure_info / "store-paths").read_text().split()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StepError(
             STEP,
-            f"closureInfo {closure_info} has no readable store-paths "
-            f"file ({exc}); pass the output of pkgs.closureInfo",
+            f"closureInfo: {closure_info} has no readable store-paths "
+            f"file ({reason}); pass the output of pkgs.closureInfo",
         ) from exc
+    for line in lines:
+        if not line.startswith("/") or ".." in line.split("/"):
+            raise StepError(
+                STEP,
+                f"closureInfo: {closure_info}/store-paths lists {line!r}, which is not an "
+                "absolute store path; pass the output of pkgs.closureInfo",
+            )
     return sorted(set(lines))
+
+
+def _missing(path: str) -> str:
+    if os.path.islink(path):
+        return f"{path} is a symlink that leads nowhere (dangling, or a loop)"
+    return f"{path} does not exist"
 
 
 def check_sources(spec: Spec) -> None:
@@ -130,12 +204,23 @@ def check_sources(spec: Spec) -> None:
         ("configFile", spec.configFile),
         ("toplevel", spec.toplevel),
         ("channelSources", spec.channelSources if spec.copyChannel else None),
+        ("efiFirmware", spec.efiFirmware if spec.touchEFIVars else None),
+        ("efiVariables", spec.efiVariables if spec.touchEFIVars else None),
     ):
         if value is not None and not os.path.exists(value):
-            raise StepError(STEP, f"{key}: {value} does not exist")
+            raise StepError(STEP, f"{key}: {_missing(value)}")
+    if not os.path.isdir(spec.closureInfo):
+        raise StepError(
+            STEP, f"closureInfo: {_missing(spec.closureInfo)} as a directory; pass the "
+            "output of pkgs.closureInfo"
+        )
     for path in read_store_paths(Path(spec.closureInfo)):
         if not os.path.lexists(path):
-            raise StepError(STEP, f"closureInfo lists {path}, which is not in the store")
+            raise StepError(
+                STEP,
+                f"closureInfo: lists {path}, which is not in the store; build the closure "
+                "(nix-store --realise) or pass the closureInfo of this system",
+            )
 
 
 def stage_contents(spec: Spec, tree: Tree) -> None:
@@ -143,7 +228,8 @@ def stage_contents(spec: Spec, tree: Tree) -> None:
     for i, entry in enumerate(spec.contents):
         chmod = int(entry.mode, 8) if entry.mode else None
         owner = entry.numeric_owner or (0, 0)
-        target = entry.target.strip("/")
+        target = entry.image_path
+        tree.adding = f"contents[{i}]"
         if entry.is_glob:
             # Globs land *inside* the target directory, each match under its own name.
             tree.mkdir_p(target)
@@ -153,10 +239,13 @@ def stage_contents(spec: Spec, tree: Tree) -> None:
             continue
         if target in tree:
             raise StepError(
-                STEP, f"contents[{i}]: duplicate entry {entry.target} -> {entry.source}"
+                STEP,
+                f"contents[{i}].target: duplicate entry {entry.target} -> {entry.source}"
+                + ("" if target else " (the image's root is there already)"),
             )
         # A directory source is copied *to* the target, not inside it (rsync's source/).
         tree.add_host(Path(entry.source), target, chmod, owner)
+    tree.adding = None
 
 
 def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
@@ -170,20 +259,28 @@ def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
         return tree
 
     stage_contents(spec, tree)
+    # What nixos-install makes after the reference copied `contents`: a contents element
+    # in its place would be lost or break it, so that is an error naming the element.
+    tree.adding_system = True
     for path in store_paths:
+        tree.adding = f"the store path {path}"
         tree.add_host(Path(path), path.lstrip("/"))
+    tree.adding = "the Nix database"
     for name, source in sorted(db_files.items()):
         tree.add_host(source, f"nix/var/nix/db/{name}")
+    tree.adding = "the system profile"
     tree.mkdir_p("nix/var/nix/gcroots")
     tree.add_symlink(f"{PROFILES}/system-1-link", spec.toplevel)
     tree.add_symlink(f"{PROFILES}/system", "system-1-link")
     if spec.copyChannel and spec.channelSources:
+        tree.adding = "the root user's channel"
         channels = f"{PROFILES}/per-user/root/channels"
         tree.add_symlink(f"{channels}-1-link", spec.channelSources)
         tree.add_symlink(channels, "channels-1-link")
         tree.mkdir_p("root")
         tree.mkdir_p("root/.nix-defexpr", mode=0o700)
         tree.add_symlink("root/.nix-defexpr/channels", "/" + channels)
+    tree.adding, tree.adding_system = None, False
     # Marks a NixOS installation; switch-to-configuration refuses to run without it.
     tree.add_file("etc/NIXOS", b"")
     tree.mkdir_p("etc/nixos")

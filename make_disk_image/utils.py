@@ -1,12 +1,17 @@
-"""Small pure helpers: size parsing and the reference's rounding."""
+"""Small helpers: size parsing, the reference's rounding, allocating the image file."""
 
 from __future__ import annotations
 
-import math
 import re
+from pathlib import Path
 
-_IEC_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([KMGTPEZY]?)\s*$")
+from make_disk_image.process import StepError
+
+_IEC_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([KMGTPEZY]?)\s*$")
 _IEC_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
+# The largest size any argument may have: ext4's limit with 4 KiB blocks (2^48 blocks),
+# and far below what a file offset (2^63) can hold, so sums of sizes cannot overflow.
+MAX_SIZE = 1 << 60
 
 
 def parse_iec(value: str | int) -> int:
@@ -16,7 +21,9 @@ def parse_iec(value: str | int) -> int:
     """
     if isinstance(value, int):
         if value < 0:
-            raise ValueError(f"{value} is negative")
+            raise ValueError(f"{value} is negative; give a size of 0 or more")
+        if value > MAX_SIZE:
+            raise ValueError(f"{value} bytes is more than the 1E (2^60 bytes) a disk image can be")
         return value
     match = _IEC_RE.match(value)
     if not match:
@@ -26,11 +33,40 @@ def parse_iec(value: str | int) -> int:
         )
     number, suffix = match.groups()
     factor: int = 1024 ** _IEC_POWER[suffix]
+    scaled: int
     if "." in number:
-        return math.ceil(float(number) * factor)
-    return int(number) * factor
+        whole, _, fraction = number.partition(".")
+        # Exact arithmetic: a float loses digits (and overflows) for long inputs.
+        scaled = int(whole or "0") * factor - (-int(fraction) * factor // 10 ** len(fraction))
+    else:
+        scaled = int(number) * factor
+    if scaled > MAX_SIZE:
+        raise ValueError(
+            f'"{value.strip()}" is {scaled} bytes, more than the 1E (2^60 bytes) an ext4 '
+            'filesystem or a disk image can be; write a smaller size such as "512M"'
+        )
+    return scaled
 
 
 def round_up_one_unit(value: int, unit: int) -> int:
     """The reference's round_to_nearest: (x / m + 1) * m, one unit up even when aligned."""
     return (value // unit + 1) * unit
+
+
+def allocate_file(path: Path, size: int, *, step: str) -> None:
+    """Create `path` as a sparse file of `size` bytes, or fail naming the size to change.
+
+    The build directory's filesystem limits a file's size (16 TiB on ext4): truncate
+    fails there with EFBIG, before any slow work.
+    """
+    try:
+        with path.open("wb") as fh:
+            fh.truncate(size)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise StepError(
+            step,
+            f"cannot make {path} {size} bytes ({size // (1024 * 1024)} MiB) long: "
+            f"{exc.strerror}; the build directory's filesystem cannot hold a disk image "
+            'this large: lower `diskSize` (or `additionalSpace` with diskSize = "auto")',
+        ) from exc

@@ -181,11 +181,6 @@ def test_systemd_257_bootctl_writes_no_efi_variables_in_nixos_enter(
 
 
 @pytest.mark.vm
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="until the guest phase calls make_disk_image.efiboot.ensure_boot_entry",
-)
 def test_efi_vars_get_a_boot_entry_all_the_same(image_257: BuiltImage, work_dir: Path) -> None:
     """The engine's entry, first in BootOrder, is the one the firmware boots."""
     ours = linux_boot_manager_entries(image_257)

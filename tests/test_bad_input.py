@@ -1,0 +1,441 @@
+"""The bad-input corpus: one thing wrong in a valid spec, one clear `error:` line.
+
+Each case runs `make-disk-image prepare` (or `plan`) as the unprivileged build user,
+the way the sandbox runs it, and must end with exit status 1 or 2, exactly one line
+starting with `error:` that names the argument (and the `contents` index) and what to
+change, no traceback, and nothing in `$out` or the build directory. The last tests
+are the edge cases the reference accepts, which must stay accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, Closure, Engine, EngineRun, base_spec, world_readable_dir
+from imagecheck import e2fsck_clean, fs_spec
+
+GONE = "/nix/store/00000000000000000000000000000000-gone"
+SHORT_GUID = "F222513B-DED1-49FA-B591-20CE86A2FE7"  # one digit short
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Files the cases point at: good ones, and every kind of broken one."""
+
+    closure: Closure
+    root: Path
+
+    def path(self, name: str) -> str:
+        return str(self.root / name)
+
+    def closure_info(self, name: str) -> str:
+        return str(self.root / "ci" / name)
+
+
+@pytest.fixture(scope="module")
+def inputs(closure: Closure) -> Iterator[Inputs]:
+    root = world_readable_dir("mdi-bad-input-")
+    (root / "file").write_text("ok\n")
+    (root / "dir").mkdir()
+    (root / "dir/a").write_text("a\n")
+    # A socket, alone and inside a directory
+    for where in (root, root / "sockdir"):
+        where.mkdir(exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(where / "sock"))
+        sock.close()
+    # Unreadable for the build user: a file, a directory, a file inside a directory
+    (root / "secret").write_text("s\n")
+    (root / "secret").chmod(0)
+    (root / "closed").mkdir()
+    (root / "closed/x").write_text("x\n")
+    (root / "closed").chmod(0)
+    (root / "opendir").mkdir()
+    (root / "opendir/secret").write_text("s\n")
+    (root / "opendir/secret").chmod(0)
+    # Symlink loops
+    os.symlink("loop-b", root / "loop-a")
+    os.symlink("loop-a", root / "loop-b")
+    # Malformed closureInfo directories, each from the good one with one thing changed
+    good = closure.closure_info(closure.toplevel, closure.channel)
+    store_paths = (good / "store-paths").read_text()
+    registration = (good / "registration").read_text()
+    broken = {
+        "no-store-paths": {"registration": registration},
+        "no-registration": {"store-paths": store_paths},
+        "bad-registration": {"store-paths": store_paths, "registration": "not a registration\n"},
+        "gone-path": {"store-paths": store_paths + GONE + "\n", "registration": registration},
+        "relative-path": {"store-paths": store_paths + "nix/store/x\n",
+                          "registration": registration},
+    }
+    for name, files in broken.items():
+        (root / "ci" / name).mkdir(parents=True)
+        for file_name, text in files.items():
+            (root / "ci" / name / file_name).write_text(text)
+    (root / "ci/a-file").write_text("")
+    (root / "ci/binary").mkdir()
+    (root / "ci/binary/store-paths").write_bytes(b"\xff\xfe\x00garbage")
+    (root / "ci/binary/registration").write_text(registration)
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir() and not path.is_symlink() and path.name != "closed":
+            path.chmod(0o755)
+        elif path.is_file() and path.name != "secret":
+            path.chmod(0o644)
+    yield Inputs(closure, root)
+    (root / "closed").chmod(0o755)
+    subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+
+
+def contents(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"contents": list(entries)}
+
+
+def entry(source: str, target: str = "/etc/x", **kw: Any) -> dict[str, Any]:
+    return {"source": source, "target": target, **kw}
+
+
+Overrides = Callable[[Inputs], dict[str, Any]]
+
+
+def fixed(**kw: Any) -> Overrides:
+    return lambda _inputs: kw
+
+
+# (id, overrides, exit status, what the error line must contain: the argument, the fix)
+CASES: list[tuple[str, Overrides, int, tuple[str, ...]]] = [
+    # Every key with a wrong type
+    ("type-diskSize", fixed(diskSize=[1]), 2, ("`diskSize`", '"auto" or an integer')),
+    ("type-diskSize-float", fixed(diskSize=1.5), 2, ("`diskSize`", "integer")),
+    ("type-additionalSpace", fixed(additionalSpace=True), 2, ("`additionalSpace`", '"512M"')),
+    ("type-bootSize", fixed(bootSize=None), 2, ("`bootSize`", '"256M"')),
+    ("type-contents", fixed(contents="/etc/x"), 2, ("`contents`", "a list of")),
+    ("type-partitionTableType", fixed(partitionTableType=1), 2,
+     ("`partitionTableType`", "a string")),
+    ("type-installBootLoader", fixed(installBootLoader="yes"), 2,
+     ("`installBootLoader`", "a boolean")),
+    ("type-touchEFIVars", fixed(touchEFIVars=1), 2, ("`touchEFIVars`", "a boolean")),
+    ("type-efiFirmware", fixed(efiFirmware=5), 2, ("`efiFirmware`", "a path or null")),
+    ("type-efiVariables", fixed(efiVariables=[]), 2, ("`efiVariables`", "a path or null")),
+    ("type-ovmfSMM", fixed(ovmfSystemManagementModeRequired="no"), 2,
+     ("`ovmfSystemManagementModeRequired`", "a boolean")),
+    ("type-fsType", fixed(fsType=None), 2, ("`fsType`", "a string")),
+    ("type-label", fixed(label=3), 2, ("`label`", "a string or null")),
+    ("type-configFile", fixed(configFile=True), 2, ("`configFile`", "a path or null")),
+    ("type-postVM", fixed(postVM=None), 2, ("`postVM`", "shell code")),
+    ("type-memSize", fixed(memSize="1024"), 2, ("`memSize`", "an integer")),
+    ("type-onlyNixStore", fixed(onlyNixStore=0), 2, ("`onlyNixStore`", "a boolean")),
+    ("type-name", fixed(name=1), 2, ("`name`", "a string")),
+    ("type-format", fixed(format=None), 2, ("`format`", "a string")),
+    ("type-baseName", fixed(baseName=["nixos"]), 2, ("`baseName`", "a string")),
+    ("type-deterministic", fixed(deterministic="true"), 2, ("`deterministic`", "a boolean")),
+    ("type-rootGPUID", fixed(rootGPUID=123), 2, ("`rootGPUID`", "a GUID")),
+    ("type-rootFSUID", fixed(rootFSUID=1), 2, ("`rootFSUID`", "a UUID")),
+    ("type-copyChannel", fixed(copyChannel="false"), 2, ("`copyChannel`", "a boolean")),
+    ("type-additionalPaths", fixed(additionalPaths="/nix/store/a"), 2,
+     ("`additionalPaths`", "a list")),
+    ("type-toplevel", fixed(toplevel=None), 2, ("`toplevel`", "store path")),
+    ("type-closureInfo", fixed(closureInfo=7), 2, ("`closureInfo`", "closureInfo")),
+    ("type-channelSources", fixed(channelSources=False), 2, ("`channelSources`", "or null")),
+    ("type-grubDevices", fixed(grubDevices="/dev/sda"), 2, ("`grubDevices`", "a list")),
+    ("type-limineBiosDevice", fixed(limineBiosDevice=0), 2, ("`limineBiosDevice`", "or null")),
+    ("unknown-key", fixed(diskSizes=100), 2, ("`diskSizes`", "unknown argument")),
+    # Empty values
+    ("empty-diskSize", fixed(diskSize=""), 2, ("`diskSize`", '"auto"')),
+    ("empty-additionalSpace", fixed(additionalSpace=""), 2, ("`additionalSpace`", "numfmt")),
+    ("empty-bootSize", fixed(bootSize=""), 2, ("`bootSize`", "numfmt")),
+    ("empty-partitionTableType", fixed(partitionTableType=""), 2,
+     ("`partitionTableType`", '"efi"')),
+    ("empty-fsType", fixed(fsType="", partitionTableType="none"), 2, ("`fsType`", "ext4")),
+    ("empty-format", fixed(format=""), 2, ("`format`", '"qcow2"')),
+    ("empty-baseName", fixed(baseName=""), 2, ("`baseName`", "not empty")),
+    ("empty-name", fixed(name=""), 2, ("`name`", "derivation name")),
+    ("empty-rootGPUID", fixed(rootGPUID=""), 2, ("`rootGPUID`", "8-4-4-4-12")),
+    ("empty-rootFSUID", fixed(rootFSUID=""), 2, ("`rootFSUID`", "not a UUID")),
+    ("empty-toplevel", fixed(toplevel=""), 2, ("`toplevel`", "give a path")),
+    ("empty-closureInfo", fixed(closureInfo=""), 2, ("`closureInfo`", "give a path")),
+    ("empty-configFile", fixed(configFile=""), 2, ("`configFile`", "give a path")),
+    ("empty-channelSources", fixed(channelSources=""), 2, ("`channelSources`", "give a path")),
+    ("empty-grubDevice", fixed(grubDevices=[""]), 2, ("`grubDevices[0]`", "remove it")),
+    ("empty-additionalPath", fixed(additionalPaths=[""]), 2,
+     ("`additionalPaths[0]`", "remove it")),
+    ("empty-limineBiosDevice", fixed(limineBiosDevice=""), 2,
+     ("`limineBiosDevice`", "use null")),
+    ("empty-contents-entry", fixed(contents=[{}]), 2, ("`contents[0].source`", "required")),
+    ("nul-in-source", lambda i: contents(entry(i.path("file") + "\0x")), 2,
+     ("`contents[0].source`", "NUL")),
+    # Negative and huge numbers
+    ("negative-diskSize", fixed(diskSize=-1), 2, ("`diskSize`", "positive")),
+    ("zero-diskSize", fixed(diskSize=0), 2, ("`diskSize`", "positive")),
+    ("huge-diskSize", fixed(diskSize=10**13), 2, ("`diskSize`", "smaller number")),
+    # Within the 1E limit but beyond what the build directory's ext4 holds (16 TiB)
+    ("diskSize-too-large-for-the-build-dir", fixed(diskSize=10**9), 1,
+     ("`diskSize`", "File too large")),
+    ("negative-memSize", fixed(memSize=-5), 2, ("`memSize`", "at least 256")),
+    ("small-memSize", fixed(memSize=100), 2, ("`memSize`", "at least 256")),
+    ("huge-memSize", fixed(memSize=10**20), 2, ("`memSize`", "the default 1024")),
+    ("negative-additionalSpace", fixed(additionalSpace=-1), 2,
+     ("`additionalSpace`", "0 or more")),
+    ("negative-bootSize-string", fixed(bootSize="-5M"), 2, ("`bootSize`", '"512M"')),
+    ("huge-additionalSpace", fixed(additionalSpace="99999999P"), 2,
+     ("`additionalSpace`", "smaller size")),
+    ("huge-bootSize", fixed(bootSize="2E", partitionTableType="efi"), 2,
+     ("`bootSize`", "smaller size")),
+    ("small-bootSize-efi", fixed(bootSize="7M", partitionTableType="efi"), 2,
+     ("`bootSize`", "at least 8M")),
+    ("small-diskSize", fixed(diskSize=200, partitionTableType="efi"), 1,
+     ("diskSize 200 MiB is too small", 'use "auto"')),
+    # Sizes with bad units
+    ("unit-Ki", fixed(additionalSpace="512Mi"), 2, ("`additionalSpace`", "no 'i'")),
+    ("unit-lowercase", fixed(additionalSpace="512m"), 2, ("`additionalSpace`", "no lower case")),
+    ("unit-MB", fixed(bootSize="256MB"), 2, ("`bootSize`", "numfmt")),
+    ("unit-two-dots", fixed(additionalSpace="1.5.5M"), 2, ("`additionalSpace`", "numfmt")),
+    ("unit-only", fixed(additionalSpace="M"), 2, ("`additionalSpace`", "numfmt")),
+    ("unit-exponent", fixed(additionalSpace="1e3"), 2, ("`additionalSpace`", "numfmt")),
+    # GUIDs one digit short
+    ("short-rootGPUID", fixed(rootGPUID=SHORT_GUID), 2, ("`rootGPUID`", "8-4-4-4-12")),
+    ("short-rootFSUID", fixed(rootFSUID=SHORT_GUID), 2, ("`rootFSUID`", "not a UUID")),
+    ("nonhex-rootGPUID", fixed(rootGPUID=SHORT_GUID + "G"), 2, ("`rootGPUID`", "hexadecimal")),
+    # Enumerations and reference asserts
+    ("partitionTableType-gpt", fixed(partitionTableType="gpt"), 2,
+     ("`partitionTableType`", '"legacy"')),
+    ("format-vmdk", fixed(format="vmdk"), 2, ("`format`", '"vpc"')),
+    ("fsType-xfs", fixed(fsType="xfs", partitionTableType="none"), 2,
+     ("`fsType`", "ext2, ext3 and ext4")),
+    ("label-too-long", fixed(label="a-label-that-is-too-long"), 2, ("`label`", "16 bytes")),
+    ("touchEFIVars-legacy", fixed(touchEFIVars=True), 2, ("`touchEFIVars`", "efi")),
+    ("touchEFIVars-no-firmware", fixed(touchEFIVars=True, partitionTableType="efi"), 2,
+     ("`efiFirmware`", "OVMF")),
+    ("efiVariables-missing", fixed(touchEFIVars=True, partitionTableType="efi",
+                                   efiFirmware="/usr/share/OVMF/OVMF_CODE_4M.fd",
+                                   efiVariables="/nonexistent/OVMF_VARS.fd"), 1,
+     ("efiVariables: /nonexistent/OVMF_VARS.fd", "does not exist")),
+    ("onlyNixStore-with-contents", lambda i: {"onlyNixStore": True, "installBootLoader": False,
+                                              "partitionTableType": "none",
+                                              **contents(entry(i.path("file")))}, 2,
+     ("`onlyNixStore`", "contents must be empty")),
+    ("rootFSUID-null-deterministic", fixed(rootFSUID=None), 2, ("`rootFSUID`", "non-null")),
+    # contents entries: missing, extra, conflicting keys
+    ("contents-not-an-object", fixed(contents=["/etc/x"]), 2,
+     ("`contents[0]`", "attribute set")),
+    ("contents-missing-source", fixed(contents=[{"target": "/etc/x"}]), 2,
+     ("`contents[0].source`", "required")),
+    ("contents-missing-target", lambda i: contents({"source": i.path("file")}), 2,
+     ("`contents[0].target`", "required")),
+    ("contents-extra-key", lambda i: contents(entry(i.path("file"), owner="root")), 2,
+     ("`contents[0]`", "unknown attribute(s) owner")),
+    ("contents-user-without-group", lambda i: contents(entry(i.path("file"), user="root")), 2,
+     ("`contents[0]`", "none of {user, group} or both")),
+    ("contents-group-without-user", lambda i: contents(entry(i.path("file"), group="root")),
+     2, ("`contents[0]`", "none of {user, group} or both")),
+    ("contents-mode-not-octal", lambda i: contents(entry(i.path("file"), mode="999")), 2,
+     ("`contents[0].mode`", 'like "755"')),
+    ("contents-mode-number", lambda i: contents(entry(i.path("file"), mode=755)), 2,
+     ("`contents[0].mode`", "a string or null")),
+    ("contents-duplicate", lambda i: contents(entry(i.path("file"), "/etc/x"),
+                                              entry(i.path("dir"), "etc/x/")), 2,
+     ("`contents[1].target`", "remove one of them")),
+    # contents targets: empty, the root, escaping, colliding
+    ("target-empty", lambda i: contents(entry(i.path("file"), "")), 2,
+     ("`contents[0].target`", "non-empty")),
+    ("target-root", lambda i: contents(entry(i.path("dir"), "/")), 1,
+     ("contents[0].target", "duplicate entry")),
+    ("target-dotdot", lambda i: contents(entry(i.path("file"), "../etc/x")), 2,
+     ("`contents[0].target`", "from the image's /")),
+    ("target-dotdot-inside", lambda i: contents(entry(i.path("file"), "/etc/../../x")), 2,
+     ("`contents[0].target`", "'..'")),
+    ("target-nix-store-file", lambda i: contents(entry(i.path("file"), "/nix/store")), 1,
+     ("contents[0].target", "outside /nix/store")),
+    ("target-a-store-path", lambda i: contents(entry(i.path("file"), i.closure.toplevel)), 1,
+     ("contents[0].target", "outside /nix/store")),
+    ("target-inside-a-store-path", lambda i: contents(entry(i.path("file"), i.closure.lib
+                                                            + "/lib/libtest.txt")), 1,
+     ("contents[0].target", "outside /nix/store")),
+    ("target-nix-db", lambda i: contents(entry(i.path("file"), "/nix/var/nix/db/db.sqlite")),
+     1, ("contents[0].target", "the Nix database")),
+    ("target-system-profile", lambda i: contents(entry(i.path("dir"),
+                                                       "/nix/var/nix/profiles/system")), 1,
+     ("contents[0].target", "the system profile")),
+    ("target-under-a-file", lambda i: contents(entry(i.path("file"), "/etc/app"),
+                                               entry(i.path("file"), "/etc/app/x")), 1,
+     ("contents[0].target", "change one of the targets")),
+    # contents sources: missing, sockets, unreadable
+    ("source-missing", lambda i: contents(entry(i.path("nonexistent"))), 1,
+     ("contents[0].source", "does not exist")),
+    ("source-glob-no-match", lambda i: contents(entry(i.path("dir") + "/*.none", "/etc")), 1,
+     ("contents[0].source", "no file matches")),
+    ("source-socket", lambda i: contents(entry(i.path("sock"))), 1,
+     ("contents[0].source", "socket", "remove it")),
+    ("source-dir-with-socket", lambda i: contents(entry(i.path("file"), "/etc/a"),
+                                                  entry(i.path("sockdir"), "/run/s")), 1,
+     ("contents[1].source", "sockdir/sock is a socket")),
+    ("source-unreadable-file", lambda i: contents(entry(i.path("secret"))), 1,
+     ("contents[0].source", "Permission denied", "make it readable")),
+    ("source-unreadable-dir", lambda i: contents(entry(i.path("closed"))), 1,
+     ("contents[0].source", "Permission denied")),
+    ("source-dir-with-unreadable-file", lambda i: contents(entry(i.path("opendir"))), 1,
+     ("contents[0].source", "opendir/secret: Permission denied")),
+    # Symlink loops where a path must lead somewhere
+    ("configFile-loop", lambda i: {"configFile": i.path("loop-a")}, 1,
+     ("configFile:", "a loop")),
+    ("toplevel-loop", lambda i: {"toplevel": i.path("loop-a")}, 1, ("toplevel:", "a loop")),
+    ("closureInfo-loop", lambda i: {"closureInfo": i.path("loop-a")}, 1,
+     ("closureInfo:", "a loop")),
+    # baseName / name that could leave $out
+    ("baseName-slash", fixed(baseName="../nixos"), 2, ("`baseName`", 'without "/"')),
+    ("baseName-newline", fixed(baseName="a\nb"), 2, ("`baseName`", "control characters")),
+    ("name-slash", fixed(name="a/b"), 2, ("`name`", "derivation name")),
+    ("name-dotdot", fixed(name=".."), 2, ("`name`", 'not starting with "."')),
+    # Malformed closureInfo
+    ("closureInfo-missing", fixed(closureInfo="/nonexistent/closure-info"), 1,
+     ("closureInfo:", "does not exist")),
+    ("closureInfo-a-file", lambda i: {"closureInfo": i.closure_info("a-file")}, 1,
+     ("closureInfo:", "as a directory")),
+    ("closureInfo-no-store-paths", lambda i: {"closureInfo": i.closure_info("no-store-paths")},
+     1, ("closureInfo:", "no readable store-paths", "pkgs.closureInfo")),
+    ("closureInfo-binary-store-paths", lambda i: {"closureInfo": i.closure_info("binary")}, 1,
+     ("closureInfo:", "store-paths", "pkgs.closureInfo")),
+    ("closureInfo-no-registration", lambda i: {"closureInfo": i.closure_info("no-registration")},
+     1, ("closureInfo:", "no registration file")),
+    ("closureInfo-bad-registration",
+     lambda i: {"closureInfo": i.closure_info("bad-registration")}, 1,
+     ("from closureInfo", "registration", "nix-store")),
+    ("closureInfo-path-not-in-store", lambda i: {"closureInfo": i.closure_info("gone-path")}, 1,
+     ("closureInfo:", GONE, "not in the store")),
+    ("closureInfo-relative-path", lambda i: {"closureInfo": i.closure_info("relative-path")}, 1,
+     ("closureInfo:", "'nix/store/x'", "absolute store path")),
+    ("channelSources-missing", fixed(channelSources=GONE), 1,
+     ("channelSources:", "does not exist")),
+    ("not-an-object", lambda i: {"__raw__": ["toplevel"]}, 2, ("`SPEC.json`", "JSON object")),
+]
+
+
+def spec_for(inputs: Inputs, overrides: dict[str, Any]) -> Any:
+    if "__raw__" in overrides:
+        return overrides["__raw__"]
+    spec = base_spec(inputs.closure, additionalSpace="8M")
+    spec.update(overrides)
+    return spec
+
+
+def check_failure(result: EngineRun, status: int, fragments: tuple[str, ...]) -> str:
+    """The contract for a failure: status, one `error:` line, nothing left behind."""
+    stderr = result.stderr
+    assert "Traceback" not in stderr, stderr
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, stderr
+    line = error_lines[0]
+    # The error line comes last; what follows it is the failing command's stderr, indented.
+    after = stderr.splitlines()[stderr.splitlines().index(line) + 1:]
+    assert all(text.startswith("  ") for text in after), stderr
+    for fragment in fragments:
+        assert fragment in stderr[stderr.index(line):], f"{fragment!r} not in:\n{stderr}"
+    assert result.returncode == status, stderr
+    assert not result.out.exists() or list(result.out.iterdir()) == []
+    left = sorted(p.name for p in result.build_dir.rglob("*"))
+    assert not [name for name in left if name.startswith("nixos.raw")], left
+    assert "make-disk-image.json" not in left and "nix-db" not in left, left
+    # Nothing written beside the build directory and $out either.
+    assert sorted(p.name for p in result.build_dir.parent.iterdir()) in (
+        ["build", "spec.json"], ["build", "out", "spec.json"])
+    return line
+
+
+@pytest.mark.parametrize(("overrides", "status", "fragments"),
+                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_fails_with_one_error_line(
+        inputs: Inputs, engine: Engine, overrides: Overrides, status: int,
+        fragments: tuple[str, ...]) -> None:
+    result = engine.run("prepare", spec_for(inputs, overrides(inputs)))
+    check_failure(result, status, fragments)
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 60
+    assert len({case[0] for case in CASES}) == len(CASES)
+
+
+def test_spec_that_is_not_json(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text("{ toplevel = ./.; }")
+    proc = subprocess.run([sys.executable, "-m", "make_disk_image", "plan", str(spec)],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [proc.stderr.splitlines()[0]], proc.stderr
+    assert proc.stderr.startswith("error: argument `SPEC.json`: ")
+    assert "not valid JSON" in proc.stderr
+
+
+def test_plan_fails_like_prepare(inputs: Inputs, engine: Engine) -> None:
+    result = engine.run("plan", spec_for(inputs, contents(entry(inputs.path("sock")))))
+    check_failure(result, 1, ("contents[0].source", "socket"))
+    assert result.stdout == ""
+
+
+# What the reference accepts stays accepted.
+
+def test_fifos_and_device_nodes_in_contents_are_copied(inputs: Inputs, engine: Engine) -> None:
+    """rsync -a copies fifos and device nodes; tar and mke2fs -d hold them."""
+    src = world_readable_dir("mdi-special-")
+    try:
+        (src / "spool").mkdir()
+        os.mkfifo(src / "spool/fifo")
+        os.mknod(src / "spool/null", stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(src / "spool/loop9", stat.S_IFBLK, os.makedev(7, 9))
+        for name, mode in (("fifo", 0o620), ("null", 0o666), ("loop9", 0o660)):
+            (src / "spool" / name).chmod(mode)
+        (src / "spool").chmod(0o755)
+        spec = spec_for(inputs, contents(entry(str(src / "spool"), "/var/spool/x"),
+                                         entry(str(src / "spool/fifo"), "/run-fifo")))
+        result = engine.run("prepare", spec)
+        assert result.returncode == 0, result.stderr
+        image = result.build_dir / "nixos.raw"
+        offset = 2048 * 512  # legacy: the root partition starts at 1 MiB
+
+        def inode(path: str) -> str:
+            return subprocess.run(["debugfs", "-R", f"stat {path}", fs_spec(image, offset)],
+                                  capture_output=True, text=True, check=True).stdout
+        fifo = inode("/var/spool/x/fifo")
+        assert "Type: FIFO" in fifo and "Mode:  0620" in fifo, fifo
+        assert "Type: FIFO" in inode("/run-fifo")
+        null = inode("/var/spool/x/null")
+        assert "Type: character special" in null and "Device major/minor number: 01:03" in null
+        loop = inode("/var/spool/x/loop9")
+        assert "Type: block special" in loop and "Device major/minor number: 07:09" in loop
+        fsck = e2fsck_clean(image, offset)
+        assert fsck.returncode == 0, fsck.stdout
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(src)], check=False)
+
+
+ACCEPTED: list[tuple[str, Overrides]] = [
+    # The reference writes to $root/$target: a relative target is the same place.
+    ("relative-target", lambda i: contents(entry(i.path("file"), "etc/relative"))),
+    ("target-with-double-slash", lambda i: contents(entry(i.path("file"), "/etc//x/"))),
+    # rsync -a copies a symlink as a symlink, whether it leads anywhere or not.
+    ("contents-symlink-loop", lambda i: contents(entry(i.path("loop-a"), "/etc/loop"))),
+    # A directory at /nix/store merges with the store, as rsync then nix copy do.
+    ("contents-dir-at-nix-store", lambda i: contents(entry(i.path("dir"), "/nix/store"))),
+    ("baseName-dots", fixed(baseName="..")),
+    ("empty-label", fixed(label="")),
+    ("zero-additionalSpace", fixed(additionalSpace="0")),
+    ("fraction-size", fixed(additionalSpace="7.25M")),
+]
+
+
+@pytest.mark.parametrize("overrides", [case[1] for case in ACCEPTED],
+                         ids=[case[0] for case in ACCEPTED])
+def test_what_the_reference_accepts_is_accepted(
+        inputs: Inputs, engine: Engine, overrides: Overrides) -> None:
+    result = engine.run("plan", spec_for(inputs, overrides(inputs)))
+    assert result.returncode == 0, result.stderr
+    assert "error:" not in result.stderr

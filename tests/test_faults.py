@@ -1,0 +1,432 @@
+"""Fault injection with real faults: full filesystems, signals, unreadable files, a
+failing bootloader installation, qemu dying, a failing postVM.
+
+Each fault must end the phase with exit status 1 and one `error:` line naming the step
+(and the command with its stderr where a command failed), and leave no image, partial
+image or products file in `$out`. The tests go through the public interface only (the
+CLI phases and `make-disk-image build`, the files in `$out` and the build directory),
+so they hold whichever phase makes the root filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    REPO,
+    UNPRIVILEGED_USER,
+    Closure,
+    Engine,
+    base_spec,
+    world_readable_dir,
+)
+from test_nix import checkout  # noqa: F401 - the nix-build tests' fixture
+
+from testsys.system import NIXOS_ENTER_DIR, BootLoader, TestSystem, build_test_system
+
+MIB = 1024 * 1024
+
+
+def error_line(stderr: str) -> str:
+    """The one `error:` line, which is the last line not quoting a command's stderr."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    after = stderr.splitlines()[stderr.splitlines().index(lines[0]) + 1:]
+    assert all(line.startswith("  ") for line in after), stderr
+    return lines[0]
+
+
+def assert_no_output(out: Path) -> None:
+    """Nothing of an image in $out: no image, no partial, no products file."""
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
+    assert left == [], left
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Any]:
+    """Small tmpfs mounts, owned by the build user, unmounted afterwards."""
+    mounts: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        point = world_readable_dir(f"mdi-fault-{name}-") / name
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                        str(point)], check=True)
+        mounts.append(point)
+        shutil.chown(point, UNPRIVILEGED_USER, UNPRIVILEGED_USER)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", str(point)], check=True)
+        # Only now, with nothing mounted there, is the directory removed.
+        assert subprocess.run(["findmnt", str(point)], capture_output=True).returncode == 1
+        shutil.rmtree(point.parent)
+
+
+@pytest.fixture(scope="module")
+def blob_dir() -> Iterator[Path]:
+    """8 MiB that compress to nothing less: a full filesystem must see real data."""
+    src = world_readable_dir("mdi-fault-blob-")
+    (src / "blob").write_bytes(os.urandom(8 * MIB))
+    (src / "blob").chmod(0o644)
+    yield src
+    shutil.rmtree(src)
+
+
+def blob_spec(closure: Closure, blob_dir: Path, **kw: Any) -> dict[str, Any]:
+    return base_spec(closure, installBootLoader=False, additionalSpace="16M",
+                     contents=[{"source": str(blob_dir / "blob"), "target": "/blob"}], **kw)
+
+
+def new_build_on(build_dir: Path, out: Path) -> tuple[Path, Path]:
+    for path in (build_dir, out):
+        path.mkdir(exist_ok=True)
+        shutil.chown(path, UNPRIVILEGED_USER, UNPRIVILEGED_USER)
+    return build_dir, out
+
+
+def test_build_dir_filling_while_the_root_filesystem_is_made(
+        closure: Closure, engine: Engine, blob_dir: Path, tmpfs: Any) -> None:
+    # Room for the Nix database and the image's metadata, not for the 8 MiB of data.
+    build_dir, out = new_build_on(tmpfs("build", "4m"), tmpfs("out", "1m"))
+    spec = blob_spec(closure, blob_dir)
+    result = engine.run("prepare", spec, build_dir=build_dir, out=out)
+    if result.returncode == 0:
+        # A flow where the final root filesystem is made by finish (the guest phase has
+        # nothing to do for this spec).
+        result = engine.run("finish", spec, build_dir=build_dir, out=out)
+    else:
+        assert list(build_dir.glob("nixos.raw*")) == []
+    line = error_line(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert "command failed (exit 1): mke2fs " in line, line
+    assert "No space left on device" in result.stderr
+    assert "raise diskSize" not in result.stderr  # a bigger image would not help
+    assert list(build_dir.glob("*.partial")) == []
+    assert_no_output(out)
+
+
+@pytest.fixture(scope="module")
+def prepared(closure: Closure, unprivileged_pkg: Path, blob_dir: Path) -> Iterator[Path]:
+    """A prepared build directory (nixos.raw with 8 MiB of data), for finish."""
+    engine = Engine(unprivileged_pkg, world_readable_dir("mdi-fault-prepared-"))
+    result = engine.run("prepare", blob_spec(closure, blob_dir))
+    assert result.returncode == 0, result.stderr
+    yield result.build_dir
+    shutil.rmtree(engine.workdir)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_out_filling_during_finish(closure: Closure, engine: Engine, blob_dir: Path,
+                                   prepared: Path, tmpfs: Any, fmt: str) -> None:
+    build_dir, _ = engine.new_build(f"finish-{fmt}")
+    shutil.copy(prepared / "nixos.raw", build_dir / "nixos.raw")
+    shutil.chown(build_dir / "nixos.raw", UNPRIVILEGED_USER, UNPRIVILEGED_USER)
+    out = new_build_on(build_dir, tmpfs("out", "4m"))[1]
+    result = engine.run("finish", blob_spec(closure, blob_dir, format=fmt),
+                        build_dir=build_dir, out=out)
+    line = error_line(result.stderr)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""  # no diskImage= for a driver to pick up
+    if fmt == "raw":
+        assert line.startswith("error: finish: No space left on device"), line
+        assert str(out) in line
+        # The image is still in the build directory: the move did not happen.
+        assert (build_dir / "nixos.raw").stat().st_size == (prepared / "nixos.raw").stat().st_size
+    else:
+        assert line.startswith("error: finish: command failed (exit 1): qemu-img convert "), line
+        assert "No space left on device" in result.stderr
+    assert_no_output(out)
+
+
+def start_prepare(spec: dict[str, Any], base: Path) -> tuple[subprocess.Popen[str], Path, Path]:
+    build_dir, out = base / "build", base / "out"
+    build_dir.mkdir()
+    (base / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "make_disk_image", "prepare", str(base / "spec.json")],
+        cwd=build_dir, env={**os.environ, "PYTHONPATH": str(REPO), "out": str(out)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, build_dir, out
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
+def wait_for_child(proc: subprocess.Popen[str], name: str, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for child in children(proc.pid):
+            try:
+                if Path(f"/proc/{child}/comm").read_text().strip() == name:
+                    return child
+            except FileNotFoundError:
+                continue
+        time.sleep(0.005)
+    raise AssertionError(f"no {name} child of {proc.pid} within {timeout} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_mke2fs(closure: Closure, blob_dir: Path, tmp_path: Path,
+                              signum: signal.Signals) -> None:
+    proc, build_dir, out = start_prepare(blob_spec(closure, blob_dir), tmp_path)
+    mke2fs = wait_for_child(proc, "mke2fs")
+    # Held in the middle of its work, so the signal surely finds it running.
+    os.kill(mke2fs, signal.SIGSTOP)
+    try:
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if Path(f"/proc/{mke2fs}").exists():
+            os.kill(mke2fs, signal.SIGKILL)
+    line = error_line(stderr)
+    assert proc.returncode == 1, stderr
+    assert line == f"error: prepare: interrupted by {signum.name}; what it had written is removed"
+    # Killed by prepare; after SIGINT, subprocess leaves the reaping to whoever inherits
+    # the child, so allow for that.
+    for _ in range(200):
+        if not Path(f"/proc/{mke2fs}").exists():
+            break
+        time.sleep(0.05)
+    assert not Path(f"/proc/{mke2fs}").exists(), "mke2fs outlived prepare"
+    assert list(build_dir.glob("nixos.raw*")) == []
+    assert [p.name for p in build_dir.iterdir() if p.name.startswith("mdi-")] == []
+    assert_no_output(out)
+
+
+def test_traceback_only_with_mdi_debug(closure: Closure) -> None:
+    """An unexpected exception (here: the build directory is not writable) is one line."""
+    tmp_path = world_readable_dir("mdi-fault-ro-")
+    spec = base_spec(closure, installBootLoader=False)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    build_dir = tmp_path / "ro"
+    build_dir.mkdir()
+    build_dir.chmod(0o555)
+    argv = ["runuser", "-u", UNPRIVILEGED_USER, "--", "env", f"PYTHONPATH={REPO}",
+            f"out={tmp_path / 'out'}", "/usr/bin/python3", "-m", "make_disk_image", "prepare",
+            str(tmp_path / "spec.json")]
+    (tmp_path / "spec.json").chmod(0o644)
+    quiet = subprocess.run(argv, cwd=build_dir, capture_output=True, text=True)
+    line = error_line(quiet.stderr)
+    assert quiet.returncode == 1
+    assert line.startswith("error: prepare: Permission denied (") and str(build_dir) in line
+    debug = subprocess.run([*argv[:5], "MDI_DEBUG=1", *argv[5:]], cwd=build_dir,
+                           capture_output=True, text=True)
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    # The same one line last (but for the temporary directory's random name).
+    assert debug.stderr.splitlines()[-1].rsplit("/", 1)[0] == line.rsplit("/", 1)[0]
+    shutil.rmtree(tmp_path)
+
+
+@pytest.fixture
+def unreadable_store_path(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A store path of its own (so no other test sees it) with one file made unreadable."""
+    expr = tmp_path / "path.nix"
+    expr.write_text(f'''derivation {{
+      name = "mdi-fault-unreadable";
+      system = builtins.currentSystem;
+      builder = "/bin/sh";
+      PATH = "/usr/bin:/bin";
+      args = [ "-c" "mkdir -p $out/share; echo data > $out/share/file; echo {uuid.uuid4()}" ];
+    }}''')
+    path = subprocess.run(["nix-build", "--no-out-link", str(expr)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    victim = Path(path) / "share/file"
+    victim.chmod(0)
+    yield path, victim
+    victim.chmod(0o444)
+    subprocess.run(["nix-store", "--delete", path], capture_output=True, check=False)
+
+
+def test_unreadable_store_file(closure: Closure, engine: Engine,
+                               unreadable_store_path: tuple[str, Path]) -> None:
+    path, victim = unreadable_store_path
+    result = engine.run("prepare", base_spec(closure, installBootLoader=False,
+                                             additionalPaths=[path]))
+    line = error_line(result.stderr)
+    assert result.returncode == 1
+    assert line == (f"error: staging: cannot read {victim}: Permission denied; make it "
+                    "readable by the build user (or remove it from the image)")
+    assert "mke2fs" not in result.stderr  # found before the slow work
+    assert list(result.build_dir.glob("nixos.raw*")) == []
+    assert_no_output(result.out)
+
+
+def test_failing_post_vm(closure: Closure, tmp_path: Path) -> None:
+    """`build` of a store-only image (no VM): postVM's failure fails it, $out goes."""
+    spec = base_spec(closure, partitionTableType="none", onlyNixStore=True,
+                     installBootLoader=False, copyChannel=False, additionalSpace="1M",
+                     postVM='echo "postVM saw $diskImage" >&2; exit 3')
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "make_disk_image", "build",
+                           str(tmp_path / "spec.json"), "--out", str(out)],
+                          env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)},
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert error_line(proc.stderr) == "error: postVM: the postVM script exited 3"
+    assert f"postVM saw {out}/nixos.img" in proc.stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["spec.json"]  # build dir removed too
+
+
+# The guest phase in a VM: few and lean.
+
+@pytest.fixture(scope="module")
+def vm_work() -> Path:
+    # Not under /tmp: the build VM covers /tmp with its own tmpfs.
+    return Path(tempfile.mkdtemp(prefix="mdi-fault-vm-", dir="/var/tmp"))
+
+
+@pytest.fixture(scope="module")
+def uefi_only_system(vm_work: Path) -> Iterator[TestSystem]:
+    """A system whose bootloader is systemd-boot: its switch-to-configuration exits 1
+    on a legacy image, which has no EFI system partition to install to."""
+    yield build_test_system(vm_work / "system", BootLoader(systemd_boot=True))
+    shutil.rmtree(vm_work)
+
+
+def start_build(spec: dict[str, Any], work: Path, name: str) -> tuple[subprocess.Popen[str],
+                                                                      Path]:
+    spec_file = work / f"{name}.json"
+    spec_file.write_text(json.dumps(spec))
+    scratch = work / f"{name}-tmp"
+    scratch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch),
+           "PATH": f"{NIXOS_ENTER_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "make_disk_image", "build", str(spec_file), "--out",
+         str(work / name)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    return proc, scratch
+
+
+@pytest.mark.vm
+def test_failing_switch_to_configuration(uefi_only_system: TestSystem, vm_work: Path) -> None:
+    spec = uefi_only_system.spec(partitionTableType="legacy", additionalSpace="8M")
+    proc, scratch = start_build(spec, vm_work, "failing-switch")
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, log
+    assert error_line(log.split("guest command exited")[-1]).startswith(
+        "error: guest: the guest phase failed in the VM (exit 1)")
+    # The guest's own line names the step, the command and its stderr.
+    assert "switch-to-configuration boot" in log
+    assert "nixos-enter --root /mnt" in log
+    assert "switch-to-configuration: the EFI system partition is not mounted at /boot" in log
+    assert not (vm_work / "failing-switch").exists()
+    assert list(scratch.iterdir()) == []  # the build directory is gone
+
+
+GUEST_STEP = "make-disk-image: [guest"
+
+
+@pytest.mark.vm
+def test_qemu_dying_mid_guest(uefi_only_system: TestSystem, vm_work: Path) -> None:
+    # systemd-boot installs on efi: the guest has seconds of work after its first step.
+    spec = uefi_only_system.spec(partitionTableType="efi", additionalSpace="8M")
+    proc, scratch = start_build(spec, vm_work, "qemu-dies")
+    assert proc.stdout is not None
+    log = ""
+    # Wait until the engine's guest phase logs its first step in the VM, then kill qemu.
+    for text in proc.stdout:
+        log += text
+        if GUEST_STEP in text:
+            break
+    qemu = wait_for_child(proc, "qemu-system-x86")  # comm is cut at 15 characters
+    os.kill(qemu, signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=120)
+    log += rest
+    assert proc.returncode == 1, log
+    line = error_line(log.split(GUEST_STEP, 1)[1])
+    assert line.startswith("error: vm: qemu exited with status -9"), line
+    assert not (vm_work / "qemu-dies").exists()
+    assert list(scratch.iterdir()) == []
+
+
+# Through the Nix layer: nix-build of default.nix against the stand-in nixpkgs. A
+# store-only image needs no VM, so these are quick once the engine package is built.
+
+FAULT_NIX = """
+{ repo, imageArgs, failingQemuImg }:
+let
+  base = import (repo + "/tests/nixpkgs") { };
+  # qemu-img failing as it does when $out is full (the real fault is tested above).
+  brokenQemuUtils = base.runCommand "qemu-utils-out-full" { } ''
+    mkdir -p $out/bin
+    printf '%s\\n' '#!/bin/sh' \\
+      'echo "qemu-img: error while writing at byte 0: No space left on device" >&2' \\
+      'exit 1' > $out/bin/qemu-img
+    chmod +x $out/bin/qemu-img
+  '';
+  pkgs = if failingQemuImg then base // { qemu-utils = brokenQemuUtils; } else base;
+  standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
+  config = (standIn.lib.nixosSystem {
+    system = builtins.currentSystem;
+    modules = [ { boot.loader.grub.enable = false; } ];
+  }).config;
+in
+import (repo + "/default.nix") ({ inherit pkgs config; inherit (pkgs) lib; }
+  // builtins.fromJSON imageArgs)
+"""
+
+STORE_ONLY = {"onlyNixStore": True, "installBootLoader": False, "partitionTableType": "none",
+              "copyChannel": False}
+
+
+def nix_build_fault(repo: Path, tmp_path: Path, args: dict[str, Any],
+                    failing_qemu_img: bool = False) -> subprocess.CompletedProcess[str]:
+    expr = tmp_path / "fault.nix"
+    expr.write_text(FAULT_NIX)
+    return subprocess.run(
+        ["nix-build", str(expr), "--arg", "repo", str(repo), "--argstr", "imageArgs",
+         json.dumps(STORE_ONLY | args), "--arg", "failingQemuImg",
+         "true" if failing_qemu_img else "false", "--out-link", str(tmp_path / "result")],
+        capture_output=True, text=True)
+
+
+def assert_reason_is_last(stderr: str, reason: str) -> None:
+    """The build failed, and the reason is what the log ends with (before Nix's own
+    summary), so a user reading the bottom of the log sees it."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    summary = next(i for i, line in enumerate(lines) if "error: builder for" in line)
+    assert any(reason in line for line in lines[max(0, summary - 3):summary]), stderr[-3000:]
+
+
+@pytest.mark.nix
+def test_nix_build_failing_post_vm(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+    proc = nix_build_fault(checkout, tmp_path,
+                           {"postVM": 'echo "postVM: cannot upload $diskImage" >&2; exit 3'})
+    assert proc.returncode != 0
+    assert "failed with exit code 3" in proc.stderr, proc.stderr[-3000:]
+    assert_reason_is_last(proc.stderr, "postVM: cannot upload /nix/store/")
+    assert not (tmp_path / "result").exists()
+
+
+@pytest.mark.nix
+def test_nix_build_failing_finish(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+    proc = nix_build_fault(checkout, tmp_path, {"format": "qcow2"}, failing_qemu_img=True)
+    assert proc.returncode != 0, "nix-build succeeded although finish failed"
+    assert_reason_is_last(proc.stderr, "No space left on device")
+    assert "error: finish: command failed (exit 1): qemu-img convert" in proc.stderr
+    assert not (tmp_path / "result").exists()
