@@ -84,6 +84,12 @@
 
   # More store paths to copy to the image's store.
   additionalPaths ? [ ],
+
+  # Extension: whether the build needs a builder with KVM (the `kvm` system feature),
+  # as the reference's runInLinuxVM does. With false, any Linux builder takes it and the
+  # build VM's qemu falls back to TCG: the VM only installs the bootloader, so its time
+  # does not grow with the closure.
+  requireKVM ? true,
 }:
 let
   makeDiskImage = pkgs.callPackage ./nix/package.nix { };
@@ -184,12 +190,15 @@ let
     diskImage=nixos.raw
   '';
 
+  # No `eval "$(...)"`: a failing command substitution inside eval does not stop `sh -e`.
+  # finish prints the image's path; reading it back is a checked assignment.
   finish = ''
     export PATH=${binPath}:$PATH
-    eval "$(make-disk-image finish ${spec})"
+    make-disk-image finish ${spec} > make-disk-image.result
+    diskImage=$(cat make-disk-image.result)
   '';
 
-  buildImage = pkgs.vmTools.runInLinuxVM (
+  vmImage = pkgs.vmTools.runInLinuxVM (
     pkgs.runCommand name
       {
         preVM = prepare;
@@ -213,7 +222,19 @@ let
         make-disk-image guest ${spec}
       ''
   );
+  # runInLinuxVM asks for the `kvm` system feature unconditionally. Its qemu
+  # (nixos/lib/qemu-common.nix: `-machine accel=kvm:tcg -cpu max`) falls back to TCG
+  # by itself where the builder has no /dev/kvm.
+  buildImage =
+    if requireKVM then
+      vmImage
+    else
+      lib.overrideDerivation vmImage (old: {
+        requiredSystemFeatures = lib.remove "kvm" (old.requiredSystemFeatures or [ ]);
+      });
 in
+assert lib.assertMsg (builtins.isBool requireKVM)
+  "makeDiskImage: argument `requireKVM` must be true or false (false: build without KVM, under TCG)";
 if onlyNixStore then
   pkgs.runCommand name {
     passthru = { inherit spec makeDiskImage; };

@@ -851,6 +851,12 @@ def main(args: Iterable[str] | None = None) -> int:
         help="with this, the guest's root is an empty tmpfs holding only the shares and "
         "these host paths (read-only); repeatable",
     )
+    parser.add_argument(
+        "--like-qemu",
+        action="store_true",
+        help="exit 0 once the guest ran the command, whatever its status, as qemu does "
+        "when its guest powers off (runInLinuxVM reads the status from xchg/ instead)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log qemu's command line")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGV")
     ns = parser.parse_args(list(args) if args is not None else None)
@@ -861,7 +867,7 @@ def main(args: Iterable[str] | None = None) -> int:
         parser.error("no command given (put it after --)")
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(message)s")
     try:
-        return run_in_vm(
+        status = run_in_vm(
             command,
             disk=ns.disk,
             shares=ns.share,
@@ -873,6 +879,7 @@ def main(args: Iterable[str] | None = None) -> int:
             accel=ns.accel,
             host_paths=ns.host_path,
         )
+        return 0 if ns.like_qemu else status
     except StepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

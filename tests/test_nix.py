@@ -124,6 +124,7 @@ def nix_build_image(
     tmp_path: Path,
     image_args: Mapping[str, Any],
     config_module: Mapping[str, Any] | None = None,
+    extra_args: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     expr = tmp_path / "image.nix"
     expr.write_text(IMAGE_NIX)
@@ -143,6 +144,7 @@ def nix_build_image(
             json.dumps(NO_GRUB if config_module is None else config_module),
             "--out-link",
             str(tmp_path / "result"),
+            *(extra_args or []),
         ]
     )
 
@@ -503,8 +505,12 @@ def test_default_nix_takes_the_reference_arguments(checkout: Path) -> None:
             ]
         )
     )
-    # Exactly the reference's arguments, the same ones optional.
-    assert args == REFERENCE_ARGUMENTS
+    # Exactly the reference's arguments, the same ones optional, and the extensions,
+    # all optional (their defaults keep the reference's behaviour).
+    assert args == {**REFERENCE_ARGUMENTS, **EXTENSION_ARGUMENTS}
+
+
+EXTENSION_ARGUMENTS = {"requireKVM": True}
 
 
 # The reference's argument list: name -> has a default.
@@ -580,6 +586,7 @@ pkgs.vmTools.runInLinuxVM (
     {
       FROM_DERIVATION = "yes";
       memSize = 384;
+      enableParallelBuilding = true;
       QEMU_OPTS = "-smbios type=1,serial=standin-probe";
       buildInputs = [ pkgs.util-linux ];
       preVM = ''
@@ -594,6 +601,8 @@ pkgs.vmTools.runInLinuxVM (
     }
     ''
       env > $out/guest-env
+      ls -A / > $out/guest-root
+      nproc > $out/cpus
       grep MemTotal /proc/meminfo > $out/meminfo
       cat /sys/class/dmi/id/product_serial > $out/serial
       printf written-in-vm | dd of=/dev/vda conv=notrunc,fsync status=none
@@ -642,8 +651,56 @@ def test_stand_in_run_in_linux_vm(checkout: Path, tmp_path: Path) -> None:
     assert 256 * 1024 < mem_kib <= 384 * 1024
     assert (out / "serial").read_text().strip() == "standin-probe"
     assert (out / "disk-marker").read_text() == "written-in-vm"
+    # An empty tmpfs root: the store and xchg shared in, the host's /usr for the
+    # stand-in's Debian binaries, nothing else of the host (no /work, /root, /home).
+    root = set((out / "guest-root").read_text().split())
+    assert {"nix", "tmp", "usr", "dev", "proc", "sys"} <= root
+    assert not root & {"work", "root", "home", "var", "srv", "opt"}, root
+    # enableParallelBuilding: -smp cpus=$NIX_BUILD_CORES (0: all cores).
+    assert int((out / "cpus").read_text()) == os.cpu_count()
 
+    # Stage 2 runs under set -euo pipefail: a failing builder writes no exit code.
     (tmp_path / "failing").mkdir()
     failed = build_vm_probe(tmp_path / "failing", checkout, 3)
     assert failed.returncode != 0
-    assert "exit code 3" in failed.stderr, failed.stderr[-4000:]
+    assert "Virtual machine didn't produce an exit code." in failed.stderr, failed.stderr[-4000:]
+
+
+def test_stand_in_run_in_linux_vm_requires_kvm(checkout: Path) -> None:
+    expr = f"""
+      let pkgs = import {checkout}/tests/nixpkgs {{ }};
+      in (pkgs.vmTools.runInLinuxVM (pkgs.runCommand "x" {{ }} "true")).requiredSystemFeatures
+    """
+    features = json.loads(checked(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr]))
+    assert features == ["kvm"]
+
+
+# A Nix whose builders have no KVM: no `kvm` system feature.
+NO_KVM = ["--option", "system-features", "nixos-test benchmark big-parallel"]
+
+
+def test_without_kvm_the_default_build_is_refused(checkout: Path, tmp_path: Path) -> None:
+    proc = nix_build_image(checkout, tmp_path, {"diskSize": 64, "installBootLoader": False},
+                           extra_args=NO_KVM)
+    assert proc.returncode != 0
+    assert "with features {kvm} is required" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_require_kvm_false_builds_without_kvm(checkout: Path, tmp_path: Path) -> None:
+    """The opt-in drops the kvm feature; the VM (TCG) installs GRUB and chowns."""
+    proc = nix_build_image(
+        checkout, tmp_path,
+        {"requireKVM": False, "partitionTableType": "legacy", "additionalSpace": "16M",
+         "contents": [{"source": str(REPO / "README.md"), "target": "/etc/readme",
+                       "user": "root", "group": "root"}]},
+        extra_args=NO_KVM,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    drv = json.loads(checked(["nix", "show-derivation", str(out)]))
+    env = next(iter(drv.values()))["env"]
+    assert "kvm" not in env.get("requiredSystemFeatures", "")
+    image = out / "nixos.img"
+    _, parts = partition_table(image)
+    check_ext4(f"{image}?offset={parts[0].offset}")
+    assert "guest: record changes" in proc.stderr

@@ -1,10 +1,14 @@
 # The stand-in's vmTools.runInLinuxVM, shaped as nixpkgs' pkgs/build-support/vm:
-# the derivation's builder becomes a script that saves the environment to
-# xchg/saved-env, runs preVM, boots a qemu TCG guest with `$diskImage` as virtio
-# /dev/vda and the store (read-write) and ./xchg (at /tmp/xchg) shared in, runs the
-# original builder there with the saved environment, reads its exit status back from
-# xchg/in-vm-exit, then runs postVM. The guest is make_disk_image/vm.py: the host's
-# kernel and root file system over 9p instead of a NixOS kernel and initrd.
+# the derivation requires the `kvm` system feature; its builder becomes a script that
+# saves the environment to xchg/saved-env, runs preVM, boots a qemu guest
+# (`-machine accel=... -cpu max`, `-smp` when enableParallelBuilding) with `$diskImage`
+# as virtio /dev/vda, an empty tmpfs root and the store (read-write) and ./xchg (at
+# /tmp/xchg) shared in, runs the original builder there under `set -euo pipefail` with
+# the saved environment, reads its exit status back from xchg/in-vm-exit (none: the
+# builder failed), then runs postVM. The guest is make_disk_image/vm.py: the host's
+# kernel instead of a NixOS kernel and initrd, and, since the stand-in's packages are
+# links to Debian's binaries, the host's /usr (and the merged-/usr links and
+# /etc/ld.so.cache) read-only in that root; nothing else of the host.
 {
   lib,
   bash,
@@ -15,11 +19,16 @@
   vmRunner,
   writeText,
   storeDir,
+  # nixpkgs' qemu-kvm asks for "kvm:tcg". This machine kind's /dev/kvm is a nested
+  # software layer in which a guest crawls (shared/notes), so the stand-in's default is
+  # TCG; see docs/nix.md, "Differences between the stand-in and nixpkgs".
+  accel ? "tcg",
 }:
 rec {
   # Runs in the guest (after vm.py chroots into the host's root): restore the build's
   # environment, run the original builder, record its status for the host.
   stage2Init = writeText "vm-run-stage2" ''
+    set -euo pipefail
     source /tmp/xchg/saved-env
     export NIX_STORE=${storeDir}
     export NIX_BUILD_TOP=/tmp
@@ -28,8 +37,10 @@ rec {
     cd "$NIX_BUILD_TOP"
     source "$stdenv/setup"
     exec < /dev/null
-    "$origBuilder" $origArgs && exitCode=0 || exitCode=$?
-    echo "$exitCode" > /tmp/xchg/in-vm-exit
+    # As nixpkgs: under `set -e` a failing builder ends this script here, so no exit
+    # code is written and the host reports "Virtual machine didn't produce an exit code".
+    "$origBuilder" $origArgs
+    echo $? > /tmp/xchg/in-vm-exit
   '';
 
   # vm.py builds its initramfs with modprobe (module order) and runs qemu.
@@ -43,6 +54,9 @@ rec {
       ''${diskImage:+--disk "$diskImage"} \
       --mem "$memSize" \
       --qemu-opts "$QEMU_OPTS" \
+      --accel ${accel} --like-qemu \
+      --host-path /usr --host-path /bin --host-path /sbin --host-path /lib \
+      --host-path /lib64 --host-path /etc/ld.so.cache --host-path /etc/alternatives \
       --cwd /tmp \
       -- ${bash}/bin/bash ${stage2Init}
   '';
@@ -55,6 +69,13 @@ rec {
       source $stdenv/setup
 
       eval "$preVM"
+
+      if [ "''${enableParallelBuilding:-}" = 1 ]; then
+        QEMU_NR_VCPUS="''${NIX_BUILD_CORES:-0}"
+        if [ "$QEMU_NR_VCPUS" = 0 ]; then QEMU_NR_VCPUS="$(${coreutils}/bin/nproc)"; fi
+        if [ "$QEMU_NR_VCPUS" -gt 255 ]; then QEMU_NR_VCPUS=255; fi
+        QEMU_OPTS+=" -smp cpus=$QEMU_NR_VCPUS"
+      fi
 
       # Write the command that starts the VM to a file so that the user can debug
       # inside the VM if the build fails (nix-build -K keeps the build directory).
@@ -91,6 +112,7 @@ rec {
         ...
       }:
       {
+        requiredSystemFeatures = [ "kvm" ];
         builder = "${bash}/bin/sh";
         args = [
           "-e"
