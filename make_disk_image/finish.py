@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from make_disk_image import process
-from make_disk_image.models import Format, Spec
+from make_disk_image import formats, process
+from make_disk_image.models import Spec
 
 STEP = "finish"
-
-
-def convert_command(spec: Spec, raw: Path, dest: Path) -> list[str]:
-    fmt = spec.format
-    argv = ["qemu-img", "convert", "-f", "raw", "-O", fmt.qemu_format]
-    if fmt is Format.QCOW2_COMPRESSED:
-        argv.append("-c")
-    if fmt is Format.VPC:
-        # Without it qemu-img rounds the size to a CHS geometry and the backup GPT is no
-        # longer at the end of the disk.
-        argv += ["-o", "force_size=on"]
-    return [*argv, str(raw), str(dest)]
 
 
 def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
@@ -33,15 +20,13 @@ def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
     dest = out / spec.filename
     partial = out / f".{spec.filename}.partial"
     try:
-        if spec.format is Format.RAW:
-            shutil.move(raw, partial)
-        else:
-            process.run(convert_command(spec, raw, partial), step=STEP)
+        formats.convert(spec.format, raw, partial, deterministic=spec.deterministic, step=STEP,
+                        name=spec.filename)
         partial.replace(dest)
         support = out / "nix-support"
         support.mkdir(exist_ok=True)
         with (support / "hydra-build-products").open("a") as products:
-            products.write(f"file {spec.format.qemu_format}-image {dest}\n")
+            products.write(formats.product_line(spec.format, dest))
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
