@@ -3,13 +3,14 @@
 `qemu-img convert -c` compresses one 64 KiB cluster after another on one core (qemu 7.2
 gains nothing from `-m`, and `-W` writes clusters in completion order, so its bytes vary).
 Here worker threads compress batches of clusters (zlib releases the GIL) and the main
-thread writes the results in guest order, so the file is the same whatever the number of
+thread places the results in guest order, so the file is the same whatever the number of
 workers. Every cluster is compressed exactly as qemu does it (raw deflate, window bits
--12, memLevel 9, default level), kept uncompressed when that does not make it smaller, and
-left unallocated when it is all zeros. The format is qemu's default: qcow2 version 3
-(compat 1.1), 64 KiB clusters, 16-bit refcounts, zlib, no extended L2 entries; the
-metadata (L2 tables, L1 table, refcount table and blocks) follows the data.
-"""
+-12, memLevel 9, default level), kept plain when that does not make it smaller, and left
+unallocated when it is all zeros; clusters, L2 tables and refcounts are laid out as qemu
+lays them out. The result is qemu-img's own bytes (qcow2 version 3, 64 KiB clusters,
+16-bit refcounts, zlib) while the file stays under 2 GiB, the part one refcount block
+covers; past that qemu puts further refcount blocks among the data, this writer after it
+(same disk, valid qcow2, other bytes)."""
 
 from __future__ import annotations
 
@@ -177,6 +178,7 @@ class _Layout:
         self.rt_offset = CLUSTER
         self.l1_offset = 3 * CLUSTER
         self.end = 0
+        self.tail = 0  # end of the last byte used
         self.allocate(0, self.l1_offset + _align(8 * self.l1_size))
 
     def allocate(self, offset: int, length: int) -> int:
@@ -187,6 +189,7 @@ class _Layout:
         for host in range(first, last + 1):
             self.refcounts[host] += 1
         self.end = max(self.end, _align(offset + length))
+        self.tail = max(self.tail, offset + length)
         return offset | COPIED
 
 
@@ -223,4 +226,5 @@ def write(raw: Path, dest: Path, *, workers: int) -> None:
         layout.l1.byteswap()
         os.pwrite(fd, layout.l1.tobytes(), layout.l1_offset)
         os.pwrite(fd, _header(size, layout.l1_size, layout.l1_offset, layout.rt_offset, 1), 0)
-        os.ftruncate(fd, layout.end)
+        # qemu-img ends the file at the sector after the last byte used.
+        os.ftruncate(fd, -(-layout.tail // SECTOR) * SECTOR)

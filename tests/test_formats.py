@@ -52,6 +52,11 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f.write(text[:MIB] + rng.randbytes(100_000))
         f.seek(515 * MIB)  # past the first L2 table (512 MiB)
         f.write(rng.randbytes(300_000) + text[: 2 * MIB])
+        # Half-compressible clusters last: the file then ends inside a cluster, on the
+        # sector after the last compressed byte, as qemu-img ends it.
+        f.seek(519 * MIB)
+        for _ in range(10):
+            f.write(rng.randbytes(20_000) + text[:45_536])
         f.truncate(520 * MIB + 3 * 512)
     return path
 
