@@ -167,14 +167,15 @@ class _Layout:
     """Where things are in the qcow2 file and the refcount of every host cluster.
 
     Like qemu-img's: the header, the refcount table, the first refcount block and the L1
-    table in clusters 0..3, then data and L2 tables; refcount blocks past the first (a
-    file over 2 GiB) after everything else."""
+    table in clusters 0..3, then data and L2 tables. Each further refcount block (one per
+    2 GiB of file) goes right after the allocation that first needs it, as qemu puts it."""
 
     def __init__(self, clusters: int) -> None:
         self.l1_size = max(1, -(-clusters // L2_ENTRIES))
         self.l1 = array("Q", bytes(8 * self.l1_size))
         self.l2 = array("Q", bytes(8 * clusters))
         self.refcounts = array("H")
+        self.blocks = [2 * CLUSTER]  # refcount blocks
         self.rt_offset = CLUSTER
         self.l1_offset = 3 * CLUSTER
         self.end = 0
@@ -184,6 +185,12 @@ class _Layout:
     def allocate(self, offset: int, length: int) -> int:
         """Count a reference to [offset, offset+length); return offset | COPIED."""
         first, last = offset >> CLUSTER_BITS, (offset + length - 1) >> CLUSTER_BITS
+        if last >= len(self.blocks) * REFCOUNTS_PER_BLOCK:  # past what the blocks cover
+            if len(self.blocks) == CLUSTER // 8:
+                raise ValueError("a qcow2 file over 16 TiB needs a larger refcount table")
+            block = (last + 1) << CLUSTER_BITS
+            self.blocks.append(block)
+            self.allocate(block, CLUSTER)
         if last >= len(self.refcounts):
             self.refcounts.frombytes(bytes(2 * (last + 1 - len(self.refcounts))))
         for host in range(first, last + 1):
@@ -206,23 +213,14 @@ def write(raw: Path, dest: Path, *, workers: int) -> None:
                 table = layout.l2[entry * L2_ENTRIES : (entry + 1) * L2_ENTRIES]
                 table.byteswap()  # big-endian on disk
                 os.pwrite(fd, table.tobytes(), l2_offset & ~COPIED)
-        # Refcount blocks past the first count themselves: find how many are needed.
-        blocks = 1
-        while -(-(layout.end // CLUSTER + blocks - 1) // REFCOUNTS_PER_BLOCK) > blocks:
-            blocks += 1
-        if blocks > CLUSTER // 8:
-            raise ValueError(f"{raw}: a qcow2 file over 16 TiB needs a larger refcount table")
-        block_offsets = [2 * CLUSTER]
-        for _ in range(blocks - 1):
-            block_offsets.append(layout.end)
-            layout.allocate(layout.end, CLUSTER)
+        blocks = layout.blocks
         refcounts = layout.refcounts
-        refcounts.frombytes(bytes(2 * (blocks * REFCOUNTS_PER_BLOCK - len(refcounts))))
+        refcounts.frombytes(bytes(2 * (len(blocks) * REFCOUNTS_PER_BLOCK - len(refcounts))))
         refcounts.byteswap()
-        for n, offset in enumerate(block_offsets):
+        for n, offset in enumerate(blocks):
             chunk = refcounts[n * REFCOUNTS_PER_BLOCK : (n + 1) * REFCOUNTS_PER_BLOCK]
             os.pwrite(fd, chunk.tobytes(), offset)
-        os.pwrite(fd, struct.pack(f">{blocks}Q", *block_offsets), layout.rt_offset)
+        os.pwrite(fd, struct.pack(f">{len(blocks)}Q", *blocks), layout.rt_offset)
         layout.l1.byteswap()
         os.pwrite(fd, layout.l1.tobytes(), layout.l1_offset)
         os.pwrite(fd, _header(size, layout.l1_size, layout.l1_offset, layout.rt_offset, 1), 0)
