@@ -153,7 +153,12 @@ def _pack(fd: int, out: int, clusters: int, layout: _Layout, workers: int) -> No
                     layout.l2[index] = offset | COPIED
                 else:
                     room = _align(cursor)
-                    fits = cursor > 0 and (cursor + len(data) <= room or room == layout.end)
+                    fits = cursor > 0 and (
+                        cursor + len(data) <= room
+                        # Spanning into the next cluster needs it free, and qemu does not
+                        # span into a cluster that needs a new refcount block first.
+                        or (room == layout.end and layout.covers(room))
+                    )
                     offset = cursor if fits else layout.end
                     sectors = (offset + len(data) - 1) // SECTOR - offset // SECTOR
                     layout.l2[index] = COMPRESSED | sectors << CSIZE_SHIFT | offset
@@ -181,6 +186,10 @@ class _Layout:
         self.end = 0
         self.tail = 0  # end of the last byte used
         self.allocate(0, self.l1_offset + _align(8 * self.l1_size))
+
+    def covers(self, offset: int) -> bool:
+        """Whether the refcount blocks so far cover the cluster at `offset`."""
+        return offset >> CLUSTER_BITS < len(self.blocks) * REFCOUNTS_PER_BLOCK
 
     def allocate(self, offset: int, length: int) -> int:
         """Count a reference to [offset, offset+length); return offset | COPIED."""
