@@ -102,8 +102,10 @@ def convert(
         shutil.move(raw, dest)
         return
     if fmt is Format.QCOW2_COMPRESSED:
+        cores = workers()
+        process.logger.info("[%s] qcow2 (zlib) on %d cores: %s -> %s", step, cores, raw, dest)
         try:
-            qcow2.write(raw, dest, workers=workers())
+            qcow2.write(raw, dest, workers=cores)
         except (OSError, ValueError) as exc:
             raise process.StepError(step, f"writing {dest} as qcow2: {exc}") from exc
         return
