@@ -190,3 +190,15 @@ def test_broken_output_is_a_step_error(raw: Path, tmp_path: Path) -> None:
     with pytest.raises(StepError, match=r"finish: writing .*missing/a\.qcow2 as qcow2"):
         formats.convert(Format.QCOW2_COMPRESSED, raw, tmp_path / "missing/a.qcow2",
                         deterministic=True, step="finish")  # fmt: skip
+
+
+def test_raw_zstd_same_bytes_on_any_core_count(
+    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Builds on machines with other NIX_BUILD_CORES agree (zstd -T1 vs -T3)."""
+    images = []
+    for cores in ("1", "3"):
+        monkeypatch.setenv("NIX_BUILD_CORES", cores)
+        assert formats.workers() == int(cores)
+        images.append(convert(Format.RAW_ZSTD, raw, tmp_path / f"{cores}.img.zst").read_bytes())
+    assert images[0] == images[1]
