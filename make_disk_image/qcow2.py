@@ -14,6 +14,7 @@ covers; past that qemu puts further refcount blocks among the data, this writer 
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -79,8 +80,9 @@ def _has_data(fd: int, start: int, end: int) -> bool:
     """Whether [start, end) of the file may hold data (not only a hole)."""
     try:
         return os.lseek(fd, start, os.SEEK_DATA) < end
-    except OSError:  # ENXIO: no data after start
-        return False
+    except OSError as exc:
+        # ENXIO: no data after start; anything else (no SEEK_DATA here): read it.
+        return exc.errno != errno.ENXIO
 
 
 def _batches(fd: int, clusters: int, workers: int) -> Iterator[list[bytes | None]]:
