@@ -64,7 +64,7 @@
 
   name ? "nixos-disk-image",
 
-  # qcow2, qcow2-compressed, vdi, vpc or raw.
+  # raw, qcow2, qcow2-compressed, vdi, vpc, vmdk, vhdx, qcow2-zstd or raw-zstd (README: Formats).
   format ? "raw",
 
   # Image file name without extension.
@@ -176,6 +176,7 @@ let
       pkgs.mtools
       pkgs.gptfdisk
       pkgs.qemu-utils
+      pkgs.zstd
       pkgs.nix
       config.system.build.nixos-install
       pkgs.nixos-enter

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks for make-disk-image. Prints figures; asserts nothing about time.
 
-    python3 bench/bench.py [--size-mb 500] [--layouts legacy,efi,...] [--only NAME,...]
+    python3 bench/bench.py [SECTION,...] [--size-mb 500] [--layouts legacy,efi,...] [--only NAME,...]
 
 Sections (all on one synthetic closure of --size-mb, made with Debian's Nix):
   prepare    wall time of `make-disk-image prepare` per partitionTableType (auto size)
@@ -11,6 +11,9 @@ Sections (all on one synthetic closure of --size-mb, made with Debian's Nix):
              `tune2fs -O metadata_csum` + `e2fsck -fyD`
   qcow2      `qemu-img convert` to qcow2: plain, zlib (-c), zstd (-c -o
              compression_type=zstd): time and size
+  formats    (not run by default: `bench.py formats` or `--only formats`) every `format`
+             as the engine's finish makes it (deterministic), time and size, beside the
+             reference's `qemu-img convert -c` for qcow2-compressed, in the same run
 
 Run as root (Debian's Nix is single-user here). Needs ~4x --size-mb of free space
 under --workdir.
@@ -37,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 LAYOUTS = ("legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hybrid", "none")
 SECTIONS = ("prepare", "autosize", "mkfs", "qcow2")
+EXTRA_SECTIONS = ("formats",)
 # Fixed so runs are comparable and mke2fs output is reproducible.
 FS_UUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
 SOURCE_DATE_EPOCH = "1"
@@ -353,15 +357,58 @@ def bench_qcow2(work: Path, root: Path, size_mib: int) -> None:
     raw.unlink()
 
 
+def bench_formats(work: Path, root: Path, size_mib: int) -> None:
+    sys.path.insert(0, str(REPO))
+    from make_disk_image import formats, qcow2
+    from make_disk_image.models import Format
+
+    raw = work / "convert.img"
+    raw.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-d", root, raw, f"{size_mib}M"])
+    used = int(run(["du", "-B1", raw]).stdout.split()[0])
+    print(f"  source: raw {human(raw.stat().st_size)} ({human(used)} allocated), "
+          f"{formats.workers()} workers")
+    out = work / "converted"
+    reference = timed(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", raw, out])
+    reference_bytes = out.read_bytes()
+    print(f"  {'reference: qemu-img convert -c':<40} {reference:6.1f} s   "
+          f"{human(out.stat().st_size)}")
+    out.unlink()
+    with stopwatch() as elapsed:
+        qcow2.write(raw, out, workers=1)
+    print(f"  {'qcow2-compressed, 1 worker':<40} {elapsed():6.1f} s   {human(out.stat().st_size)}"
+          f"   ({elapsed() / reference:.2f}x the reference)")
+    out.unlink()
+    for fmt in Format:
+        if fmt is Format.RAW:
+            continue
+        with stopwatch() as elapsed:
+            formats.convert(fmt, raw, out, deterministic=True, step="bench",
+                            name=f"nixos.{fmt.extension}")  # fmt: skip
+        note = ""
+        if fmt is Format.QCOW2_COMPRESSED:
+            same = "identical bytes" if out.read_bytes() == reference_bytes else "OTHER BYTES"
+            note = f"   ({elapsed() / reference:.2f}x the reference, {same})"
+        print(f"  {fmt.value + ' (.' + fmt.extension + ')':<40} {elapsed():6.1f} s   "
+              f"{human(out.stat().st_size)}{note}", flush=True)
+        out.unlink()
+    raw.unlink()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=500, help="synthetic closure size")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("sections", nargs="?", help="shorthand for --only")
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=2, help="runs per timing; best shown")
     args = parser.parse_args(argv)
-    sections = set(args.only.split(","))
+    sections = set((args.sections or args.only).split(","))
+    unknown = sections - set(SECTIONS) - set(EXTRA_SECTIONS)
+    if unknown:
+        parser.error(f"unknown section {', '.join(sorted(unknown))}; "
+                     f"choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     layouts = [layout for layout in args.layouts.split(",") if layout]
 
     work = Path(tempfile.mkdtemp(prefix="mdi-bench-", dir=args.workdir))
@@ -393,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "qcow2" in sections:
             print("qemu-img convert:")
             bench_qcow2(work, root, fs_mib)
+        if "formats" in sections:
+            print("formats (make_disk_image.formats.convert, deterministic):")
+            bench_formats(work, root, fs_mib)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

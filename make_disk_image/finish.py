@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from make_disk_image import fat, process, rootfs
+from make_disk_image import fat, formats, rootfs
 from make_disk_image.handoff import HANDOFF, RECORD, read_handoff, read_record, xchg_dir
 from make_disk_image.models import DiskPlan, Entry, Format, GuestRecord, Handoff, Spec
 from make_disk_image.prepare import STORE_PREFIX, VM_DISK, stage
@@ -29,18 +29,6 @@ logger = logging.getLogger("make_disk_image")
 
 STEP = "finish"
 COPY_CHUNK = 1 << 20
-
-
-def convert_command(spec: Spec, raw: Path, dest: Path) -> list[str]:
-    fmt = spec.format
-    argv = ["qemu-img", "convert", "-f", "raw", "-O", fmt.qemu_format]
-    if fmt is Format.QCOW2_COMPRESSED:
-        argv.append("-c")
-    if fmt is Format.VPC:
-        # Without it qemu-img rounds the size to a CHS geometry and the backup GPT is no
-        # longer at the end of the disk.
-        argv += ["-o", "force_size=on"]
-    return [*argv, str(raw), str(dest)]
 
 
 def load_record(handoff: Handoff, xchg: Path) -> GuestRecord:
@@ -184,15 +172,16 @@ def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
         make_image(spec, handoff, record, build_dir, raw)
         if spec.format is not Format.RAW:
             mark = time.monotonic()
-            process.run(convert_command(spec, raw, partial), step=STEP)
-            raw.unlink()
+            formats.convert(spec.format, raw, partial, deterministic=spec.deterministic,
+                            step=STEP, name=spec.filename)
+            raw.unlink(missing_ok=True)
             logger.info("finish: converted to %s in %.1f s", spec.format.value,
                         time.monotonic() - mark)
         partial.replace(dest)
         support = out / "nix-support"
         support.mkdir(exist_ok=True)
         with (support / "hydra-build-products").open("a") as products:
-            products.write(f"file {spec.format.qemu_format}-image {dest}\n")
+            products.write(formats.product_line(spec.format, dest))
     except BaseException:
         partial.unlink(missing_ok=True)
         if raw != partial:

@@ -14,19 +14,36 @@ FS_BLOCK = 4096  # ext4 block size, as the reference uses
 
 
 class Format(enum.Enum):
+    """`format`: the reference's five, then the ones users used to convert to in postVM.
+    How each is made, and its Hydra product line: make_disk_image/formats.py."""
+
     RAW = "raw"
     QCOW2 = "qcow2"
     QCOW2_COMPRESSED = "qcow2-compressed"
     VDI = "vdi"
     VPC = "vpc"
-
-    @property
-    def qemu_format(self) -> str:
-        return "qcow2" if self is Format.QCOW2_COMPRESSED else self.value
+    VMDK = "vmdk"
+    VHDX = "vhdx"
+    QCOW2_ZSTD = "qcow2-zstd"
+    RAW_ZSTD = "raw-zstd"
 
     @property
     def extension(self) -> str:
-        return {"raw": "img", "qcow2": "qcow2", "vdi": "vdi", "vpc": "vhd"}[self.qemu_format]
+        """The file name's extension (the reference's for its five)."""
+        return _EXTENSIONS[self]
+
+
+_EXTENSIONS = {
+    Format.RAW: "img",
+    Format.QCOW2: "qcow2",
+    Format.QCOW2_COMPRESSED: "qcow2",
+    Format.VDI: "vdi",
+    Format.VPC: "vhd",
+    Format.VMDK: "vmdk",
+    Format.VHDX: "vhdx",
+    Format.QCOW2_ZSTD: "qcow2",
+    Format.RAW_ZSTD: "img.zst",
+}
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ def ls(image: Path, offset: int, path: str) -> list[str]:
     return [n for n in names if n not in (".", "..")]
 
 
-def qemu_img_info(image: Path) -> dict[str, Any]:
-    info: dict[str, Any] = json.loads(run("qemu-img", "info", "--output=json", str(image)))
+def qemu_img_info(image: Path, fmt: str | None = None) -> dict[str, Any]:
+    """`qemu-img info`; pass `fmt` for a VHD, which qemu-img would probe as raw."""
+    forced = ("-f", fmt) if fmt else ()
+    info: dict[str, Any] = json.loads(run("qemu-img", "info", *forced, "--output=json", str(image)))
     return info

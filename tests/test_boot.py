@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from make_disk_image import formats
+from make_disk_image.models import Format
 from testsys import boot, system
 from testsys.boot import BootError, Firmware
 from testsys.build import BuiltImage, build_image
@@ -200,6 +202,22 @@ def test_image_formats_are_the_converted_ones(images: Images) -> None:
     built, _ = images.build("legacy+gpt", CASES["legacy+gpt"])
     assert built.image.suffix == ".vhd"
     assert built.image.read_bytes()[-512:][:8] == b"conectix"
+
+
+def test_a_new_format_boots(images: Images, work_dir: Path) -> None:
+    """The legacy image converted to VHDX, with the GUIDs, sequence numbers and header
+    CRC-32Cs that `deterministic` rewrites, boots and matches its spec."""
+    built, test_system = images.build("legacy", CASES["legacy"])
+    vhdx = work_dir / "legacy.vhdx"
+    formats.convert(Format.VHDX, built.image, vhdx, deterministic=True, step="test")
+    assert vhdx.read_bytes()[:8] == b"vhdxfile"
+    result = boot.boot_image(
+        vhdx, firmware="bios", timeout=BOOT_TIMEOUT, serial_log=work_dir / "legacy-vhdx.serial.log"
+    )
+    problems = boot.check_report(
+        result.report, built.spec, firmware="bios", store_paths=test_system.store_paths()
+    )
+    assert problems == [], "\n".join(problems)
 
 
 @pytest.mark.parametrize("layout", ["legacy", "efi"])

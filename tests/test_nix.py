@@ -408,7 +408,7 @@ def test_nix_build_only_nix_store(checkout: Path, tmp_path: Path) -> None:
     ("image_args", "message"),
     [
         ({"partitionTableType": "gpt"}, "partitionTableType"),
-        ({"format": "vmdk"}, "format"),
+        ({"format": "ova"}, "format"),
         ({"onlyNixStore": True, "partitionTableType": "none"}, "onlyNixStore"),
     ],
     ids=["partitionTableType", "format", "onlyNixStore-with-bootloader"],

@@ -36,7 +36,8 @@ def test_label_default_follows_only_nix_store() -> None:
 
 @pytest.mark.parametrize(("fmt", "filename"), [("raw", "nixos.img"), ("qcow2", "nixos.qcow2"),
                          ("qcow2-compressed", "nixos.qcow2"), ("vdi", "nixos.vdi"),
-                         ("vpc", "nixos.vhd")])
+                         ("vpc", "nixos.vhd"), ("vmdk", "nixos.vmdk"), ("vhdx", "nixos.vhdx"),
+                         ("qcow2-zstd", "nixos.qcow2"), ("raw-zstd", "nixos.img.zst")])
 def test_filenames(fmt: str, filename: str) -> None:
     assert parse_spec(spec(format=fmt)).filename == filename
 
@@ -59,7 +60,7 @@ def test_filenames(fmt: str, filename: str) -> None:
      "octal"),
     ({"contents": [{"source": "/a"}]}, "contents[0].target", "required"),
     ({"contents": [{"source": "/a", "target": "/b", "owner": "x"}]}, "contents[0]", "owner"),
-    ({"format": "vmdk"}, "format", '"qcow2"'),
+    ({"format": "ova"}, "format", '"raw-zstd"'),
     ({"diskSize": "big"}, "diskSize", '"auto"'),
     ({"diskSize": 0}, "diskSize", "positive"),
     ({"bootSize": "1Gi"}, "bootSize", "numfmt"),

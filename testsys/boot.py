@@ -52,7 +52,15 @@ ROOT_PARTITION = {
 }
 ESP_PARTITION_GUID = "1C06F03B-704E-4657-B9CD-681A087A2FDC"
 LINUX_FS_TYPE_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
-QEMU_FORMATS = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2", ".vhd": "vpc", ".vdi": "vdi"}
+QEMU_FORMATS = {
+    ".img": "raw",
+    ".raw": "raw",
+    ".qcow2": "qcow2",
+    ".vhd": "vpc",
+    ".vdi": "vdi",
+    ".vmdk": "vmdk",
+    ".vhdx": "vhdx",
+}
 
 
 class BootError(Exception):

@@ -397,6 +397,8 @@ let
   };
   parted = debianPackage { pname = "parted"; };
   qemu-utils = debianPackage { pname = "qemu-utils"; };
+  # format = "raw-zstd" (make_disk_image/formats.py runs `zstd`).
+  zstd = debianPackage { pname = "zstd"; };
   qemu = debianPackage {
     pname = "qemu";
     debianPackages = [
