@@ -17,16 +17,24 @@ SOURCE_DATE_EPOCH = 1
 
 
 def mkfs_command(
-    target: Path, plan: DiskPlan, *, deterministic: bool, in_image: bool = True
+    target: Path,
+    plan: DiskPlan,
+    *,
+    deterministic: bool,
+    in_image: bool = True,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
     """mke2fs for the root filesystem.
 
     `in_image`: `target` is the whole disk image and the filesystem starts at the plan's
     root offset (prepare); otherwise `target` is the root partition's block device (the
     guest's repack), and everything else is the same, so the same tree gives the same
-    filesystem.
+    filesystem. `extra`: more mke2fs options (make_disk_image.minimal's trial runs).
     """
-    args = ["mke2fs", "-t", plan.fs_type, "-b", str(FS_BLOCK), "-F", "-L", plan.label]
+    args = ["mke2fs", "-t", plan.fs_type, "-b", str(FS_BLOCK), "-F", "-L", plan.label, *extra]
+    if plan.root_inodes is not None:
+        # diskSize = "minimal": the inodes the tree needs, not one per 16 KiB.
+        args += ["-N", str(plan.root_inodes)]
     extended = [f"offset={plan.root_offset}"] if in_image and plan.table is not None else []
     if deterministic and plan.root_fs_uuid:
         args += ["-U", plan.root_fs_uuid]
@@ -45,8 +53,9 @@ def make_root_filesystem(
     *,
     deterministic: bool,
     in_image: bool = True,
+    extra: tuple[str, ...] = (),
 ) -> None:
-    argv = mkfs_command(target, plan, deterministic=deterministic, in_image=in_image)
+    argv = mkfs_command(target, plan, deterministic=deterministic, in_image=in_image, extra=extra)
     env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)} if deterministic else {}
     # The tar writer runs in a thread feeding mke2fs's stdin, so the tree is streamed
     # straight from the store into the image.
