@@ -79,10 +79,16 @@ def make_root_filesystem(
     except CommandError as exc:
         feeder.join(timeout=60)
         if "Could not allocate" in exc.stderr or "No space left" in exc.stderr:
+            fix = (
+                # The guest wrote more than the free space "minimal" keeps for it.
+                'raise additionalSpace (diskSize = "minimal" keeps little more free than it)'
+                if plan.size_source == "minimal"
+                else 'raise diskSize, or use diskSize = "auto"'
+            )
             raise StepError(
                 STEP,
                 f"the root filesystem ({plan.root_size // (1024 * 1024)} MiB) is too small "
-                'for the closure and contents; raise diskSize, or use diskSize = "auto" '
+                f"for the closure and contents; {fix} "
                 f"(mke2fs: {exc.stderr.strip().splitlines()[-1]})",
             ) from exc
         raise

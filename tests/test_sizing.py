@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,13 @@ from conftest import Closure, Engine, base_spec, world_readable_dir
 from imagecheck import dumpe2fs, e2fsck_clean, sfdisk_json
 from test_prepare import LAYOUT_TABLES, handoff
 
+from make_disk_image import rootfs
 from make_disk_image.layouts import LAYOUTS, plan_disk
 from make_disk_image.minimal import SLACK, free_bound
 from make_disk_image.models import FS_BLOCK, MIB
+from make_disk_image.process import StepError
 from make_disk_image.spec import parse_spec
+from make_disk_image.staging import Tree
 
 GROW = 200 * MIB
 
@@ -159,3 +163,23 @@ def test_minimal_is_a_disk_size_value() -> None:
     assert spec.diskSize is None and spec.diskSizeMinimal
     auto = parse_spec({"toplevel": "/t", "closureInfo": "/c", "copyChannel": False})
     assert auto.diskSize is None and not auto.diskSizeMinimal
+
+
+def test_guest_writes_over_the_slack_name_additional_space(tmp_path: Path) -> None:
+    """When what the build VM wrote does not fit, the error names the fix for "minimal"."""
+    spec = parse_spec({"toplevel": "/t", "closureInfo": "/c", "copyChannel": False,
+                       "partitionTableType": "none", "diskSize": "minimal"})
+    plan = replace(plan_disk(spec, 8 * MIB, None), size_source="minimal", root_inodes=64)
+    tree = Tree()
+    tree.add_file("big", os.urandom(12 * MIB))
+    with pytest.raises(StepError, match="raise additionalSpace"):
+        rootfs.make_root_filesystem(tmp_path / "fs.img", plan, tree.ordered(),
+                                    deterministic=True, in_image=False)
+
+
+def test_minimal_size_and_image_are_deterministic(closure: Closure, engine: Engine) -> None:
+    runs = [engine.run("prepare", minimal_spec(closure, "efi"), name=f"det-{i}") for i in (1, 2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    images = [str(r.build_dir / "nixos.raw") for r in runs]
+    assert subprocess.run(["cmp", *images], capture_output=True).returncode == 0
+    assert handoff(runs[0].build_dir)["minimal"] == handoff(runs[1].build_dir)["minimal"]
