@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Closure, Engine, base_spec, world_readable_dir
-from imagecheck import dumpe2fs, e2fsck_clean, sfdisk_json
+from imagecheck import dumpe2fs, e2fsck_clean, sfdisk_json, stat
 from test_prepare import LAYOUT_TABLES, handoff
 
 from make_disk_image import rootfs
@@ -133,11 +133,11 @@ def test_plan_shows_how_the_minimal_size_was_computed(closure: Closure,
 def test_auto_size_counts_apparent_sizes(closure: Closure, engine: Engine) -> None:
     """A sparse source and a dense one of the same length give the same auto size.
 
-    The build machine's filesystem stores the sparse one in almost no blocks (checked
-    with st_blocks, as du counts them); the reference's du --apparent-size does not
-    see that, and neither may the engine.
+    The build machine's filesystem stores the sparse one in almost no blocks (st_blocks,
+    what du counts without --apparent-size); the reference's du --apparent-size does not
+    see that, and neither may the engine. Both images hold the file at its full length.
     """
-    sizes = {}
+    plans = {}
     for kind in ("sparse", "dense"):
         src = world_readable_dir(f"mdi-{kind}-")
         path = src / "blob"
@@ -149,12 +149,19 @@ def test_auto_size_counts_apparent_sizes(closure: Closure, engine: Engine) -> No
         path.chmod(0o644)
         allocated = os.stat(path).st_blocks * 512
         assert (allocated < MIB) if kind == "sparse" else (allocated >= 40 * MIB)
-        result = engine.run("plan", base_spec(
-            closure, additionalSpace="0M", contents=[{"source": str(path), "target": "/blob"}]))
+        # 0M would not do: the reference's formula has no room for the journal when one
+        # large file is most of the image.
+        spec = base_spec(closure, additionalSpace="8M",
+                         contents=[{"source": str(path), "target": "/blob"}])
+        result = engine.run("prepare", spec, name=kind)
         assert result.returncode == 0, result.stderr
-        sizes[kind] = json.loads(result.stdout)["auto"]
-    assert sizes["sparse"] == sizes["dense"]
-    assert sizes["sparse"]["files_blocks"] >= 40 * MIB // FS_BLOCK
+        plans[kind] = handoff(result.build_dir)
+        image = result.build_dir / "nixos.raw"
+        assert image.stat().st_size == plans[kind]["disk_size"]
+        blob = stat(image, plans[kind]["root_offset"], "/blob")
+        assert blob is not None and blob.size == 40 * MIB
+    assert plans["sparse"]["auto"] == plans["dense"]["auto"]
+    assert plans["sparse"]["auto"]["files_blocks"] >= 40 * MIB // FS_BLOCK
 
 
 def test_minimal_is_a_disk_size_value() -> None:
