@@ -2,6 +2,7 @@
 """Benchmarks for make-disk-image. Prints figures; asserts nothing about time.
 
     python3 bench/bench.py [--size-mb 500] [--layouts legacy,efi,...] [--only NAME,...]
+    python3 bench/bench.py sizes        (sections as arguments: the same as --only)
 
 Sections (all on one synthetic closure of --size-mb, made with Debian's Nix):
   prepare    wall time of `make-disk-image prepare` per partitionTableType (auto size)
@@ -439,10 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=int, default=500, help="synthetic closure size")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
+    parser.add_argument("section", nargs="*", help=f"same as --only: {', '.join(SECTIONS)}")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=2, help="runs per timing; best shown")
     args = parser.parse_args(argv)
-    sections = set(args.only.split(","))
+    sections = set(args.section or args.only.split(","))
+    if sections - set(SECTIONS):
+        parser.error(f"unknown section(s) {', '.join(sorted(sections - set(SECTIONS)))}")
     layouts = [layout for layout in args.layouts.split(",") if layout]
 
     work = Path(tempfile.mkdtemp(prefix="mdi-bench-", dir=args.workdir))
