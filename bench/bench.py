@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks for make-disk-image. Prints figures; asserts nothing about time.
 
-    python3 bench/bench.py [SECTION,...] [--size-mb 500] [--layouts legacy,efi,...] [--only NAME,...]
+    python3 bench/bench.py [SECTION ...] [--size-mb 500] [--layouts legacy,efi,...] [--only NAME,...]
 
 Sections (all on one synthetic closure of --size-mb, made with Debian's Nix):
   prepare    wall time of `make-disk-image prepare` per partitionTableType (auto size)
@@ -11,6 +11,9 @@ Sections (all on one synthetic closure of --size-mb, made with Debian's Nix):
              `tune2fs -O metadata_csum` + `e2fsck -fyD`
   qcow2      `qemu-img convert` to qcow2: plain, zlib (-c), zstd (-c -o
              compression_type=zstd): time and size
+  sizes      per partitionTableType: the reference's auto size, the smallest disk on
+             which `mkfs.ext4 -d` succeeds (bisection), and `diskSize = "minimal"`
+             (prepare run, free space read back), all with additionalSpace 0M
   formats    (not run by default: `bench.py formats` or `--only formats`) every `format`
              as the engine's finish makes it (deterministic), time and size, beside the
              reference's `qemu-img convert -c` for qcow2-compressed, in the same run
@@ -39,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 LAYOUTS = ("legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hybrid", "none")
-SECTIONS = ("prepare", "autosize", "mkfs", "qcow2")
+SECTIONS = ("prepare", "autosize", "mkfs", "qcow2", "sizes")
 EXTRA_SECTIONS = ("formats",)
 # Fixed so runs are comparable and mke2fs output is reproducible.
 FS_UUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
@@ -276,6 +279,84 @@ def bench_autosize(work: Path, closure: Closure, root: Path) -> None:
     shutil.rmtree(build)
 
 
+def smallest_disk(layout: str, fs_bytes: int) -> int:
+    """The smallest whole-MiB disk whose root partition (the layout's geometry) holds
+    a filesystem of `fs_bytes`."""
+    sys.path.insert(0, str(REPO))
+    from make_disk_image.layouts import plan_disk
+    from make_disk_image.spec import parse_spec
+
+    spec = parse_spec(
+        {"toplevel": "/t", "closureInfo": "/c", "copyChannel": False, "partitionTableType": layout}
+    )
+    disk = fs_bytes // MIB
+    while plan_disk(spec, disk * MIB, None).root_size < fs_bytes:
+        disk += 1
+    return disk * MIB
+
+
+def superblock(image: Path, offset: int) -> dict[str, str]:
+    target = f"{image}?offset={offset}" if offset else str(image)
+    fields = {}
+    for line in run(["tune2fs", "-l", target]).stdout.decode().splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def bench_sizes(work: Path, closure: Closure, root: Path, layouts: Sequence[str]) -> None:
+    build = work / "sizes"
+    build.mkdir()
+    # Baseline in the same run: the smallest filesystem mkfs.ext4 -d fills (defaults).
+    probe = write_spec(build / "probe.json", closure, "none", additionalSpace="0M")
+    upper = json.loads(engine("plan", probe, cwd=build))["root_size"] // MIB + 64
+    with stopwatch() as elapsed:
+        smallest_fs = smallest_mkfs_size(root, build / "probe.img", upper) * MIB
+    print(f"  smallest filesystem mkfs.ext4 -d fills: {human(smallest_fs)} ({elapsed():.0f} s)")
+    print(
+        f"  {'layout':<12} {'auto':>10} {'mkfs -d min':>12} {'minimal':>10} {'ratio':>6} "
+        f"{'fs ratio':>8} {'free':>9} {'vs plan':>7} {'prepare auto':>13} {'minimal':>8}"
+    )
+    for layout in layouts:
+        extra = {"installBootLoader": False} if layout == "none" else {}
+        auto_spec = write_spec(build / "auto.json", closure, layout, additionalSpace="0M", **extra)
+        auto = json.loads(engine("plan", auto_spec, cwd=build))["disk_size"]
+        times = {}
+        for kind, spec_extra in (("auto", {}), ("minimal", {"diskSize": "minimal"})):
+            spec = write_spec(
+                build / "spec.json", closure, layout, additionalSpace="0M", **extra, **spec_extra
+            )
+            (build / "nixos.raw").unlink(missing_ok=True)
+            with stopwatch() as elapsed:
+                engine("prepare", spec, "--out", build / "out", cwd=build,
+                       env={"out": str(build / "out")})  # fmt: skip
+            times[kind] = elapsed()
+        plan = json.loads((build / "xchg/make-disk-image.json").read_text())
+        image = build / "nixos.raw"
+        fsck = subprocess.run(
+            ["e2fsck", "-fn", f"{image}?offset={plan['root_offset']}" if plan["root_offset"]
+             else str(image)], capture_output=True, check=False,
+        )  # fmt: skip
+        sb = superblock(image, plan["root_offset"])
+        free = int(sb["Free blocks"]) * 4096
+        # Blocks free beyond what the plan expected (the trial runs without metadata_csum).
+        off = int(sb["Free blocks"]) - plan["minimal"]["free_blocks"]
+        floor = smallest_disk(layout, smallest_fs)
+        tight = plan["disk_size"]
+        clean = "" if fsck.returncode == 0 else f"  e2fsck -fn exit {fsck.returncode}"
+        print(
+            f"  {layout:<12} {auto // MIB:>6} MiB {floor // MIB:>8} MiB {tight // MIB:>6} MiB "
+            f"{tight / floor:>5.2f}x {plan['root_size'] / smallest_fs:>7.2f}x {human(free):>9} "
+            f"{off:>+7d} {times['auto']:>11.1f} s "
+            f"{times['minimal']:>6.1f} s{clean}",
+            flush=True,
+        )
+        if layout == layouts[-1]:
+            print(f"  how ({layout}): {plan['minimal']['method']}")
+    shutil.rmtree(build)
+
+
 def bench_mkfs(work: Path, root: Path, size_mib: int, repeat: int) -> None:
     """Each variant `repeat` times, best time shown (page cache warm for all)."""
     img = work / "mkfs.img"
@@ -399,12 +480,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=500, help="synthetic closure size")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
-    parser.add_argument("sections", nargs="?", help="shorthand for --only")
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
+    parser.add_argument("section", nargs="*", help=f"same as --only: {', '.join(SECTIONS)}")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=2, help="runs per timing; best shown")
     args = parser.parse_args(argv)
-    sections = set((args.sections or args.only).split(","))
+    sections = set(args.section or args.only.split(","))
     unknown = sections - set(SECTIONS) - set(EXTRA_SECTIONS)
     if unknown:
         parser.error(f"unknown section {', '.join(sorted(unknown))}; "
@@ -440,6 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "qcow2" in sections:
             print("qemu-img convert:")
             bench_qcow2(work, root, fs_mib)
+        if "sizes" in sections:
+            print('disk sizes, additionalSpace 0M: auto, smallest for mkfs.ext4 -d, "minimal":')
+            bench_sizes(work, closure, root, layouts)
         if "formats" in sections:
             print("formats (make_disk_image.formats.convert, deterministic):")
             bench_formats(work, root, fs_mib)

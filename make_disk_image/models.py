@@ -85,7 +85,8 @@ class Spec:
 
     toplevel: str
     closureInfo: str
-    diskSize: int | None = None  # MiB; None means "auto"
+    diskSize: int | None = None  # MiB; None means "auto" or "minimal"
+    diskSizeMinimal: bool = False  # diskSize = "minimal" (diskSize is then None)
     additionalSpace: int = 512 * MIB  # bytes
     bootSize: int = 256 * MIB  # bytes, as given (before the reference's rounding)
     contents: tuple[ContentEntry, ...] = ()
@@ -205,11 +206,38 @@ class SizeComputation:
 
 
 @dataclass(frozen=True)
+class MinimalSize:
+    """How a `diskSize = "minimal"` size was reached (make_disk_image.minimal).
+
+    A trial `mke2fs -d -` of the tree into a sparse file of `trial_size` bytes measures
+    the blocks the tree takes (`content_blocks`: used blocks minus those of the same
+    filesystem holding only the root directory); mke2fs runs without `-d` at candidate
+    sizes measure the metadata (`overhead_blocks`). The filesystem is the smallest root
+    partition, in whole MiB of disk, with `free_blocks` >= additionalSpace + slack.
+    """
+
+    entries: int  # inodes the tree needs
+    inodes: int  # mke2fs -N
+    trial_size: int  # bytes
+    trial_used_blocks: int
+    trial_empty_blocks: int  # used by the trial filesystem holding only the root
+    content_blocks: int  # trial_used_blocks - trial_empty_blocks
+    margin_blocks: int  # for what the trial's settings may count differently
+    overhead_blocks: int  # used by an empty filesystem of the final size
+    additional_space: int  # bytes (additionalSpace)
+    slack: int  # bytes of free space kept for the guest's writes
+    filesystem_size: int  # bytes (the root partition)
+    free_blocks: int  # expected free blocks after mke2fs -d, before the guest
+    disk_image_size: int  # bytes
+    method: str
+
+
+@dataclass(frozen=True)
 class DiskPlan:
     partition_table_type: str
     table: str | None
     disk_size: int  # bytes
-    size_source: str  # "diskSize" or "auto"
+    size_source: str  # "diskSize", "auto" or "minimal"
     auto: SizeComputation | None
     boot_size: int  # bytes, after the reference's rounding
     disk_guid: str | None
@@ -223,6 +251,9 @@ class DiskPlan:
     root_fs_uuid: str | None
     image: str = "nixos.raw"
     extras: dict[str, Any] = field(default_factory=dict)
+    # mke2fs -N for the root filesystem (diskSize = "minimal"); None: mke2fs's default.
+    root_inodes: int | None = None
+    minimal: MinimalSize | None = None
 
     @property
     def root_partition(self) -> PlannedPartition | None:
@@ -242,9 +273,11 @@ class DiskPlan:
         data = dict(data)
         data.pop("root_partition_device", None)
         auto = data.pop("auto")
+        minimal = data.pop("minimal", None)
         parts = data.pop("partitions")
         return cls(
             auto=SizeComputation(**auto) if auto else None,
+            minimal=MinimalSize(**minimal) if minimal else None,
             partitions=tuple(PlannedPartition(**{**p, "flags": tuple(p["flags"])}) for p in parts),
             **data,
         )

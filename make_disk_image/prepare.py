@@ -20,6 +20,7 @@ from pathlib import Path
 from make_disk_image import fat, nixdb, rootfs
 from make_disk_image.handoff import HANDOFF, NIX_DB_DIR, RECORD, write_handoff, xchg_dir
 from make_disk_image.layouts import check_fits, plan_disk
+from make_disk_image.minimal import minimal_plan
 from make_disk_image.models import MIB, DiskPlan, Entry, Handoff, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import auto_disk_size
@@ -45,6 +46,10 @@ def compute_plan(spec: Spec, tree: Tree | None) -> DiskPlan:
     """The disk plan; an automatic size needs the tree (None: size it from diskSize only)."""
     if spec.diskSize is not None:
         plan = plan_disk(spec, spec.diskSize * MIB, None)
+    elif spec.diskSizeMinimal:
+        if tree is None:
+            raise ValueError("a minimal disk size needs the image tree")
+        plan = minimal_plan(spec, tree)
     else:
         if tree is None:
             raise ValueError("an automatic disk size needs the image tree")

@@ -38,14 +38,19 @@ def mkfs_command(
     uuid: str | None,
     deterministic: bool,
     throwaway: bool = False,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
     """mke2fs for the root filesystem at the plan's root offset in `target`.
 
     `uuid`: the filesystem UUID, the same for both runs (the bootloader may record it).
     `throwaway`: the build VM's copy, which only the bootloader installation reads;
     metadata checksums, most of mke2fs' CPU time, are left out of it.
+    `extra`: more mke2fs options (make_disk_image.minimal's trial runs).
     """
-    args = ["mke2fs", "-t", plan.fs_type, "-b", str(FS_BLOCK), "-F", "-L", plan.label]
+    args = ["mke2fs", "-t", plan.fs_type, "-b", str(FS_BLOCK), "-F", "-L", plan.label, *extra]
+    if plan.root_inodes is not None:
+        # diskSize = "minimal": the inodes the tree needs, not one per 16 KiB.
+        args += ["-N", str(plan.root_inodes)]
     extended = [f"offset={plan.root_offset}"] if plan.table is not None else []
     if uuid:
         args += ["-U", uuid]
@@ -69,9 +74,10 @@ def make_root_filesystem(
     deterministic: bool,
     throwaway: bool = False,
     step: str = STEP,
+    extra: tuple[str, ...] = (),
 ) -> None:
     argv = mkfs_command(
-        target, plan, uuid=uuid, deterministic=deterministic, throwaway=throwaway
+        target, plan, uuid=uuid, deterministic=deterministic, throwaway=throwaway, extra=extra
     )
     env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)} if deterministic else {}
     # The tar writer runs in a thread feeding mke2fs's stdin, so the tree is streamed
@@ -103,10 +109,16 @@ def make_root_filesystem(
         # "Could not allocate block/inode" is the image's filesystem running out; "No
         # space left on device" is the build directory's, which a larger image won't fix.
         if "Could not allocate" in exc.stderr:
+            fix = (
+                # The guest wrote more than the free space "minimal" keeps for it.
+                'raise additionalSpace (diskSize = "minimal" keeps little more free than it)'
+                if plan.size_source == "minimal"
+                else 'raise diskSize, or use diskSize = "auto"'
+            )
             raise StepError(
                 step,
                 f"the root filesystem ({plan.root_size // MIB} MiB) is too small "
-                'for the closure and contents; raise diskSize, or use diskSize = "auto" '
+                f"for the closure and contents; {fix} "
                 f"(mke2fs: {exc.stderr.strip().splitlines()[-1]})",
             ) from exc
         raise

@@ -60,8 +60,8 @@ def _is_size(v: Any) -> bool:
 # key -> (type check, human type name)
 FIELDS: Mapping[str, tuple[_Check, str]] = {
     "diskSize": (
-        lambda v: v == "auto" or _is_int(v) or (isinstance(v, str) and v.isdigit()),
-        '"auto" or an integer number of MiB',
+        lambda v: v in ("auto", "minimal") or _is_int(v) or (isinstance(v, str) and v.isdigit()),
+        '"auto", "minimal" or an integer number of MiB',
     ),
     "additionalSpace": (_is_size, 'a size string such as "512M"'),
     "bootSize": (_is_size, 'a size string such as "256M"'),
@@ -225,15 +225,18 @@ def parse_spec(raw: Any) -> Spec:
         ) from None
 
     disk_size = kw.pop("diskSize", "auto")
-    kw["diskSize"] = None if disk_size == "auto" else int(disk_size)
+    kw["diskSize"] = None if disk_size in ("auto", "minimal") else int(disk_size)
+    kw["diskSizeMinimal"] = disk_size == "minimal"
     if kw["diskSize"] is not None:
         if kw["diskSize"] <= 0:
-            raise SpecError("diskSize", f'{disk_size} MiB must be positive (or "auto")')
+            raise SpecError(
+                "diskSize", f'{disk_size} MiB must be positive (or "auto", "minimal")'
+            )
         if kw["diskSize"] * MIB > MAX_SIZE:
             raise SpecError(
                 "diskSize",
                 f"{disk_size} MiB is more than the 1E (2^60 bytes) an ext4 filesystem or a "
-                'disk image can be; give a smaller number of MiB or "auto"',
+                'disk image can be; give a smaller number of MiB, "auto" or "minimal"',
             )
 
     for key in ("additionalSpace", "bootSize"):

@@ -193,6 +193,36 @@ def test_image_boots_and_matches_spec(
         assert result.report.boot_current == entry.number
 
 
+def test_minimal_image_boots_after_growing(images: Images, work_dir: Path) -> None:
+    """diskSize = "minimal" leaves room for what the guest writes (GRUB's files in the
+    root filesystem); grown as a first boot would (truncate, growpart, resize2fs), the
+    image boots and its kernel sees the grown partition and filesystem."""
+    from imagecheck import dumpe2fs, sfdisk_json
+    from test_sizing import grow_root
+
+    from make_disk_image.minimal import free_bound
+
+    case = Case("legacy+gpt", ("bios",), "raw", grub_device="/dev/disk/by-id/virtio-os")
+    built, test_system = images.build(
+        "legacy+gpt-minimal", case, diskSize="minimal", additionalSpace="0M"
+    )
+    plan_size = built.image.stat().st_size
+    # The issue's bound holds for the finished image: what GRUB wrote fit in the slack.
+    root = sfdisk_json(built.image)["partitions"][1]
+    sb = dumpe2fs(built.image, int(root["start"]) * 512)
+    free = int(sb["Free blocks"]) * 4096
+    assert 0 < free <= free_bound(0, int(sb["Block count"]) * 4096)
+    _, root_size = grow_root(built.image, 2, 64 * 1024 * 1024)
+    assert built.image.stat().st_size == plan_size + 64 * 1024 * 1024
+    result = boot_built(built, "bios", work_dir / "legacy+gpt-minimal.serial.log")
+    problems = boot.check_report(
+        result.report, built.spec, firmware="bios", store_paths=test_system.store_paths()
+    )
+    assert problems == [], "\n".join(problems)
+    assert result.report.root_sectors == root_size // 512
+    assert result.report.fs_blocks == root_size // 4096
+
+
 def test_image_formats_are_the_converted_ones(images: Images) -> None:
     """The qcow2, vpc and vdi cases really booted converted files, not raw ones."""
     for name, header in (("legacy+boot", b"QFI\xfb"), ("efixbootldr", b"QFI\xfb")):

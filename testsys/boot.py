@@ -112,6 +112,8 @@ class GuestReport:
     groups: Mapping[str, int]
     efi_variables: Mapping[str, bytes] = field(default_factory=dict)
     stage2_version: str | None = None
+    root_sectors: int | None = None  # the root device's size in 512-byte sectors
+    fs_blocks: int | None = None  # the superblock's block count (low 32 bits)
 
     def system_profile_target(self) -> str | None:
         """Where /nix/var/nix/profiles/system leads, following the profile's links."""
@@ -219,6 +221,8 @@ def parse_report(serial: str) -> GuestReport:
         groups=groups,
         efi_variables=efi_variables,
         stage2_version=optional("stage2"),
+        root_sectors=int(values["root-sectors"]) if values.get("root-sectors") else None,
+        fs_blocks=int(values["fs-blocks"]) if values.get("fs-blocks") else None,
     )
 
 

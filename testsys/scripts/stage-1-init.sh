@@ -102,6 +102,9 @@ fi
 report fs-magic "$(read_hex "$device" $((1024 + 56)) 2)"
 report fs-uuid "$(read_hex "$device" $((1024 + 104)) 16)"
 report fs-label "$(dd if="$device" bs=1 skip=$((1024 + 120)) count=16 2>/dev/null | tr -d '\000')"
+# Sizes as the kernel sees them: a grown image's partition and filesystem.
+report root-sectors "$(cat "/sys/class/block/$name/size")"
+report fs-blocks "$(read_u "$device" $((1024 + 4)) 4)"
 
 R=/mnt-root
 mkdir -p $R
