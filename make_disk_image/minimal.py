@@ -36,9 +36,9 @@ from make_disk_image.layouts import (
     reserved_space,
     rounded_boot_size,
 )
-from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, MinimalSize, Spec
+from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry, MinimalSize, Spec
 from make_disk_image.process import StepError
-from make_disk_image.staging import Entry, Tree
+from make_disk_image.staging import Tree
 
 logger = logging.getLogger("make_disk_image")
 

@@ -9,7 +9,6 @@ import pytest
 from conftest import Closure, Engine, base_spec
 from imagecheck import e2fsck_clean, qemu_img_info, run, sfdisk_json
 
-
 FORMATS = {  # format -> (file name, qemu-img's format name, Hydra product type)
     "raw": ("nixos.img", "raw", "raw-image"),
     "qcow2": ("nixos.qcow2", "qcow2", "qcow2-image"),
