@@ -113,7 +113,7 @@ def fixed(**kw: Any) -> Overrides:
 # (id, overrides, exit status, what the error line must contain: the argument, the fix)
 CASES: list[tuple[str, Overrides, int, tuple[str, ...]]] = [
     # Every key with a wrong type
-    ("type-diskSize", fixed(diskSize=[1]), 2, ("`diskSize`", '"auto" or an integer')),
+    ("type-diskSize", fixed(diskSize=[1]), 2, ("`diskSize`", '"minimal" or an integer')),
     ("type-diskSize-float", fixed(diskSize=1.5), 2, ("`diskSize`", "integer")),
     ("type-additionalSpace", fixed(additionalSpace=True), 2, ("`additionalSpace`", '"512M"')),
     ("type-bootSize", fixed(bootSize=None), 2, ("`bootSize`", '"256M"')),
@@ -207,7 +207,7 @@ CASES: list[tuple[str, Overrides, int, tuple[str, ...]]] = [
     # Enumerations and reference asserts
     ("partitionTableType-gpt", fixed(partitionTableType="gpt"), 2,
      ("`partitionTableType`", '"legacy"')),
-    ("format-vmdk", fixed(format="vmdk"), 2, ("`format`", '"vpc"')),
+    ("format-ova", fixed(format="ova"), 2, ("`format`", '"vpc"')),
     ("fsType-xfs", fixed(fsType="xfs", partitionTableType="none"), 2,
      ("`fsType`", "ext2, ext3 and ext4")),
     ("label-too-long", fixed(label="a-label-that-is-too-long"), 2, ("`label`", "16 bytes")),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -88,7 +89,8 @@ def blob_dir() -> Iterator[Path]:
 
 
 def blob_spec(closure: Closure, blob_dir: Path, **kw: Any) -> dict[str, Any]:
-    return base_spec(closure, installBootLoader=False, additionalSpace="16M",
+    kw.setdefault("installBootLoader", False)
+    return base_spec(closure, additionalSpace="16M",
                      contents=[{"source": str(blob_dir / "blob"), "target": "/blob"}], **kw)
 
 
@@ -122,7 +124,7 @@ def test_build_dir_filling_while_the_root_filesystem_is_made(
 
 @pytest.fixture(scope="module")
 def prepared(closure: Closure, unprivileged_pkg: Path, blob_dir: Path) -> Iterator[Path]:
-    """A prepared build directory (nixos.raw with 8 MiB of data), for finish."""
+    """A prepared build directory (nixos.raw and xchg/; the guest has no work), for finish."""
     engine = Engine(unprivileged_pkg, world_readable_dir("mdi-fault-prepared-"))
     result = engine.run("prepare", blob_spec(closure, blob_dir))
     assert result.returncode == 0, result.stderr
@@ -134,19 +136,21 @@ def prepared(closure: Closure, unprivileged_pkg: Path, blob_dir: Path) -> Iterat
 def test_out_filling_during_finish(closure: Closure, engine: Engine, blob_dir: Path,
                                    prepared: Path, tmpfs: Any, fmt: str) -> None:
     build_dir, _ = engine.new_build(f"finish-{fmt}")
-    shutil.copy(prepared / "nixos.raw", build_dir / "nixos.raw")
-    shutil.chown(build_dir / "nixos.raw", UNPRIVILEGED_USER, UNPRIVILEGED_USER)
+    shutil.copytree(prepared, build_dir, dirs_exist_ok=True)
+    for path in [build_dir, *build_dir.rglob("*")]:
+        os.chown(path, pwd.getpwnam(UNPRIVILEGED_USER).pw_uid, -1, follow_symlinks=False)
     out = new_build_on(build_dir, tmpfs("out", "4m"))[1]
     result = engine.run("finish", blob_spec(closure, blob_dir, format=fmt),
                         build_dir=build_dir, out=out)
     line = error_line(result.stderr)
     assert result.returncode == 1, result.stderr
-    assert result.stdout == ""  # no diskImage= for a driver to pick up
+    assert result.stdout == ""  # no image path for a driver to pick up
     if fmt == "raw":
-        assert line.startswith("error: finish: No space left on device"), line
-        assert str(out) in line
-        # The image is still in the build directory: the move did not happen.
-        assert (build_dir / "nixos.raw").stat().st_size == (prepared / "nixos.raw").stat().st_size
+        # A raw image is made in place in $out: its root filesystem does not fit there.
+        assert line.startswith("error: finish: root filesystem: command failed"), line
+        assert "No space left on device" in result.stderr
+        # The build VM's disk is untouched.
+        assert (build_dir / "nixos.raw").read_bytes() == (prepared / "nixos.raw").read_bytes()
     else:
         assert line.startswith("error: finish: command failed (exit 1): qemu-img convert "), line
         assert "No space left on device" in result.stderr
@@ -189,7 +193,9 @@ def wait_for_child(proc: subprocess.Popen[str], name: str, timeout: float = 60) 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_during_mke2fs(closure: Closure, blob_dir: Path, tmp_path: Path,
                               signum: signal.Signals) -> None:
-    proc, build_dir, out = start_prepare(blob_spec(closure, blob_dir), tmp_path)
+    # With the bootloader to install, prepare makes the build VM's root filesystem.
+    proc, build_dir, out = start_prepare(blob_spec(closure, blob_dir, installBootLoader=True),
+                                         tmp_path)
     mke2fs = wait_for_child(proc, "mke2fs")
     # Held in the middle of its work, so the signal surely finds it running.
     os.kill(mke2fs, signal.SIGSTOP)

@@ -415,7 +415,7 @@ def test_prepared_image_matches_reference(
     if case.disk_size != "auto":
         overrides["diskSize"] = case.disk_size
     spec = engine_spec(closure, case.layout, **overrides)
-    run = engine.run("prepare", spec, name="prepare")
+    run = engine.build_without_vm(spec, name="prepare")
 
     staging = None
     if case.disk_size == "auto":
@@ -424,11 +424,12 @@ def test_prepared_image_matches_reference(
         if run.returncode == 0:
             tree_source = run
         else:
-            tree_source = engine.run("prepare", {**spec, "additionalSpace": "512M"})
+            tree_source = engine.build_without_vm({**spec, "additionalSpace": "512M"})
             assert tree_source.returncode == 0, tree_source.stderr
         staging = scratch / "tree"
-        tree_plan = json.loads((tree_source.build_dir / "xchg/make-disk-image.json").read_text())
-        extract_tree(tree_source.build_dir / "nixos.raw", tree_plan["root_offset"], staging)
+        tree_plan = json.loads(
+            (tree_source.build_dir / "xchg/make-disk-image.json").read_text())["plan"]
+        extract_tree(tree_source.out / "nixos.img", tree_plan["root_offset"], staging)
     seed = run_oracle(
         scratch,
         case.layout,
@@ -447,8 +448,8 @@ def test_prepared_image_matches_reference(
         )
         assert "error:" in run.stderr
         return
-    image = run.build_dir / "nixos.raw"
-    plan = json.loads((run.build_dir / "xchg" / "make-disk-image.json").read_text())
+    image = run.out / "nixos.img"
+    plan = json.loads((run.build_dir / "xchg" / "make-disk-image.json").read_text())["plan"]
 
     # The auto size: the reference's arithmetic on the engine's tree gives its size.
     if case.disk_size == "auto":

@@ -536,6 +536,7 @@ let
       util-linux
       parted
       qemu-utils
+      zstd
       qemu
       nix
       kmod
