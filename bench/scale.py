@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench import make_closure  # noqa: E402
-
 from testsys.system import NIXOS_ENTER_DIR, BootLoader, build_test_system  # noqa: E402
 
 MIB = 1024 * 1024
@@ -149,8 +147,8 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mdi-scale-", dir=args.workdir))
     try:
-        print(f"machine: {os.cpu_count()} cores; "
-              f"{subprocess.run(['mke2fs', '-V'], capture_output=True, text=True).stderr.splitlines()[0]}")
+        mke2fs = subprocess.run(["mke2fs", "-V"], capture_output=True, text=True)
+        print(f"machine: {os.cpu_count()} cores; {mke2fs.stderr.splitlines()[0]}")
         started = time.monotonic()
         synthetic = make_closure(work, args.size_mb * MIB, packages=args.packages)
         print(f"synthetic closure: {len(synthetic.store_paths)} store paths, "

@@ -226,6 +226,6 @@ def make_vm_root(image: Path, handoff: Handoff, tree: Tree) -> None:
         tree.ordered(),
         uuid=handoff.root_uuid,
         deterministic=True,
-        throwaway=True,
+        checksums=False,
         step="prepare: root filesystem for the build VM",
     )

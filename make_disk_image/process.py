@@ -49,6 +49,7 @@ def run(
     stdin: IO[bytes] | int | None = None,
     stdout: IO[bytes] | int | None = None,
     timeout: float | None = None,
+    ok_returncodes: Sequence[int] = (0,),
 ) -> subprocess.CompletedProcess[bytes]:
     """Run one command, logging it; raise CommandError on failure.
 
@@ -83,6 +84,6 @@ def run(
     stderr = proc.stderr.decode(errors="replace") if proc.stderr else ""
     if stderr.strip():
         logger.debug("[%s] stderr: %s", step, stderr.strip())
-    if proc.returncode != 0:
+    if proc.returncode not in ok_returncodes:
         raise CommandError(step, args, proc.returncode, stderr)
     return proc

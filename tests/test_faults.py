@@ -389,7 +389,10 @@ let
   standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
   config = (standIn.lib.nixosSystem {
     system = builtins.currentSystem;
-    modules = [ { boot.loader.grub.enable = false; } ];
+    modules = [ {
+      boot.loader.grub.enable = false;
+      fileSystems."/" = { device = "/dev/disk/by-label/nix-store"; fsType = "ext4"; };
+    } ];
   }).config;
 in
 import (repo + "/default.nix") ({ inherit pkgs config; inherit (pkgs) lib; }

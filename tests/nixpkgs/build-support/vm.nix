@@ -7,8 +7,9 @@
 # the saved environment, reads its exit status back from xchg/in-vm-exit (none: the
 # builder failed), then runs postVM. The guest is make_disk_image/vm.py: the host's
 # kernel instead of a NixOS kernel and initrd, and, since the stand-in's packages are
-# links to Debian's binaries, the host's /usr (and the merged-/usr links and
-# /etc/ld.so.cache) read-only in that root; nothing else of the host.
+# links to Debian's binaries and the host's Python, the host's /usr (with the
+# merged-/usr links, /etc/ld.so.cache, /etc/alternatives) and that Python's prefix,
+# read-only, in that root; nothing else of the host.
 {
   lib,
   bash,
@@ -57,6 +58,7 @@ rec {
       --accel ${accel} --like-qemu \
       --host-path /usr --host-path /bin --host-path /sbin --host-path /lib \
       --host-path /lib64 --host-path /etc/ld.so.cache --host-path /etc/alternatives \
+      --host-path "$hostPythonPrefix" \
       --cwd /tmp \
       -- ${bash}/bin/bash ${stage2Init}
   '';
@@ -69,6 +71,11 @@ rec {
       source $stdenv/setup
 
       eval "$preVM"
+
+      # The stand-in's python3 links to the host interpreter (build-support/host-python.sh):
+      # its prefix joins the host paths in the guest's otherwise empty root.
+      hostPythonPrefix=$(${coreutils}/bin/readlink -f ${python3}/bin/python3)
+      hostPythonPrefix=''${hostPythonPrefix%/bin/*}
 
       if [ "''${enableParallelBuilding:-}" = 1 ]; then
         QEMU_NR_VCPUS="''${NIX_BUILD_CORES:-0}"
