@@ -158,25 +158,31 @@ def main() -> int:
             else BootLoader(systemd_boot=True)
         bare = build_test_system(work / "system-bare", loader)
         big = build_test_system(work / "system-big", loader,
-                                additional_paths=[Path(synthetic.toplevel)])
+                                additional_paths=[Path(p) for p in synthetic.store_paths])
         spec_kw: dict[str, object] = {"partitionTableType": args.layout}
 
-        # Baselines, in the same run: cp -a of the closure, mke2fs -d of the copy.
+        # Baselines, in the same run (best of 2): cp -a of the closure, mke2fs -d of the copy.
         copy = work / "copy"
-        copy.mkdir()
-        paths = [p for p in synthetic.store_paths]
-        cp_s = wall(["cp", "-a", *paths, str(copy)])
-        used = int(subprocess.run(["du", "-sb", str(copy)], check=True, capture_output=True,
-                                  text=True).stdout.split()[0])
-        fs = work / "baseline.img"
-        fs_kib = int(used * 1.6) // 1024 + 64 * 1024
-        mke2fs_s = wall(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-F", "-U", FS_UUID,
-                         "-d", str(copy), str(fs), f"{fs_kib}K"],
-                        env=dict(os.environ, SOURCE_DATE_EPOCH="1"))
-        fs.unlink()
-        shutil.rmtree(copy)
-        print(f"baseline cp -a of the closure ({used / MIB:,.0f} MiB): {cp_s:.1f} s")
-        print(f"baseline mke2fs -d of that copy (metadata_csum): {mke2fs_s:.1f} s", flush=True)
+        cp_times, mke2fs_times = [], []
+        used = 0
+        for _ in range(2):
+            copy.mkdir()
+            cp_times.append(wall(["cp", "-a", *synthetic.store_paths, str(copy)]))
+            used = int(subprocess.run(["du", "-sb", str(copy)], check=True, capture_output=True,
+                                      text=True).stdout.split()[0])
+            fs = work / "baseline.img"
+            fs_kib = int(used * 1.6) // 1024 + 64 * 1024
+            mke2fs_times.append(wall(
+                ["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-F", "-U", FS_UUID,
+                 "-d", str(copy), str(fs), f"{fs_kib}K"],
+                env=dict(os.environ, SOURCE_DATE_EPOCH="1")))
+            fs.unlink()
+            shutil.rmtree(copy)
+        cp_s, mke2fs_s = min(cp_times), min(mke2fs_times)
+        print(f"baseline cp -a of the closure ({used / MIB:,.0f} MiB): {cp_s:.1f} s "
+              f"(runs: {', '.join(f'{t:.1f}' for t in cp_times)})")
+        print(f"baseline mke2fs -d of that copy (metadata_csum): {mke2fs_s:.1f} s "
+              f"(runs: {', '.join(f'{t:.1f}' for t in mke2fs_times)})", flush=True)
 
         bare_s, bare_rss, bare_log = build(bare.spec(**spec_kw), work, "bare")
         bare_phases = report_build("make-disk-image build, bare test system", bare_s, bare_rss,

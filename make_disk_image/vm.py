@@ -565,9 +565,10 @@ def qemu_command(
     argv = [
         _system_tool("qemu-system-x86_64"),
         # nixpkgs starts `qemu-kvm -machine accel=kvm:tcg -cpu max`: KVM where the
-        # builder has it, else TCG.
-        "-machine",
-        f"accel={accel}",
+        # builder has it, else TCG. As -accel options (tried in order), so that TCG's
+        # translation cache can be bounded: its default of 1 GiB, filled as the guest
+        # runs, would be most of the VM's memory use.
+        *_accel_options(accel),
         "-cpu",
         "max",
         "-m",
@@ -608,6 +609,18 @@ def qemu_command(
         ]
     argv += list(qemu_opts)
     return argv
+
+
+# MiB of TCG's translated code cache.
+TCG_TB_SIZE = 64
+
+
+def _accel_options(accel: str) -> list[str]:
+    """`kvm:tcg` (qemu's -machine accel= syntax) as -accel options, TCG's cache bounded."""
+    options: list[str] = []
+    for name in accel.split(":"):
+        options += ["-accel", f"tcg,tb-size={TCG_TB_SIZE}" if name == "tcg" else name]
+    return options
 
 
 def _drive_path(path: Path) -> str:
