@@ -148,6 +148,11 @@ def add_checksums(target: Path, plan: DiskPlan, *, deterministic: bool, step: st
     env = {"E2FSPROGS_FAKE_TIME": "1", "E2FSCK_TIME": "1"} if deterministic else {}
     spec = device_spec(target, plan)
     process.run(["tune2fs", "-O", "metadata_csum", spec], step=f"{step}: checksums", env=env)
+    # mke2fs -U with metadata_csum also sets metadata_csum_seed (the seed kept in the
+    # superblock, from the UUID); so does the reference's tune2fs -U. Turned on after
+    # the checksums, tune2fs stores that seed (together it would store 0).
+    process.run(["tune2fs", "-O", "metadata_csum_seed", spec], step=f"{step}: checksums",
+                env=env)
     # 1: "errors corrected", which is what -D's directory rebuild reports.
     process.run(["e2fsck", "-fyD", spec], step=f"{step}: checksums", env=env,
                 ok_returncodes=(0, 1))
