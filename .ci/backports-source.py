@@ -30,7 +30,9 @@ def deb822_stanzas(text: str) -> list[dict[str, str]]:
 
 def main() -> int:
     suite = sys.argv[1] if len(sys.argv) > 1 else "bookworm"
-    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+    # A second argument: another root to read etc/apt from (the tests use one).
+    etc = (sys.argv[2] if len(sys.argv) > 2 else "") + "/etc/apt"
+    for path in sorted(glob.glob(f"{etc}/sources.list.d/*.sources")):
         with open(path, encoding="utf-8") as f:
             for stanza in deb822_stanzas(f.read()):
                 if "deb" not in stanza.get("types", "").split():
@@ -47,7 +49,7 @@ def main() -> int:
                 if "signed-by" in stanza:
                     print(f"Signed-By: {stanza['signed-by']}")
                 return 0
-    for path in ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list"))]:
+    for path in [f"{etc}/sources.list", *sorted(glob.glob(f"{etc}/sources.list.d/*.list"))]:
         try:
             with open(path, encoding="utf-8") as f:
                 lines = f.read().splitlines()
@@ -72,7 +74,7 @@ def main() -> int:
                 if signed:
                     print(f"Signed-By: {signed[0].split('=', 1)[1]}")
                 return 0
-    print(f"error: no apt source for {suite} in /etc/apt; add one, then rerun", file=sys.stderr)
+    print(f"error: no apt source for {suite} in {etc}; add one, then rerun", file=sys.stderr)
     return 1
 
 
