@@ -216,7 +216,7 @@ def check_chowned(image: Path, offset: int) -> None:
     assert (notes.uid, notes.gid, notes.mode & 0o7777) == (1000, 100, 0o750)
     assert (key.uid, key.gid, key.mode & 0o7777) == (1001, 1001, 0o400)
     assert cat(image, offset, "/etc/bob.key") == "k\n"
-    # Written by the activation in the guest, kept by the repack.
+    # Written by the activation in the guest, kept through the guest's record.
     assert "alice:x:1000:100:" in cat(image, offset, "/etc/passwd")
 
 
