@@ -191,8 +191,9 @@ let
     diskImage=nixos.raw
   '';
 
-  # No `eval "$(...)"`: a failing command substitution inside eval does not stop `sh -e`.
-  # finish prints the image's path; reading it back is a checked assignment.
+  # finish's output is not evaluated as shell: a command substitution that fails inside
+  # an eval does not stop `sh -e`. finish prints the image's path; reading it back is a
+  # plain assignment, whose status `sh -e` checks.
   finish = ''
     export PATH=${binPath}:$PATH
     make-disk-image finish ${spec} > make-disk-image.result
