@@ -70,8 +70,10 @@ def assert_guest_made_no_filesystem(log: str) -> None:
     for line in commands:
         for tool in ("mke2fs", "mkfs", "mcopy", "mmd", "tune2fs", "blkdiscard"):
             assert tool not in line, line
-    # The record covers what lies outside the store, not the closure.
+    # The record covers what lies outside the store, not the closure: no store path
+    # was entered (prepare's ctime 0 and mtime 1 s mark every store path's top untouched).
     assert "guest: record changes:" in log
+    assert "0 store paths entered" in log
     assert any("[finish: root filesystem] $ " in line and " mke2fs " in line
                for line in log.splitlines())
 
