@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kernel cmdline:  {report.cmdline}")
     print(f"root:            {report.root_device} (partition {report.root_partition_number},")
     print(f"                 {report.partition_table} GUID {report.root_partition_guid})")
-    print(f"file system:     ext4 label {report.fs_label!r} UUID {report.fs_uuid}")
+    print(f"file system:     {report.fs_type} label {report.fs_label!r} UUID {report.fs_uuid}")
     print(f"/etc/NIXOS:      {'present' if report.etc_nixos else 'MISSING'}")
     print(f"system profile:  {report.system_profile_target()}")
     print(f"store entries:   {len(report.store_entries)}")
