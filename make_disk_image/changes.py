@@ -2,12 +2,13 @@
 
 prepare makes the build VM's root filesystem with every inode's mtime at 1 s and its
 ctime at most that (tar carries no ctime); for xfs and btrfs, whose tools write their
-own clock, both at most the moment prepare recorded after mkfs (prepared_until_ns). Whatever the guest writes, creates, chowns
-or chmods gets a real mtime or ctime. The guest walks only what lies outside the
-store's paths (/etc, /boot, /nix/var, `contents`, ...: small, whatever the closure's
-size) and looks at the top of each store path; a store path whose top the guest did not
-touch is not entered. Changed bytes are copied into xchg/ for finish; unchanged files
-are named as prepare's, whose sources finish reads again natively.
+own clock, both at most the moment prepare recorded after mkfs (prepared_until_ns).
+Whatever the guest writes, creates, chowns or chmods gets a real mtime or ctime. The
+guest walks only what lies outside the store's paths (/etc, /boot, /nix/var,
+`contents`, ...: small, whatever the closure's size) and looks at the top of each store
+path; a store path whose top the guest did not touch is not entered. Changed bytes
+are copied into xchg/ for finish; unchanged files are named as prepare's, whose
+sources finish reads again natively.
 """
 
 from __future__ import annotations
