@@ -25,7 +25,7 @@ evalConfigArgs@{
   modules,
   modulesLocation ? (builtins.unsafeGetAttrPos "modules" evalConfigArgs).file or null,
   prefix ? [ ],
-  lib ? import ../../lib,
+  lib ? import ../../selected-lib.nix,
   extraModules ? [ ],
 }:
 let
