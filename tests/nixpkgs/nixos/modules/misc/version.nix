@@ -68,6 +68,6 @@ in
     };
     warnings = lib.optional (
       options.system.stateVersion.highestPrio == (lib.mkOptionDefault { }).priority
-    ) "system.stateVersion is not set, defaulting to ${config.system.stateVersion}. Read why this matters on https://nixos.org/manual/nixos/stable/options.html#opt-system.stateVersion.";
+    ) "system.stateVersion is not set, defaulting to ${config.system.stateVersion}: set it to the release the system was first installed with.";
   };
 }
