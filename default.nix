@@ -92,6 +92,13 @@
   requireKVM ? true,
 }:
 let
+  # The choices (formats, partition table types, filesystems) and the arguments: one
+  # file that the module and the engine read too.
+  interface = builtins.fromJSON (builtins.readFile ./make_disk_image/interface.json);
+  oneOf =
+    argument: value: table:
+    lib.assertOneOf "makeDiskImage: argument `${argument}`" value (map (entry: entry.name) table);
+
   makeDiskImage = pkgs.callPackage ./nix/package.nix { };
 
   # The channel, as the reference builds it: pkgs' own source as nixos (and nixpkgs).
@@ -235,6 +242,8 @@ let
         requiredSystemFeatures = lib.remove "kvm" (old.requiredSystemFeatures or [ ]);
       });
 in
+assert oneOf "partitionTableType" partitionTableType interface.partitionTableTypes;
+assert oneOf "format" format interface.formats;
 assert lib.assertMsg (builtins.isBool requireKVM)
   "makeDiskImage: argument `requireKVM` must be true or false (false: build without KVM, under TCG)";
 if onlyNixStore then

@@ -209,7 +209,7 @@ CASES: list[tuple[str, Overrides, int, tuple[str, ...]]] = [
      ("`partitionTableType`", '"legacy"')),
     ("format-ova", fixed(format="ova"), 2, ("`format`", '"vpc"')),
     ("fsType-xfs", fixed(fsType="xfs", partitionTableType="none"), 2,
-     ("`fsType`", "ext2, ext3 and ext4")),
+     ("`fsType`", "is not one this engine makes; use one of")),
     ("label-too-long", fixed(label="a-label-that-is-too-long"), 2, ("`label`", "16 bytes")),
     ("touchEFIVars-legacy", fixed(touchEFIVars=True), 2, ("`touchEFIVars`", "efi")),
     ("touchEFIVars-no-firmware", fixed(touchEFIVars=True, partitionTableType="efi"), 2,
