@@ -44,12 +44,15 @@ class PartitionTableInfo:
 
 @dataclass(frozen=True)
 class FsTypeInfo:
-    """An `fsType` the engine can make."""
+    """An `fsType` the engine can make: what Nix checks too. How the engine makes and
+    sizes it: make_disk_image/filesystems.py."""
 
     name: str
     origin: Origin
     in_partition_table: bool  # may be the root of a partitioned disk (else only "none")
-    has_uuid: bool  # rootFSUID applies
+    read_only: bool  # holds only a store image (onlyNixStore, partitionTableType "none")
+    label_bytes: int  # the longest label the tool stores (0: it stores none)
+    takes_uuid: bool  # the tool takes a fixed filesystem UUID (rootFSUID)
     description: str
 
 
@@ -84,7 +87,9 @@ _FIELDS = {
     "productType": "product_type",
     "efiVariables": "efi_variables",
     "inPartitionTable": "in_partition_table",
-    "hasUUID": "has_uuid",
+    "readOnly": "read_only",
+    "labelBytes": "label_bytes",
+    "takesUUID": "takes_uuid",
 }
 
 

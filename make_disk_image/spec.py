@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.interface import (
     DISK_SIZE_WORDS,
     FS_TYPES,
@@ -275,17 +276,7 @@ def parse_spec(raw: Any) -> Spec:
     if kw["rootFSUID"] is not None and not GUID_RE.match(kw["rootFSUID"]):
         raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
 
-    # The reference's assert first (it has no list of filesystems), then this engine's.
-    if ptt != "none" and fs_type not in IN_PARTITION_TABLE:
-        raise SpecError("fsType", f'"{fs_type}": ' + REFERENCE_MESSAGES["fsType"])
-    if fs_type not in FS_TYPES:
-        raise SpecError(
-            "fsType",
-            f'"{fs_type}" is not one this engine makes; use one of '
-            + ", ".join(f'"{name}"' for name in FS_TYPES),
-        )
-    if len(kw["label"].encode()) > 16:
-        raise SpecError("label", f'"{kw["label"]}" is longer than the 16 bytes an ext4 label holds')
+    _check_filesystem(kw, ptt, fs_type, only_nix_store)
 
     if kw.get("touchEFIVars", False):
         if ptt not in EFI_VAR_LAYOUTS:
@@ -351,3 +342,54 @@ def _check_boot_size(ptt: str, boot_size: int) -> None:
             f"for {ptt} it must end after {minimum} MiB; use a bootSize of at least "
             f"{minimum}M",
         )
+
+
+def _check_filesystem(kw: dict[str, Any], ptt: str, fs_type: str, only_nix_store: bool) -> None:
+    """fsType against filesystems.FILESYSTEMS: what each can hold and where it can sit."""
+    fs = FILESYSTEMS.get(fs_type)
+    if fs is None:
+        raise SpecError(
+            "fsType",
+            f'"{fs_type}" is not one the engine makes; use one of '
+            + ", ".join(f'"{name}"' for name in FILESYSTEMS),
+        )
+    if fs.read_only:
+        if not only_nix_store:
+            raise SpecError(
+                "fsType",
+                f'"{fs_type}" is read-only: it can hold only a store image '
+                "(onlyNixStore = true, partitionTableType = \"none\"), not a root the "
+                'system writes; use "ext4", "btrfs" or "xfs"',
+            )
+        if ptt != "none":
+            raise SpecError(
+                "partitionTableType",
+                f'"{ptt}": a read-only {fs_type} store image is the whole image; '
+                'use partitionTableType = "none"',
+            )
+        if "rootFSUID" in kw and kw["rootFSUID"] is not None and not fs.takes_uuid:
+            raise SpecError("rootFSUID", f"{fs_type} has no filesystem UUID; leave it null")
+    if ptt != "none" and not fs.interface.in_partition_table:
+        raise SpecError(
+            "fsType",
+            f'"{fs_type}": ' + REFERENCE_MESSAGES["fsType"] + " (in a partition table: "
+            + ", ".join(IN_PARTITION_TABLE) + ")",
+        )
+    if fs.label_bytes and len(kw["label"].encode()) > fs.label_bytes:
+        raise SpecError(
+            "label",
+            f'"{kw["label"]}" is longer than the {fs.label_bytes} bytes a {fs_type} label holds',
+        )
+    if fs.maker == "btrfs":
+        for i, entry in enumerate(kw.get("contents", ())):
+            owner = entry.numeric_owner
+            if (owner is not None and owner != (0, 0)) or (
+                owner is None and entry.user is not None and
+                (entry.user, entry.group) != ("root", "root")
+            ):
+                raise SpecError(
+                    f"contents[{i}].user",
+                    f'"{entry.user}:{entry.group}": fsType btrfs is made unprivileged in a '
+                    "user namespace where only root can own files; use root, or fsType "
+                    '"ext4" or "xfs"',
+                )

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     touch_efi_vars = firmware == "uefi"
 
     started = time.monotonic()
-    print(f"== building the test system (Nix 2.8, {layout} boot loader configuration)")
+    print(f"== building the test system with Nix ({layout} boot loader configuration)")
     test_system = system.build_test_system(
         outdir / "system", system.boot_loader_for(layout, touch_efi_vars=touch_efi_vars)
     )
