@@ -25,7 +25,7 @@ let
   makeDiskImage = import ../default.nix;
 
   # makeDiskImage's arguments, formats and other choices: one file the engine reads too.
-  interface = lib.importJSON ../make_disk_image/interface.json;
+  interface = builtins.fromJSON (builtins.readFile ../make_disk_image/interface.json);
 
   contentsEntry = types.submodule {
     options = {
