@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from make_disk_image.filesystems import EXT_FAMILY, FILESYSTEMS
 from make_disk_image.layouts import LAYOUTS
 from make_disk_image.models import MIB, ContentEntry, Format, Spec
 from make_disk_image.utils import MAX_SIZE, parse_iec, round_up_one_unit
@@ -27,7 +28,6 @@ GUID_RE = re.compile(
 MODE_RE = re.compile(r"^[0-7]{3,4}$")
 # What Nix accepts as a derivation name (the store path name): `name` becomes one.
 NIX_NAME_RE = re.compile(r"^[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}$")
-EXT_FAMILY = ("ext2", "ext3", "ext4")
 EFI_VAR_LAYOUTS = ("hybrid", "efi", "efixbootldr", "legacy+gpt")
 
 _Check = Callable[[Any], bool]
@@ -273,20 +273,7 @@ def parse_spec(raw: Any) -> Spec:
     if kw["rootFSUID"] is not None and not GUID_RE.match(kw["rootFSUID"]):
         raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
 
-    if ptt != "none" and fs_type != "ext4":
-        raise SpecError(
-            "fsType",
-            f'"{fs_type}": to produce a partition table, we need to use '
-            "-E offset flag which is support only for fsType = ext4",
-        )
-    if fs_type not in EXT_FAMILY:
-        raise SpecError(
-            "fsType",
-            f'"{fs_type}" cannot be filled without root; this engine '
-            "fills ext2, ext3 and ext4 (mke2fs -d). Use one of those.",
-        )
-    if len(kw["label"].encode()) > 16:
-        raise SpecError("label", f'"{kw["label"]}" is longer than the 16 bytes an ext4 label holds')
+    _check_filesystem(kw, ptt, fs_type, only_nix_store)
 
     if kw.get("touchEFIVars", False):
         if ptt not in EFI_VAR_LAYOUTS:
@@ -360,3 +347,54 @@ def _check_boot_size(ptt: str, boot_size: int) -> None:
             f"for {ptt} it must end after {minimum} MiB; use a bootSize of at least "
             f"{minimum}M",
         )
+
+
+def _check_filesystem(kw: dict[str, Any], ptt: str, fs_type: str, only_nix_store: bool) -> None:
+    """fsType against filesystems.FILESYSTEMS: what each can hold and where it can sit."""
+    fs = FILESYSTEMS.get(fs_type)
+    if fs is None:
+        raise SpecError(
+            "fsType",
+            f'"{fs_type}" is not one the engine makes; use one of '
+            + ", ".join(f'"{name}"' for name in FILESYSTEMS),
+        )
+    if fs.read_only:
+        if not only_nix_store:
+            raise SpecError(
+                "fsType",
+                f'"{fs_type}" is read-only: it can hold only a store image '
+                "(onlyNixStore = true, partitionTableType = \"none\"), not a root the "
+                'system writes; use "ext4", "btrfs" or "xfs"',
+            )
+        if ptt != "none":
+            raise SpecError(
+                "partitionTableType",
+                f'"{ptt}": a read-only {fs_type} store image is the whole image; '
+                'use partitionTableType = "none"',
+            )
+        if "rootFSUID" in kw and kw["rootFSUID"] is not None and not fs.takes_uuid:
+            raise SpecError("rootFSUID", f"{fs_type} has no filesystem UUID; leave it null")
+    if ptt != "none" and fs_type in EXT_FAMILY and fs_type != "ext4":
+        raise SpecError(
+            "fsType",
+            f'"{fs_type}": to produce a partition table, we need to use '
+            "-E offset flag which is support only for fsType = ext4",
+        )
+    if fs.label_bytes and len(kw["label"].encode()) > fs.label_bytes:
+        raise SpecError(
+            "label",
+            f'"{kw["label"]}" is longer than the {fs.label_bytes} bytes a {fs_type} label holds',
+        )
+    if fs.maker == "btrfs":
+        for i, entry in enumerate(kw.get("contents", ())):
+            owner = entry.numeric_owner
+            if (owner is not None and owner != (0, 0)) or (
+                owner is None and entry.user is not None and
+                (entry.user, entry.group) != ("root", "root")
+            ):
+                raise SpecError(
+                    f"contents[{i}].user",
+                    f'"{entry.user}:{entry.group}": fsType btrfs is made unprivileged in a '
+                    "user namespace where only root can own files; use root, or fsType "
+                    '"ext4" or "xfs"',
+                )

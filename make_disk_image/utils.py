@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from make_disk_image.process import StepError
@@ -71,3 +73,37 @@ def allocate_file(path: Path, size: int, *, step: str) -> None:
             f"{exc.strerror}; the build directory's filesystem cannot hold a disk image "
             'this large: lower `diskSize` (or `additionalSpace` with diskSize = "auto")',
         ) from exc
+
+
+COPY_CHUNK = 1 << 20
+
+
+def copy_data_ranges(src: Path, dst: Path, ranges: Iterable[tuple[int, int]], *,
+                     dest_offset: int = 0) -> int:
+    """Copy the data (not the holes) of `src` within each byte range [start, end) to the
+    same place plus `dest_offset` in `dst`, which exists; return the bytes copied."""
+    copied = 0
+    with src.open("rb") as fin, dst.open("r+b") as fout:
+        in_fd = fin.fileno()
+        for start, end in ranges:
+            offset = start
+            while offset < end:
+                try:
+                    data_start = os.lseek(in_fd, offset, os.SEEK_DATA)
+                except OSError:
+                    break  # only a hole to the end of the file
+                if data_start >= end:
+                    break
+                data_end = min(os.lseek(in_fd, data_start, os.SEEK_HOLE), end)
+                fin.seek(data_start)
+                fout.seek(data_start + dest_offset)
+                remaining = data_end - data_start
+                while remaining:
+                    chunk = fin.read(min(remaining, COPY_CHUNK))
+                    if not chunk:
+                        break
+                    fout.write(chunk)
+                    remaining -= len(chunk)
+                    copied += len(chunk)
+                offset = data_end
+    return copied

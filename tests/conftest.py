@@ -87,6 +87,46 @@ in { inherit lib app extra toplevel channel; }
 """
 
 
+# MDI_NIXPKGS_LIB=DIR: the Nix tests run against the nixpkgs lib at DIR instead of the
+# stand-in's own (tests/nixpkgs/selected-lib.nix reads it; docs/nix.md).
+NIXPKGS_LIB_VARIABLE = "MDI_NIXPKGS_LIB"
+# Files every nixpkgs lib has and the stand-in's needs from it.
+NIXPKGS_LIB_FILES = ("default.nix", "modules.nix", "options.nix", "types.nix")
+# Where flake tests put DIR in their checkout: pure evaluation reads no environment.
+EXTERNAL_LIB = Path("tests/nixpkgs/external-lib")
+
+
+def selected_nixpkgs_lib() -> Path | None:
+    """DIR of MDI_NIXPKGS_LIB, or None for the stand-in's own lib."""
+    value = os.environ.get(NIXPKGS_LIB_VARIABLE, "")
+    return Path(value).resolve() if value else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    lib = selected_nixpkgs_lib()
+    if lib is None:
+        return
+    missing = [name for name in NIXPKGS_LIB_FILES if not (lib / name).is_file()]
+    if missing:
+        raise pytest.UsageError(
+            f"{NIXPKGS_LIB_VARIABLE}={lib} is not a nixpkgs lib directory (no "
+            f"{', '.join(missing)}): point it at the `lib` directory of a nixpkgs checkout, "
+            f"e.g. {NIXPKGS_LIB_VARIABLE}=$HOME/nixpkgs/lib"
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    lib = selected_nixpkgs_lib()
+    return f"nixpkgs lib: {lib if lib else 'the stand-in (tests/nixpkgs/lib)'}"
+
+
+def add_selected_lib(checkout: Path) -> None:
+    """Copy MDI_NIXPKGS_LIB's directory into a checkout that flakes evaluate."""
+    lib = selected_nixpkgs_lib()
+    if lib is not None:
+        shutil.copytree(lib, checkout / EXTERNAL_LIB, symlinks=True)
+
+
 @dataclass(frozen=True)
 class Closure:
     toplevel: str

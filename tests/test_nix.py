@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import add_selected_lib
 from imagecheck import header_fields
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,8 +115,9 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, target, follow_symlinks=False)
+    add_selected_lib(dest)
     checked(["git", "init", "-q"], cwd=dest)
-    checked(["git", "add", "-A"], cwd=dest)
+    checked(["git", "add", "-A", "--force"], cwd=dest)
     return dest
 
 
