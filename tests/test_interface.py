@@ -95,3 +95,123 @@ def test_default_nix_takes_exactly_the_interface_arguments() -> None:
     for name, has_default in function_args.items():
         argument = interface.ARGUMENTS[name]
         assert has_default == (argument.type != "context"), name
+
+
+# --- default.nix refuses wrong arguments at evaluation -----------------------------------
+
+# pkgs and config throw when forced: a check that needed them, or anything that would
+# build (the toplevel, the closure, the engine), would show here instead of the message.
+EVALUATION = """
+import REPO/default.nix ({
+  lib = import REPO/tests/nixpkgs/selected-lib.nix;
+  pkgs = throw "pkgs was forced";
+  config = throw "config was forced";
+} // ARGS)
+"""
+
+BAD_ARGUMENTS: list[tuple[str, str, str, str]] = [
+    # id, Nix arguments, argument named, fragment of the message
+    ("partitionTableType-gpt", 'partitionTableType = "gpt";', "partitionTableType",
+     'must be one of [\n         "legacy"'),
+    ("format-ova", 'format = "ova";', "format", '"vmdk"'),
+    ("fsType-zfs", 'fsType = "zfs"; partitionTableType = "none";', "fsType", '"xfs"'),
+    ("fsType-ext3-in-table", 'fsType = "ext3";', "fsType",
+     "to produce a partition table, we need to use -E offset flag which is support only "
+     "for fsType = ext4"),
+    ("fsType-read-only-root", 'fsType = "squashfs"; partitionTableType = "none";', "fsType",
+     "read-only"),
+    ("read-only-in-table",
+     'fsType = "erofs"; onlyNixStore = true; installBootLoader = false;',
+     "partitionTableType", "whole image"),
+    ("touchEFIVars-legacy", "touchEFIVars = true;", "touchEFIVars",
+     "EFI variables can be used only with a partition table of type: hybrid, efi, "
+     "efixbootldr, or legacy+gpt."),
+    ("onlyNixStore-bootloader", 'onlyNixStore = true; partitionTableType = "none";',
+     "onlyNixStore", "In a only Nix store image, the contents must be empty, no "
+     "configuration must be provided and no bootloader should be installed."),
+    ("onlyNixStore-contents",
+     'onlyNixStore = true; installBootLoader = false; contents = [ { source = ./x; '
+     'target = "/x"; } ];', "onlyNixStore", "contents must be empty"),
+    ("onlyNixStore-configFile",
+     "onlyNixStore = true; installBootLoader = false; configFile = ./configuration.nix;",
+     "onlyNixStore", "no configuration must be provided"),
+    ("contents-user-only", 'contents = [ { source = ./x; target = "/x"; user = "bob"; } ];',
+     "contents", "Contents of the disk image should set none of {user, group} or both at "
+     "the same time."),
+    ("contents-group-only",
+     'contents = [ { source = ./x; target = "/x"; user = null; group = "users"; } ];',
+     "contents", "should set none of {user, group}"),
+    ("rootFSUID-null", "rootFSUID = null;", "rootFSUID",
+     "In deterministic mode with a ext4 partition, rootFSUID must be non-null, by default, "
+     "it is equal to rootGPUID."),
+    ("label-too-long", 'label = "a-label-that-is-too-long";', "label", "16 bytes"),
+    ("diskSize-word", 'diskSize = "big";', "diskSize", '"auto", "minimal"'),
+    ("diskSize-negative", "diskSize = -1;", "diskSize", "but is: -1"),
+    ("requireKVM-string", 'requireKVM = "no";', "requireKVM", "true or false"),
+    ("memSize-string", 'memSize = "1G";', "memSize", "a positive integer"),
+    ("installBootLoader-string", 'installBootLoader = "yes";', "installBootLoader",
+     "true or false"),
+    ("deterministic-int", "deterministic = 1;", "deterministic", "but is: 1"),
+    ("copyChannel-null", "copyChannel = null;", "copyChannel", "but is: null"),
+    ("rootGPUID-short", 'rootGPUID = "F222513B-DED1-49FA-B591";', "rootGPUID", "GUID"),
+    ("rootFSUID-word", 'rootFSUID = "root";', "rootFSUID", "UUID"),
+    ("label-int", "label = 5;", "label", "a string"),
+    ("name-list", 'name = [ "image" ];', "name", "but is: a list"),
+    ("baseName-int", "baseName = 1;", "baseName", "a string"),
+    ("postVM-list", "postVM = [ ];", "postVM", "a string"),
+    ("bootSize-bool", "bootSize = true;", "bootSize", "512M"),
+    ("additionalSpace-list", 'additionalSpace = [ "1G" ];', "additionalSpace", "512M"),
+    ("contents-string", 'contents = "/etc/motd";', "contents", "a list of"),
+    ("contents-no-target", "contents = [ { source = ./x; } ];", "contents", "a list of"),
+    ("contents-unknown-key",
+     'contents = [ { source = ./x; target = "/x"; owner = "root"; } ];', "contents",
+     "a list of"),
+    ("configFile-int", "configFile = 3;", "configFile", "null, a path"),
+    ("additionalPaths-string", 'additionalPaths = "/nix/store/x";', "additionalPaths",
+     "a list of store paths"),
+    ("efiFirmware-int", 'partitionTableType = "efi"; touchEFIVars = true; efiFirmware = 1;',
+     "efiFirmware", "a path"),
+    ("OVMF-string", 'OVMF = "ovmf";', "OVMF", "a derivation"),
+]  # fmt: skip
+
+
+def instantiate(arguments: str) -> subprocess.CompletedProcess[str]:
+    expr = EVALUATION.replace("REPO", str(REPO)).replace("ARGS", "{ " + arguments + " }")
+    # --readonly-mode: not even a .drv may be written to the store.
+    return subprocess.run(["nix-instantiate", "--readonly-mode", "-E", expr],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+
+@pytest.mark.nix
+@needs_nix
+@pytest.mark.parametrize(("arguments", "argument", "fragment"),
+                         [case[1:] for case in BAD_ARGUMENTS],
+                         ids=[case[0] for case in BAD_ARGUMENTS])  # fmt: skip
+def test_default_nix_refuses_a_wrong_argument_at_evaluation(
+    arguments: str, argument: str, fragment: str
+) -> None:
+    proc = instantiate(arguments)
+    assert proc.returncode != 0, proc.stdout
+    assert f"error: makeDiskImage: argument `{argument}`" in proc.stderr, proc.stderr
+    assert fragment in proc.stderr, proc.stderr
+    # Nothing was looked at but the arguments.
+    assert "was forced" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.nix
+@needs_nix
+@pytest.mark.parametrize("arguments", [
+    "",
+    'partitionTableType = "efi"; touchEFIVars = true; format = "vhdx"; diskSize = "minimal";',
+    'onlyNixStore = true; installBootLoader = false; partitionTableType = "none"; '
+    'fsType = "squashfs"; rootFSUID = null;',
+    'fsType = "xfs"; partitionTableType = "hybrid"; label = "root"; requireKVM = false;',
+    'contents = [ { source = ./x; target = "/x"; user = "bob"; group = "users"; } ]; '
+    'diskSize = 2048; memSize = 2048; additionalPaths = [ ./x ];',
+], ids=["defaults", "efi-vhdx-minimal", "squashfs-store", "xfs-hybrid", "contents"])  # fmt: skip
+def test_right_arguments_pass_the_checks(arguments: str) -> None:
+    """The control: right arguments get past the checks, to where pkgs or config is
+    first needed, so the checks above are what stopped the wrong ones."""
+    proc = instantiate(arguments)
+    assert proc.returncode != 0
+    assert re.search(r"error: (pkgs|config) was forced", proc.stderr), proc.stderr
