@@ -9,8 +9,9 @@ from pathlib import Path
 
 from make_disk_image.process import StepError
 
-_IEC_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([KMGTPEZY]?)\s*$")
-_IEC_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
+_IEC_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([kKMGTPEZY]?)\s*$")
+# "k" as "K": numfmt of coreutils 9.7 (nixpkgs', Debian 13's) reads it; 9.1 (Debian 12) does not.
+_IEC_POWER = {"": 0, "k": 1, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
 # The largest size any argument may have: ext4's limit with 4 KiB blocks (2^48 blocks),
 # and far below what a file offset (2^63) can hold, so sums of sizes cannot overflow.
 MAX_SIZE = 1 << 60
@@ -19,7 +20,7 @@ MAX_SIZE = 1 << 60
 def parse_iec(value: str | int) -> int:
     """Bytes for a size as `numfmt --from=iec` reads it ("512M", "1.5K", "100").
 
-    Like numfmt: one upper-case suffix, powers of 1024, fractions rounded away from zero.
+    Like numfmt: one upper-case suffix (or "k"), powers of 1024, fractions rounded away from zero.
     """
     if isinstance(value, int):
         if value < 0:
@@ -31,7 +32,7 @@ def parse_iec(value: str | int) -> int:
     if not match:
         raise ValueError(
             f'"{value}" is not a size numfmt --from=iec reads; write it like "512M" or "2G" '
-            "(suffixes K, M, G, T; no 'i', no lower case)"
+            "(suffixes K, M, G, T; no 'i', no lower case but k)"
         )
     number, suffix = match.groups()
     factor: int = 1024 ** _IEC_POWER[suffix]

@@ -2,9 +2,10 @@
 stand-in: nixosModules.default, overlays.default, the checks per system, and the
 package source filter.
 
-The stand-in's lib is nixpkgs' own (tests/nixpkgs/lib) and its lib.nixosSystem runs
-lib.evalModules as nixpkgs' eval-config.nix does, so option types, undefined options
-and assertions behave as with nixpkgs. Everything here is `nix-instantiate --eval`:
+The stand-in's lib.nixosSystem runs lib.evalModules as nixpkgs' eval-config.nix does,
+with the stand-in's own lib (as strict as nixpkgs', tests/test_standin_lib.py) or, with
+MDI_NIXPKGS_LIB, a real nixpkgs lib: option types, undefined options and assertions
+behave as with nixpkgs. Everything here is `nix-instantiate --eval`:
 derivation paths and option values, seconds in all.
 """
 
