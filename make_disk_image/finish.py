@@ -11,7 +11,6 @@ result goes into $out in the asked format, with Hydra's products file.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import replace
@@ -23,12 +22,11 @@ from make_disk_image.models import DiskPlan, Entry, Format, GuestRecord, Handoff
 from make_disk_image.prepare import STORE_PREFIX, VM_DISK, stage
 from make_disk_image.process import StepError
 from make_disk_image.staging import Tree, check_sources
-from make_disk_image.utils import allocate_file
+from make_disk_image.utils import allocate_file, copy_data_ranges
 
 logger = logging.getLogger("make_disk_image")
 
 STEP = "finish"
-COPY_CHUNK = 1 << 20
 
 
 def load_record(handoff: Handoff, xchg: Path) -> GuestRecord:
@@ -94,31 +92,7 @@ def copy_outside(src: Path, dst: Path, plan: DiskPlan) -> int:
         position = max(position, end)
     if position < plan.disk_size:
         keep.append((position, plan.disk_size))
-    copied = 0
-    with src.open("rb") as fin, dst.open("r+b") as fout:
-        in_fd = fin.fileno()
-        for start, end in keep:
-            offset = start
-            while offset < end:
-                try:
-                    data_start = os.lseek(in_fd, offset, os.SEEK_DATA)
-                except OSError:
-                    break  # only a hole to the end of the file
-                if data_start >= end:
-                    break
-                data_end = min(os.lseek(in_fd, data_start, os.SEEK_HOLE), end)
-                fin.seek(data_start)
-                fout.seek(data_start)
-                remaining = data_end - data_start
-                while remaining:
-                    chunk = fin.read(min(remaining, COPY_CHUNK))
-                    if not chunk:
-                        break
-                    fout.write(chunk)
-                    remaining -= len(chunk)
-                    copied += len(chunk)
-                offset = data_end
-    return copied
+    return copy_data_ranges(src, dst, keep)
 
 
 def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Path,

@@ -149,7 +149,9 @@ LAYOUTS: dict[str, Layout] = {
         partitions=(
             ESP,
             # parted's "mkpart no-fs 0 1024KiB" cannot be aligned; it lands on the first
-            # usable sector and ends on sector 2048 (inclusive).
+            # usable sector and ends on sector 2047, the last before 1024 KiB, as parted
+            # 3.6 and later (nixpkgs', Debian 13's) end it. parted 3.5 (Debian 12) ends a
+            # KiB position one sector later, on 2048; 3.6 fixed that.
             PartitionTemplate(
                 role="bios_grub",
                 start=0,
@@ -159,7 +161,7 @@ LAYOUTS: dict[str, Layout] = {
                 flags=("bios_grub",),
                 seed_guid=SECOND_GUID,
                 start_sector=GPT_FIRST_USABLE,
-                end_sector=ALIGN_SECTORS,
+                end_sector=ALIGN_SECTORS - 1,
             ),
             _root(Bound.BOOT_SIZE, "primary"),
         ),

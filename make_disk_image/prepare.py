@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from make_disk_image import fat, nixdb, rootfs
+from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.handoff import HANDOFF, NIX_DB_DIR, RECORD, write_handoff, xchg_dir
 from make_disk_image.layouts import check_fits, plan_disk
 from make_disk_image.minimal import minimal_plan
@@ -108,11 +109,16 @@ def log_auto_size(plan: DiskPlan) -> None:
 
 
 def root_uuid(spec: Spec, plan: DiskPlan) -> str | None:
-    """One UUID for both root filesystems: rootFSUID when deterministic, else random."""
-    if not plan.fs_type.startswith("ext"):
+    """One UUID for both root filesystems: rootFSUID when deterministic, else random.
+
+    rootFSUID is null by default for the filesystems other than ext4 (the reference's
+    default): deterministic, they take rootGPUID's value instead, so that two builds
+    still agree.
+    """
+    if not FILESYSTEMS[plan.fs_type].takes_uuid:
         return None
-    if spec.deterministic and plan.root_fs_uuid:
-        return plan.root_fs_uuid
+    if spec.deterministic:
+        return plan.root_fs_uuid or spec.rootGPUID.lower()
     return str(uuid_module.uuid4())
 
 

@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from make_disk_image import process
+from make_disk_image import other_filesystems, process
+from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
 from make_disk_image.process import CommandError, StepError
 from make_disk_image.tarstream import write_tar
@@ -77,6 +78,12 @@ def make_root_filesystem(
     step: str = STEP,
     extra: tuple[str, ...] = (),
 ) -> None:
+    fs = FILESYSTEMS[plan.fs_type]
+    if fs.maker != "mke2fs":
+        make = other_filesystems.make_read_only if fs.read_only else \
+            other_filesystems.make_writable
+        make(target, plan, entries, uuid=uuid, deterministic=deterministic, step=step)
+        return
     argv = mkfs_command(
         target, plan, uuid=uuid, deterministic=deterministic, checksums=checksums, extra=extra
     )

@@ -8,6 +8,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from make_disk_image.filesystems import FILESYSTEMS
+from make_disk_image.interface import (
+    DISK_SIZE_WORDS,
+    FS_TYPES,
+    PARTITION_TABLE_TYPES,
+    REFERENCE_MESSAGES,
+)
 from make_disk_image.layouts import LAYOUTS
 from make_disk_image.models import MIB, ContentEntry, Format, Spec
 from make_disk_image.platforms import PLATFORMS
@@ -28,8 +35,8 @@ GUID_RE = re.compile(
 MODE_RE = re.compile(r"^[0-7]{3,4}$")
 # What Nix accepts as a derivation name (the store path name): `name` becomes one.
 NIX_NAME_RE = re.compile(r"^[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}$")
-EXT_FAMILY = ("ext2", "ext3", "ext4")
-EFI_VAR_LAYOUTS = ("hybrid", "efi", "efixbootldr", "legacy+gpt")
+EFI_VAR_LAYOUTS = tuple(name for name, p in PARTITION_TABLE_TYPES.items() if p.efi_variables)
+IN_PARTITION_TABLE = tuple(name for name, f in FS_TYPES.items() if f.in_partition_table)
 
 _Check = Callable[[Any], bool]
 
@@ -61,8 +68,8 @@ def _is_size(v: Any) -> bool:
 # key -> (type check, human type name)
 FIELDS: Mapping[str, tuple[_Check, str]] = {
     "diskSize": (
-        lambda v: v in ("auto", "minimal") or _is_int(v) or (isinstance(v, str) and v.isdigit()),
-        '"auto", "minimal" or an integer number of MiB',
+        lambda v: _is_int(v) or (isinstance(v, str) and (v in DISK_SIZE_WORDS or v.isdigit())),
+        " or ".join(f'"{word}"' for word in DISK_SIZE_WORDS) + " or an integer number of MiB",
     ),
     "additionalSpace": (_is_size, 'a size string such as "512M"'),
     "bootSize": (_is_size, 'a size string such as "256M"'),
@@ -140,8 +147,8 @@ def _parse_contents(value: list[Any]) -> tuple[ContentEntry, ...]:
         if (user is None) != (group is None):
             raise SpecError(
                 where,
-                "Contents of the disk image should set none of {user, group} or both at the "
-                f"same time (target {item['target']} sets only "
+                REFERENCE_MESSAGES["contents"]
+                + f" (target {item['target']} sets only "
                 f"{'user' if user else 'group'}).",
             )
         target = item["target"]
@@ -212,10 +219,10 @@ def parse_spec(raw: Any) -> Spec:
 
     # partitionTableType: lib.assertOneOf
     ptt = kw.get("partitionTableType", "legacy")
-    if ptt not in LAYOUTS:
+    if ptt not in PARTITION_TABLE_TYPES or ptt not in LAYOUTS:
         raise SpecError(
             "partitionTableType",
-            f'"{ptt}" is not one of ' + ", ".join(f'"{name}"' for name in LAYOUTS),
+            f'"{ptt}" is not one of ' + ", ".join(f'"{name}"' for name in PARTITION_TABLE_TYPES),
         )
 
     fmt = kw.get("format", "raw")
@@ -227,7 +234,7 @@ def parse_spec(raw: Any) -> Spec:
         ) from None
 
     disk_size = kw.pop("diskSize", "auto")
-    kw["diskSize"] = None if disk_size in ("auto", "minimal") else int(disk_size)
+    kw["diskSize"] = None if disk_size in DISK_SIZE_WORDS else int(disk_size)
     kw["diskSizeMinimal"] = disk_size == "minimal"
     if kw["diskSize"] is not None:
         if kw["diskSize"] <= 0:
@@ -267,36 +274,15 @@ def parse_spec(raw: Any) -> Spec:
     if "rootFSUID" not in raw:
         kw["rootFSUID"] = root_gpuid if fs_type == "ext4" else None
     if fs_type == "ext4" and deterministic and kw["rootFSUID"] is None:
-        raise SpecError(
-            "rootFSUID",
-            "In deterministic mode with a ext4 partition, rootFSUID "
-            "must be non-null, by default, it is equal to rootGPUID.",
-        )
+        raise SpecError("rootFSUID", REFERENCE_MESSAGES["rootFSUID"])
     if kw["rootFSUID"] is not None and not GUID_RE.match(kw["rootFSUID"]):
         raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
 
-    if ptt != "none" and fs_type != "ext4":
-        raise SpecError(
-            "fsType",
-            f'"{fs_type}": to produce a partition table, we need to use '
-            "-E offset flag which is support only for fsType = ext4",
-        )
-    if fs_type not in EXT_FAMILY:
-        raise SpecError(
-            "fsType",
-            f'"{fs_type}" cannot be filled without root; this engine '
-            "fills ext2, ext3 and ext4 (mke2fs -d). Use one of those.",
-        )
-    if len(kw["label"].encode()) > 16:
-        raise SpecError("label", f'"{kw["label"]}" is longer than the 16 bytes an ext4 label holds')
+    _check_filesystem(kw, ptt, fs_type, only_nix_store)
 
     if kw.get("touchEFIVars", False):
         if ptt not in EFI_VAR_LAYOUTS:
-            raise SpecError(
-                "touchEFIVars",
-                "EFI variables can be used only with a partition "
-                "table of type: hybrid, efi, efixbootldr, or legacy+gpt.",
-            )
+            raise SpecError("touchEFIVars", REFERENCE_MESSAGES["touchEFIVars"])
         for key in ("efiFirmware", "efiVariables"):
             if not kw.get(key):
                 raise SpecError(
@@ -306,11 +292,7 @@ def parse_spec(raw: Any) -> Spec:
     if only_nix_store and (
         kw.get("contents") or kw.get("configFile") is not None or kw.get("installBootLoader", True)
     ):
-        raise SpecError(
-            "onlyNixStore",
-            "In a only Nix store image, the contents must be empty, "
-            "no configuration must be provided and no bootloader should be installed.",
-        )
+        raise SpecError("onlyNixStore", REFERENCE_MESSAGES["onlyNixStore"])
 
     if kw.get("copyChannel", True) and not kw.get("channelSources"):
         raise SpecError(
@@ -400,3 +382,54 @@ def _check_boot_size(ptt: str, boot_size: int) -> None:
             f"for {ptt} it must end after {minimum} MiB; use a bootSize of at least "
             f"{minimum}M",
         )
+
+
+def _check_filesystem(kw: dict[str, Any], ptt: str, fs_type: str, only_nix_store: bool) -> None:
+    """fsType against filesystems.FILESYSTEMS: what each can hold and where it can sit."""
+    fs = FILESYSTEMS.get(fs_type)
+    if fs is None:
+        raise SpecError(
+            "fsType",
+            f'"{fs_type}" is not one the engine makes; use one of '
+            + ", ".join(f'"{name}"' for name in FILESYSTEMS),
+        )
+    if fs.read_only:
+        if not only_nix_store:
+            raise SpecError(
+                "fsType",
+                f'"{fs_type}" is read-only: it can hold only a store image '
+                "(onlyNixStore = true, partitionTableType = \"none\"), not a root the "
+                'system writes; use "ext4", "btrfs" or "xfs"',
+            )
+        if ptt != "none":
+            raise SpecError(
+                "partitionTableType",
+                f'"{ptt}": a read-only {fs_type} store image is the whole image; '
+                'use partitionTableType = "none"',
+            )
+        if "rootFSUID" in kw and kw["rootFSUID"] is not None and not fs.takes_uuid:
+            raise SpecError("rootFSUID", f"{fs_type} has no filesystem UUID; leave it null")
+    if ptt != "none" and not fs.interface.in_partition_table:
+        raise SpecError(
+            "fsType",
+            f'"{fs_type}": ' + REFERENCE_MESSAGES["fsType"] + " (in a partition table: "
+            + ", ".join(IN_PARTITION_TABLE) + ")",
+        )
+    if fs.label_bytes and len(kw["label"].encode()) > fs.label_bytes:
+        raise SpecError(
+            "label",
+            f'"{kw["label"]}" is longer than the {fs.label_bytes} bytes a {fs_type} label holds',
+        )
+    if fs.maker == "btrfs":
+        for i, entry in enumerate(kw.get("contents", ())):
+            owner = entry.numeric_owner
+            if (owner is not None and owner != (0, 0)) or (
+                owner is None and entry.user is not None and
+                (entry.user, entry.group) != ("root", "root")
+            ):
+                raise SpecError(
+                    f"contents[{i}].user",
+                    f'"{entry.user}:{entry.group}": fsType btrfs is made unprivileged in a '
+                    "user namespace where only root can own files; use root, or fsType "
+                    '"ext4" or "xfs"',
+                )

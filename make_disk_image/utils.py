@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from make_disk_image.process import StepError
 
-_IEC_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([KMGTPEZY]?)\s*$")
-_IEC_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
+_IEC_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([kKMGTPEZY]?)\s*$")
+# "k" as "K": numfmt of coreutils 9.7 (nixpkgs', Debian 13's) reads it; 9.1 (Debian 12) does not.
+_IEC_POWER = {"": 0, "k": 1, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
 # The largest size any argument may have: ext4's limit with 4 KiB blocks (2^48 blocks),
 # and far below what a file offset (2^63) can hold, so sums of sizes cannot overflow.
 MAX_SIZE = 1 << 60
@@ -17,7 +20,7 @@ MAX_SIZE = 1 << 60
 def parse_iec(value: str | int) -> int:
     """Bytes for a size as `numfmt --from=iec` reads it ("512M", "1.5K", "100").
 
-    Like numfmt: one upper-case suffix, powers of 1024, fractions rounded away from zero.
+    Like numfmt: one upper-case suffix (or "k"), powers of 1024, fractions rounded away from zero.
     """
     if isinstance(value, int):
         if value < 0:
@@ -29,7 +32,7 @@ def parse_iec(value: str | int) -> int:
     if not match:
         raise ValueError(
             f'"{value}" is not a size numfmt --from=iec reads; write it like "512M" or "2G" '
-            "(suffixes K, M, G, T; no 'i', no lower case)"
+            "(suffixes K, M, G, T; no 'i', no lower case but k)"
         )
     number, suffix = match.groups()
     factor: int = 1024 ** _IEC_POWER[suffix]
@@ -70,3 +73,37 @@ def allocate_file(path: Path, size: int, *, step: str) -> None:
             f"{exc.strerror}; the build directory's filesystem cannot hold a disk image "
             'this large: lower `diskSize` (or `additionalSpace` with diskSize = "auto")',
         ) from exc
+
+
+COPY_CHUNK = 1 << 20
+
+
+def copy_data_ranges(src: Path, dst: Path, ranges: Iterable[tuple[int, int]], *,
+                     dest_offset: int = 0) -> int:
+    """Copy the data (not the holes) of `src` within each byte range [start, end) to the
+    same place plus `dest_offset` in `dst`, which exists; return the bytes copied."""
+    copied = 0
+    with src.open("rb") as fin, dst.open("r+b") as fout:
+        in_fd = fin.fileno()
+        for start, end in ranges:
+            offset = start
+            while offset < end:
+                try:
+                    data_start = os.lseek(in_fd, offset, os.SEEK_DATA)
+                except OSError:
+                    break  # only a hole to the end of the file
+                if data_start >= end:
+                    break
+                data_end = min(os.lseek(in_fd, data_start, os.SEEK_HOLE), end)
+                fin.seek(data_start)
+                fout.seek(data_start + dest_offset)
+                remaining = data_end - data_start
+                while remaining:
+                    chunk = fin.read(min(remaining, COPY_CHUNK))
+                    if not chunk:
+                        break
+                    fout.write(chunk)
+                    remaining -= len(chunk)
+                    copied += len(chunk)
+                offset = data_end
+    return copied

@@ -28,6 +28,22 @@ UNPRIVILEGED_USER = "mdi-builder"
 # Debian's interpreter: the unprivileged user cannot read a pyenv under /root.
 SYSTEM_PYTHON = "/usr/bin/python3"
 
+
+def parted_version() -> tuple[int, ...]:
+    """The host parted's version, (0,) where there is none."""
+    if shutil.which("parted") is None:
+        return (0,)
+    first = subprocess.run(["parted", "--version"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()[0]
+    return tuple(int(part) for part in first.split()[-1].split(".") if part.isdigit())
+
+
+# The reference makes hybrid's bios_grub partition with `mkpart no-fs 0 1024KiB`. parted
+# 3.6 and later (nixpkgs', Debian 13's) end it on sector 2047, as the engine does; parted
+# 3.5 (Debian 12) ends a KiB position one sector later, on 2048. Comparisons with the host's
+# parted give it that end in sectors where it is older, so they hold on either release.
+SEED_BIOS_GRUB_END = "1024KiB" if parted_version() >= (3, 6) else "2047s"
+
 CLOSURE_NIX = r"""
 let
   mk = name: script: derivation {
@@ -69,6 +85,48 @@ let
   '';
 in { inherit lib app extra toplevel channel; }
 """
+
+
+# MDI_NIXPKGS_LIB=DIR: the Nix tests run against the nixpkgs lib at DIR instead of the
+# stand-in's own (tests/nixpkgs/selected-lib.nix reads it; docs/nix.md).
+NIXPKGS_LIB_VARIABLE = "MDI_NIXPKGS_LIB"
+# Files every nixpkgs lib has and the stand-in's needs from it.
+NIXPKGS_LIB_FILES = ("default.nix", "modules.nix", "options.nix", "types.nix")
+# Where flake tests put DIR in their checkout: pure evaluation reads no environment.
+EXTERNAL_LIB = Path("tests/nixpkgs/external-lib")
+
+
+def selected_nixpkgs_lib() -> Path | None:
+    """DIR of MDI_NIXPKGS_LIB, or None for the stand-in's own lib."""
+    value = os.environ.get(NIXPKGS_LIB_VARIABLE, "")
+    return Path(value).resolve() if value else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    lib = selected_nixpkgs_lib()
+    if lib is None:
+        return
+    missing = [name for name in NIXPKGS_LIB_FILES if not (lib / name).is_file()]
+    if missing:
+        raise pytest.UsageError(
+            f"{NIXPKGS_LIB_VARIABLE}={lib} is not a nixpkgs lib directory (no "
+            f"{', '.join(missing)}): point it at the `lib` directory of a nixpkgs checkout, "
+            f"e.g. {NIXPKGS_LIB_VARIABLE}=$HOME/nixpkgs/lib"
+        )
+    # Nix reads it too (tests/nixpkgs/selected-lib.nix), from other working directories.
+    os.environ[NIXPKGS_LIB_VARIABLE] = str(lib)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    lib = selected_nixpkgs_lib()
+    return f"nixpkgs lib: {lib if lib else 'the stand-in (tests/nixpkgs/lib)'}"
+
+
+def add_selected_lib(checkout: Path) -> None:
+    """Copy MDI_NIXPKGS_LIB's directory into a checkout that flakes evaluate."""
+    lib = selected_nixpkgs_lib()
+    if lib is not None:
+        shutil.copytree(lib, checkout / EXTERNAL_LIB, symlinks=True)
 
 
 @dataclass(frozen=True)

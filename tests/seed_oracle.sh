@@ -27,6 +27,7 @@
 # stdout: KEY=VALUE lines (sizes in bytes, root partition START/SECTORS in sectors)
 # for the test to compare with `make-disk-image plan`; tool chatter goes to stderr.
 # Environment: SEED_ORACLE_MKFS=0 stops after the partition table (no mkfs.ext4).
+# SEED_ORACLE_BIOS_GRUB_END replaces hybrid's "1024KiB" (tests/conftest.py says why).
 set -euo pipefail
 
 if [[ $# -lt 8 || $# -gt 9 ]]; then
@@ -217,7 +218,7 @@ seedDiskGUID=97FD5997-D90B-4AA3-8D16-C1723AEA73C
         mkpart ESP fat32 8MiB $bootSizeMiB \
         set 1 boot on \
         align-check optimal 1 \
-        mkpart no-fs 0 1024KiB \
+        mkpart no-fs 0 "${SEED_ORACLE_BIOS_GRUB_END:-1024KiB}" \
         set 2 bios_grub on \
         mkpart primary ext4 $bootSizeMiB 100% \
         align-check optimal 3 \

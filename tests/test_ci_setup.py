@@ -55,3 +55,37 @@ def test_no_source_for_the_suite_is_an_error(tmp_path: Path) -> None:
 def test_the_setup_script_names_no_host() -> None:
     setup = (REPO / ".ci/setup").read_text()
     assert not re.search(r"https?://", setup), "a URL in .ci/setup"
+
+
+def backports_table() -> dict[str, list[str]]:
+    table: dict[str, list[str]] = {}
+    for line in (REPO / ".ci/backports").read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            release, package = words
+            table.setdefault(release, []).append(package)
+    return table
+
+
+def test_backports_only_where_the_release_needs_them() -> None:
+    """Debian 13 (trixie) ships e2fsprogs 1.47.2 and has no bookworm-backports."""
+    table = backports_table()
+    assert "e2fsprogs" in table["bookworm"]
+    assert "trixie" not in table
+
+
+def test_setup_reads_the_release_from_os_release_and_the_table() -> None:
+    setup = (REPO / ".ci/setup").read_text()
+    assert "VERSION_CODENAME" in setup and ".ci/backports" in setup
+    assert "bookworm-backports" not in setup and "bookworm\"" not in setup
+
+
+def test_python_packages_go_into_the_venv_only() -> None:
+    """Debian's python3 is externally managed (PEP 668): pip only in .venv."""
+    setup = (REPO / ".ci/setup").read_text()
+    assert "/usr/bin/python3 -m venv --system-site-packages" in setup
+    pips = [line for line in setup.splitlines() if "pip install" in line]
+    assert pips and all(line.lstrip().startswith('"$venv/bin/python" -m pip') for line in pips)
+    for entry in ("run-tests", "demo"):
+        text = (REPO / entry).read_text()
+        assert ".ci/setup\n" in text and "exec .venv/bin/python -m " in text, entry

@@ -13,6 +13,7 @@ from make_disk_image.layouts import LAYOUTS, plan_disk
 from make_disk_image.models import MIB
 from make_disk_image.partitioning import write_partition_table
 from make_disk_image.spec import parse_spec
+from tests.conftest import SEED_BIOS_GRUB_END
 
 ROOT_GUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
 # The reference's sgdisk arguments, with its 31-digit disk GUID literal as it is.
@@ -40,8 +41,9 @@ def seed_parted(ptt: str, boot: str) -> tuple[list[str], list[str]]:
                          "2", "bls_boot", "on", "mkpart", "ROOT", "ext4", boot, "100%"],
                         [second, third]),
         "hybrid": (["mklabel", "gpt", "mkpart", "ESP", "fat32", "8MiB", boot, "set", "1",
-                    "boot", "on", "mkpart", "no-fs", "0", "1024KiB", "set", "2", "bios_grub",
-                    "on", "mkpart", "primary", "ext4", boot, "100%"], [second, third]),
+                    "boot", "on", "mkpart", "no-fs", "0", SEED_BIOS_GRUB_END, "set", "2",
+                    "bios_grub", "on", "mkpart", "primary", "ext4", boot, "100%"],
+                   [second, third]),
     }[ptt]
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Closure, Engine, base_spec, world_readable_dir
+from tests.conftest import SEED_BIOS_GRUB_END, Closure, Engine, base_spec, world_readable_dir
 
 TESTS = Path(__file__).resolve().parent
 ORACLE = TESTS / "seed_oracle.sh"
@@ -99,7 +99,8 @@ def run_oracle(
         ],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SEED_ORACLE_MKFS": "1" if mkfs else "0"},
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SEED_ORACLE_MKFS": "1" if mkfs else "0",
+             "SEED_ORACLE_BIOS_GRUB_END": SEED_BIOS_GRUB_END},
         timeout=300,
     )
     values = {}

@@ -44,8 +44,9 @@ def test_filenames(fmt: str, filename: str) -> None:
 
 @pytest.mark.parametrize(("overrides", "argument", "fragment"), [
     ({"partitionTableType": "gpt"}, "partitionTableType", '"legacy"'),
-    ({"fsType": "btrfs", "partitionTableType": "efi"}, "fsType", "-E offset"),
-    ({"fsType": "xfs", "partitionTableType": "none"}, "fsType", "ext2, ext3 and ext4"),
+    ({"fsType": "ext3", "partitionTableType": "efi"}, "fsType", "-E offset"),
+    ({"fsType": "zfs", "partitionTableType": "none"}, "fsType", '"btrfs", "xfs"'),
+    ({"fsType": "erofs", "partitionTableType": "none"}, "fsType", "read-only"),
     ({"rootFSUID": None}, "rootFSUID", "deterministic mode"),
     ({"touchEFIVars": True, "partitionTableType": "legacy"}, "touchEFIVars", "hybrid, efi"),
     ({"touchEFIVars": True, "partitionTableType": "efi"}, "efiFirmware", "OVMF"),

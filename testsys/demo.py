@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
 
     started = time.monotonic()
-    print(f"== building the test system (Nix 2.8, {layout} boot loader configuration)")
+    print(f"== building the test system with Nix ({layout} boot loader configuration)")
     test_system = system.build_test_system(outdir / "system", boot_loader, system=system_name)
     print(f"system:   {test_system.system}")
     print(f"toplevel: {test_system.toplevel}")

@@ -7,8 +7,8 @@
   outputs =
     { self }:
     let
-      # nixpkgs' own lib, unmodified (lib/SOURCE.md).
-      lib0 = import ./lib;
+      # The stand-in's lib, or a real nixpkgs lib (selected-lib.nix).
+      lib0 = import ./selected-lib.nix;
       legacyPackages = lib0.genAttrs lib0.systems.flakeExposed (
         system: import ./pkgs.nix { inherit system; }
       );

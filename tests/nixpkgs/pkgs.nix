@@ -7,8 +7,8 @@
   overlays ? [ ],
 }:
 let
-  # nixpkgs' own lib (vendored unmodified in ./lib, see lib/SOURCE.md).
-  lib = import ./lib;
+  # The stand-in's lib (./lib), or a real nixpkgs lib (selected-lib.nix).
+  lib = import ./selected-lib.nix;
   inherit (lib) optionalString;
 
   storeDir = builtins.storeDir;

@@ -1,22 +1,24 @@
-# The stand-in's python3: the host interpreter the project is installed for. Debian 12's
-# /usr/bin/python3 is 3.11.2, older than what the project and its tests use (e.g.
-# tarfile's extraction filters, 3.11.4); a newer host Python with pyparted, pyudev and
-# pytest (a pyenv or /usr/local build, as .ci/setup installs into) is taken first.
+# The stand-in's python3: a host interpreter that imports pyparted, pyudev, pytest and
+# setuptools (the stand-in's python3Packages link to its modules). Debian's own python3
+# comes first: .ci/setup installs those as Debian packages for it, and the unprivileged
+# build user can read it (a pyenv under /root it cannot). Others are taken only where
+# Debian's lacks a module (a machine set up by hand).
 set -eu
 PATH=/usr/bin:/bin
 chosen=
-for candidate in /usr/local/bin/python3 /root/.pyenv/versions/3.*/bin/python3 /usr/bin/python3; do
+for candidate in /usr/bin/python3 /usr/local/bin/python3 /root/.pyenv/versions/3.*/bin/python3; do
     [ -x "$candidate" ] || continue
     if "$candidate" -c '
 import sys
-import parted, pyudev, pytest
-sys.exit(0 if sys.version_info >= (3, 11, 4) else 1)' 2>/dev/null; then
+import parted, pyudev, pytest, setuptools
+sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
         chosen=$candidate
         break
     fi
 done
 if [ -z "$chosen" ]; then
-    echo "error: no host python3 >= 3.11.4 with pyparted, pyudev and pytest" >&2
+    echo "error: no host python3 >= 3.11 with pyparted, pyudev, pytest and setuptools" \
+        "(apt-get install python3-parted python3-pyudev python3-pytest python3-setuptools)" >&2
     exit 1
 fi
 version=$("$chosen" -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -4,6 +4,6 @@
   options.networking.hostName = lib.mkOption {
     default = "nixos";
     type = lib.types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$";
-    description = "The name of the machine.";
+    description = "Host name written to /etc/hostname.";
   };
 }

@@ -14,48 +14,48 @@ let
         name = mkOption {
           type = types.passwdEntry types.str;
           default = name;
-          description = "The name of the user account.";
+          description = "Login name of the account (defaults to the attribute name).";
         };
         description = mkOption {
           type = types.passwdEntry types.str;
           default = "";
-          description = "A short description of the user account.";
+          description = "Free-text comment field (GECOS) of the account.";
         };
         uid = mkOption {
           type = with types; nullOr int;
           default = null;
-          description = "The account UID.";
+          description = "Numeric user id; the stand-in allocates none, so a user the image has needs one.";
         };
         isSystemUser = mkOption {
           type = types.bool;
           default = false;
-          description = "Indicates if the user is a system user or not.";
+          description = "A service account (exactly one of this and isNormalUser must hold).";
         };
         isNormalUser = mkOption {
           type = types.bool;
           default = false;
-          description = "Indicates whether this is an account for a real user.";
+          description = "A person's account: group users and a home under /home unless set otherwise.";
         };
         group = mkOption {
           type = types.str;
           apply = x: assert (lib.stringLength x < 32 || abort "Group name '${x}' is longer than 31 characters which is not allowed!"); x;
           default = "";
-          description = "The user's primary group.";
+          description = "Name of the account's primary group (must be set).";
         };
         extraGroups = mkOption {
           type = types.listOf types.str;
           default = [ ];
-          description = "The user's auxiliary groups.";
+          description = "Names of further groups the account belongs to.";
         };
         home = mkOption {
           type = types.passwdEntry types.path;
           default = "/var/empty";
-          description = "The user's home directory.";
+          description = "Home directory path of the account.";
         };
         createHome = mkOption {
           type = types.bool;
           default = false;
-          description = "Whether to create the home directory and ensure ownership as well as permissions to match the user.";
+          description = "Whether activation makes the home directory, owned by the account.";
         };
       };
       config = lib.mkIf config.isNormalUser {
@@ -72,17 +72,17 @@ let
         name = mkOption {
           type = types.passwdEntry types.str;
           default = name;
-          description = "The name of the group.";
+          description = "Name of the group (defaults to the attribute name).";
         };
         gid = mkOption {
           type = with types; nullOr int;
           default = null;
-          description = "The group GID.";
+          description = "Numeric group id; the stand-in allocates none, so a group the image has needs one.";
         };
         members = mkOption {
           type = with types; listOf (passwdEntry str);
           default = [ ];
-          description = "The user names of the group members, added to the `/etc/group` file.";
+          description = "Accounts listed as members of the group in /etc/group.";
         };
       };
     };
@@ -92,12 +92,12 @@ in
     users = mkOption {
       default = { };
       type = with types; attrsOf (submodule userOpts);
-      description = "Additional user accounts to be created automatically by the system.";
+      description = "User accounts of the system, by name (root is always there).";
     };
     groups = mkOption {
       default = { };
       type = with types; attrsOf (submodule groupOpts);
-      description = "Additional groups to be created automatically by the system.";
+      description = "Groups of the system, by name (root, wheel, users and nogroup are always there).";
     };
   };
 
@@ -131,13 +131,7 @@ in
         }
         {
           assertion = user.group != "";
-          message = ''
-            users.users.${user.name}.group is unset. This used to default to
-            nogroup, but this is unsafe. For example you can create a group
-            for this user with:
-            users.users.${user.name}.group = "${user.name}";
-            users.groups.${user.name} = {};
-          '';
+          message = "users.users.${user.name}.group is unset: name its primary group (e.g. \"${user.name}\", declared in users.groups.${user.name}).";
         }
       ]) cfg.users
     );

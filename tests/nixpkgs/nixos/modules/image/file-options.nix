@@ -1,45 +1,39 @@
-# As nixpkgs' nixos/modules/image/file-options.nix, which image modules import.
+# The image.* file name options nixpkgs' image modules import
+# (modulesPath + "/image/file-options.nix"): baseName.extension is fileName, found at
+# filePath under the image's $out.
 {
   lib,
   config,
   pkgs,
   ...
 }:
+let
+  inherit (lib) mkOption types literalExpression;
+  cfg = config.image;
+in
 {
   options.image = {
-    baseName = lib.mkOption {
-      type = lib.types.str;
+    baseName = mkOption {
+      type = types.str;
       default = "nixos-image-${config.system.nixos.label}-${pkgs.stdenv.hostPlatform.system}";
-      defaultText = lib.literalExpression "nixos-image-\${config.system.nixos.label}-\${pkgs.stdenv.hostPlatform.system}";
-      description = ''
-        Basename of the image filename without any extension (e.g. `image_1`).
-      '';
+      defaultText = literalExpression "nixos-image-\${config.system.nixos.label}-\${pkgs.stdenv.hostPlatform.system}";
+      description = "File name of the image, without extension.";
     };
-
-    extension = lib.mkOption {
-      type = lib.types.str;
-      description = ''
-        Extension of the image filename (e.g. `raw`).
-      '';
+    extension = mkOption {
+      type = types.str;
+      description = "What follows the base name and a dot, e.g. `qcow2` (set by the image's module).";
     };
-
-    fileName = lib.mkOption {
-      type = lib.types.str;
-      default = "${config.image.baseName}.${config.image.extension}";
-      defaultText = lib.literalExpression "\${config.image.baseName}.\${config.image.extension}";
-      description = ''
-        Filename of the image including all extensions (e.g `image_1.raw` or
-        `image_1.raw.zst`).
-      '';
+    fileName = mkOption {
+      type = types.str;
+      default = "${cfg.baseName}.${cfg.extension}";
+      defaultText = literalExpression "\${config.image.baseName}.\${config.image.extension}";
+      description = "Base name and extension.";
     };
-
-    filePath = lib.mkOption {
-      type = lib.types.str;
-      default = config.image.fileName;
-      defaultText = lib.literalExpression "config.image.fileName";
-      description = ''
-        Path of the image, relative to `$out` in `system.build.image`.
-      '';
+    filePath = mkOption {
+      type = types.str;
+      default = cfg.fileName;
+      defaultText = literalExpression "config.image.fileName";
+      description = "Where the image file lies inside the output of system.build.image.";
     };
   };
 }

@@ -1,33 +1,28 @@
-# As nixpkgs' nixos/modules/misc/assertions.nix; top-level.nix fails the system on a
-# false assertion and prints the warnings.
+# assertions and warnings: conditions modules state about the configuration.
+# top-level.nix refuses a system whose assertions do not hold (listing their messages)
+# and prints the warnings while evaluating it.
 { lib, ... }:
+let
+  inherit (lib) mkOption types;
+in
 {
-  options = {
-    assertions = lib.mkOption {
-      type = lib.types.listOf lib.types.unspecified;
-      internal = true;
-      default = [ ];
-      example = [
-        {
-          assertion = false;
-          message = "you can't enable this for that reason";
-        }
-      ];
-      description = ''
-        This option allows modules to express conditions that must
-        hold for the evaluation of the system configuration to
-        succeed, along with associated error messages for the user.
-      '';
-    };
-    warnings = lib.mkOption {
-      internal = true;
-      default = [ ];
-      type = lib.types.listOf lib.types.str;
-      example = [ "The `foo' service is deprecated and will go away soon!" ];
-      description = ''
-        This option allows modules to show warnings to users during
-        the evaluation of the system configuration.
-      '';
-    };
+  options.assertions = mkOption {
+    type = types.listOf types.unspecified;
+    internal = true;
+    default = [ ];
+    example = [
+      {
+        assertion = false;
+        message = "option a needs option b";
+      }
+    ];
+    description = "Each `{ assertion; message; }`: building the system fails with `message` where `assertion` is false.";
+  };
+  options.warnings = mkOption {
+    type = types.listOf types.str;
+    internal = true;
+    default = [ ];
+    example = [ "option a is going away" ];
+    description = "Messages printed when the system is evaluated.";
   };
 }

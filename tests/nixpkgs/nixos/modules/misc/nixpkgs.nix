@@ -38,12 +38,12 @@ in
   options.nixpkgs = {
     pkgs = lib.mkOption {
       type = lib.types.pkgs;
-      description = "If set, the pkgs argument to all NixOS modules is the value of this option.";
+      description = "A package set to use as the modules' pkgs instead of importing one.";
     };
     overlays = lib.mkOption {
       default = [ ];
       type = lib.types.listOf overlayType;
-      description = "List of overlays to apply to Nixpkgs.";
+      description = "Overlays applied, in order, to the package set.";
     };
     hostPlatform = lib.mkOption {
       type = lib.types.either lib.types.str lib.types.attrs;
@@ -51,27 +51,17 @@ in
         system = "aarch64-linux";
       };
       apply = lib.systems.elaborate;
-      description = "Specifies the platform where the NixOS configuration will run.";
+      description = "Platform the system runs on (a system string or a platform set).";
     };
     system = lib.mkOption {
       type = lib.types.str;
       example = "i686-linux";
       default =
         if opt.hostPlatform.isDefined then
-          throw ''
-            Neither nixpkgs.system nor any other option in nixpkgs.* is meant
-            to be read by modules and configurations.
-            Use pkgs.stdenv.hostPlatform instead.
-          ''
+          throw "nixpkgs.system is only an input: read pkgs.stdenv.hostPlatform.system instead."
         else
-          throw ''
-            Neither nixpkgs.hostPlatform nor the legacy option nixpkgs.system has been set.
-            You can set nixpkgs.hostPlatform in hardware-configuration.nix by re-running
-            a recent version of nixos-generate-config.
-            The option nixpkgs.system is still fully supported for NixOS 22.05 interoperability,
-            but will be deprecated in the future, so we recommend to set nixpkgs.hostPlatform.
-          '';
-      description = "Specifies the Nix platform type on which NixOS should be built.";
+          throw "Neither nixpkgs.hostPlatform nor the legacy option nixpkgs.system has been set: set nixpkgs.hostPlatform (e.g. \"x86_64-linux\").";
+      description = "Older way to name the platform, as a system string.";
     };
   };
 

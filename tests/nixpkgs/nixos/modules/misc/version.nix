@@ -16,46 +16,46 @@ in
       version = mkOption {
         internal = true;
         type = types.str;
-        description = "The full NixOS version (e.g. `16.03.1160.f2d4ee1`).";
+        description = "Release and suffix together, as nixos-version prints it.";
       };
       release = mkOption {
         readOnly = true;
         type = types.str;
         default = lib.trivial.release;
-        description = "The NixOS release (e.g. `16.03`).";
+        description = "Release number, YY.MM.";
       };
       versionSuffix = mkOption {
         internal = true;
         type = types.str;
         default = lib.trivial.versionSuffix;
-        description = "The NixOS version suffix (e.g. `1160.f2d4ee1`).";
+        description = "What follows the release in the version.";
       };
       revision = mkOption {
         internal = true;
         type = types.nullOr types.str;
         default = lib.trivial.revisionWithDefault null;
-        description = "The Git revision from which this NixOS configuration was built.";
+        description = "Commit of the nixpkgs the system came from, where known.";
       };
       codeName = mkOption {
         readOnly = true;
         type = types.str;
         default = lib.trivial.codeName;
-        description = "The NixOS release code name (e.g. `Emu`).";
+        description = "Code name of the release.";
       };
       tags = mkOption {
         type = types.listOf types.str;
         default = [ ];
-        description = "Strings to prefix to the default system.nixos.label.";
+        description = "Words put before the version in the default label.";
       };
       label = mkOption {
         type = types.strMatching "[a-zA-Z0-9:_\\.-]*";
-        description = "NixOS version name to be used in the names of generated outputs and boot labels.";
+        description = "Short name of this build, used in store path names and boot menus.";
       };
     };
     stateVersion = mkOption {
       type = types.str;
       default = cfg.release;
-      description = "The NixOS release with which stateful data on this system is compatible.";
+      description = "Release whose on-disk state formats the system keeps to.";
     };
   };
 
@@ -68,6 +68,6 @@ in
     };
     warnings = lib.optional (
       options.system.stateVersion.highestPrio == (lib.mkOptionDefault { }).priority
-    ) "system.stateVersion is not set, defaulting to ${config.system.stateVersion}. Read why this matters on https://nixos.org/manual/nixos/stable/options.html#opt-system.stateVersion.";
+    ) "system.stateVersion is not set, defaulting to ${config.system.stateVersion}: set it to the release the system was first installed with.";
   };
 }

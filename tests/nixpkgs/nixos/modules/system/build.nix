@@ -1,17 +1,12 @@
-# As nixpkgs' nixos/modules/system/build.nix.
+# system.build: the system's build products by name. Modules add to it freely; an
+# entry defined twice is an error (each is defined once, by the module it belongs to).
 { lib, ... }:
 {
   options.system.build = lib.mkOption {
     default = { };
-    description = ''
-      Attribute set of derivations used to set up the system.
-    '';
+    description = "Derivations the system is made of and built into, by name.";
     type = lib.types.submoduleWith {
-      modules = [
-        {
-          freeformType = with lib.types; lazyAttrsOf (uniq unspecified);
-        }
-      ];
+      modules = [ { freeformType = lib.types.lazyAttrsOf (lib.types.uniq lib.types.unspecified); } ];
     };
   };
 }

@@ -11,36 +11,36 @@ let
           example = "/mnt/usb";
           type = types.nonEmptyStr;
           default = name;
-          description = "Location of the mounted file system.";
+          description = "Where it is mounted (defaults to the attribute name).";
         };
         device = mkOption {
           default = null;
           example = "/dev/sda";
           type = types.nullOr types.nonEmptyStr;
-          description = "Location of the device.";
+          description = "Device path to mount, e.g. a /dev/disk/by-label link.";
         };
         label = mkOption {
           default = null;
           example = "root-partition";
           type = types.nullOr types.nonEmptyStr;
-          description = "Label of the device (if any).";
+          description = "File system label to find the device by, instead of device.";
         };
         fsType = mkOption {
           default = "auto";
           example = "ext3";
           type = types.nonEmptyStr;
-          description = "Type of the file system.";
+          description = "File system type passed to mount.";
         };
         options = mkOption {
           default = [ "defaults" ];
           example = [ "data=journal" ];
           type = types.nonEmptyListOf types.nonEmptyStr;
-          description = "Options used to mount the file system.";
+          description = "Mount options.";
         };
         autoResize = mkOption {
           default = false;
           type = types.bool;
-          description = "If set, the filesystem is grown to its maximum size before being mounted.";
+          description = "Whether to grow the file system to fill its device before mounting.";
         };
       };
     };
@@ -49,7 +49,7 @@ in
   options.fileSystems = mkOption {
     default = { };
     type = types.attrsOf (types.submodule fileSystemOpts);
-    description = "The file systems to be mounted.";
+    description = "The system's mounts, by mount point.";
   };
 
   config.assertions = [

@@ -141,7 +141,7 @@ in
   options.system.build.toplevel = lib.mkOption {
     type = lib.types.unspecified;
     readOnly = true;
-    description = "This option contains the store path that represents a NixOS system.";
+    description = "The built system: the store path activation and boot loaders start from.";
   };
 
   config.system.build = {

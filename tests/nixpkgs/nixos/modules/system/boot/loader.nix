@@ -13,29 +13,29 @@ in
       enable = mkOption {
         default = true;
         type = types.bool;
-        description = "Whether to enable the GNU GRUB boot loader.";
+        description = "Whether GRUB is the boot loader.";
       };
       device = mkOption {
         default = "";
         example = "/dev/disk/by-id/wwn-0x500001234567890a";
         type = types.str;
-        description = "The device on which the GRUB boot loader will be installed.";
+        description = "One disk to install GRUB to (joins devices).";
       };
       devices = mkOption {
         default = [ ];
         example = [ "/dev/disk/by-id/wwn-0x500001234567890a" ];
         type = types.listOf types.str;
-        description = "The devices on which the boot loader, GRUB, will be installed.";
+        description = "Disks to install GRUB to; at least one when GRUB is enabled.";
       };
       efiSupport = mkOption {
         default = false;
         type = types.bool;
-        description = "Whether GRUB should be built with EFI support.";
+        description = "Whether GRUB is installed for UEFI too.";
       };
       efiInstallAsRemovable = mkOption {
         default = false;
         type = types.bool;
-        description = "Whether to invoke `grub-install` with `--removable`.";
+        description = "Whether GRUB goes to the removable-media path on the ESP.";
       };
     };
     limine = {
@@ -43,29 +43,29 @@ in
       biosSupport = mkOption {
         default = false;
         type = types.bool;
-        description = "Whether or not to install limine for BIOS.";
+        description = "Whether Limine is installed for BIOS boot too.";
       };
       biosDevice = mkOption {
         default = "nodev";
         type = types.str;
-        description = "Device to install the BIOS version of limine on.";
+        description = "Disk Limine's BIOS stage goes to.";
       };
     };
     systemd-boot.enable = mkOption {
       default = false;
       type = types.bool;
-      description = "Whether to enable the systemd-boot (formerly gummiboot) EFI boot manager.";
+      description = "Whether systemd-boot is the (UEFI) boot loader.";
     };
     efi = {
       canTouchEfiVariables = mkOption {
         default = false;
         type = types.bool;
-        description = "Whether the installation process is allowed to modify EFI boot variables.";
+        description = "Whether installing the boot loader may write EFI variables.";
       };
       efiSysMountPoint = mkOption {
         default = "/boot";
         type = types.str;
-        description = "Where the EFI System Partition is mounted.";
+        description = "Mount point of the EFI system partition.";
       };
     };
   };

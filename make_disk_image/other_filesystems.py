@@ -1,0 +1,336 @@
+"""btrfs, xfs, erofs and squashfs root filesystems, made without root.
+
+None of their tools writes at an offset inside a file, so each is made in a scratch
+file next to the target and copied into the root partition with its holes kept (with
+no partition table, straight into the target).
+
+- btrfs: `mkfs.btrfs --rootdir DIR` reads a directory with nftw, which fakeroot cannot
+  intercept (glibc's internal stat calls). The tree is materialized as the build user
+  and mkfs.btrfs runs in a user namespace where that user is root
+  (`unshare --map-root-user`), so every file comes out owned by root. Other owners
+  cannot be mapped without root or /etc/subuid, which a Nix build does not have: an
+  entry owned by anyone else is an error naming it.
+- xfs: `mkfs.xfs -p PROTOFILE` takes every owner and mode explicitly and reads file
+  bodies from their sources (no copy). The protofile's mode field has no sticky bit,
+  so xfs_db sets it afterwards. Names with white space cannot be written there.
+- erofs, squashfs: read-only store images (onlyNixStore), from a materialized tree,
+  every file owned by root, every time fixed when deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from make_disk_image import process
+from make_disk_image.filesystems import FILESYSTEMS
+from make_disk_image.models import MIB, DiskPlan, Entry
+from make_disk_image.process import CommandError, StepError
+from make_disk_image.utils import copy_data_ranges
+
+logger = logging.getLogger("make_disk_image")
+
+# Timestamps when deterministic (rootfs.SOURCE_DATE_EPOCH).
+FIXED_TIME = 1
+# Protofile mode letters by entry kind.
+_PROTO_TYPES = {"file": "-", "hardlink": "-", "dir": "d", "symlink": "l", "chardev": "c",
+                "blockdev": "b", "fifo": "p"}
+
+
+def materialize(entries: Sequence[Entry], dest: Path, *, step: str, fs_type: str) -> None:
+    """Write `entries` as a directory tree at `dest` (which must not exist)."""
+    dest.mkdir(mode=0o700)
+    for entry in entries:
+        path = dest / entry.path if entry.path else dest
+        if entry.kind == "dir":
+            if entry.path:
+                path.mkdir(mode=0o700)
+        elif entry.kind == "file":
+            if entry.data is not None:
+                path.write_bytes(entry.data)
+            else:
+                assert entry.source is not None
+                shutil.copyfile(entry.source, path)
+        elif entry.kind == "symlink":
+            assert entry.link is not None
+            os.symlink(entry.link, path)
+        elif entry.kind == "hardlink":
+            assert entry.link is not None
+            os.link(dest / entry.link, path)
+        elif entry.kind == "fifo":
+            os.mkfifo(path)
+        else:
+            raise StepError(
+                step,
+                f"/{entry.path} is a device node, which fsType {fs_type} can only hold when "
+                "made as root; leave it out of `contents` or use fsType ext4 or xfs",
+            )
+    # Modes and times last, deepest first: read-only directories (the store's) must still
+    # take their children, and writing a child changes its directory's mtime.
+    for entry in reversed(entries):
+        path = dest / entry.path if entry.path else dest
+        if entry.kind == "symlink":
+            os.utime(path, (_mtime(entry),) * 2, follow_symlinks=False)
+            continue
+        if entry.kind != "hardlink":
+            os.chmod(path, entry.mode & 0o7777)
+        os.utime(path, (_mtime(entry),) * 2)
+
+
+def _mtime(entry: Entry) -> int:
+    return FIXED_TIME if entry.mtime is None else entry.mtime
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that first makes the read-only directories it copied writable."""
+    if not path.exists():
+        return
+    for directory, _, _ in os.walk(path):
+        os.chmod(directory, 0o700)
+    shutil.rmtree(path)
+
+
+def check_owners(entries: Sequence[Entry], *, step: str) -> None:
+    """btrfs: only root can own what an unprivileged build writes."""
+    for entry in entries:
+        if entry.uid or entry.gid:
+            raise StepError(
+                step,
+                f"/{entry.path} is owned by {entry.uid}:{entry.gid}, but fsType btrfs is "
+                "made in a user namespace where only root can own files (mkfs.btrfs "
+                "--rootdir copies owners from the files it reads); give it to root in "
+                "`contents` (user/group), or use fsType ext4 or xfs",
+            )
+
+
+def _too_small(step: str, plan: DiskPlan, exc: CommandError, words: Sequence[str]) -> None:
+    text = exc.stderr.lower()
+    if any(w in text for w in words):
+        raise StepError(
+            step,
+            f"the root filesystem ({plan.root_size // MIB} MiB) is too small for the "
+            f'closure and contents; raise diskSize, or use diskSize = "auto" '
+            f"({exc.stderr.strip().splitlines()[-1]})",
+        ) from exc
+
+
+def make_btrfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
+               step: str, shrink: bool = False) -> None:
+    check_owners(entries, step=step)
+    with tempfile.TemporaryDirectory(prefix="btrfs-root-", dir=scratch.parent) as tmp:
+        tree = Path(tmp) / "root"
+        try:
+            materialize(entries, tree, step=step, fs_type="btrfs")
+            args: list[str | Path] = ["unshare", "--map-root-user", "mkfs.btrfs", "-f", "-q",
+                                      "-L", plan.label, "--rootdir", tree]
+            if uuid:
+                args += ["-U", uuid]
+            if shrink:
+                args.append("--shrink")
+            try:
+                process.run([*args, scratch], step=step)
+            except CommandError as exc:
+                _too_small(step, plan, exc, ("no space", "enospc", "too small"))
+                if "unshare" in exc.stderr and "operation not permitted" in exc.stderr.lower():
+                    raise StepError(
+                        step,
+                        "cannot make a user namespace (unshare --map-root-user), which "
+                        "fsType btrfs needs without root; allow unprivileged user "
+                        "namespaces (sysctl kernel.unprivileged_userns_clone=1) or use "
+                        "fsType ext4 or xfs",
+                    ) from exc
+                raise
+        finally:
+            remove_tree(tree)
+
+
+def _proto_token(entry: Entry, what: str, step: str) -> str:
+    if not what or any(c.isspace() for c in what) or what.startswith("$"):
+        raise StepError(
+            step,
+            f"/{entry.path}: {what!r} cannot be written in an xfs protofile (white space, "
+            "or a leading $); rename it or use fsType ext4 or btrfs",
+        )
+    return what
+
+
+def write_protofile(entries: Sequence[Entry], proto: Path, data_dir: Path, *,
+                    step: str) -> list[Entry]:
+    """mkfs.xfs's protofile for `entries`; returns the sticky ones (set afterwards)."""
+    by_path = {e.path: e for e in entries}
+    children: dict[str, list[Entry]] = {}
+    for entry in entries:
+        if entry.path:
+            parent = entry.path.rsplit("/", 1)[0] if "/" in entry.path else ""
+            children.setdefault(parent, []).append(entry)
+    sticky = [e for e in entries if e.mode & 0o1000]
+    lines = ["/dev/null", "0 0"]
+
+    def mode_field(entry: Entry, kind: str) -> str:
+        return (f"{_PROTO_TYPES[kind]}{'u' if entry.mode & 0o4000 else '-'}"
+                f"{'g' if entry.mode & 0o2000 else '-'}{entry.mode & 0o777:03o}")
+
+    def emit(entry: Entry, depth: int) -> None:
+        kind = entry.kind
+        if kind == "hardlink":
+            # Protofiles have no hard links: the first name's bytes again.
+            assert entry.link is not None
+            first = by_path[entry.link]
+            entry = Entry(entry.path, "file", first.mode, first.uid, first.gid,
+                          source=first.source, data=first.data)
+            kind = "file"
+        name = _proto_token(entry, entry.path.rsplit("/", 1)[-1], step) if entry.path else ""
+        head = f"{' ' * depth}{name} {mode_field(entry, kind)} {entry.uid} {entry.gid}".lstrip()
+        if kind == "file":
+            source = entry.source
+            if entry.data is not None:
+                source = data_dir / str(len(os.listdir(data_dir)))
+                source.write_bytes(entry.data)
+            assert source is not None
+            lines.append(f"{head} {_proto_token(entry, str(source), step)}")
+        elif kind == "symlink":
+            assert entry.link is not None
+            lines.append(f"{head} {_proto_token(entry, entry.link, step)}")
+        elif kind in ("chardev", "blockdev"):
+            assert entry.device is not None
+            lines.append(f"{head} {entry.device[0]} {entry.device[1]}")
+        else:
+            lines.append(head)
+        if kind == "dir":
+            for child in children.get(entry.path, []):
+                emit(child, depth + 1)
+            lines.append(f"{' ' * (depth + 1)}$")
+
+    emit(by_path[""], 0)
+    lines.append("$")
+    proto.write_text("\n".join(lines) + "\n")
+    return sticky
+
+
+def make_xfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
+             deterministic: bool, step: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="xfs-proto-", dir=scratch.parent) as tmp:
+        data_dir = Path(tmp) / "data"
+        data_dir.mkdir()
+        proto = Path(tmp) / "protofile"
+        sticky = write_protofile(entries, proto, data_dir, step=step)
+        args: list[str | Path] = ["mkfs.xfs", "-f", "-q", "-L", plan.label, "-p", proto]
+        if uuid:
+            args += ["-m", f"uuid={uuid}"]
+        # Newer xfsprogs (>= 6.8) read these for fixed inode times and a fixed UUID;
+        # 6.1 ignores them.
+        env = {"SOURCE_DATE_EPOCH": str(FIXED_TIME), "DETERMINISTIC_SEED": "1"} \
+            if deterministic else {}
+        try:
+            process.run([*args, scratch], step=step, env=env)
+        except CommandError as exc:
+            _too_small(step, plan, exc, ("no space", "enospc", "too small", "size"))
+            raise
+    for entry in sticky:
+        # The protofile wrote the mode without its sticky bit.
+        fmt = stat.S_IFMT({"dir": stat.S_IFDIR, "file": stat.S_IFREG, "fifo": stat.S_IFIFO}
+                          .get(entry.kind, stat.S_IFREG))
+        process.run(["xfs_db", "-x", "-c", f"path /{entry.path}", "-c",
+                     f"write core.mode 0{fmt | (entry.mode & 0o7777):o}", scratch],
+                    step=f"{step}: sticky bit")
+
+
+def make_erofs(dest: Path, plan: DiskPlan, tree: Path, *, uuid: str | None,
+               deterministic: bool, step: str) -> None:
+    args: list[str | Path] = ["mkfs.erofs", "--all-root", "-x", "-1", "--quiet"]
+    if deterministic:
+        args.append(f"-T{FIXED_TIME}")
+    if uuid:
+        args.append(f"-U{uuid}")
+    process.run([*args, dest, tree], step=step)
+
+
+def make_squashfs(dest: Path, plan: DiskPlan, tree: Path, *, deterministic: bool,
+                  step: str) -> None:
+    args: list[str | Path] = ["mksquashfs", tree, dest, "-noappend", "-all-root",
+                              "-no-xattrs", "-no-progress", "-quiet",
+                              "-processors", str(os.cpu_count() or 1)]
+    if deterministic:
+        args += ["-mkfs-time", str(FIXED_TIME), "-all-time", str(FIXED_TIME)]
+    process.run(args, step=step)
+
+
+def make_read_only(target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+                   uuid: str | None, deterministic: bool, step: str) -> None:
+    """erofs or squashfs as the whole of `target`; a fixed diskSize pads it."""
+    fs = FILESYSTEMS[plan.fs_type]
+    target.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{fs.name}-root-", dir=target.parent) as tmp:
+        tree = Path(tmp) / "root"
+        try:
+            materialize(entries, tree, step=step, fs_type=fs.name)
+            if fs.maker == "erofs":
+                make_erofs(target, plan, tree, uuid=uuid, deterministic=deterministic,
+                           step=step)
+            else:
+                make_squashfs(target, plan, tree, deterministic=deterministic, step=step)
+        finally:
+            remove_tree(tree)
+    made = target.stat().st_size
+    if plan.size_source == "diskSize":
+        if made > plan.disk_size:
+            target.unlink()
+            raise StepError(
+                step,
+                f"the {fs.name} image is {made} bytes ({-(-made // MIB)} MiB), more than "
+                f"diskSize {plan.disk_size // MIB} MiB; raise diskSize or use "
+                'diskSize = "auto"',
+            )
+        with target.open("r+b") as fh:
+            fh.truncate(plan.disk_size)
+
+
+def make_writable(target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+                  uuid: str | None, deterministic: bool, step: str) -> None:
+    """btrfs or xfs into the plan's root range of `target` (its size is fixed)."""
+    started = time.monotonic()
+    fs = FILESYSTEMS[plan.fs_type]
+    if plan.root_size < fs.min_size:
+        raise StepError(
+            step,
+            f"the root filesystem would be {plan.root_size // MIB} MiB, but {fs.tool} "
+            f"needs at least {fs.min_size // MIB} MiB; raise diskSize or use "
+            'diskSize = "auto"',
+        )
+    direct = plan.table is None
+    scratch = target if direct else target.with_name(f"{target.name}.{fs.name}")
+    if not direct:
+        scratch.unlink(missing_ok=True)
+        with scratch.open("wb") as fh:
+            fh.truncate(plan.root_size)
+    try:
+        if fs.maker == "btrfs":
+            make_btrfs(scratch, plan, entries, uuid=uuid, step=step)
+        else:
+            make_xfs(scratch, plan, entries, uuid=uuid, deterministic=deterministic,
+                     step=step)
+        if not direct:
+            copy_data_ranges(scratch, target, [(0, plan.root_size)], dest_offset=plan.root_offset)
+    finally:
+        if not direct:
+            scratch.unlink(missing_ok=True)
+    logger.info("[%s] %s took %.1f s", step, fs.tool, time.monotonic() - started)
+
+
+def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+                      step: str) -> int:
+    """Bytes of the smallest btrfs holding `entries` (mkfs.btrfs --shrink), for "minimal"."""
+    scratch = work / "minimal.btrfs"
+    with scratch.open("wb") as fh:
+        fh.truncate(max(4 * plan.root_size, 1 << 30))
+    try:
+        make_btrfs(scratch, plan, entries, uuid=None, step=step, shrink=True)
+        return scratch.stat().st_size
+    finally:
+        scratch.unlink(missing_ok=True)

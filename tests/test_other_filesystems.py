@@ -1,0 +1,160 @@
+"""btrfs, xfs, erofs and squashfs images made by the unprivileged build user.
+
+prepare + finish as Nix runs them without a guest; each image is checked by its own
+tool (btrfs check, xfs_repair -n, fsck.erofs, unsquashfs) and read through a read-only
+loop mount (the test runs as root; the build does not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Closure, Engine, EngineRun, base_spec, world_readable_dir
+
+from make_disk_image.models import MIB
+
+ROOT_GUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
+
+
+def plan_of(result: EngineRun) -> dict:  # type: ignore[type-arg]
+    data = json.loads((result.build_dir / "xchg/make-disk-image.json").read_text())
+    return data["plan"]  # type: ignore[no-any-return]
+
+
+def image_of(result: EngineRun) -> Path:
+    return result.out / "nixos.img"
+
+
+def extract_root(result: EngineRun) -> Path:
+    """The root partition as its own file (btrfs check and xfs_repair take no offset)."""
+    plan = plan_of(result)
+    part = result.build_dir / "root.part"
+    with image_of(result).open("rb") as src, part.open("wb") as dst:
+        src.seek(plan["root_offset"])
+        remaining = plan["root_size"]
+        while remaining:
+            chunk = src.read(min(remaining, 1 << 20))
+            dst.write(chunk)
+            remaining -= len(chunk)
+    return part
+
+
+@contextlib.contextmanager
+def mounted(image: Path, fs_type: str, offset: int = 0) -> Iterator[Path]:
+    where = Path(tempfile.mkdtemp(prefix="mdi-fs-mnt-"))
+    subprocess.run(["mount", "-t", fs_type, "-o", f"loop,ro,offset={offset}", str(image),
+                    str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+        where.rmdir()
+
+
+@pytest.fixture
+def contents_src() -> Path:
+    src = world_readable_dir("mdi-fs-contents-")
+    (src / "conf").mkdir()
+    (src / "conf/app.toml").write_text("key = 1\n")
+    (src / "conf/app.toml").chmod(0o644)
+    (src / "conf").chmod(0o755)
+    (src / "tmp").mkdir()
+    (src / "tmp").chmod(0o1777)
+    return src
+
+
+def check_root(root: Path, closure: Closure) -> None:
+    assert (root / "etc/NIXOS").is_file()
+    assert (root / "etc/app/app.toml").read_text() == "key = 1\n"
+    hello = os.lstat(root / closure.app.lstrip("/") / "bin/hello")
+    assert (hello.st_mode & 0o7777, hello.st_uid, hello.st_gid) == (0o555, 0, 0)
+    link = root / closure.app.lstrip("/") / "share/doc/lib-link"
+    assert os.readlink(link) == f"{closure.lib}/lib/libtest.txt"
+    assert (root / "nix/var/nix/db/db.sqlite").is_file()
+    assert os.lstat(root / "tmp").st_mode & 0o7777 == 0o1777
+    assert not (root / closure.extra.lstrip("/")).exists()
+
+
+@pytest.mark.parametrize("fs_type", ["btrfs", "xfs"])
+def test_writable_root_in_a_partition(closure: Closure, engine: Engine, contents_src: Path,
+                                      fs_type: str) -> None:
+    spec = base_spec(
+        closure, fsType=fs_type, partitionTableType="efi", installBootLoader=False,
+        contents=[{"source": str(contents_src / "conf"), "target": "/etc/app"},
+                  {"source": str(contents_src / "tmp"), "target": "/tmp"}],
+    )
+    result = engine.build_without_vm(spec, name=fs_type)
+    assert result.returncode == 0, result.stderr
+    plan = plan_of(result)
+    part = extract_root(result)
+    check = (["btrfs", "check", "--readonly", str(part)] if fs_type == "btrfs"
+             else ["xfs_repair", "-n", "-f", str(part)])
+    proc = subprocess.run(check, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    blkid = subprocess.run(["blkid", "-p", "-o", "export", str(part)], check=True,
+                           capture_output=True, text=True).stdout
+    assert f"TYPE={fs_type}" in blkid
+    assert "LABEL=nixos" in blkid
+    # rootFSUID is null for these by default; deterministic, rootGPUID stands in.
+    assert f"UUID={ROOT_GUID.lower()}" in blkid
+    with mounted(image_of(result), fs_type, plan["root_offset"]) as root:
+        check_root(root, closure)
+    # The image is sparse: the scratch filesystem's holes stay holes.
+    image = image_of(result)
+    assert image.stat().st_blocks * 512 < image.stat().st_size
+
+
+@pytest.mark.parametrize("fs_type", ["erofs", "squashfs"])
+def test_read_only_store_image_is_identical_across_builds(
+        closure: Closure, engine: Engine, fs_type: str) -> None:
+    spec = base_spec(closure, fsType=fs_type, partitionTableType="none", onlyNixStore=True,
+                     installBootLoader=False, copyChannel=False)
+    runs = [engine.build_without_vm(spec, name=f"{fs_type}-{i}") for i in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    first, second = (image_of(r) for r in runs)
+    assert first.read_bytes() == second.read_bytes()
+    check = (["fsck.erofs", str(first)] if fs_type == "erofs"
+             else ["unsquashfs", "-s", str(first)])
+    proc = subprocess.run(check, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    store_paths = (Path(spec["closureInfo"]) / "store-paths").read_text().split()
+    with mounted(first, fs_type) as root:
+        assert sorted(os.listdir(root)) == sorted(os.path.basename(p) for p in store_paths)
+        hello = os.lstat(root / os.path.basename(closure.app) / "bin/hello")
+        assert (hello.st_mode & 0o7777, hello.st_uid) == (0o555, 0)
+
+
+def test_read_only_fixed_size_pads_or_refuses(closure: Closure, engine: Engine) -> None:
+    spec = base_spec(closure, fsType="squashfs", partitionTableType="none", onlyNixStore=True,
+                     installBootLoader=False, copyChannel=False, diskSize=8)
+    result = engine.build_without_vm(spec, name="sq-fixed")
+    assert result.returncode == 0, result.stderr
+    assert image_of(result).stat().st_size == 8 * MIB
+
+
+@pytest.mark.parametrize(("overrides", "argument", "words"), [
+    ({"fsType": "erofs"}, "fsType", "read-only"),
+    ({"fsType": "squashfs", "onlyNixStore": True, "partitionTableType": "efi",
+      "installBootLoader": False, "copyChannel": False}, "partitionTableType", '"none"'),
+    ({"fsType": "xfs", "label": "a-label-too-long"}, "label", "12 bytes"),
+    ({"fsType": "btrfs", "contents": [{"source": "/etc/hostname", "target": "/x",
+                                       "user": "1000", "group": "100"}]},
+     "contents[0].user", "user namespace"),
+    ({"fsType": "zfs"}, "fsType", '"btrfs"'),
+    ({"fsType": "ext3"}, "fsType", "-E offset"),
+])
+def test_impossible_combinations_fail_before_work(
+        closure: Closure, engine: Engine, overrides: dict, argument: str,  # type: ignore[type-arg]
+        words: str) -> None:
+    result = engine.run("prepare", base_spec(closure, **overrides))
+    assert result.returncode != 0
+    assert f"argument `{argument}`" in result.stderr, result.stderr
+    assert words in result.stderr
+    assert not (result.build_dir / "nixos.raw").exists()
