@@ -5,7 +5,10 @@
 # guest needs) and writes them with the arguments to one JSON spec; the Python engine
 # (make_disk_image, see docs/interface.md) validates it and does the work in preVM
 # (`prepare`), in the VM (`guest`) and in postVM (`finish`). See docs/nix.md.
-{
+#
+# The arguments are checked first (nix/arguments.nix): a wrong one stops evaluation with
+# the reference's message before pkgs or config is looked at.
+args@{
   pkgs,
   lib,
 
@@ -92,6 +95,45 @@
   requireKVM ? true,
 }:
 let
+  # The choices (formats, partition table types, filesystems) and the arguments: one
+  # file that the module and the engine read too.
+  interface = builtins.fromJSON (builtins.readFile ./make_disk_image/interface.json);
+
+  # Every argument but pkgs, lib and config, defaults applied.
+  arguments = {
+    inherit
+      diskSize
+      additionalSpace
+      bootSize
+      contents
+      partitionTableType
+      installBootLoader
+      touchEFIVars
+      OVMF
+      efiFirmware
+      efiVariables
+      fsType
+      label
+      configFile
+      postVM
+      memSize
+      onlyNixStore
+      name
+      format
+      baseName
+      deterministic
+      rootGPUID
+      rootFSUID
+      copyChannel
+      additionalPaths
+      requireKVM
+      ;
+  };
+  argumentsChecked = import ./nix/arguments.nix { inherit lib interface; } {
+    given = args;
+    inherit arguments;
+  };
+
   makeDiskImage = pkgs.callPackage ./nix/package.nix { };
 
   # The channel, as the reference builds it: pkgs' own source as nixos (and nixpkgs).
@@ -128,41 +170,27 @@ let
       group = entry.group or null;
     };
 
+  # The spec: the arguments the engine takes (not OVMF, requireKVM: only Nix uses them)
+  # and what Nix computes.
   spec = pkgs.writeText "${name}-spec.json" (
-    builtins.toJSON {
-      inherit
-        diskSize
-        additionalSpace
-        bootSize
-        partitionTableType
-        installBootLoader
-        touchEFIVars
-        fsType
-        label
-        configFile
-        postVM
-        memSize
-        onlyNixStore
-        name
-        format
-        baseName
-        deterministic
-        rootGPUID
-        rootFSUID
-        copyChannel
-        additionalPaths
-        toplevel
-        closureInfo
-        ;
-      contents = map contentsEntry contents;
-      # The firmware is only built when it is used, as in the reference.
-      efiFirmware = if touchEFIVars then efiFirmware else null;
-      efiVariables = if touchEFIVars then efiVariables else null;
-      ovmfSystemManagementModeRequired = OVMF.systemManagementModeRequired or false;
-      channelSources = if copyChannel then channelSources else null;
-      grubDevices = if grub.enable then grub.devices else [ ];
-      limineBiosDevice = if limine.enable && (limine.biosSupport or false) then limine.biosDevice else null;
-    }
+    builtins.toJSON (
+      removeAttrs arguments [
+        "OVMF"
+        "requireKVM"
+      ]
+      // {
+        inherit toplevel closureInfo;
+        contents = map contentsEntry contents;
+        # The firmware is only built when it is used, as in the reference.
+        efiFirmware = if touchEFIVars then efiFirmware else null;
+        efiVariables = if touchEFIVars then efiVariables else null;
+        ovmfSystemManagementModeRequired = OVMF.systemManagementModeRequired or false;
+        channelSources = if copyChannel then channelSources else null;
+        grubDevices = if grub.enable then grub.devices else [ ];
+        limineBiosDevice =
+          if limine.enable && (limine.biosSupport or false) then limine.biosDevice else null;
+      }
+    )
   );
 
   # Every tool a phase runs, named once.
@@ -235,8 +263,7 @@ let
         requiredSystemFeatures = lib.remove "kvm" (old.requiredSystemFeatures or [ ]);
       });
 in
-assert lib.assertMsg (builtins.isBool requireKVM)
-  "makeDiskImage: argument `requireKVM` must be true or false (false: build without KVM, under TCG)";
+assert argumentsChecked;
 if onlyNixStore then
   pkgs.runCommand name {
     passthru = { inherit spec makeDiskImage; };

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from make_disk_image.interface import FS_TYPES, FsTypeInfo
 from make_disk_image.models import FS_BLOCK, MIB
 
 
@@ -19,12 +20,6 @@ class Filesystem:
     tool: str
     # "mke2fs", "btrfs", "xfs", "erofs", "squashfs": which maker in rootfs/other_filesystems.
     maker: str
-    # A read-only filesystem holds only a store image (onlyNixStore, no partition table).
-    read_only: bool
-    # The longest label the tool stores, in bytes (0: it stores none and ignores `label`).
-    label_bytes: int
-    # The tool takes a fixed filesystem UUID (rootFSUID).
-    takes_uuid: bool
     # Smallest filesystem the tool makes, in bytes.
     min_size: int
     # Bytes per entry (inode, directory entry, tree items) the auto size counts on top
@@ -38,35 +33,62 @@ class Filesystem:
     # What `deterministic` achieves with Debian 12's tools; the README table says more.
     determinism: str
 
+    # What Nix checks too (read-only, label length, UUID, partition table) is
+    # interface.json's.
+    @property
+    def interface(self) -> FsTypeInfo:
+        return FS_TYPES[self.name]
+
+    @property
+    def read_only(self) -> bool:
+        """It holds only a store image (onlyNixStore, no partition table)."""
+        return self.interface.read_only
+
+    @property
+    def label_bytes(self) -> int:
+        """The longest label the tool stores, in bytes (0: it stores none)."""
+        return self.interface.label_bytes
+
+    @property
+    def takes_uuid(self) -> bool:
+        """The tool takes a fixed filesystem UUID (rootFSUID)."""
+        return self.interface.takes_uuid
+
 
 FILESYSTEMS: dict[str, Filesystem] = {
     fs.name: fs
     for fs in (
-        Filesystem("ext2", "mke2fs -d -", "mke2fs", False, 16, True, 0, 0, 0, 0,
+        Filesystem("ext2", "mke2fs -d -", "mke2fs", 0, 0, 0, 0,
                    "bit-identical (e2fsprogs >= 1.47.1)"),
-        Filesystem("ext3", "mke2fs -d -", "mke2fs", False, 16, True, 0, 0, 0, 0,
+        Filesystem("ext3", "mke2fs -d -", "mke2fs", 0, 0, 0, 0,
                    "bit-identical (e2fsprogs >= 1.47.1)"),
-        Filesystem("ext4", "mke2fs -d -", "mke2fs", False, 16, True, 0, 0, 0, 0,
+        Filesystem("ext4", "mke2fs -d -", "mke2fs", 0, 0, 0, 0,
                    "bit-identical (e2fsprogs >= 1.47.1)"),
         # 160 MiB: the smallest that holds mkfs.btrfs' default chunks (DUP metadata,
         # system, data) with room for the guest's writes. Measured on bench/'s closure
         # and the test closure: used space stays under 2x the files' bytes + 16 KiB
         # an entry.
-        Filesystem("btrfs", "mkfs.btrfs --rootdir (user namespace)", "btrfs", False, 255,
-                   True, 160 * MIB, 16 * 1024, 2000, 160 * MIB,
+        Filesystem("btrfs", "mkfs.btrfs --rootdir (user namespace)", "btrfs", 160 * MIB,
+                   16 * 1024, 2000, 160 * MIB,
                    "fixed UUID and label; chunk-tree/device UUIDs and times vary"),
         # 300 MiB: xfsprogs >= 5.19 refuses smaller filesystems. Inodes are 512 bytes,
         # directories and the log take the rest of the fixed part.
-        Filesystem("xfs", "mkfs.xfs -p protofile", "xfs", False, 12, True, 300 * MIB,
+        Filesystem("xfs", "mkfs.xfs -p protofile", "xfs", 300 * MIB,
                    2 * FS_BLOCK, 1052, 64 * MIB,
                    "fixed UUID and label; inode times are mkfs' clock (xfsprogs 6.1)"),
-        Filesystem("erofs", "mkfs.erofs", "erofs", True, 0, True, 0, 2 * FS_BLOCK, 1052,
+        Filesystem("erofs", "mkfs.erofs", "erofs", 0, 2 * FS_BLOCK, 1052,
                    MIB, "bit-identical"),
-        Filesystem("squashfs", "mksquashfs", "squashfs", True, 0, False, 0, 2 * FS_BLOCK,
+        Filesystem("squashfs", "mksquashfs", "squashfs", 0, 2 * FS_BLOCK,
                    1052, MIB, "bit-identical"),
     )
 }
 EXT_FAMILY = ("ext2", "ext3", "ext4")
+
+if list(FILESYSTEMS) != list(FS_TYPES):
+    raise ImportError(
+        "make_disk_image/interface.json's fsTypes and filesystems.FILESYSTEMS differ: "
+        f"{list(FS_TYPES)} != {list(FILESYSTEMS)}"
+    )
 
 
 def lookup(name: str) -> Filesystem | None:

@@ -33,20 +33,6 @@ from typing import Any
 from make_disk_image import process, qcow2
 from make_disk_image.models import Format
 
-# What the reference writes into nix-support/hydra-build-products ("file TYPE PATH"):
-# `file ${qemu-img format}-image`, so qcow2-compressed stays qcow2-image.
-PRODUCT_TYPES = {
-    Format.RAW: "raw-image",
-    Format.QCOW2: "qcow2-image",
-    Format.QCOW2_COMPRESSED: "qcow2-image",
-    Format.QCOW2_ZSTD: "qcow2-image",
-    Format.VDI: "vdi-image",
-    Format.VPC: "vpc-image",
-    Format.VMDK: "vmdk-image",
-    Format.VHDX: "vhdx-image",
-    Format.RAW_ZSTD: "raw-zstd-image",
-}
-
 # qemu-img convert options per format that qemu-img makes.
 QEMU_IMG = {
     Format.QCOW2: ("-O", "qcow2"),
@@ -63,7 +49,9 @@ QEMU_IMG = {
 
 def product_line(fmt: Format, image: Path) -> str:
     """The image's line of nix-support/hydra-build-products."""
-    return f"file {PRODUCT_TYPES[fmt]} {image}\n"
+    # The reference writes `file ${qemu-img format}-image`, so qcow2-compressed stays a
+    # qcow2-image; the types are interface.json's.
+    return f"file {fmt.product_type} {image}\n"
 
 
 def workers() -> int:

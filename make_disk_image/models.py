@@ -8,14 +8,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from make_disk_image.interface import FORMATS
+
 SECTOR = 512
 MIB = 1024 * 1024
 FS_BLOCK = 4096  # ext4 block size, as the reference uses
 
 
 class Format(enum.Enum):
-    """`format`: the reference's five, then the ones users used to convert to in postVM.
-    How each is made, and its Hydra product line: make_disk_image/formats.py."""
+    """`format`: the formats the engine has code for (make_disk_image/formats.py). Their
+    data (extension, Hydra product type) is interface.json's; the two must name the same
+    formats (checked below, at import)."""
 
     RAW = "raw"
     QCOW2 = "qcow2"
@@ -30,20 +33,19 @@ class Format(enum.Enum):
     @property
     def extension(self) -> str:
         """The file name's extension (the reference's for its five)."""
-        return _EXTENSIONS[self]
+        return FORMATS[self.value].extension
+
+    @property
+    def product_type(self) -> str:
+        """The type of the image's line in nix-support/hydra-build-products."""
+        return FORMATS[self.value].product_type
 
 
-_EXTENSIONS = {
-    Format.RAW: "img",
-    Format.QCOW2: "qcow2",
-    Format.QCOW2_COMPRESSED: "qcow2",
-    Format.VDI: "vdi",
-    Format.VPC: "vhd",
-    Format.VMDK: "vmdk",
-    Format.VHDX: "vhdx",
-    Format.QCOW2_ZSTD: "qcow2",
-    Format.RAW_ZSTD: "img.zst",
-}
+if {f.value for f in Format} != set(FORMATS):
+    raise ImportError(
+        "make_disk_image/interface.json and models.Format name different formats: "
+        f"{sorted(set(FORMATS) ^ {f.value for f in Format})}"
+    )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from make_disk_image.filesystems import EXT_FAMILY, FILESYSTEMS
+from make_disk_image.filesystems import FILESYSTEMS
+from make_disk_image.interface import (
+    DISK_SIZE_WORDS,
+    FS_TYPES,
+    PARTITION_TABLE_TYPES,
+    REFERENCE_MESSAGES,
+)
 from make_disk_image.layouts import LAYOUTS
 from make_disk_image.models import MIB, ContentEntry, Format, Spec
 from make_disk_image.utils import MAX_SIZE, parse_iec, round_up_one_unit
@@ -28,7 +34,8 @@ GUID_RE = re.compile(
 MODE_RE = re.compile(r"^[0-7]{3,4}$")
 # What Nix accepts as a derivation name (the store path name): `name` becomes one.
 NIX_NAME_RE = re.compile(r"^[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}$")
-EFI_VAR_LAYOUTS = ("hybrid", "efi", "efixbootldr", "legacy+gpt")
+EFI_VAR_LAYOUTS = tuple(name for name, p in PARTITION_TABLE_TYPES.items() if p.efi_variables)
+IN_PARTITION_TABLE = tuple(name for name, f in FS_TYPES.items() if f.in_partition_table)
 
 _Check = Callable[[Any], bool]
 
@@ -60,8 +67,8 @@ def _is_size(v: Any) -> bool:
 # key -> (type check, human type name)
 FIELDS: Mapping[str, tuple[_Check, str]] = {
     "diskSize": (
-        lambda v: v in ("auto", "minimal") or _is_int(v) or (isinstance(v, str) and v.isdigit()),
-        '"auto", "minimal" or an integer number of MiB',
+        lambda v: _is_int(v) or (isinstance(v, str) and (v in DISK_SIZE_WORDS or v.isdigit())),
+        " or ".join(f'"{word}"' for word in DISK_SIZE_WORDS) + " or an integer number of MiB",
     ),
     "additionalSpace": (_is_size, 'a size string such as "512M"'),
     "bootSize": (_is_size, 'a size string such as "256M"'),
@@ -138,8 +145,8 @@ def _parse_contents(value: list[Any]) -> tuple[ContentEntry, ...]:
         if (user is None) != (group is None):
             raise SpecError(
                 where,
-                "Contents of the disk image should set none of {user, group} or both at the "
-                f"same time (target {item['target']} sets only "
+                REFERENCE_MESSAGES["contents"]
+                + f" (target {item['target']} sets only "
                 f"{'user' if user else 'group'}).",
             )
         target = item["target"]
@@ -210,10 +217,10 @@ def parse_spec(raw: Any) -> Spec:
 
     # partitionTableType: lib.assertOneOf
     ptt = kw.get("partitionTableType", "legacy")
-    if ptt not in LAYOUTS:
+    if ptt not in PARTITION_TABLE_TYPES or ptt not in LAYOUTS:
         raise SpecError(
             "partitionTableType",
-            f'"{ptt}" is not one of ' + ", ".join(f'"{name}"' for name in LAYOUTS),
+            f'"{ptt}" is not one of ' + ", ".join(f'"{name}"' for name in PARTITION_TABLE_TYPES),
         )
 
     fmt = kw.get("format", "raw")
@@ -225,7 +232,7 @@ def parse_spec(raw: Any) -> Spec:
         ) from None
 
     disk_size = kw.pop("diskSize", "auto")
-    kw["diskSize"] = None if disk_size in ("auto", "minimal") else int(disk_size)
+    kw["diskSize"] = None if disk_size in DISK_SIZE_WORDS else int(disk_size)
     kw["diskSizeMinimal"] = disk_size == "minimal"
     if kw["diskSize"] is not None:
         if kw["diskSize"] <= 0:
@@ -265,11 +272,7 @@ def parse_spec(raw: Any) -> Spec:
     if "rootFSUID" not in raw:
         kw["rootFSUID"] = root_gpuid if fs_type == "ext4" else None
     if fs_type == "ext4" and deterministic and kw["rootFSUID"] is None:
-        raise SpecError(
-            "rootFSUID",
-            "In deterministic mode with a ext4 partition, rootFSUID "
-            "must be non-null, by default, it is equal to rootGPUID.",
-        )
+        raise SpecError("rootFSUID", REFERENCE_MESSAGES["rootFSUID"])
     if kw["rootFSUID"] is not None and not GUID_RE.match(kw["rootFSUID"]):
         raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
 
@@ -277,11 +280,7 @@ def parse_spec(raw: Any) -> Spec:
 
     if kw.get("touchEFIVars", False):
         if ptt not in EFI_VAR_LAYOUTS:
-            raise SpecError(
-                "touchEFIVars",
-                "EFI variables can be used only with a partition "
-                "table of type: hybrid, efi, efixbootldr, or legacy+gpt.",
-            )
+            raise SpecError("touchEFIVars", REFERENCE_MESSAGES["touchEFIVars"])
         for key in ("efiFirmware", "efiVariables"):
             if not kw.get(key):
                 raise SpecError(
@@ -291,11 +290,7 @@ def parse_spec(raw: Any) -> Spec:
     if only_nix_store and (
         kw.get("contents") or kw.get("configFile") is not None or kw.get("installBootLoader", True)
     ):
-        raise SpecError(
-            "onlyNixStore",
-            "In a only Nix store image, the contents must be empty, "
-            "no configuration must be provided and no bootloader should be installed.",
-        )
+        raise SpecError("onlyNixStore", REFERENCE_MESSAGES["onlyNixStore"])
 
     if kw.get("copyChannel", True) and not kw.get("channelSources"):
         raise SpecError(
@@ -374,11 +369,11 @@ def _check_filesystem(kw: dict[str, Any], ptt: str, fs_type: str, only_nix_store
             )
         if "rootFSUID" in kw and kw["rootFSUID"] is not None and not fs.takes_uuid:
             raise SpecError("rootFSUID", f"{fs_type} has no filesystem UUID; leave it null")
-    if ptt != "none" and fs_type in EXT_FAMILY and fs_type != "ext4":
+    if ptt != "none" and not fs.interface.in_partition_table:
         raise SpecError(
             "fsType",
-            f'"{fs_type}": to produce a partition table, we need to use '
-            "-E offset flag which is support only for fsType = ext4",
+            f'"{fs_type}": ' + REFERENCE_MESSAGES["fsType"] + " (in a partition table: "
+            + ", ".join(IN_PARTITION_TABLE) + ")",
         )
     if fs.label_bytes and len(kw["label"].encode()) > fs.label_bytes:
         raise SpecError(

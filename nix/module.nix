@@ -24,14 +24,8 @@ let
 
   makeDiskImage = import ../default.nix;
 
-  # File name extensions of the image, as finish.py (and the reference) names it.
-  extensions = {
-    raw = "img";
-    qcow2 = "qcow2";
-    qcow2-compressed = "qcow2";
-    vdi = "vdi";
-    vpc = "vhd";
-  };
+  # makeDiskImage's arguments, formats and other choices: one file the engine reads too.
+  interface = builtins.fromJSON (builtins.readFile ../make_disk_image/interface.json);
 
   contentsEntry = types.submodule {
     options = {
@@ -62,16 +56,45 @@ let
     };
   };
 
-  option =
-    type: default: description:
-    mkOption { inherit type default description; };
-  # An argument whose reference default depends on other arguments: no default here.
-  derivedOption =
-    type: defaultText: description:
-    mkOption {
-      inherit type description;
-      defaultText = lib.literalMD defaultText;
-    };
+  choices = table: types.enum (map (entry: entry.name) table);
+  formats = lib.listToAttrs (map (format: lib.nameValuePair format.name format) interface.formats);
+  # An interface.json argument type as an option type.
+  optionTypes = {
+    diskSize = types.either (choices interface.diskSizeWords) types.ints.positive;
+    size = types.either types.str types.ints.unsigned;
+    contents = types.listOf contentsEntry;
+    partitionTableType = choices interface.partitionTableTypes;
+    fsType = choices interface.fsTypes;
+    format = choices interface.formats;
+    bool = types.bool;
+    package = types.package;
+    path = types.path;
+    str = types.str;
+    lines = types.lines;
+    nullOrPath = types.nullOr types.path;
+    positiveInt = types.ints.positive;
+    guid = types.str;
+    nullOrGuid = types.nullOr types.str;
+    storePaths = types.listOf types.package;
+  };
+  # A constant default is the option's default; a default computed from other
+  # arguments is only shown (defaultText), and default.nix computes it.
+  argumentOption =
+    argument:
+    mkOption (
+      {
+        type = optionTypes.${argument.type};
+        description = argument.description;
+      }
+      // (
+        if argument ? default then
+          { inherit (argument) default; }
+        else
+          { defaultText = lib.literalMD "`${argument.defaultText}`"; }
+      )
+    );
+  # pkgs, lib and config are the system's own.
+  optionArguments = lib.filterAttrs (_: argument: argument.type != "context") interface.arguments;
 
   # What the user defined (or the constant defaults), as makeDiskImage's arguments.
   arguments =
@@ -83,66 +106,7 @@ let
   diskImage = makeDiskImage ({ inherit pkgs lib config; } // arguments);
 in
 {
-  options.makeDiskImage = {
-    diskSize = option (types.either (types.enum [ "auto" ]) types.ints.positive) "auto" ''
-      Size of the disk in MiB, or `"auto"`: what goes into the image plus `additionalSpace`.
-    '';
-    additionalSpace = option types.str "512M" ''
-      Extra space added to an automatic size (`numfmt --from=iec` units).
-    '';
-    bootSize = option types.str "256M" ''
-      End offset of the boot partition (efi, efixbootldr, hybrid, legacy+boot).
-    '';
-    contents = option (types.listOf contentsEntry) [ ] ''
-      Files and directories to put in the root file system.
-    '';
-    partitionTableType = option (types.enum [
-      "legacy"
-      "legacy+boot"
-      "legacy+gpt"
-      "efi"
-      "efixbootldr"
-      "hybrid"
-      "none"
-    ]) "legacy" "The disk layout (`none`: the file system on the whole disk).";
-    installBootLoader = option types.bool true ''
-      Whether to run `switch-to-configuration boot` while building.
-    '';
-    touchEFIVars = option types.bool false ''
-      Whether to keep the EFI variables in `efi-vars.fd` and write them while building.
-    '';
-    OVMF = derivedOption types.package "`pkgs.OVMF.fd`" "The OVMF firmware derivation.";
-    efiFirmware = derivedOption types.path "`OVMF.firmware`" "The EFI firmware.";
-    efiVariables = derivedOption types.path "`OVMF.variables`" "The initial EFI variables.";
-    fsType = option types.str "ext4" "The root file system type.";
-    label = derivedOption types.str ''`"nix-store"` with `onlyNixStore`, else `"nixos"`'' ''
-      The root file system label.
-    '';
-    configFile = option (types.nullOr types.path) null ''
-      A file copied to /etc/nixos/configuration.nix in the image.
-    '';
-    postVM = option types.lines "" "Shell code run after the VM, with `$diskImage` set.";
-    memSize = option types.ints.positive 1024 "Memory of the build VM in MiB.";
-    onlyNixStore = option types.bool false ''
-      Only the Nix store at the root of the image, built without a VM.
-    '';
-    name = option types.str "nixos-disk-image" "The derivation's name.";
-    format = option (types.enum (lib.attrNames extensions)) "raw" "The image format.";
-    baseName = option types.str "nixos" "The image's file name, without extension.";
-    deterministic = option types.bool true ''
-      Fixed GPT GUIDs, ext4 UUID and timestamps: the same inputs give the same image.
-    '';
-    rootGPUID = option types.str "F222513B-DED1-49FA-B591-20CE86A2FE7F" ''
-      GPT partition GUID of the root partition.
-    '';
-    rootFSUID = derivedOption (types.nullOr types.str) "`rootGPUID` for ext4, else `null`" ''
-      UUID of the root file system.
-    '';
-    copyChannel = option types.bool true "Whether to put a nixos channel of `pkgs.path` in the image.";
-    additionalPaths = option (types.listOf types.package) [ ] ''
-      More store paths to copy into the image's store.
-    '';
-  };
+  options.makeDiskImage = lib.mapAttrs (_: argumentOption) optionArguments;
 
   options.system.build.diskImage = mkOption {
     type = types.package;
@@ -159,7 +123,7 @@ in
         {
           imports = [ (modulesPath + "/image/file-options.nix") ];
           makeDiskImage.baseName = lib.mkDefault config.image.baseName;
-          image.extension = extensions.${config.makeDiskImage.format};
+          image.extension = formats.${config.makeDiskImage.format}.extension;
           system.build.image = config.system.build.diskImage;
         };
     })

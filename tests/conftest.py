@@ -113,6 +113,8 @@ def pytest_configure(config: pytest.Config) -> None:
             f"{', '.join(missing)}): point it at the `lib` directory of a nixpkgs checkout, "
             f"e.g. {NIXPKGS_LIB_VARIABLE}=$HOME/nixpkgs/lib"
         )
+    # Nix reads it too (tests/nixpkgs/selected-lib.nix), from other working directories.
+    os.environ[NIXPKGS_LIB_VARIABLE] = str(lib)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -10,6 +10,7 @@ with both is nixpkgs' behaviour, not only the stand-in's. Seconds in all.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -315,3 +316,32 @@ def test_helpers_the_project_uses() -> None:
 def test_assert_msg_fails_with_its_message() -> None:
     stderr = eval_error('lib.assertMsg false "requireKVM must be true or false"')
     assert "requireKVM must be true or false" in stderr
+
+
+def test_selected_lib_follows_the_variable_then_a_copied_lib(tmp_path: Path) -> None:
+    """selected-lib.nix: MDI_NIXPKGS_LIB first; else external-lib (what flake tests copy
+    into their checkout, since flakes see no environment); else the stand-in's own."""
+    stand_in = tmp_path / "nixpkgs"
+    stand_in.mkdir()
+    shutil.copy(REPO / "tests/nixpkgs/selected-lib.nix", stand_in)
+    for name in ("lib", "external-lib", "elsewhere"):
+        target = tmp_path / name if name == "elsewhere" else stand_in / name
+        target.mkdir()
+        (target / "default.nix").write_text(f'{{ marker = "{name}"; }}\n')
+
+    def marker(variable: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "MDI_NIXPKGS_LIB"}
+        if variable:
+            env["MDI_NIXPKGS_LIB"] = variable
+        proc = subprocess.run(
+            ["nix-instantiate", "--eval", "--json", "-E",
+             f"(import {stand_in}/selected-lib.nix).marker"],
+            capture_output=True, text=True, check=False, env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return str(json.loads(proc.stdout))
+
+    assert marker(str(tmp_path / "elsewhere")) == "elsewhere"
+    assert marker("") == "external-lib"
+    shutil.rmtree(stand_in / "external-lib")
+    assert marker("") == "lib"

@@ -5,7 +5,9 @@
 let
   fromEnvironment = builtins.getEnv "MDI_NIXPKGS_LIB";
 in
-if fromEnvironment != "" then
+if fromEnvironment != "" && builtins.substring 0 1 fromEnvironment != "/" then
+  throw "MDI_NIXPKGS_LIB=${fromEnvironment}: give the nixpkgs lib directory as an absolute path"
+else if fromEnvironment != "" then
   import (/. + fromEnvironment)
 else if builtins.pathExists ./external-lib then
   import ./external-lib

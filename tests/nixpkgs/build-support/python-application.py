@@ -2,6 +2,7 @@
 
 Installs a setuptools project described by setup.cfg the way a wheel install would:
 the packages found by [options.packages.find] into $out/lib/python3.11/site-packages,
+with their [options.package_data] files,
 and one wrapper per console_scripts entry point into $out/bin. The wrappers put the
 package and its dependencies (the `dependencies` store paths) on sys.path, as nixpkgs'
 wrapPythonPrograms does with NIX_PYTHONPATH.
@@ -34,6 +35,17 @@ def install_packages(setup: configparser.ConfigParser, site: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         for module in source.glob("*.py"):
             shutil.copy2(module, dest / module.name)
+        for data in package_data(setup, package, source):
+            shutil.copy2(data, dest / data.name)
+
+
+def package_data(setup: configparser.ConfigParser, package: str, source: Path) -> list[Path]:
+    """The files [options.package_data] names for `package` (globs in its directory;
+    "*" applies to every package), as setuptools installs them."""
+    patterns: list[str] = []
+    for key in (package, "*"):
+        patterns += setup.get("options.package_data", key, fallback="").replace(",", " ").split()
+    return sorted({path for pattern in patterns for path in source.glob(pattern) if path.is_file()})
 
 
 def install_scripts(

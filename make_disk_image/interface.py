@@ -1,0 +1,134 @@
+"""makeDiskImage's interface, read from interface.json: the one table of formats,
+partition table types, filesystem types, diskSize words and arguments that default.nix,
+nix/module.nix and this engine share.
+
+Nix reads the same file (`builtins.fromJSON`), so what Nix checks at evaluation and what
+the engine checks in its spec cannot drift apart. The file is package data: it is
+installed next to this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+PATH = Path(__file__).with_name("interface.json")
+
+Origin = Literal["reference", "extension"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """A `format`: the file's extension and its nix-support/hydra-build-products type."""
+
+    name: str
+    origin: Origin
+    extension: str
+    product_type: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PartitionTableInfo:
+    """A `partitionTableType` (its geometry is make_disk_image/layouts.py)."""
+
+    name: str
+    origin: Origin
+    efi_variables: bool  # touchEFIVars is allowed with it
+    description: str
+
+
+@dataclass(frozen=True)
+class FsTypeInfo:
+    """An `fsType` the engine can make: what Nix checks too. How the engine makes and
+    sizes it: make_disk_image/filesystems.py."""
+
+    name: str
+    origin: Origin
+    in_partition_table: bool  # may be the root of a partitioned disk (else only "none")
+    read_only: bool  # holds only a store image (onlyNixStore, partitionTableType "none")
+    label_bytes: int  # the longest label the tool stores (0: it stores none)
+    takes_uuid: bool  # the tool takes a fixed filesystem UUID (rootFSUID)
+    description: str
+
+
+@dataclass(frozen=True)
+class Argument:
+    """A makeDiskImage argument. `type` names its kind (default.nix's and the module's
+    type checks); "context" marks pkgs, lib and config, which have no option."""
+
+    name: str
+    origin: Origin
+    type: str
+    description: str
+    has_default: bool  # a constant default, in `default`
+    default: Any
+    default_text: str | None  # a default computed from other arguments
+
+
+@dataclass(frozen=True)
+class Interface:
+    """The tables by name, in the file's order (the order messages list choices in)."""
+
+    formats: dict[str, FormatInfo]
+    partition_table_types: dict[str, PartitionTableInfo]
+    fs_types: dict[str, FsTypeInfo]
+    disk_size_words: dict[str, str]  # word -> description
+    arguments: dict[str, Argument]
+    reference_messages: dict[str, str]  # argument -> the reference's assert message
+
+
+# interface.json's keys (as Nix spells them) -> the dataclasses' field names.
+_FIELDS = {
+    "productType": "product_type",
+    "efiVariables": "efi_variables",
+    "inPartitionTable": "in_partition_table",
+    "readOnly": "read_only",
+    "labelBytes": "label_bytes",
+    "takesUUID": "takes_uuid",
+}
+
+
+def _table(entries: list[dict[str, Any]], kind: Callable[..., T]) -> dict[str, T]:
+    return {e["name"]: kind(**{_FIELDS.get(k, k): v for k, v in e.items()}) for e in entries}
+
+
+def parse(data: dict[str, Any]) -> Interface:
+    return Interface(
+        formats=_table(data["formats"], FormatInfo),
+        partition_table_types=_table(data["partitionTableTypes"], PartitionTableInfo),
+        fs_types=_table(data["fsTypes"], FsTypeInfo),
+        disk_size_words={w["name"]: w["description"] for w in data["diskSizeWords"]},
+        arguments={
+            name: Argument(
+                name=name,
+                origin=a["origin"],
+                type=a["type"],
+                description=a["description"],
+                has_default="default" in a,
+                default=a.get("default"),
+                default_text=a.get("defaultText"),
+            )
+            for name, a in data["arguments"].items()
+        },
+        reference_messages={
+            name: text for name, text in data["referenceMessages"].items() if name != "_about"
+        },
+    )
+
+
+def load(path: Path = PATH) -> Interface:
+    return parse(json.loads(path.read_text()))
+
+
+INTERFACE = load()
+FORMATS = INTERFACE.formats
+PARTITION_TABLE_TYPES = INTERFACE.partition_table_types
+FS_TYPES = INTERFACE.fs_types
+DISK_SIZE_WORDS = INTERFACE.disk_size_words
+ARGUMENTS = INTERFACE.arguments
+REFERENCE_MESSAGES = INTERFACE.reference_messages
