@@ -162,6 +162,26 @@ def test_pvh_kernel_is_the_elf_inside_the_bzimage_and_cached(
     assert vm.pvh_kernel(tmp_path / "boot" / image.name, version) is None
 
 
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd (run .ci/setup)")
+def test_pvh_kernel_unpacks_a_zstd_payload_followed_by_the_bzimage_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian 13's kernel is zstd-compressed; zstd exits 1 on the bytes after the frame
+    ("unknown header") but has written the whole kernel by then."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kernel = b"\x7fELF" + os.urandom(4096) + bytes(60000)
+    payload = subprocess.run(["zstd", "-c"], input=kernel, capture_output=True,
+                             check=True).stdout
+    image = tmp_path / "vmlinuz-9.9"
+    image.write_bytes(b"MZ bzImage setup " + bytes(500) + payload + b"tail after the frame" * 9)
+    (tmp_path / "config-9.9").write_text("CONFIG_PVH=y\n")
+    tail = subprocess.run(["zstd", "-dc"], input=image.read_bytes()[image.read_bytes().find(
+        payload[:4]):], capture_output=True, check=False)
+    assert tail.returncode in (0, 1) and tail.stdout == kernel
+    elf = vm.pvh_kernel(image, "9.9")
+    assert elf is not None and elf.read_bytes() == kernel
+
+
 def test_firmware_options_select_the_bzimage() -> None:
     assert vm._uses_firmware(["-drive", "if=pflash,format=raw,unit=0,file=CODE.fd"])
     assert vm._uses_firmware(["-bios", "/usr/share/ovmf/OVMF.fd"])
