@@ -115,6 +115,8 @@ class Spec:
     channelSources: str | None = None
     grubDevices: tuple[str, ...] = ()
     limineBiosDevice: str | None = None
+    # The image's architecture (config.nixpkgs.hostPlatform.system); None: the builder's.
+    system: str | None = None
 
     @property
     def filename(self) -> str:
@@ -157,6 +159,15 @@ class Layout:
     reserve_gpt_tail: bool = False
     reserve_boot_size: bool = False
     reserve_bytes: int = 0
+
+    @property
+    def firmware(self) -> frozenset[str]:
+        """The firmware kinds that can boot this layout: "uefi" (an ESP), "bios"."""
+        roles = {p.role for p in self.partitions}
+        kinds = {"uefi"} if "esp" in roles else set()
+        if self.table == "msdos" or "bios_grub" in roles:
+            kinds.add("bios")
+        return frozenset(kinds)
 
     @property
     def root_number(self) -> int | None:

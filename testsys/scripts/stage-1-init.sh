@@ -41,6 +41,7 @@ done </lib/modules/load-order
 
 report begin
 report cmdline "$(cat /proc/cmdline)"
+report machine "$(uname -m)"
 root=
 init=
 for arg in $(cat /proc/cmdline); do
