@@ -111,7 +111,7 @@ class GuestReport:
     root_partition_type_guid: str | None
     disk_signature: str | None
     root_partition_type: str | None  # MBR partition type byte, hex
-    fs_magic: str
+    fs_type: str
     fs_uuid: str
     fs_label: str
     etc_nixos: bool
@@ -221,7 +221,7 @@ def parse_report(serial: str) -> GuestReport:
         root_partition_type_guid=_guid_le(part_type) if part_type else None,
         disk_signature=optional("disk-signature"),
         root_partition_type=optional("root-partition-type"),
-        fs_magic=values.get("fs-magic", ""),
+        fs_type=values.get("fs-type", ""),
         fs_uuid=str(uuid.UUID(hex=values["fs-uuid"])).upper() if values.get("fs-uuid") else "",
         fs_label=values.get("fs-label", ""),
         etc_nixos=values.get("etc-nixos") == "yes",
@@ -590,7 +590,7 @@ def check_report(
     layout = spec.partitionTableType
     expect("firmware", report.firmware, "efi" if firmware == "uefi" else "bios")
     expect("root file system label", report.fs_label, spec.label)
-    expect("ext4 magic", report.fs_magic, "53ef")
+    expect("root file system type", report.fs_type, spec.fsType)
     expect("root found by label", f"root=LABEL={spec.label}" in report.cmdline.split(), True)
     if spec.deterministic:
         expect("root file system UUID", report.fs_uuid, (spec.rootFSUID or spec.rootGPUID).upper())

@@ -26,14 +26,17 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 NIXOS_ENTER_DIR = PACKAGE_DIR / "bin"
 NIXOS_VERSION = "25.05.test"
 
-# What the initramfs loads: the disk, ext4 (with the checksum it needs) and efivarfs
-# (to report which boot entry the firmware used).
+# What the initramfs loads: the disk, the root filesystems the engine makes writable
+# (ext4 with the checksum it needs, btrfs, xfs) and efivarfs (to report which boot
+# entry the firmware used).
 INITRD_MODULES: tuple[str, ...] = (
     "virtio_pci",
     "virtio_blk",
     "crc32c_generic",
     "crc32c",
     "ext4",
+    "btrfs",
+    "xfs",
     "efivarfs",
 )
 
