@@ -202,6 +202,10 @@ let
       pkgs.e2fsprogs
       pkgs.dosfstools
       pkgs.mtools
+      pkgs.btrfs-progs
+      pkgs.xfsprogs
+      pkgs.erofs-utils
+      pkgs.squashfsTools
       pkgs.gptfdisk
       pkgs.qemu-utils
       pkgs.zstd
@@ -228,7 +232,28 @@ let
     diskImage=$(cat make-disk-image.result)
   '';
 
-  vmImage = pkgs.vmTools.runInLinuxVM (
+  # nixpkgs' build VM loads only its rootModules (ext4 among them); the guest mounts the
+  # root filesystem, so a btrfs or xfs root adds its driver there. `override` replaces
+  # the list, so it repeats vmTools' default (pkgs/build-support/vm). A vmTools without
+  # `override` (the project's stand-in) is used as it is: its guest loads the driver
+  # with modprobe (make_disk_image/guest.py).
+  vmDefaultRootModules = [
+    "virtio_pci"
+    "virtio_mmio"
+    "virtio_blk"
+    "virtio_balloon"
+    "virtio_rng"
+    "ext4"
+    "virtiofs"
+    "crc32c_generic"
+  ];
+  vmTools =
+    if lib.elem fsType [ "btrfs" "xfs" ] && pkgs.vmTools ? override then
+      pkgs.vmTools.override { rootModules = vmDefaultRootModules ++ [ fsType ]; }
+    else
+      pkgs.vmTools;
+
+  vmImage = vmTools.runInLinuxVM (
     pkgs.runCommand name
       {
         preVM = prepare;

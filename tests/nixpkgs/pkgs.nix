@@ -382,6 +382,14 @@ let
   e2fsprogs = debianPackage { pname = "e2fsprogs"; };
   dosfstools = debianPackage { pname = "dosfstools"; };
   mtools = debianPackage { pname = "mtools"; };
+  # fsType = "btrfs", "xfs", "erofs", "squashfs" (make_disk_image/other_filesystems.py).
+  btrfs-progs = debianPackage { pname = "btrfs-progs"; };
+  xfsprogs = debianPackage { pname = "xfsprogs"; };
+  erofs-utils = debianPackage { pname = "erofs-utils"; };
+  squashfsTools = debianPackage {
+    pname = "squashfs-tools";
+    debianPackages = [ "squashfs-tools" ];
+  };
   gptfdisk = debianPackage {
     pname = "gptfdisk";
     debianPackages = [ "gdisk" ];
@@ -532,6 +540,10 @@ let
       e2fsprogs
       dosfstools
       mtools
+      btrfs-progs
+      xfsprogs
+      erofs-utils
+      squashfsTools
       gptfdisk
       util-linux
       parted
