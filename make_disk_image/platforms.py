@@ -1,4 +1,4 @@
-"""The architectures an image can be built for, as data.
+"""The architectures an image can be built for, as data (interface.json's `platforms`).
 
 An image's architecture is that of its NixOS system (`config.nixpkgs.hostPlatform`,
 the spec's `system`), not the builder's. Everything that grows with the closure runs
@@ -8,9 +8,12 @@ in a VM of the image's architecture (qemu TCG when it differs from the builder's
 
 from __future__ import annotations
 
+import json
 import platform as _platform
 from dataclasses import dataclass
+from typing import Any
 
+from make_disk_image.interface import PATH as INTERFACE_PATH
 from make_disk_image.process import StepError
 
 
@@ -33,42 +36,41 @@ class Platform:
     # The firmware's pflash images must have this exact size (qemu's virt board maps
     # two 64 MiB flash banks); None when any size the firmware file has is fine.
     pflash_bytes: int | None
+    # The partitionTableTypes its firmware can boot (the others have no ESP).
+    bootable_partition_table_types: tuple[str, ...]
 
 
-PLATFORMS: dict[str, Platform] = {
-    "x86_64-linux": Platform(
-        system="x86_64-linux",
-        machine="x86_64",
-        debian_arch="amd64",
-        qemu_binary="qemu-system-x86_64",
-        qemu_machine="pc",
-        qemu_cpu="max",
-        qemu_package="qemu-system-x86",
-        console="ttyS0",
-        efi_arch="x64",
-        grub_efi_target="x86_64-efi",
-        kernel_file="bzImage",
-        bios=True,
-        pflash_bytes=None,
-    ),
-    "aarch64-linux": Platform(
-        system="aarch64-linux",
-        machine="aarch64",
-        debian_arch="arm64",
-        qemu_binary="qemu-system-aarch64",
-        # gic-version=max: the newest interrupt controller TCG emulates (GICv3), as
-        # qemu-common.nix starts aarch64 guests.
-        qemu_machine="virt,gic-version=max",
-        qemu_cpu="max",
-        qemu_package="qemu-system-arm",
-        console="ttyAMA0",
-        efi_arch="aa64",
-        grub_efi_target="arm64-efi",
-        kernel_file="Image",
-        bios=False,
-        pflash_bytes=64 * 1024 * 1024,
-    ),
+# interface.json's keys (as Nix spells them) -> the dataclass' field names.
+_FIELDS = {
+    "debianArch": "debian_arch",
+    "qemuBinary": "qemu_binary",
+    "qemuMachine": "qemu_machine",
+    "qemuCpu": "qemu_cpu",
+    "qemuPackage": "qemu_package",
+    "efiArch": "efi_arch",
+    "grubEfiTarget": "grub_efi_target",
+    "kernelFile": "kernel_file",
+    "pflashBytes": "pflash_bytes",
+    "bootablePartitionTableTypes": "bootable_partition_table_types",
 }
+
+
+def _field(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _load() -> dict[str, Platform]:
+    # The same table Nix reads (default.nix: which layouts the image's system can boot).
+    table = json.loads(INTERFACE_PATH.read_text())["platforms"]
+    platforms: dict[str, Platform] = {}
+    for system, facts in table.items():
+        if not system.startswith("_"):
+            fields: dict[str, Any] = {_FIELDS.get(k, k): _field(v) for k, v in facts.items()}
+            platforms[system] = Platform(system=system, **fields)
+    return platforms
+
+
+PLATFORMS: dict[str, Platform] = _load()
 
 
 def host_system() -> str:

@@ -349,8 +349,7 @@ def _check_platform(kw: Mapping[str, Any]) -> None:
     if plat.bios or not kw.get("installBootLoader", True):
         return
     ptt = kw.get("partitionTableType", "legacy")
-    firmware = LAYOUTS[ptt].firmware
-    if firmware and "uefi" not in firmware:
+    if ptt not in plat.bootable_partition_table_types:
         raise SpecError(
             "partitionTableType",
             f'"{ptt}" boots only through BIOS, which {system} machines do not have; use '

@@ -11,8 +11,12 @@ from make_disk_image.platforms import PLATFORMS, host_platform, host_system, pla
 from make_disk_image.process import StepError
 from make_disk_image.spec import SpecError, parse_spec
 
-BASE: dict[str, Any] = {"toplevel": "/nix/store/x-system", "closureInfo": "/nix/store/y-ci",
-                        "channelSources": "/nix/store/z-chan", "system": "aarch64-linux"}
+BASE: dict[str, Any] = {
+    "toplevel": "/nix/store/x-system",
+    "closureInfo": "/nix/store/y-ci",
+    "channelSources": "/nix/store/z-chan",
+    "system": "aarch64-linux",
+}
 
 
 def test_host_system_is_this_machines() -> None:
@@ -58,8 +62,14 @@ def test_bios_grub_devices_are_refused_on_aarch64() -> None:
     with pytest.raises(SpecError, match=r"argument `grubDevices`.*/dev/sda.*nodev"):
         parse_spec({**BASE, "partitionTableType": "hybrid", "grubDevices": ["/dev/sda"]})
     parse_spec({**BASE, "partitionTableType": "hybrid", "grubDevices": ["nodev"]})
-    parse_spec({**BASE, "partitionTableType": "hybrid", "grubDevices": ["/dev/sda"],
-                "installBootLoader": False})
+    parse_spec(
+        {
+            **BASE,
+            "partitionTableType": "hybrid",
+            "grubDevices": ["/dev/sda"],
+            "installBootLoader": False,
+        }
+    )
 
 
 def test_smm_firmware_is_refused_on_aarch64() -> None:
@@ -70,3 +80,15 @@ def test_smm_firmware_is_refused_on_aarch64() -> None:
 def test_no_system_is_the_builders_own() -> None:
     spec = parse_spec({k: v for k, v in BASE.items() if k != "system"})
     assert spec.system is None
+
+
+def test_bootable_layouts_are_those_with_firmware_the_platform_has() -> None:
+    """interface.json lists them for Nix; the layouts' partitions say the same."""
+    from make_disk_image.layouts import LAYOUTS
+
+    for plat in PLATFORMS.values():
+        has = {"uefi"} | ({"bios"} if plat.bios else set())
+        bootable = {
+            n for n, layout in LAYOUTS.items() if not layout.firmware or layout.firmware & has
+        }
+        assert set(plat.bootable_partition_table_types) == bootable, plat.system
