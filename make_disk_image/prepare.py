@@ -194,6 +194,8 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
         write_partition_table(partial, plan)
         if mounts:
             make_vm_root(partial, handoff, tree)
+            if FILESYSTEMS[plan.fs_type].maker != "mke2fs":
+                handoff = replace(handoff, prepared_until_ns=time.time_ns())
         partial.replace(image)
         write_handoff(xchg, handoff)
         out.mkdir(parents=True, exist_ok=True)

@@ -220,7 +220,7 @@ def test_signal_during_mke2fs(closure: Closure, blob_dir: Path, tmp_path: Path,
     assert_no_output(out)
 
 
-def test_traceback_only_with_mdi_debug(closure: Closure) -> None:
+def test_traceback_only_with_mdi_debug(closure: Closure, unprivileged_pkg: Path) -> None:
     """An unexpected exception (here: the build directory is not writable) is one line."""
     tmp_path = world_readable_dir("mdi-fault-ro-")
     spec = base_spec(closure, installBootLoader=False)
@@ -228,7 +228,8 @@ def test_traceback_only_with_mdi_debug(closure: Closure) -> None:
     build_dir = tmp_path / "ro"
     build_dir.mkdir()
     build_dir.chmod(0o555)
-    argv = ["runuser", "-u", UNPRIVILEGED_USER, "--", "env", f"PYTHONPATH={REPO}",
+    # The package as the build user can read it (a checkout under /root it cannot).
+    argv = ["runuser", "-u", UNPRIVILEGED_USER, "--", "env", f"PYTHONPATH={unprivileged_pkg}",
             f"out={tmp_path / 'out'}", "/usr/bin/python3", "-m", "make_disk_image", "prepare",
             str(tmp_path / "spec.json")]
     (tmp_path / "spec.json").chmod(0o644)

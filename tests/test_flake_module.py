@@ -11,6 +11,7 @@ derivation paths and option values, seconds in all.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from imagecheck import cat, dumpe2fs, e2fsck_clean, qemu_img_info, sfdisk_json
+
+from make_disk_image import interface
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -239,3 +243,124 @@ def test_package_source_is_only_what_the_package_needs(tmp_path: Path) -> None:
         changed = evaluated(ENGINE_DRV, copy)
         assert changed != before, name
         before = changed
+
+
+# --- the module offers makeDiskImage's every argument ------------------------------------
+
+
+def test_every_argument_is_an_option_and_every_option_an_argument() -> None:
+    got = evaluated("""
+      let system = withModule { };
+      in {
+        options = builtins.attrNames system.options.makeDiskImage;
+        arguments = builtins.attrNames (builtins.functionArgs flake.lib.makeDiskImage);
+      }
+    """)
+    # pkgs, lib and config are the system's own.
+    assert set(got["options"]) == set(got["arguments"]) - {"pkgs", "lib", "config"}
+    assert set(got["options"]) == {
+        name for name, argument in interface.ARGUMENTS.items() if argument.type != "context"
+    }
+
+
+def test_options_take_the_engine_s_choices() -> None:
+    """Every format, partition table type, fsType and diskSize word of interface.json is
+    a value the module's options take, and reaches makeDiskImage unchanged."""
+    choices = {
+        "format": list(interface.FORMATS),
+        "partitionTableType": list(interface.PARTITION_TABLE_TYPES),
+        "fsType": list(interface.FS_TYPES),
+        "diskSize": list(interface.DISK_SIZE_WORDS),
+        "requireKVM": [False, True],
+    }
+    body = "[" + " ".join(
+        f"(withModule {{ makeDiskImage.{option} = {json.dumps(value)}; }})"
+        f".config.makeDiskImage.{option}"
+        for option, values in choices.items()
+        for value in values
+    ) + "]"
+    assert evaluated(body) == [value for values in choices.values() for value in values]
+
+
+# Images the module builds. A store image (onlyNixStore) needs no VM, so every format is
+# built that way; one VM build combines what needs the VM: "minimal", requireKVM = false
+# (on a Nix without the kvm feature) and a format the reference lacks.
+STORE_IMAGE = {
+    "onlyNixStore": True,
+    "installBootLoader": False,
+    "partitionTableType": "none",
+    "copyChannel": False,
+    "additionalSpace": "8M",
+}
+NO_KVM = ["--option", "system-features", "nixos-test benchmark big-parallel"]
+# qemu-img's name for each qemu-img format (raw-zstd is zstd's).
+QEMU_IMG_FORMATS = {"raw": "raw", "qcow2": "qcow2", "qcow2-compressed": "qcow2",
+                    "qcow2-zstd": "qcow2", "vdi": "vdi", "vpc": "vpc", "vmdk": "vmdk",
+                    "vhdx": "vhdx"}  # fmt: skip
+
+
+def nix_build(body: str, *extra: str) -> list[Path]:
+    expr = PRELUDE.replace("REPO", str(REPO)) + body
+    proc = subprocess.run(["nix-build", "--no-out-link", *extra, "-E", expr],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return [Path(line) for line in proc.stdout.split()]
+
+
+def as_raw(image: Path, fmt: str, dest: Path) -> Path:
+    """The image converted back to raw by the format's own tool."""
+    if fmt == "raw-zstd":
+        subprocess.run(["zstd", "-q", "-d", image, "-o", dest], check=True)
+    else:
+        subprocess.run(["qemu-img", "convert", "-f", QEMU_IMG_FORMATS[fmt], "-O", "raw",
+                        image, dest], check=True)  # fmt: skip
+    return dest
+
+
+def nix_value(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+
+def module_image(args: dict[str, Any]) -> str:
+    settings = " ".join(f"{key} = {nix_value(value)};" for key, value in args.items())
+    return f"(withModule {{ makeDiskImage = {{ {settings} }}; }}).config.system.build.diskImage"
+
+
+def test_module_builds_a_store_image_in_every_format(tmp_path: Path) -> None:
+    formats = list(interface.FORMATS)
+    outs = nix_build("[ " + " ".join(
+        module_image(STORE_IMAGE | {"format": fmt}) for fmt in formats) + " ]")  # fmt: skip
+    assert len(outs) == len(formats)
+    filesystems = set()
+    for fmt, out in zip(formats, outs, strict=True):
+        image = out / f"nixos.{interface.FORMATS[fmt].extension}"
+        products = (out / "nix-support/hydra-build-products").read_text()
+        assert products == f"file {interface.FORMATS[fmt].product_type} {image}\n"
+        if fmt in QEMU_IMG_FORMATS:
+            assert qemu_img_info(image, QEMU_IMG_FORMATS[fmt])["format"] == QEMU_IMG_FORMATS[fmt]
+        raw = as_raw(image, fmt, tmp_path / f"{fmt}.raw")
+        assert e2fsck_clean(raw, 0).returncode == 0, fmt
+        assert dumpe2fs(raw, 0)["Filesystem volume name"] == "nix-store"
+        # Every format holds the same filesystem, bit for bit (deterministic).
+        filesystems.add(hashlib.sha256(raw.read_bytes()).hexdigest())
+    assert len(filesystems) == 1
+
+
+def test_module_builds_minimal_without_kvm_in_a_new_format(tmp_path: Path) -> None:
+    args = {"diskSize": "minimal", "requireKVM": False, "format": "vhdx",
+            "partitionTableType": "legacy+gpt", "additionalSpace": "8M",
+            "copyChannel": False}  # fmt: skip
+    [out] = nix_build(module_image(args), *NO_KVM)
+    image = out / "nixos.vhdx"
+    assert qemu_img_info(image, "vhdx")["format"] == "vhdx"
+    raw = as_raw(image, "vhdx", tmp_path / "image.raw")
+    root = sfdisk_json(raw)["partitions"][1]
+    offset = root["start"] * 512
+    assert e2fsck_clean(raw, offset).returncode == 0
+    # "minimal": the root filesystem has little more free space than additionalSpace.
+    fields = dumpe2fs(raw, offset)
+    free = int(fields["Free blocks"]) * int(fields["Block size"])
+    assert 8 * 1024 * 1024 <= free < 64 * 1024 * 1024, fields
+    # The VM ran the stand-in's switch-to-configuration boot, with GRUB's device.
+    marker = cat(raw, offset, "/boot/nixos-standin-bootloader").splitlines()
+    assert "install=1" in marker and "device=/dev/vda" in marker, marker
