@@ -21,14 +21,13 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from make_disk_image.handoff import GUEST_FILES
+from make_disk_image.handoff import GUEST_FILES, STORE_DIR
 from make_disk_image.models import Entry, GuestRecord, Handoff, Kind, Origin
 from make_disk_image.process import StepError
 
 logger = logging.getLogger("make_disk_image")
 
 STEP = "guest: record changes"
-STORE = "nix/store"
 # mke2fs makes it in every new filesystem.
 LOST_AND_FOUND = "lost+found"
 
@@ -105,7 +104,7 @@ class Recorder:
             self._add(child_rel, path, st)
             if not stat.S_ISDIR(st.st_mode):
                 continue
-            if child_rel == STORE:
+            if child_rel == STORE_DIR:
                 self._walk_store(path)
             else:
                 self._walk(path, child_rel)
@@ -113,7 +112,7 @@ class Recorder:
     def _walk_store(self, store: Path) -> None:
         """Enter only store paths the guest added, or whose top it touched."""
         present = set()
-        for child_rel, path, st in _children(store, STORE):
+        for child_rel, path, st in _children(store, STORE_DIR):
             name = child_rel.rsplit("/", 1)[1]
             present.add(name)
             if name in self.store_names and untouched(st, self.until_ns):
@@ -124,7 +123,7 @@ class Recorder:
             if stat.S_ISDIR(st.st_mode):
                 self._walk(path, child_rel)
         for name in sorted(self.store_names - present):
-            logger.info("%s: /%s/%s was removed in the guest", STEP, STORE, name)
+            logger.info("%s: /%s/%s was removed in the guest", STEP, STORE_DIR, name)
             self.store_walked.append(name)
 
     def _add(self, rel: str, path: Path, st: os.stat_result) -> None:

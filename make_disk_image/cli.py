@@ -20,13 +20,13 @@ from types import FrameType
 
 from make_disk_image.finish import finish
 from make_disk_image.guest import guest
-from make_disk_image.handoff import HANDOFF, XCHG, read_handoff
+from make_disk_image.handoff import EFI_VARS, HANDOFF, XCHG, read_handoff
 from make_disk_image.models import Spec
 from make_disk_image.platforms import host_system
-from make_disk_image.prepare import EFI_VARS, compute_plan, nix_db_files, prepare, stage
+from make_disk_image.prepare import compute_plan, nix_db_files, prepare
 from make_disk_image.process import StepError
 from make_disk_image.spec import SpecError, load_spec
-from make_disk_image.staging import check_sources
+from make_disk_image.staging import build_tree, check_sources
 
 logger = logging.getLogger("make_disk_image")
 
@@ -44,7 +44,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         tree = None
         if spec.diskSize is None:
             check_sources(spec)
-            tree = stage(spec, nix_db_files(spec, Path(tmp)))
+            tree = build_tree(spec, nix_db_files(spec, Path(tmp)))
         plan = compute_plan(spec, tree)
     json.dump(plan.to_json(), sys.stdout, indent=2)
     sys.stdout.write("\n")

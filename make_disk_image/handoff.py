@@ -26,6 +26,14 @@ NIX_DB_DIR = "nix-db"
 # Bytes the guest wrote on the root filesystem, named in the record.
 GUEST_FILES = "guest-files"
 VERSION = 3
+# The disk the build VM sees (runInLinuxVM's $diskImage), in the build directory:
+# prepare writes it, the guest changes it, finish keeps what lies outside its filesystems.
+VM_DISK = "nixos.raw"
+# $out/efi-vars.fd: the EFI variables prepare copies and the VM's firmware writes.
+EFI_VARS = "efi-vars.fd"
+# The store in the image tree (paths relative to the root filesystem's root).
+STORE_DIR = "nix/store"
+STORE_PREFIX = STORE_DIR + "/"
 
 
 def xchg_dir(build_dir: Path) -> Path:

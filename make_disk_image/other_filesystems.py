@@ -316,7 +316,8 @@ def make_writable(target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
             make_xfs(scratch, plan, entries, uuid=uuid, deterministic=deterministic,
                      step=step)
         if not direct:
-            copy_data_ranges(scratch, target, [(0, plan.root_size)], dest_offset=plan.root_offset)
+            copy_data_ranges(scratch, target, [(0, plan.root_size)], step=step,
+                             dest_offset=plan.root_offset)
     finally:
         if not direct:
             scratch.unlink(missing_ok=True)
