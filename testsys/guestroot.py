@@ -34,7 +34,7 @@ logger = logging.getLogger("make_disk_image")
 KERNEL_META = "linux-image-{arch}"
 PACKAGES: tuple[str, ...] = (
     # the engine's guest phase: python3 and pyudev (over libudev)
-    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "python3-minimal",
+    "python3-minimal",
     "python3-pyudev", "libudev1", "libffi8", "libexpat1", "zlib1g", "libssl3", "libbz2-1.0",
     "liblzma5", "libsqlite3-0", "libncursesw6", "libtinfo6", "libreadline8", "libcrypt1",
     # nixos-enter and what the guest phase runs: bash, coreutils, mount/umount, unshare,
@@ -58,25 +58,36 @@ def _apt(arch: str, *args: str, cwd: Path | None = None) -> str:
     return process.run(argv, step=STEP, cwd=cwd).stdout.decode()
 
 
-def kernel_package(arch: str) -> str:
-    """The versioned kernel package the linux-image-ARCH meta-package depends on."""
+def _dependency(arch: str, package: str, pattern: str) -> str:
+    """The dependency of `package` whose name matches `pattern` (apt-cache depends)."""
     out = process.run(
-        ["apt-cache", "-o", f"APT::Architecture={arch}", "depends", KERNEL_META.format(arch=arch)],
-        step=STEP,
+        ["apt-cache", "-o", f"APT::Architecture={arch}", "depends", package], step=STEP
     ).stdout.decode()
-    found = re.search(r"Depends: (linux-image-[0-9][^\s:]*)", out)
+    found = re.search(rf"Depends: ({pattern})(:\S+)?$", out, re.MULTILINE)
     if not found:
         raise process.StepError(
             STEP,
-            f"no {KERNEL_META.format(arch=arch)} in apt's lists: run `dpkg --add-architecture "
-            f"{arch}` and `apt-get update` (.ci/setup does)",
+            f"no {package} with a dependency {pattern} in apt's lists: run `dpkg "
+            f"--add-architecture {arch}` and `apt-get update` (.ci/setup does)",
         )
     return found.group(1)
 
 
+def kernel_package(arch: str) -> str:
+    """The versioned kernel package the linux-image-ARCH meta-package depends on."""
+    return _dependency(arch, KERNEL_META.format(arch=arch), r"linux-image-[0-9]\S*?")
+
+
+def python_packages(arch: str) -> list[str]:
+    """The release's python3.X interpreter and standard library (3.11 on Debian 12)."""
+    minimal = _dependency(arch, "python3-minimal", r"python3\.[0-9]+-minimal")
+    version = minimal.removesuffix("-minimal")
+    return [minimal, f"lib{version}-minimal", f"lib{version}-stdlib"]
+
+
 def _package_files(arch: str) -> list[tuple[str, str, str]]:
     """(uri, file name, checksum) of each package apt would download, without downloading."""
-    names = [*PACKAGES, kernel_package(arch)]
+    names = [*PACKAGES, *python_packages(arch), kernel_package(arch)]
     out = _apt(arch, "--print-uris", "download", *names)
     files = []
     for line in out.splitlines():
