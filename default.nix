@@ -136,6 +136,41 @@ let
 
   makeDiskImage = pkgs.callPackage ./nix/package.nix { };
 
+  # The image's system is config's (nixpkgs.hostPlatform); the builder's is pkgs'. All
+  # that grows with the closure (prepare, finish, the conversion) runs natively on the
+  # builder with pkgs' tools, whatever the image's system; only the guest phase runs in
+  # a VM of the image's system, under TCG when it is not the builder's (docs/aarch64.md).
+  # A configuration that names no platform (only possible without NixOS' nixpkgs module
+  # doing its work) is taken to be the builder's, as the reference takes every one.
+  configSystem = builtins.tryEval config.nixpkgs.hostPlatform.system;
+  imageSystem = if configSystem.success then configSystem.value else pkgs.stdenv.hostPlatform.system;
+  crossSystem = imageSystem != pkgs.stdenv.hostPlatform.system;
+  platforms = removeAttrs interface.platforms [ "_about" ];
+  platform =
+    platforms.${imageSystem} or (throw ("makeDiskImage: config.nixpkgs.hostPlatform is "
+      + "${imageSystem}; images are built for ${lib.concatStringsSep ", " (lib.attrNames platforms)}"));
+  # What runs inside a VM of another system comes from the image's own package set (with
+  # real nixpkgs: from the binary cache, nothing cross-compiled): its kernel, python3
+  # and pyudev for the engine (whose Python source is the same), nixos-enter, coreutils.
+  # A configuration does not carry its pkgs; this is the set NixOS' nixpkgs module
+  # imports by default for it (nixpkgs.hostPlatform, nixpkgs.config, nixpkgs.overlays).
+  guestPkgs = import pkgs.path {
+    system = imageSystem;
+    config = config.nixpkgs.config or { };
+    overlays = config.nixpkgs.overlays or [ ];
+  };
+  # The firmware of the image's system: pkgs' OVMF is the builder's, so an image of
+  # another system takes its own set's (nixpkgs' OVMF of an aarch64 set is edk2's AAVMF),
+  # unless the caller named one. The same as the arguments for a same-system image.
+  firmwareOVMF = if crossSystem && !(args ? OVMF) then guestPkgs.OVMF.fd else OVMF;
+  firmwareCode = if args ? efiFirmware then efiFirmware else firmwareOVMF.firmware;
+  firmwareVariables = if args ? efiVariables then efiVariables else firmwareOVMF.variables;
+
+  guest = import ./nix/guest.nix {
+    inherit pkgs guestPkgs lib platform;
+    engineSource = ./make_disk_image;
+  };
+
   # The channel, as the reference builds it: pkgs' own source as nixos (and nixpkgs).
   nixpkgsSource = lib.cleanSource pkgs.path;
   channelSources = pkgs.runCommand "nixos-${config.system.nixos.version}" { } ''
@@ -178,13 +213,15 @@ let
         "OVMF"
         "requireKVM"
       ]
+      # Only for another system: a same-system spec (and image) stays as it was.
+      // lib.optionalAttrs crossSystem { system = imageSystem; }
       // {
         inherit toplevel closureInfo;
         contents = map contentsEntry contents;
         # The firmware is only built when it is used, as in the reference.
-        efiFirmware = if touchEFIVars then efiFirmware else null;
-        efiVariables = if touchEFIVars then efiVariables else null;
-        ovmfSystemManagementModeRequired = OVMF.systemManagementModeRequired or false;
+        efiFirmware = if touchEFIVars then firmwareCode else null;
+        efiVariables = if touchEFIVars then firmwareVariables else null;
+        ovmfSystemManagementModeRequired = firmwareOVMF.systemManagementModeRequired or false;
         channelSources = if copyChannel then channelSources else null;
         grubDevices = if grub.enable then grub.devices else [ ];
         limineBiosDevice =
@@ -202,11 +239,18 @@ let
       pkgs.e2fsprogs
       pkgs.dosfstools
       pkgs.mtools
+      pkgs.btrfs-progs
+      pkgs.xfsprogs
+      pkgs.erofs-utils
+      pkgs.squashfsTools
       pkgs.gptfdisk
       pkgs.qemu-utils
       pkgs.zstd
       pkgs.nix
-      config.system.build.nixos-install
+    ]
+    # A system of another architecture: its nixos-install cannot run on the builder.
+    ++ lib.optional (!crossSystem) config.system.build.nixos-install
+    ++ [
       pkgs.nixos-enter
       pkgs.systemdMinimal
     ]
@@ -228,7 +272,28 @@ let
     diskImage=$(cat make-disk-image.result)
   '';
 
-  vmImage = pkgs.vmTools.runInLinuxVM (
+  # nixpkgs' build VM loads only its rootModules (ext4 among them); the guest mounts the
+  # root filesystem, so a btrfs or xfs root adds its driver there. `override` replaces
+  # the list, so it repeats vmTools' default (pkgs/build-support/vm). A vmTools without
+  # `override` (the project's stand-in) is used as it is: its guest loads the driver
+  # with modprobe (make_disk_image/guest.py).
+  vmDefaultRootModules = [
+    "virtio_pci"
+    "virtio_mmio"
+    "virtio_blk"
+    "virtio_balloon"
+    "virtio_rng"
+    "ext4"
+    "virtiofs"
+    "crc32c_generic"
+  ];
+  vmTools =
+    if lib.elem fsType [ "btrfs" "xfs" ] && pkgs.vmTools ? override then
+      pkgs.vmTools.override { rootModules = vmDefaultRootModules ++ [ fsType ]; }
+    else
+      pkgs.vmTools;
+
+  vmImage = vmTools.runInLinuxVM (
     pkgs.runCommand name
       {
         preVM = prepare;
@@ -255,15 +320,55 @@ let
   # runInLinuxVM asks for the `kvm` system feature unconditionally. Its qemu
   # (nixos/lib/qemu-common.nix: `-machine accel=kvm:tcg -cpu max`) falls back to TCG
   # by itself where the builder has no /dev/kvm.
+  vmImageOfSystem = if crossSystem then crossImage else vmImage;
   buildImage =
     if requireKVM then
-      vmImage
+      vmImageOfSystem
     else
-      lib.overrideDerivation vmImage (old: {
+      lib.overrideDerivation vmImageOfSystem (old: {
         requiredSystemFeatures = lib.remove "kvm" (old.requiredSystemFeatures or [ ]);
       });
+
+  # An image of another system: the same phases, the guest phase run by the engine's own
+  # VM runner (python3 -m make_disk_image.vm, what the stand-in's runInLinuxVM runs
+  # too) booting the image system's kernel with guest.root as its root: nixpkgs'
+  # runInLinuxVM builds its initrd and stage 2 from its own pkgs, which are the builder's.
+  crossImage = pkgs.runCommand name {
+    inherit memSize;
+    QEMU_OPTS = lib.concatStringsSep " " (
+      lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=0,readonly=on,file=${firmwareCode}"
+      ++ lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=1,file=$out/efi-vars.fd"
+    );
+    requiredSystemFeatures = [ "kvm" ];
+    passthru = { inherit spec makeDiskImage guest; };
+  } (prepare + ''
+    mkdir -p xchg
+    export PATH=${binPath}:${lib.makeBinPath [ pkgs.qemu pkgs.kmod ]}:$PATH
+    # The guest sees the builder's store (the image system's packages) and xchg/.
+    PYTHONPATH=${makeDiskImage}/${pkgs.python3.sitePackages} ${pkgs.python3}/bin/python3 \
+      -m make_disk_image.vm --system ${imageSystem} --guest-root ${guest.root} \
+      --disk "$diskImage" --mem "$memSize" --qemu-opts "$QEMU_OPTS" \
+      --share ${builtins.storeDir}:${builtins.storeDir} --share "$PWD/xchg:/tmp/xchg:rw" \
+      --cwd /tmp -- ${guest.engine}/bin/make-disk-image guest ${spec}
+  '' + finish + postVM);
+
+  # BIOS-only layouts and BIOS GRUB have no meaning where the image's system has no BIOS
+  # (interface.json: platforms), unless no boot loader is installed.
+  biosDevices = lib.filter (device: device != "nodev") (if grub.enable then grub.devices else [ ]);
+  platformChecked =
+    lib.assertMsg (
+      !installBootLoader || builtins.elem partitionTableType platform.bootablePartitionTableTypes
+    ) ("makeDiskImage: argument `partitionTableType`: \"${partitionTableType}\" boots only "
+      + "through BIOS, which ${imageSystem} machines do not have; use \"efi\", \"efixbootldr\" "
+      + "or \"hybrid\" (its EFI part), or installBootLoader = false")
+    && lib.assertMsg (!installBootLoader || platform.bios || biosDevices == [ ]) (
+      "makeDiskImage: argument `grubDevices`: BIOS GRUB on ${lib.concatStringsSep ", " biosDevices} "
+      + "has no meaning on ${imageSystem}: set boot.loader.grub.devices = [ \"nodev\" ] with "
+      + "boot.loader.grub.efiSupport, use systemd-boot, or installBootLoader = false"
+    );
 in
 assert argumentsChecked;
+assert platformChecked;
 if onlyNixStore then
   pkgs.runCommand name {
     passthru = { inherit spec makeDiskImage; };

@@ -15,6 +15,10 @@ Sections (all on one synthetic closure of --size-mb, made with Debian's Nix):
   sizes      per partitionTableType: the reference's auto size, the smallest disk on
              which `mkfs.ext4 -d` succeeds (bisection), and `diskSize = "minimal"`
              (prepare run, free space read back), all with additionalSpace 0M
+  filesystems  (not run by default: `bench.py filesystems`) each fsType's build
+             (prepare + finish, auto size, no bootloader): ext4, btrfs, xfs on the efi
+             layout, erofs and squashfs as onlyNixStore store images; time, image size and
+             allocated bytes, ext4's the baseline, in the same run
   formats    (not run by default: `bench.py formats` or `--only formats`) every `format`
              as the engine's finish makes it (deterministic), time and size, beside the
              reference's `qemu-img convert -c` for qcow2-compressed, in the same run
@@ -44,7 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 LAYOUTS = ("legacy", "legacy+boot", "legacy+gpt", "efi", "efixbootldr", "hybrid", "none")
 SECTIONS = ("prepare", "autosize", "mkfs", "qcow2", "sizes")
-EXTRA_SECTIONS = ("formats",)
+EXTRA_SECTIONS = ("formats", "filesystems")
+FILESYSTEMS = ("ext4", "btrfs", "xfs", "erofs", "squashfs")
 # Fixed so runs are comparable and mke2fs output is reproducible.
 FS_UUID = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
 SOURCE_DATE_EPOCH = "1"
@@ -233,6 +238,31 @@ def bench_prepare(
         print(f"  prepare {layout:<12} {seconds:6.1f} s   {human(size)}", flush=True)
         shutil.rmtree(build)
     return results
+
+
+def bench_filesystems(work: Path, closure: Closure) -> None:
+    """One full build (prepare, then finish) per fsType, as Nix runs them without a guest."""
+    baseline: tuple[float, int] | None = None
+    for fs_type in FILESYSTEMS:
+        build = work / f"fs-{fs_type}"
+        out = build / "out"
+        build.mkdir()
+        store_image = fs_type in ("erofs", "squashfs")
+        spec = write_spec(build / "spec.json", closure, "none" if store_image else "efi",
+                          fsType=fs_type, onlyNixStore=store_image)
+        with stopwatch() as elapsed:
+            for phase in ("prepare", "finish"):
+                engine(phase, spec, "--out", out, cwd=build, env={"out": str(out)})
+        seconds = elapsed()
+        image = out / "nixos.img"
+        size = image.stat().st_size
+        used = image.stat().st_blocks * 512
+        if baseline is None:
+            baseline = (seconds, size)
+        print(f"  {fs_type:<9} {seconds:6.1f} s ({seconds / baseline[0]:4.1f}x ext4)   "
+              f"image {human(size)} ({size / baseline[1]:4.2f}x ext4), "
+              f"{human(used)} allocated", flush=True)
+        shutil.rmtree(build)
 
 
 def mkfs_fits(root: Path, img: Path, size_mib: int) -> bool:
@@ -551,6 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "sizes" in sections:
             print('disk sizes, additionalSpace 0M: auto, smallest for mkfs.ext4 -d, "minimal":')
             bench_sizes(work, closure, root, layouts)
+        if "filesystems" in sections:
+            print("filesystems (prepare + finish, auto size, deterministic):")
+            bench_filesystems(work, closure)
         if "formats" in sections:
             print("formats (make_disk_image.formats.convert, deterministic):")
             bench_formats(work, root, fs_mib)

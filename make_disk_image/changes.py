@@ -1,12 +1,14 @@
 """What the guest changed on the root filesystem, found without listing the closure.
 
 prepare makes the build VM's root filesystem with every inode's mtime at 1 s and its
-ctime at most that (tar carries no ctime). Whatever the guest writes, creates, chowns
-or chmods gets a real mtime or ctime. The guest walks only what lies outside the
-store's paths (/etc, /boot, /nix/var, `contents`, ...: small, whatever the closure's
-size) and looks at the top of each store path; a store path whose top the guest did not
-touch is not entered. Changed bytes are copied into xchg/ for finish; unchanged files
-are named as prepare's, whose sources finish reads again natively.
+ctime at most that (tar carries no ctime); for xfs and btrfs, whose tools write their
+own clock, both at most the moment prepare recorded after mkfs (prepared_until_ns).
+Whatever the guest writes, creates, chowns or chmods gets a real mtime or ctime. The
+guest walks only what lies outside the store's paths (/etc, /boot, /nix/var,
+`contents`, ...: small, whatever the closure's size) and looks at the top of each store
+path; a store path whose top the guest did not touch is not entered. Changed bytes
+are copied into xchg/ for finish; unchanged files are named as prepare's, whose
+sources finish reads again natively.
 """
 
 from __future__ import annotations
@@ -19,22 +21,20 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from make_disk_image.handoff import GUEST_FILES
+from make_disk_image.handoff import GUEST_FILES, STORE_DIR
 from make_disk_image.models import Entry, GuestRecord, Handoff, Kind, Origin
 from make_disk_image.process import StepError
 
 logger = logging.getLogger("make_disk_image")
 
 STEP = "guest: record changes"
-PREPARED_TIME_NS = 1_000_000_000  # rootfs.SOURCE_DATE_EPOCH, in ns
-STORE = "nix/store"
 # mke2fs makes it in every new filesystem.
 LOST_AND_FOUND = "lost+found"
 
 
-def untouched(st: os.stat_result) -> bool:
-    """The inode is as prepare's mke2fs left it: neither written nor chowned/chmodded."""
-    return st.st_mtime_ns == PREPARED_TIME_NS and st.st_ctime_ns <= PREPARED_TIME_NS
+def untouched(st: os.stat_result, until_ns: int) -> bool:
+    """The inode is as prepare's mkfs left it: neither written nor chowned/chmodded."""
+    return st.st_mtime_ns <= until_ns and st.st_ctime_ns <= until_ns
 
 
 def _children(directory: Path, rel: str) -> Iterator[tuple[str, Path, os.stat_result]]:
@@ -67,6 +67,7 @@ class Recorder:
         self.mount = mount
         self.prepared = {e.path: e for e in handoff.outside_store}
         self.store_names = set(handoff.store_names)
+        self.until_ns = handoff.prepared_until_ns
         self.files_dir = xchg / GUEST_FILES
         self.files_rel = GUEST_FILES
         self.entries: list[tuple[Entry, Origin]] = []
@@ -103,7 +104,7 @@ class Recorder:
             self._add(child_rel, path, st)
             if not stat.S_ISDIR(st.st_mode):
                 continue
-            if child_rel == STORE:
+            if child_rel == STORE_DIR:
                 self._walk_store(path)
             else:
                 self._walk(path, child_rel)
@@ -111,10 +112,10 @@ class Recorder:
     def _walk_store(self, store: Path) -> None:
         """Enter only store paths the guest added, or whose top it touched."""
         present = set()
-        for child_rel, path, st in _children(store, STORE):
+        for child_rel, path, st in _children(store, STORE_DIR):
             name = child_rel.rsplit("/", 1)[1]
             present.add(name)
-            if name in self.store_names and untouched(st):
+            if name in self.store_names and untouched(st, self.until_ns):
                 continue
             logger.info("%s: /%s was added or changed in the guest", STEP, child_rel)
             self.store_walked.append(name)
@@ -122,12 +123,12 @@ class Recorder:
             if stat.S_ISDIR(st.st_mode):
                 self._walk(path, child_rel)
         for name in sorted(self.store_names - present):
-            logger.info("%s: /%s/%s was removed in the guest", STEP, STORE, name)
+            logger.info("%s: /%s/%s was removed in the guest", STEP, STORE_DIR, name)
             self.store_walked.append(name)
 
     def _add(self, rel: str, path: Path, st: os.stat_result) -> None:
         mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-        mtime = None if st.st_mtime_ns == PREPARED_TIME_NS else int(st.st_mtime)
+        mtime = None if st.st_mtime_ns <= self.until_ns else int(st.st_mtime)
         fmt = stat.S_IFMT(st.st_mode)
         if fmt == stat.S_IFDIR:
             self.entries.append((Entry(rel, "dir", mode, uid, gid, mtime=mtime), "guest"))
@@ -172,10 +173,10 @@ class Recorder:
             before is not None
             and before.kind == "file"
             and before.size == st.st_size
-            and st.st_mtime_ns == PREPARED_TIME_NS
+            and st.st_mtime_ns <= self.until_ns
             # Only the inode changed (chown, chmod): the bytes are prepare's unless the
             # guest wrote and reset the mtime, which the comparison catches.
-            and (st.st_ctime_ns <= PREPARED_TIME_NS or _same_bytes(path, before))
+            and (st.st_ctime_ns <= self.until_ns or _same_bytes(path, before))
         ):
             entry = Entry(rel, "file", mode, uid, gid, size=st.st_size)
             self.entries.append((entry, "prepare"))

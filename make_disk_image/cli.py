@@ -20,12 +20,13 @@ from types import FrameType
 
 from make_disk_image.finish import finish
 from make_disk_image.guest import guest
-from make_disk_image.handoff import HANDOFF, XCHG, read_handoff
+from make_disk_image.handoff import EFI_VARS, HANDOFF, XCHG, read_handoff
 from make_disk_image.models import Spec
-from make_disk_image.prepare import EFI_VARS, compute_plan, nix_db_files, prepare, stage
+from make_disk_image.platforms import host_system
+from make_disk_image.prepare import compute_plan, nix_db_files, prepare
 from make_disk_image.process import StepError
 from make_disk_image.spec import SpecError, load_spec
-from make_disk_image.staging import check_sources
+from make_disk_image.staging import build_tree, check_sources
 
 logger = logging.getLogger("make_disk_image")
 
@@ -43,7 +44,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         tree = None
         if spec.diskSize is None:
             check_sources(spec)
-            tree = stage(spec, nix_db_files(spec, Path(tmp)))
+            tree = build_tree(spec, nix_db_files(spec, Path(tmp)))
         plan = compute_plan(spec, tree)
     json.dump(plan.to_json(), sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -105,9 +106,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     build_dir = Path(tempfile.mkdtemp(prefix="mdi-build-"))
     succeeded = False
     try:
+        guest_root = _guest_root(spec, args.guest_root)
         prepare(spec, build_dir, out)
         if not spec.onlyNixStore:
-            run_guest_vm(spec, spec_path, build_dir, out / EFI_VARS)
+            run_guest_vm(spec, spec_path, build_dir, out / EFI_VARS, guest_root)
         dest = finish(spec, build_dir, out)
         if spec.postVM:
             # As in the reference's postVM: the image is $diskImage, the output $out.
@@ -126,30 +128,62 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_guest_vm(spec: Spec, spec_path: Path, build_dir: Path, efi_vars: Path) -> None:
+def _guest_root(spec: Spec, given: Path | None) -> Path | None:
+    """The guest root a build for another architecture needs, checked before any work."""
+    if spec.system is None or spec.system == host_system():
+        return None
+    if given is None:
+        raise SpecError(
+            "system",
+            f"{spec.system} on this {host_system()} host needs a guest root of "
+            f"{spec.system} programs for the build VM: pass --guest-root DIR "
+            "(`python3 -m testsys.guestroot` makes one from Debian packages)",
+        )
+    if not (given / "usr/bin/python3").exists():
+        raise SpecError("--guest-root", f"{given} has no usr/bin/python3 for the guest phase")
+    return given
+
+
+def run_guest_vm(
+    spec: Spec, spec_path: Path, build_dir: Path, efi_vars: Path, guest_root: Path | None = None
+) -> None:
     """The guest phase in a TCG VM, as runInLinuxVM would run it.
 
     The guest sees the host's / read-only but its own /tmp, so the build directory (with
     a copy of the spec) is shared in at /tmp/build read-only, and its xchg/ at /tmp/xchg
-    writable, as nixpkgs shares it.
+    writable, as nixpkgs shares it. With a `guest_root` (an image of another
+    architecture) the guest sees that instead of the host's /, runs its python3, and
+    gets this engine's source tree (pure Python) shared in at the same path as here.
     """
     from make_disk_image import vm
 
     guest_build = "/tmp/build"
     shutil.copyfile(spec_path, build_dir / "spec.json")
-    argv = [sys.executable, "-m", "make_disk_image", "guest", f"{guest_build}/spec.json",
+    python = sys.executable
+    path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    pythonpath = os.environ.get("PYTHONPATH")
+    shares = [vm.Share(host=build_dir, guest=guest_build),
+              vm.Share(host=build_dir / XCHG, guest=f"/tmp/{XCHG}", writable=True)]
+    if guest_root is not None:
+        source = Path(__file__).resolve().parent.parent
+        shares.append(vm.Share(host=source, guest=str(source)))
+        python = "/usr/bin/python3"
+        pythonpath = str(source)
+        # Only the PATH entries the guest can see: those in the shared tree (nixos-enter's
+        # stand-in in the tests), then the guest root's own directories.
+        own = [p for p in path.split(":") if Path(p).is_relative_to(source)]
+        path = ":".join([*own, vm.DEFAULT_PATH])
+    argv = [python, "-m", "make_disk_image", "guest", f"{guest_build}/spec.json",
             "--handoff", f"/tmp/{XCHG}/{HANDOFF}"]
     if logger.isEnabledFor(logging.DEBUG):
         argv.insert(3, "--verbose")
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
-    if "PYTHONPATH" in os.environ:
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    env = {"PATH": path, "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     status = vm.run_in_vm(
-        argv, disk=build_dir / "nixos.raw", env=env, cwd=guest_build,
-        shares=[vm.Share(host=build_dir, guest=guest_build),
-                vm.Share(host=build_dir / XCHG, guest=f"/tmp/{XCHG}", writable=True)],
+        argv, disk=build_dir / "nixos.raw", env=env, cwd=guest_build, shares=shares,
         mem_mib=spec.memSize, qemu_opts=qemu_options(spec, efi_vars),
+        system=spec.system, guest_root=guest_root,
     )
     if status != 0:
         raise StepError("guest", f"the guest phase failed in the VM (exit {status}); its "
@@ -172,6 +206,11 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         if name in ("prepare", "finish", "build"):
             sp.add_argument("--out", help="output directory (default: $out)")
+        if name == "build":
+            sp.add_argument("--guest-root", type=Path, metavar="DIR",
+                            help="for an image of another architecture (the spec's `system`): "
+                            "that architecture's programs, kernel and modules, which the "
+                            "build VM boots and sees as its root")
         if name == "guest":
             sp.add_argument("--handoff", type=Path,
                             help="prepare's handoff (default: /tmp/xchg/make-disk-image.json)")

@@ -103,6 +103,18 @@ def make_all(
         fh.truncate(disk_size)
 
 
+# What mtools says, with exit status 1, when a path matches nothing: for "::/" in batch
+# mode, that the root directory is empty (some mtools releases say so; Debian 12's 4.0.32
+# lists nothing and exits 0). Anything else (an unreadable image, a bad boot sector, a
+# missing file) is an error.
+_ROOT_NOT_FOUND = ('File "::/" not found', 'mdir: File "::/" not found')
+
+
+def _empty_root(exc: CommandError) -> bool:
+    said = [line.strip() for line in exc.stderr.splitlines() if line.strip()]
+    return exc.returncode == 1 and len(said) == 1 and said[0] in _ROOT_NOT_FOUND
+
+
 def extract(image: Path, part: PlannedPartition, dest: Path, *, deterministic: bool) -> FatContent:
     """Copy every file of the FAT filesystem on `part` into `dest` (natively, mtools)."""
     step = f"{STEP}: read {part.label}"
@@ -113,9 +125,9 @@ def extract(image: Path, part: PlannedPartition, dest: Path, *, deterministic: b
             ["mdir", "-b", "-a", "-i", drive, "::/"], step=step, env=MTOOLS_ENV
         ).stdout.decode(errors="surrogateescape")
     except CommandError as exc:
-        if "not found" not in exc.stderr:
+        if not _empty_root(exc):
             raise
-        listing = ""  # mdir -b of an empty root directory says "::/ not found"
+        listing = ""
     top = sorted(line for line in listing.splitlines() if line.strip())
     if top:
         process.run(

@@ -10,6 +10,7 @@ result goes into $out in the asked format, with Hydra's products file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -17,11 +18,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from make_disk_image import fat, formats, rootfs
-from make_disk_image.handoff import HANDOFF, RECORD, read_handoff, read_record, xchg_dir
+from make_disk_image.handoff import (
+    HANDOFF,
+    RECORD,
+    STORE_PREFIX,
+    VM_DISK,
+    read_handoff,
+    read_record,
+    xchg_dir,
+)
 from make_disk_image.models import DiskPlan, Entry, Format, GuestRecord, Handoff, Spec
-from make_disk_image.prepare import STORE_PREFIX, VM_DISK, stage
 from make_disk_image.process import StepError
-from make_disk_image.staging import Tree, check_sources
+from make_disk_image.staging import Tree, build_tree, check_sources
 from make_disk_image.utils import allocate_file, copy_data_ranges
 
 logger = logging.getLogger("make_disk_image")
@@ -92,7 +100,7 @@ def copy_outside(src: Path, dst: Path, plan: DiskPlan) -> int:
         position = max(position, end)
     if position < plan.disk_size:
         keep.append((position, plan.disk_size))
-    return copy_data_ranges(src, dst, keep)
+    return copy_data_ranges(src, dst, keep, step=f"{STEP}: keep partition tables and boot code")
 
 
 def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Path,
@@ -106,7 +114,8 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
     started = time.monotonic()
     check_sources(spec)
     db_files = {name: xchg / rel for name, rel in handoff.nix_db_files.items()}
-    tree = stage(spec, db_files)
+    # The same tree as prepare's: the same spec and Nix database files.
+    tree = build_tree(spec, db_files)
     entries = final_entries(tree, record)
     logger.info("finish: %d entries (%d from the guest's record) in %.1f s", len(entries),
                 len(record.entries), time.monotonic() - started)
@@ -137,6 +146,9 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
 
 
 def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
+    """The image in $out with its line in nix-support/hydra-build-products, or, on any
+    failure, neither: both are written under temporary names and renamed into place
+    last, the image first; what this run put in $out is removed again on failure."""
     started = time.monotonic()
     xchg = xchg_dir(build_dir)
     handoff = read_handoff(xchg / HANDOFF, step=STEP)
@@ -145,6 +157,11 @@ def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
     dest = out / spec.filename
     partial = out / f".{spec.filename}.partial"
     raw = partial if spec.format is Format.RAW else build_dir / "image.raw"
+    support = out / "nix-support"
+    support_made = not support.exists()
+    products = support / "hydra-build-products"
+    products_partial = support / ".hydra-build-products.partial"
+    placed = False
     try:
         make_image(spec, handoff, record, build_dir, raw)
         if spec.format is not Format.RAW:
@@ -154,15 +171,27 @@ def finish(spec: Spec, build_dir: Path, out: Path) -> Path:
             raw.unlink(missing_ok=True)
             logger.info("finish: converted to %s in %.1f s", spec.format.value,
                         time.monotonic() - mark)
-        partial.replace(dest)
-        support = out / "nix-support"
-        support.mkdir(exist_ok=True)
-        with (support / "hydra-build-products").open("a") as products:
-            products.write(formats.product_line(spec.format, dest))
+        try:
+            support.mkdir(exist_ok=True)
+            # Appended to, as the reference's `>>` does (postVM may add lines after).
+            before = products.read_text() if products.exists() else ""
+            products_partial.write_text(before + formats.product_line(spec.format, dest))
+            partial.replace(dest)
+            placed = True
+            products_partial.replace(products)
+        except OSError as exc:
+            raise StepError(
+                STEP, f"writing the image and {products} into $out: "
+                f"{exc.strerror or exc} ({exc.filename or out})"
+            ) from exc
     except BaseException:
-        partial.unlink(missing_ok=True)
+        for leftover_file in (partial, products_partial, *([dest] if placed else [])):
+            leftover_file.unlink(missing_ok=True)
         if raw != partial:
             raw.unlink(missing_ok=True)
+        if support_made:
+            with contextlib.suppress(OSError):
+                support.rmdir()  # only if empty
         for leftover in build_dir.glob("fat-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         raise

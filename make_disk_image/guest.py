@@ -19,6 +19,7 @@ from make_disk_image import efiboot, process
 from make_disk_image.changes import record_changes
 from make_disk_image.handoff import write_record
 from make_disk_image.models import GuestRecord, Handoff, PlannedPartition, Spec
+from make_disk_image.process import StepError
 
 logger = logging.getLogger("make_disk_image")
 
@@ -117,6 +118,7 @@ def guest(spec: Spec, handoff: Handoff, xchg: Path, *, dev_root: Path = Path("/d
     )
     seconds: dict[str, float] = {}
     MOUNT_POINT.mkdir(exist_ok=True)
+    load_filesystem(plan.fs_type)
     process.run(["mount", str(root_dev), str(MOUNT_POINT)], step="guest: mount root")
     try:
         for part in boot_partitions:
@@ -184,3 +186,22 @@ def mount_efivarfs() -> None:
     if f" {efivars} efivarfs " in mounts:
         return
     process.run(["mount", "-t", "efivarfs", "efivarfs", str(efivars)], step="guest: mount efivarfs")
+
+
+def load_filesystem(fs_type: str) -> None:
+    """The root filesystem's driver, unless the kernel has it already.
+
+    nixpkgs' build VM loads its rootModules (default.nix adds btrfs or xfs there); the
+    stand-in's loads ext4 and vfat, and the guest sees the kernel's modules to load more.
+    """
+    known = Path("/proc/filesystems").read_text().split()
+    if fs_type in known:
+        return
+    try:
+        process.run(["modprobe", fs_type], step="guest: load the root filesystem's driver")
+    except StepError as exc:
+        raise StepError(
+            "guest: mount root",
+            f"the build VM's kernel has no {fs_type} driver and cannot load one ({exc}); "
+            f"give the VM the {fs_type} module (vmTools rootModules)",
+        ) from exc

@@ -25,7 +25,15 @@ RECORD = "guest-record.json"
 NIX_DB_DIR = "nix-db"
 # Bytes the guest wrote on the root filesystem, named in the record.
 GUEST_FILES = "guest-files"
-VERSION = 2
+VERSION = 3
+# The disk the build VM sees (runInLinuxVM's $diskImage), in the build directory:
+# prepare writes it, the guest changes it, finish keeps what lies outside its filesystems.
+VM_DISK = "nixos.raw"
+# $out/efi-vars.fd: the EFI variables prepare copies and the VM's firmware writes.
+EFI_VARS = "efi-vars.fd"
+# The store in the image tree (paths relative to the root filesystem's root).
+STORE_DIR = "nix/store"
+STORE_PREFIX = STORE_DIR + "/"
 
 
 def xchg_dir(build_dir: Path) -> Path:
@@ -114,6 +122,7 @@ def write_handoff(xchg: Path, handoff: Handoff) -> Path:
             "nix_db_files": handoff.nix_db_files,
             "outside_store": [entry_to_json(e) for e in handoff.outside_store],
             "store_names": list(handoff.store_names),
+            "prepared_until_ns": handoff.prepared_until_ns,
         },
     )
     return path
@@ -130,6 +139,7 @@ def read_handoff(path: Path, *, step: str) -> Handoff:
         nix_db_files=dict(data["nix_db_files"]),
         outside_store=tuple(entry_from_json(e, base) for e in data["outside_store"]),
         store_names=tuple(data["store_names"]),
+        prepared_until_ns=data["prepared_until_ns"],
     )
 
 

@@ -115,6 +115,8 @@ class Spec:
     channelSources: str | None = None
     grubDevices: tuple[str, ...] = ()
     limineBiosDevice: str | None = None
+    # The image's architecture (config.nixpkgs.hostPlatform.system); None: the builder's.
+    system: str | None = None
 
     @property
     def filename(self) -> str:
@@ -157,6 +159,15 @@ class Layout:
     reserve_gpt_tail: bool = False
     reserve_boot_size: bool = False
     reserve_bytes: int = 0
+
+    @property
+    def firmware(self) -> frozenset[str]:
+        """The firmware kinds that can boot this layout: "uefi" (an ESP), "bios"."""
+        roles = {p.role for p in self.partitions}
+        kinds = {"uefi"} if "esp" in roles else set()
+        if self.table == "msdos" or "bios_grub" in roles:
+            kinds.add("bios")
+        return frozenset(kinds)
 
     @property
     def root_number(self) -> int | None:
@@ -320,7 +331,7 @@ class Handoff:
     """
 
     plan: DiskPlan
-    root_uuid: str | None  # the ext4 UUID of both root filesystems (None: not ext*)
+    root_uuid: str | None  # the UUID of both root filesystems (None: the fs takes none)
     fat_volume_ids: dict[int, str]  # partition number -> 8 hex digits
     guest_mounts: bool  # the guest has work: bootloader or owners by name
     nix_db_files: dict[str, str]  # db file name -> path relative to xchg/
@@ -328,6 +339,11 @@ class Handoff:
     # prepare's entries outside the store's paths, and the store paths' names.
     outside_store: tuple[Entry, ...] = ()
     store_names: tuple[str, ...] = ()
+    # Every inode of the build VM's root filesystem has its mtime and ctime at most this
+    # (ns since the epoch): mke2fs' fixed 1 s, or for the filesystems whose tools write
+    # their own clock (xfs, btrfs' ctime) the moment after prepare made it. Whatever the
+    # guest changes gets a later time (make_disk_image.changes).
+    prepared_until_ns: int = 1_000_000_000
 
 
 Origin = Literal["prepare", "guest"]

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from make_disk_image import fat, nixdb, rootfs
 from make_disk_image.filesystems import FILESYSTEMS
-from make_disk_image.handoff import HANDOFF, NIX_DB_DIR, RECORD, write_handoff, xchg_dir
+from make_disk_image.handoff import (
+    EFI_VARS,
+    HANDOFF,
+    NIX_DB_DIR,
+    RECORD,
+    STORE_PREFIX,
+    VM_DISK,
+    write_handoff,
+    xchg_dir,
+)
 from make_disk_image.layouts import check_fits, plan_disk
 from make_disk_image.minimal import minimal_plan
 from make_disk_image.models import MIB, DiskPlan, Entry, Handoff, Spec
@@ -30,10 +39,6 @@ from make_disk_image.utils import allocate_file
 
 logger = logging.getLogger("make_disk_image")
 
-EFI_VARS = "efi-vars.fd"
-# The disk the build VM sees (runInLinuxVM's $diskImage).
-VM_DISK = "nixos.raw"
-STORE_PREFIX = "nix/store/"
 
 
 def guest_mounts_root(spec: Spec) -> bool:
@@ -89,11 +94,6 @@ def nix_db_files(spec: Spec, xchg: Path) -> dict[str, Path]:
         xchg / NIX_DB_DIR,
         registration_time=rootfs.SOURCE_DATE_EPOCH if spec.deterministic else None,
     )
-
-
-def stage(spec: Spec, db_files: dict[str, Path]) -> Tree:
-    """The image tree as prepare makes it; finish makes the same one again."""
-    return build_tree(spec, db_files)
 
 
 def log_auto_size(plan: DiskPlan) -> None:
@@ -163,7 +163,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
         xchg.mkdir(parents=True, exist_ok=True)
         (xchg / RECORD).unlink(missing_ok=True)
         db_files = nix_db_files(spec, xchg)
-        tree = stage(spec, db_files)
+        tree = build_tree(spec, db_files)
         plan = compute_plan(spec, tree)
         log_auto_size(plan)
         mounts = guest_mounts_root(spec)
@@ -194,6 +194,8 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
         write_partition_table(partial, plan)
         if mounts:
             make_vm_root(partial, handoff, tree)
+            if FILESYSTEMS[plan.fs_type].maker != "mke2fs":
+                handoff = replace(handoff, prepared_until_ns=time.time_ns())
         partial.replace(image)
         write_handoff(xchg, handoff)
         out.mkdir(parents=True, exist_ok=True)

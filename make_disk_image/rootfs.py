@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -27,6 +28,27 @@ logger = logging.getLogger("make_disk_image")
 STEP = "root filesystem"
 # Timestamps when deterministic: Nix's store time, for the superblock and every inode.
 SOURCE_DATE_EPOCH = 1
+# tune2fs and e2fsck when deterministic. e2fsprogs >= 1.47.1 takes SOURCE_DATE_EPOCH
+# before E2FSPROGS_FAKE_TIME, so one inherited from the caller (stdenv sets 315532800)
+# would stamp the superblock with it, and e2fsck, at E2FSCK_TIME, would then "fix" a
+# last write time in the future: it is set here, to the same time.
+FIXED_TIME_ENV = {
+    "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH),
+    "E2FSPROGS_FAKE_TIME": str(SOURCE_DATE_EPOCH),
+    "E2FSCK_TIME": str(SOURCE_DATE_EPOCH),
+}
+# What e2fsck -fyD may fix, with exit status 1, on a filesystem mke2fs just made and
+# tune2fs gave checksums: the orphan file's block, which has no checksum until e2fsck
+# writes one. Anything else it fixes is a fault, and fails the step.
+EXPECTED_FIXES = (
+    re.compile(r"Orphan file \(inode \d+\) block \d+ is not clean\."),
+    re.compile(r"Clear\? yes"),
+)
+# e2fsck's progress and summary lines, which report no fix.
+_E2FSCK_PROGRESS = re.compile(
+    r"Pass \d+[A-Z]?: .*|.*\*\*\*\*\* FILE SYSTEM WAS MODIFIED \*\*\*\*\*|"
+    r".*: \d+/\d+ files \(.*\), \d+/\d+ blocks|e2fsck \d.*"
+)
 # A bigger pipe lets the tar writer run ahead of mke2fs in larger slices.
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -152,7 +174,7 @@ def add_checksums(target: Path, plan: DiskPlan, *, deterministic: bool, step: st
     if plan.fs_type != "ext4":
         return
     started = time.monotonic()
-    env = {"E2FSPROGS_FAKE_TIME": "1", "E2FSCK_TIME": "1"} if deterministic else {}
+    env = FIXED_TIME_ENV if deterministic else {}
     spec = device_spec(target, plan)
     process.run(["tune2fs", "-O", "metadata_csum", spec], step=f"{step}: checksums", env=env)
     # mke2fs -U with metadata_csum also sets metadata_csum_seed (the seed kept in the
@@ -160,10 +182,30 @@ def add_checksums(target: Path, plan: DiskPlan, *, deterministic: bool, step: st
     # the checksums, tune2fs stores that seed (together it would store 0).
     process.run(["tune2fs", "-O", "metadata_csum_seed", spec], step=f"{step}: checksums",
                 env=env)
-    # 1: "errors corrected", which is what -D's directory rebuild reports.
-    process.run(["e2fsck", "-fyD", spec], step=f"{step}: checksums", env=env,
-                ok_returncodes=(0, 1))
+    # 1: "errors corrected". Only the fixes a new filesystem needs are accepted.
+    checked = process.run(["e2fsck", "-fyD", spec], step=f"{step}: checksums", env=env,
+                          ok_returncodes=(0, 1))
+    fixes = e2fsck_fixes(checked.stdout.decode(errors="replace"))
+    if fixes:
+        logger.info("[%s] e2fsck fixed: %s", step, " / ".join(fixes))
+    unexpected = [line for line in fixes if not any(p.fullmatch(line) for p in EXPECTED_FIXES)]
+    if unexpected:
+        raise StepError(
+            f"{step}: checksums",
+            f"e2fsck -fyD found and fixed errors in the root filesystem mke2fs just made "
+            f"in {target}: " + " / ".join(unexpected)
+            + "; the filesystem cannot be trusted (a fault of the disk or of e2fsprogs)",
+        )
     logger.info("[%s] metadata checksums in %.1f s", step, time.monotonic() - started)
+
+
+def e2fsck_fixes(output: str) -> list[str]:
+    """The lines of e2fsck's output that report a problem or a fix."""
+    return [
+        line.strip()
+        for line in output.splitlines()
+        if line.strip() and not _E2FSCK_PROGRESS.fullmatch(line.strip())
+    ]
 
 
 def tune(target: Path, plan: DiskPlan, *, deterministic: bool) -> None:
@@ -177,7 +219,7 @@ def tune(target: Path, plan: DiskPlan, *, deterministic: bool) -> None:
     if plan.fs_type != "ext4":
         return
     if deterministic:
-        args, env = ["-T", "19700101"], {"E2FSPROGS_FAKE_TIME": "1"}
+        args, env = ["-T", "19700101"], FIXED_TIME_ENV
     else:
         args, env = ["-T", "now"], {}
     process.run(["tune2fs", *args, "-c", "0", "-i", "0", device_spec(target, plan)],

@@ -17,6 +17,7 @@ from make_disk_image.interface import (
 )
 from make_disk_image.layouts import LAYOUTS
 from make_disk_image.models import MIB, ContentEntry, Format, Spec
+from make_disk_image.platforms import PLATFORMS
 from make_disk_image.utils import MAX_SIZE, parse_iec, round_up_one_unit
 
 
@@ -98,6 +99,7 @@ FIELDS: Mapping[str, tuple[_Check, str]] = {
     "channelSources": (_is_opt_str, "a store path or null"),
     "grubDevices": (_is_str_list, "a list of device paths"),
     "limineBiosDevice": (_is_opt_str, "a device path or null"),
+    "system": (_is_opt_str, 'a Nix system name such as "aarch64-linux", or null'),
 }
 REQUIRED = ("toplevel", "closureInfo")
 PATH_KEYS = ("toplevel", "closureInfo", "channelSources", "configFile", "efiFirmware",
@@ -328,7 +330,44 @@ def parse_spec(raw: Any) -> Spec:
         raise SpecError("limineBiosDevice", "is an empty string; use null or a device path")
 
     _check_boot_size(ptt, kw.get("bootSize", Spec.bootSize))
+    _check_platform(kw)
     return Spec(**kw)
+
+
+def _check_platform(kw: Mapping[str, Any]) -> None:
+    """A layout or boot loader the image's architecture has no firmware for fails here."""
+    system = kw.get("system")
+    if system is None:
+        return
+    if system not in PLATFORMS:
+        raise SpecError(
+            "system",
+            f'"{system}" is not a system this engine builds images for; use one of '
+            + ", ".join(f'"{name}"' for name in PLATFORMS),
+        )
+    plat = PLATFORMS[system]
+    if plat.bios or not kw.get("installBootLoader", True):
+        return
+    ptt = kw.get("partitionTableType", "legacy")
+    if ptt not in plat.bootable_partition_table_types:
+        raise SpecError(
+            "partitionTableType",
+            f'"{ptt}" boots only through BIOS, which {system} machines do not have; use '
+            '"efi", "efixbootldr" or "hybrid" (its EFI part), or installBootLoader = false',
+        )
+    bios_devices = [d for d in kw.get("grubDevices", ()) if d != "nodev"]
+    if bios_devices:
+        raise SpecError(
+            "grubDevices",
+            f"BIOS GRUB on {', '.join(bios_devices)} has no meaning on {system}: set "
+            'boot.loader.grub.devices = [ "nodev" ] with boot.loader.grub.efiSupport, '
+            "use systemd-boot, or installBootLoader = false",
+        )
+    if kw.get("ovmfSystemManagementModeRequired", False):
+        raise SpecError(
+            "ovmfSystemManagementModeRequired",
+            f"SMM is an x86 firmware feature; {system} firmware (AAVMF) does not use it",
+        )
 
 
 def _check_boot_size(ptt: str, boot_size: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterable
@@ -78,32 +79,59 @@ def allocate_file(path: Path, size: int, *, step: str) -> None:
 COPY_CHUNK = 1 << 20
 
 
-def copy_data_ranges(src: Path, dst: Path, ranges: Iterable[tuple[int, int]], *,
+def copy_data_ranges(src: Path, dst: Path, ranges: Iterable[tuple[int, int]], *, step: str,
                      dest_offset: int = 0) -> int:
     """Copy the data (not the holes) of `src` within each byte range [start, end) to the
-    same place plus `dest_offset` in `dst`, which exists; return the bytes copied."""
+    same place plus `dest_offset` in `dst`, which exists; return the bytes copied.
+
+    Only ENXIO from SEEK_DATA means "nothing but a hole from here to the end"; any other
+    error, a `src` shorter than a range, or a read that comes back short fails `step`:
+    what lies outside the filesystems (partition tables, boot code) must not be lost
+    without a word.
+    """
+    ranges = list(ranges)
     copied = 0
-    with src.open("rb") as fin, dst.open("r+b") as fout:
-        in_fd = fin.fileno()
-        for start, end in ranges:
-            offset = start
-            while offset < end:
-                try:
-                    data_start = os.lseek(in_fd, offset, os.SEEK_DATA)
-                except OSError:
-                    break  # only a hole to the end of the file
-                if data_start >= end:
-                    break
-                data_end = min(os.lseek(in_fd, data_start, os.SEEK_HOLE), end)
-                fin.seek(data_start)
-                fout.seek(data_start + dest_offset)
-                remaining = data_end - data_start
-                while remaining:
-                    chunk = fin.read(min(remaining, COPY_CHUNK))
-                    if not chunk:
+    try:
+        with src.open("rb") as fin, dst.open("r+b") as fout:
+            in_fd = fin.fileno()
+            size = os.fstat(in_fd).st_size
+            needed = max((end for _, end in ranges), default=0)
+            if size < needed:
+                raise StepError(
+                    step,
+                    f"{src} is {size} bytes, shorter than the {needed} bytes to copy from it; "
+                    "it was cut short (a full disk, or a step that failed before); build again",
+                )
+            for start, end in ranges:
+                offset = start
+                while offset < end:
+                    try:
+                        data_start = os.lseek(in_fd, offset, os.SEEK_DATA)
+                    except OSError as exc:
+                        if exc.errno == errno.ENXIO:
+                            break  # a hole from offset to the end of the file
+                        raise
+                    if data_start >= end:
                         break
-                    fout.write(chunk)
-                    remaining -= len(chunk)
-                    copied += len(chunk)
-                offset = data_end
+                    data_end = min(os.lseek(in_fd, data_start, os.SEEK_HOLE), end)
+                    fin.seek(data_start)
+                    fout.seek(data_start + dest_offset)
+                    remaining = data_end - data_start
+                    while remaining:
+                        chunk = fin.read(min(remaining, COPY_CHUNK))
+                        if not chunk:
+                            raise StepError(
+                                step,
+                                f"reading {src}: it ended at byte {data_end - remaining}, "
+                                f"before the {data_end} bytes it had when the copy began "
+                                "(something truncated it); build again",
+                            )
+                        fout.write(chunk)
+                        remaining -= len(chunk)
+                        copied += len(chunk)
+                    offset = data_end
+    except OSError as exc:
+        raise StepError(
+            step, f"copying {src} to {dst}: {exc.strerror or exc} (errno {exc.errno})"
+        ) from exc
     return copied

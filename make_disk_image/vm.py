@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO
 
 from . import process
+from .platforms import Platform, host_platform, platform_for
 from .process import StepError
 
 logger = logging.getLogger("make_disk_image")
@@ -209,14 +210,22 @@ def _uses_firmware(qemu_opts: Sequence[str]) -> bool:
 # Initramfs
 
 
-def _module_paths(kernel_version: str, modules: Sequence[str]) -> list[Path]:
-    """The .ko files for `modules` and their dependencies, in load order, each once."""
+def _module_paths(
+    kernel_version: str, modules: Sequence[str], root: Path = Path("/")
+) -> list[Path]:
+    """The .ko files for `modules` and their dependencies, in load order, each once.
+
+    `root`: the tree whose /lib/modules holds the kernel's (a guest root's, when the
+    kernel is of another architecture: modprobe only reads its modules.dep).
+    """
     ordered: list[Path] = []
     seen: set[Path] = set()
     for module in modules:
         proc = process.run(
-            [_system_tool("modprobe"), "-S", kernel_version, "--show-depends", module], step=STEP
-        )
+            [_system_tool("modprobe"), *(["-d", str(root)] if root != Path("/") else []),
+             "-S", kernel_version, "--show-depends", module],
+            step=STEP,
+        )  # fmt: skip
         for line in proc.stdout.decode().splitlines():
             words = line.split()
             # "builtin NAME" lines need nothing loaded; "insmod PATH [params]" do.
@@ -321,13 +330,16 @@ def _is_static_elf(path: Path) -> bool:
     return all(struct.unpack_from("<I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
 
 
-def _busybox() -> Path:
+def _busybox(root: Path = Path("/")) -> Path:
     # The initramfs has no C library: Debian's dynamically linked `busybox` package
     # installs the same path, so check rather than trust it.
-    for candidate in ("/bin/busybox", "/usr/bin/busybox"):
-        if Path(candidate).is_file() and _is_static_elf(Path(candidate)):
-            return Path(candidate)
-    raise StepError(STEP, "no static busybox found; install the Debian package busybox-static")
+    for candidate in ("bin/busybox", "usr/bin/busybox"):
+        path = root / candidate
+        if path.is_file() and _is_static_elf(path):
+            return path
+    raise StepError(
+        STEP, f"no static busybox found in {root}; install the Debian package busybox-static"
+    )
 
 
 def build_initramfs(
@@ -336,16 +348,18 @@ def build_initramfs(
     kernel_version: str,
     modules: Sequence[str],
     extra_files: Mapping[str, Path] = {},
+    root: Path = Path("/"),
 ) -> Path:
     """Return a gzip'd newc cpio with static busybox, `modules` (+ deps) and `init_script`.
 
     Modules sit under /lib/modules/KVER/ in load order, listed in /lib/modules/load-order
     (one file name a line), so an init script can `insmod` them in sequence. `extra_files`
     maps a path inside the archive to a host file to copy there (mode 0755 if executable).
-    The archive is cached by a hash of all its inputs.
+    The archive is cached by a hash of all its inputs. `root`: where busybox and the
+    kernel's modules come from (a guest root for a kernel of another architecture).
     """
-    busybox = _busybox()
-    module_paths = _module_paths(kernel_version, modules)
+    busybox = _busybox(root)
+    module_paths = _module_paths(kernel_version, modules, root)
 
     digest = hashlib.sha256()
 
@@ -359,7 +373,7 @@ def build_initramfs(
     busybox_bytes = busybox.read_bytes()
     feed("busybox", busybox_bytes)
     for path in module_paths:
-        feed(f"module {path}", path.read_bytes())
+        feed(f"module {path.relative_to(root)}", path.read_bytes())
     extra_data: list[tuple[str, bytes, int]] = []
     for name, host_path in sorted(extra_files.items()):
         data = host_path.read_bytes()
@@ -373,7 +387,7 @@ def build_initramfs(
         return target
 
     logger.info("[%s] building initramfs %s", STEP, target)
-    applets = process.run([busybox, "--list"], step=STEP).stdout.decode().split()
+    applets = busybox_applets(busybox_bytes)
     archive = _NewcArchive()
     made_dirs = [
         "bin",
@@ -412,6 +426,24 @@ def build_initramfs(
 
     _write_atomically(target, compressed)
     return target
+
+
+def busybox_applets(busybox_bytes: bytes) -> list[str]:
+    """The applet names a busybox binary holds, read from the binary itself.
+
+    `busybox --list` would need the binary to run here, which one of another
+    architecture does not. The names are stored as one NUL-separated, sorted block
+    that starts with "[\0[[\0" (the test applets sort first).
+    """
+    start = busybox_bytes.find(b"[\0[[\0")
+    if start < 0:
+        raise StepError(STEP, "cannot find the applet list in the busybox binary")
+    names: list[str] = []
+    for raw in busybox_bytes[start:].split(b"\0"):
+        if not raw or not re.fullmatch(rb"[\x21-\x7e]+", raw):
+            break
+        names.append(raw.decode())
+    return names
 
 
 # The init run by the guest kernel. It reads what to do from the control share:
@@ -559,9 +591,17 @@ def qemu_command(
     mem_mib: int,
     qemu_opts: Sequence[str],
     accel: str = "tcg",
+    platform: Platform | None = None,
+    root: Path = Path("/"),
 ) -> list[str]:
+    """qemu's argv for run_in_vm. `platform`: the guest's (the host's by default);
+    `root`: the directory the guest sees as its root filesystem."""
+    plat = platform or host_platform()
+    # x86_64 keeps qemu's default machine (pc), so that QEMU_OPTS may pick q35.
+    machine = [] if plat.bios else ["-machine", plat.qemu_machine]
     argv = [
-        _system_tool("qemu-system-x86_64"),
+        _system_tool(plat.qemu_binary),
+        *machine,
         # nixpkgs starts `qemu-kvm -machine accel=kvm:tcg -cpu max`: KVM where the
         # builder has it, else TCG. As -accel options (tried in order), so that TCG's
         # translation cache can be bounded: its default of 1 GiB, filled as the guest
@@ -584,12 +624,13 @@ def qemu_command(
         str(initramfs),
         "-append",
         # Kernel messages only at debug level; panics and warnings show regardless.
-        "console=ttyS0 panic=-1 random.trust_cpu=on"
+        f"console={plat.console} panic=-1 random.trust_cpu=on"
         + ("" if logger.isEnabledFor(logging.DEBUG) else " quiet"),
         "-device",
         "virtio-rng-pci",
         "-virtfs",
-        f"local,path=/,mount_tag={HOST_ROOT_TAG},security_model=none,readonly=on,multidevs=remap",
+        f"local,path={_drive_path(root)},mount_tag={HOST_ROOT_TAG},security_model=none,"
+        "readonly=on,multidevs=remap",
         "-virtfs",
         f"local,path={control_dir},mount_tag={CONTROL_TAG},security_model=none,multidevs=remap",
     ]
@@ -659,6 +700,8 @@ def run_in_vm(
     log: IO[str] | None = None,
     accel: str = "tcg",
     host_paths: Sequence[str] | None = None,
+    system: str | None = None,
+    guest_root: Path | None = None,
 ) -> int:
     """Run `argv` as root in a TCG guest and return its exit status.
 
@@ -672,6 +715,13 @@ def run_in_vm(
     `host_paths`: the guest's root is an empty tmpfs instead, holding only these host
     paths (read-only) besides the shares: what nixpkgs' runInLinuxVM gives, where the
     store is a share. `accel`: qemu's accelerators, "kvm:tcg" as nixpkgs' qemu-kvm.
+
+    `system` ("aarch64-linux"): the guest's architecture, the host's by default. A guest
+    of another architecture cannot run the host's programs: `guest_root` is then a
+    directory of that architecture's programs (testsys/guestroot.py makes one from
+    Debian packages) with its kernel in boot/ and modules in lib/modules/; the guest
+    boots that kernel and sees that directory in place of the host's / (as `host_paths`
+    of it, so that shares may be mounted anywhere).
     """
     if not argv:
         raise StepError(STEP, "no command given to run in the VM")
@@ -685,12 +735,27 @@ def run_in_vm(
     if disk is not None and not disk.is_file():
         raise StepError(STEP, f"disk image {disk} does not exist")
     out = log if log is not None else sys.stderr
-
-    kernel, version = host_kernel()
-    if not _uses_firmware(qemu_opts):
+    plat = platform_for(system) if system else host_platform()
+    root = Path("/")
+    if guest_root is not None:
+        root = guest_root.resolve()
+        if not (root / "boot").is_dir():
+            raise StepError(STEP, f"guest root {guest_root} has no boot/ with a kernel")
+        kernel, version = host_kernel(root / "boot", root / "lib/modules")
+        if host_paths is None:
+            host_paths = [f"/{entry.name}" for entry in sorted(root.iterdir())]
+    elif plat != host_platform():
+        raise StepError(
+            STEP,
+            f"a {plat.system} guest on a {host_platform().system} host cannot run the "
+            f"host's programs: give a guest root of {plat.system} programs (--guest-root)",
+        )
+    else:
+        kernel, version = host_kernel()
+    if plat.bios and not _uses_firmware(qemu_opts):
         kernel = pvh_kernel(kernel, version) or kernel
     initramfs = build_initramfs(
-        run_init_script(version), kernel_version=version, modules=DEFAULT_MODULES
+        run_init_script(version), kernel_version=version, modules=DEFAULT_MODULES, root=root
     )
 
     with tempfile.TemporaryDirectory(prefix="make-disk-image-vm-") as control:
@@ -712,10 +777,12 @@ def run_in_vm(
             mem_mib=mem_mib,
             qemu_opts=qemu_opts,
             accel=accel,
+            platform=plat,
+            root=root,
         )
         logger.info("[%s] $ %s", STEP, shlex.join(qemu))
         logger.info("[%s] guest command: %s (cwd %s)", STEP, shlex.join(argv), cwd)
-        tail = _stream_qemu(qemu, out, timeout)
+        tail = _stream_qemu(qemu, out, timeout, plat)
         status_file = control_dir / "status"
         if not status_file.is_file():
             raise StepError(
@@ -755,7 +822,9 @@ class _ConsoleText:
         return self._CONTROL.sub("", text)
 
 
-def _stream_qemu(qemu: Sequence[str], out: IO[str], timeout: float) -> str:
+def _stream_qemu(
+    qemu: Sequence[str], out: IO[str], timeout: float, plat: Platform | None = None
+) -> str:
     """Run qemu, copying its console to `out` until it exits; return the console's tail."""
     started = time.monotonic()
     deadline = started + timeout
@@ -770,8 +839,10 @@ def _stream_qemu(qemu: Sequence[str], out: IO[str], timeout: float) -> str:
             preexec_fn=_die_with_parent,
         )
     except FileNotFoundError as exc:
+        plat = plat or host_platform()
         raise StepError(
-            STEP, "qemu-system-x86_64 not found; install the Debian package qemu-system-x86"
+            STEP,
+            f"{plat.qemu_binary} not found; install the Debian package {plat.qemu_package}",
         ) from exc
     try:
         assert proc.stdout is not None
@@ -868,6 +939,15 @@ def main(args: Iterable[str] | None = None) -> int:
         help="exit 0 once the guest ran the command, whatever its status, as qemu does "
         "when its guest powers off (runInLinuxVM reads the status from xchg/ instead)",
     )
+    parser.add_argument(
+        "--system", metavar="SYSTEM", help='the guest\'s architecture, e.g. "aarch64-linux"'
+    )
+    parser.add_argument(
+        "--guest-root",
+        type=Path,
+        metavar="DIR",
+        help="programs, kernel and modules of the guest's architecture, seen as its root",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log qemu's command line")
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGV")
     ns = parser.parse_args(list(args) if args is not None else None)
@@ -889,6 +969,8 @@ def main(args: Iterable[str] | None = None) -> int:
             timeout=ns.timeout,
             accel=ns.accel,
             host_paths=ns.host_path,
+            system=ns.system,
+            guest_root=ns.guest_root,
         )
         return 0 if ns.like_qemu else status
     except StepError as exc:

@@ -79,12 +79,30 @@ let
   };
   # A constant default is the option's default; a default computed from other
   # arguments is only shown (defaultText), and default.nix computes it.
+  # The choices of an argument whose values are one of interface.json's tables, listed
+  # with what each is, in the option's description.
+  choiceTables = {
+    partitionTableType = interface.partitionTableTypes;
+    fsType = interface.fsTypes;
+    format = interface.formats;
+    diskSize = interface.diskSizeWords;
+  };
+  describeChoices =
+    table:
+    lib.concatMapStrings (
+      choice:
+      "\n- `${choice.name}`${lib.optionalString (choice.origin == "extension") " (extension)"}: ${choice.description}"
+    ) table;
   argumentOption =
     argument:
     mkOption (
       {
         type = optionTypes.${argument.type};
-        description = argument.description;
+        description =
+          argument.description
+          + lib.optionalString (choiceTables ? ${argument.type}) (
+            "\n" + describeChoices choiceTables.${argument.type}
+          );
       }
       // (
         if argument ? default then

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from make_disk_image import fat
 from make_disk_image.models import MIB, PlannedPartition
+from make_disk_image.process import CommandError
 
 ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
@@ -128,3 +132,40 @@ def test_the_fat_type_follows_the_partitions_size(tmp_path: Path) -> None:
             fh.seek(part.offset_bytes)
             boot = fh.read(512)
         assert kind.encode() in boot
+
+
+def fake_mdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str, status: int) -> None:
+    """An `mdir` first on PATH that says `stderr` and exits with `status`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "mdir"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(stderr)} >&2\nexit {status}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("stderr", [
+    'mdir: File "::/EFI" not found',  # another path than the root
+    "init :: device not found",
+    "Can't open /build/nixos.raw: No such file or directory\nFile \"::/\" not found",
+])  # fmt: skip
+def test_only_mtools_empty_root_message_reads_as_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str
+) -> None:
+    """Any other mdir failure that mentions "not found" is an error naming the step."""
+    part = esp()
+    img = image(tmp_path, "disk.img", part)
+    fake_mdir(tmp_path, monkeypatch, stderr, 1)
+    with pytest.raises(CommandError) as err:
+        fat.extract(img, part, tmp_path / "copy", deterministic=True)
+    assert err.value.step == "FAT: read ESP" and "not found" in str(err.value)
+
+
+def test_mtools_empty_root_message_reads_as_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    part = esp()
+    img = image(tmp_path, "disk.img", part)
+    fake_mdir(tmp_path, monkeypatch, 'mdir: File "::/" not found', 1)
+    content = fat.extract(img, part, tmp_path / "copy", deterministic=True)
+    assert (content.directories, content.files) == ((), ())

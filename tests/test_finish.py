@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Closure, Engine, base_spec
+from conftest import REPO, UNPRIVILEGED_USER, Closure, Engine, base_spec
 from imagecheck import e2fsck_clean, qemu_img_info, run, sfdisk_json
 
 FORMATS = {  # format -> (file name, qemu-img's format name, Hydra product type)
@@ -101,3 +104,52 @@ def test_failed_conversion_leaves_no_partial(closure: Closure, engine: Engine) -
     assert "qemu-img convert" in result.stderr
     assert [p.name for p in out.iterdir()] == []
     assert not (build_dir / "image.raw").exists()
+
+
+def test_products_file_unwritable_leaves_no_image(closure: Closure, engine: Engine) -> None:
+    """hydra-build-products cannot be written (its directory is root's): finish fails
+    naming it, and the image, already made, is not left in $out without its line."""
+    build_dir, out, spec = prepared(engine, closure, format="raw")
+    out.mkdir(exist_ok=True)  # prepare may have made it
+    shutil.chown(out, UNPRIVILEGED_USER, UNPRIVILEGED_USER)
+    (out / "nix-support").mkdir(mode=0o755)  # root's: the build user cannot write there
+    result = engine.run("finish", spec, build_dir=build_dir, out=out)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors and errors[-1].startswith("error: finish: writing the image and "), errors
+    assert "hydra-build-products" in errors[-1] and "Permission denied" in errors[-1]
+    assert result.stdout == ""
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["nix-support"]
+
+
+def test_a_truncated_vm_disk_fails_instead_of_losing_the_boot_code(
+    closure: Closure, engine: Engine
+) -> None:
+    """The VM's disk cut short (here, before its backup GPT): SEEK_DATA past its end
+    says ENXIO, which must not read as "a hole to the end"."""
+    build_dir, out, spec = prepared(engine, closure, format="raw")
+    vm_disk = build_dir / "nixos.raw"
+    size = vm_disk.stat().st_size
+    os.truncate(vm_disk, size - 1024 * 1024)
+    result = engine.run("finish", spec, build_dir=build_dir, out=out)
+    assert result.returncode == 1, result.stderr
+    assert "error: finish: keep partition tables and boot code: " in result.stderr
+    assert "shorter than" in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_finish_takes_nothing_from_prepare() -> None:
+    """The phases share only the contract module (handoff): finish imports no other
+    phase, and neither does the guest."""
+    phases = {"prepare", "guest", "finish"}
+    for phase in phases:
+        tree = ast.parse((REPO / "make_disk_image" / f"{phase}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[-1])
+                if node.module == "make_disk_image":
+                    imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[-1] for alias in node.names}
+        assert not (imported & (phases - {phase})), (phase, imported & phases)

@@ -38,7 +38,8 @@ def test_every_spec_argument_is_an_interface_argument() -> None:
     """The spec carries the arguments (but pkgs, lib, config, OVMF and requireKVM, which
     only Nix uses) plus what Nix computes from them."""
     computed = {"toplevel", "closureInfo", "channelSources", "grubDevices",
-                "limineBiosDevice", "ovmfSystemManagementModeRequired"}  # fmt: skip
+                "limineBiosDevice", "ovmfSystemManagementModeRequired",
+                "system"}  # fmt: skip
     nix_only = {"pkgs", "lib", "config", "OVMF", "requireKVM"}
     assert set(FIELDS) - computed == set(interface.ARGUMENTS) - nix_only
 

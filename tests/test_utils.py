@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from make_disk_image.utils import parse_iec, round_up_one_unit
+from make_disk_image.process import StepError
+from make_disk_image.utils import copy_data_ranges, parse_iec, round_up_one_unit
+
+MIB = 1024 * 1024
 
 
 @pytest.mark.parametrize("text", ["512M", "256M", "1G", "100", "0", "1.5K", " 5M", "3T", "7.25M"])
@@ -44,3 +50,77 @@ def test_round_up_one_unit_always_moves_up() -> None:
     assert round_up_one_unit(256 * mib, mib) == 257 * mib  # already aligned: still one up
     assert round_up_one_unit(256 * mib - 1, mib) == 256 * mib
     assert round_up_one_unit(0, 4096) == 4096
+
+
+# --- copy_data_ranges: data copied, holes kept, faults not taken for holes ---------------
+
+
+def sparse_source(path: Path) -> Path:
+    """4 MiB: data in the first and the last MiB, a hole between."""
+    with path.open("wb") as f:
+        f.write(b"A" * MIB)
+        f.seek(3 * MIB)
+        f.write(b"Z" * MIB)
+    return path
+
+
+def empty_like(path: Path, size: int) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_copy_data_ranges_copies_data_and_keeps_holes(tmp_path: Path) -> None:
+    src = sparse_source(tmp_path / "src")
+    dst = empty_like(tmp_path / "dst", 4 * MIB)
+    copied = copy_data_ranges(src, dst, [(0, 4 * MIB)], step="test")
+    assert copied == 2 * MIB
+    assert dst.read_bytes() == src.read_bytes()
+    # A range wholly in a hole copies nothing.
+    assert copy_data_ranges(src, dst, [(MIB, 3 * MIB)], step="test") == 0
+
+
+def test_copy_data_ranges_fails_on_a_read_error(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An I/O error from SEEK_DATA is not "only a hole to the end" (only ENXIO is)."""
+    src = sparse_source(tmp_path / "src")
+    dst = empty_like(tmp_path / "dst", 4 * MIB)
+    real_lseek = os.lseek
+
+    def failing_lseek(fd: int, pos: int, how: int) -> int:
+        if how == os.SEEK_DATA and pos >= 2 * MIB:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_lseek(fd, pos, how)
+
+    monkeypatch.setattr(os, "lseek", failing_lseek)
+    with pytest.raises(StepError) as err:
+        copy_data_ranges(src, dst, [(0, MIB), (2 * MIB, 4 * MIB)], step="finish: keep")
+    assert err.value.step == "finish: keep"
+    assert "Input/output error" in str(err.value)
+
+
+def test_copy_data_ranges_fails_on_a_short_read(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source truncated while it is copied: the read comes back short."""
+    src = sparse_source(tmp_path / "src")
+    dst = empty_like(tmp_path / "dst", 4 * MIB)
+    real_lseek = os.lseek
+
+    def truncating_lseek(fd: int, pos: int, how: int) -> int:
+        found = real_lseek(fd, pos, how)
+        if how == os.SEEK_HOLE and found == 4 * MIB:
+            os.truncate(src, 3 * MIB + 4096)  # the last data run is cut after lseek saw it
+        return found
+
+    monkeypatch.setattr(os, "lseek", truncating_lseek)
+    with pytest.raises(StepError) as err:
+        copy_data_ranges(src, dst, [(0, 4 * MIB)], step="test")
+    assert "something truncated it" in str(err.value)
+
+
+def test_copy_data_ranges_refuses_a_source_shorter_than_the_ranges(tmp_path: Path) -> None:
+    src = sparse_source(tmp_path / "src")
+    dst = empty_like(tmp_path / "dst", 8 * MIB)
+    with pytest.raises(StepError) as err:
+        copy_data_ranges(src, dst, [(0, MIB), (7 * MIB, 8 * MIB)], step="test")
+    assert "shorter than the 8388608 bytes" in str(err.value)

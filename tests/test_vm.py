@@ -435,3 +435,36 @@ def test_cli_propagates_status_and_passes_options(tmp_path: Path, disk: Path) ->
     )
     assert proc.returncode == 42, proc.stderr
     assert (tmp_path / "out").read_text() == "hello=world\n2\n"
+
+
+def test_busybox_applets_are_read_from_the_binary_as_busybox_lists_them() -> None:
+    busybox = vm._busybox()
+    listed = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+    assert sorted(vm.busybox_applets(busybox.read_bytes())) == sorted(listed.stdout.split())
+    with pytest.raises(StepError, match="applet list"):
+        vm.busybox_applets(b"\x7fELF no applets here")
+
+
+def test_aarch64_guest_gets_its_qemu_machine_console_and_root(tmp_path: Path) -> None:
+    from make_disk_image.platforms import platform_for
+
+    argv = vm.qemu_command(
+        kernel=tmp_path / "Image", initramfs=tmp_path / "initrd", control_dir=tmp_path,
+        disk=None, shares=[], mem_mib=512, qemu_opts=[],
+        platform=platform_for("aarch64-linux"), root=tmp_path,
+    )  # fmt: skip
+    assert argv[0].endswith("qemu-system-aarch64")
+    assert argv[argv.index("-machine") + 1] == "virt,gic-version=max"
+    assert "console=ttyAMA0" in argv[argv.index("-append") + 1]
+    assert any(a.startswith(f"local,path={tmp_path},mount_tag=host,") for a in argv)
+    # x86_64 keeps qemu's default machine, so that QEMU_OPTS may choose q35.
+    x86 = vm.qemu_command(
+        kernel=tmp_path / "bzImage", initramfs=tmp_path / "initrd", control_dir=tmp_path,
+        disk=None, shares=[], mem_mib=512, qemu_opts=[], platform=platform_for("x86_64-linux"),
+    )  # fmt: skip
+    assert "-machine" not in x86 and "console=ttyS0" in x86[x86.index("-append") + 1]
+
+
+def test_foreign_guest_without_guest_root_is_refused() -> None:
+    with pytest.raises(StepError, match="guest root of aarch64-linux programs"):
+        vm.run_in_vm(["true"], disk=None, system="aarch64-linux")

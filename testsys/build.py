@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from make_disk_image.platforms import host_system, platform_for
 from make_disk_image.spec import parse_spec
+from testsys.guestroot import guest_root
 from testsys.system import NIXOS_ENTER_DIR
 
 
@@ -54,9 +56,14 @@ def build_image(
         PATH=f"{NIXOS_ENTER_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         TMPDIR=str(scratch),
     )
+    argv = [sys.executable, "-m", "make_disk_image", "build", str(spec_file), "--out", str(out)]
+    system = spec.get("system")
+    if system is not None and system != host_system():
+        # The build VM of another architecture boots Debian's packages of it.
+        argv += ["--guest-root", str(guest_root(platform_for(system).debian_arch))]
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "make_disk_image", "build", str(spec_file), "--out", str(out)],
+        argv,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

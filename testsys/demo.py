@@ -1,11 +1,18 @@
 """End-to-end demo: build the test system, an image of it through the engine, boot it.
 
-    python3 -m testsys.demo OUTDIR [--layout efi|legacy|...]
+    python3 -m testsys.demo [--layout efi|legacy|...] [--fs-type ext4|btrfs|xfs]
+                            [--arch x86_64|aarch64] [OUTDIR]
+
+OUTDIR defaults to /var/tmp/make-disk-image-demo (with -ARCH appended for --arch).
 
 Prints the image's partition table, file systems and files, then boots it under qemu
 (OVMF or SeaBIOS, TCG) and prints the report the booted system sends over its serial
 console, checked against the spec. OUTDIR keeps the spec, image, logs and serial log.
 It must not be under /tmp, /run or /mnt (the engine's build VM has its own there).
+
+With --arch aarch64 (on an x86_64 host) the system is made of Debian's arm64 packages,
+the engine's guest phase runs in a qemu-system-aarch64 TCG VM, and the image boots
+under qemu-system-aarch64 with AAVMF.
 """
 
 from __future__ import annotations
@@ -13,16 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from make_disk_image.platforms import PLATFORMS, platform_for
 from testsys import boot, system
 from testsys.build import BuildError, build_image
 
 UEFI_LAYOUTS = ("efi", "efixbootldr")
+DEFAULT_OUTDIR = "/var/tmp/make-disk-image-demo"
+# The root filesystems a bootable image can have (read-only ones hold store images only).
+WRITABLE_ROOTS = ("ext4", "btrfs", "xfs")
 
 
 def _show(title: str, argv: list[str]) -> None:
@@ -48,55 +58,77 @@ def show_image(raw: Path) -> None:
             f"partition {number} file system",
             ["blkid", "--probe", "--offset", str(offset), "--size", str(sectors * 512), str(raw)],
         )
-        with raw.open("rb") as disk:
-            disk.seek(offset + 1024 + 56)
-            is_ext4 = struct.unpack("<H", disk.read(2))[0] == 0xEF53
-        if is_ext4:
+        probe = subprocess.run(
+            ["blkid", "--probe", "--offset", str(offset), "--size", str(sectors * 512),
+             "-o", "value", "-s", "TYPE", str(raw)], capture_output=True, text=True, check=False)
+        fs_type = probe.stdout.strip()
+        if fs_type == "ext4":
             for directory in ("/", "/etc", "/nix/store", "/nix/var/nix/profiles"):
                 _show(
                     f"partition {number} {directory}",
                     ["debugfs", "-R", f"ls -l {directory}", f"{raw}?offset={offset}"],
                 )
-        elif sectors > 2048:
+        elif fs_type == "vfat":
             _show(f"partition {number} files", ["mdir", "-/", "-b", "-i", f"{raw}@@{offset}", "::"])
+        elif fs_type:
+            # btrfs and xfs have no offline lister here; the booted system reports them.
+            print(f"({fs_type}: its files are listed by the booted system's report below)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m testsys.demo", description=__doc__)
-    parser.add_argument("outdir", type=Path)
+    parser.add_argument("outdir", type=Path, nargs="?", default=None)
     parser.add_argument("--layout", default="efi", choices=sorted(boot.ROOT_PARTITION))
+    parser.add_argument("--fs-type", default="ext4", choices=WRITABLE_ROOTS,
+                        help="the root filesystem (fsType)")
+    parser.add_argument(
+        "--arch",
+        default=None,
+        choices=sorted(p.machine for p in PLATFORMS.values()),
+        help="the image's architecture (default: this machine's)",
+    )
     args = parser.parse_args(argv)
-    outdir: Path = args.outdir.absolute()
+    system_name = f"{args.arch}-linux" if args.arch else None
+    plat = platform_for(system_name) if system_name else None
+    default = Path(f"{DEFAULT_OUTDIR}-{args.arch}" if args.arch else DEFAULT_OUTDIR)
+    outdir: Path = (args.outdir or default).absolute()
     if outdir.exists() and any(outdir.iterdir()):
         parser.error(f"{outdir} exists and is not empty")
     if any(outdir.is_relative_to(p) for p in ("/tmp", "/run", "/mnt")):
         parser.error("OUTDIR must not be under /tmp, /run or /mnt: the build VM cannot see it")
     outdir.mkdir(parents=True, exist_ok=True)
     layout: str = args.layout
-    firmware: boot.Firmware = "uefi" if layout in UEFI_LAYOUTS else "bios"
+    uefi_only = plat is not None and not plat.bios
+    firmware: boot.Firmware = "uefi" if layout in UEFI_LAYOUTS or uefi_only else "bios"
     touch_efi_vars = firmware == "uefi"
+    try:
+        boot_loader = system.boot_loader_for(
+            layout, touch_efi_vars=touch_efi_vars, system=system_name
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
 
     started = time.monotonic()
     print(f"== building the test system with Nix ({layout} boot loader configuration)")
-    test_system = system.build_test_system(
-        outdir / "system", system.boot_loader_for(layout, touch_efi_vars=touch_efi_vars)
-    )
+    test_system = system.build_test_system(outdir / "system", boot_loader, system=system_name)
+    print(f"system:   {test_system.system}")
     print(f"toplevel: {test_system.toplevel}")
     print(f"closure:  {len(test_system.store_paths())} store paths")
 
     source = outdir / "motd"
     source.write_text("Hello from an image built by make-disk-image.\n")
+    # btrfs is made in a user namespace where only root owns files (README, Filesystems).
+    owner = {} if args.fs_type == "btrfs" else {"user": "alice", "group": "users"}
     spec = test_system.spec(
         partitionTableType=layout,
+        fsType=args.fs_type,
         additionalSpace="16M",
         touchEFIVars=touch_efi_vars,
-        contents=[
-            {"source": str(source), "target": "/etc/motd", "mode": "0640",
-             "user": "alice", "group": "users"},
-        ],
-    )  # fmt: skip
+        contents=[{"source": str(source), "target": "/etc/motd", "mode": "0640", **owner}],
+    )
     if touch_efi_vars:
-        spec.update(efiFirmware=str(boot.OVMF_CODE), efiVariables=str(boot.OVMF_VARS))
+        code, variables = boot.UEFI_FIRMWARE[test_system.system]
+        spec.update(efiFirmware=str(code), efiVariables=str(variables))
     print(f"\n== make-disk-image build (spec: {outdir / 'image.json'}; log: image.log)")
     try:
         built = build_image(spec, outdir, name="image")
@@ -106,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"image: {built.image} ({built.image.stat().st_size} bytes, {built.seconds:.0f} s)")
     shutil.rmtree(outdir / "tmp", ignore_errors=True)
     show_image(built.image)
+    loaders = boot.efi_loaders(built.image)
+    if loaders:
+        print("\n== EFI binaries on the ESP (PE machine type)")
+        for path, machine in loaders.items():
+            print(f"{path}: {machine}")
 
     if built.efi_vars is not None:
         options, order = boot.efi_boot_entries(built.efi_vars)
@@ -114,21 +151,32 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Boot{option.number:04X} {option.description!r} {option.file_path or ''}")
 
     serial_log = outdir / "serial.log"
-    print(f"\n== booting it: qemu TCG, {'OVMF' if firmware == 'uefi' else 'SeaBIOS'}")
+    booted = platform_for(test_system.system)
+    firmware_name = (
+        "SeaBIOS" if firmware == "bios" else boot.UEFI_FIRMWARE[booted.system][0].name
+    )
+    print(f"\n== booting it: {booted.qemu_binary} TCG, {firmware_name}")
     try:
         result = boot.boot_image(
-            built.image, firmware=firmware, efi_vars=built.efi_vars, serial_log=serial_log
+            built.image,
+            firmware=firmware,
+            efi_vars=built.efi_vars,
+            serial_log=serial_log,
+            system=test_system.system,
+            timeout=600 if booted.system != "x86_64-linux" else 180,
+            kernel_timeout=300 if booted.system != "x86_64-linux" else 60,
         )
     except boot.BootError as exc:
         print(f"error: the image did not boot: {exc}", file=sys.stderr)
         return 1
     report = result.report
     print(f"booted and powered off in {result.seconds:.1f} s; serial console: {serial_log}")
-    print(f"firmware:        {report.firmware}")
+    print(f"architecture:    {report.machine or booted.machine} ({booted.qemu_binary})")
+    print(f"firmware:        {report.firmware} ({firmware_name})")
     print(f"kernel cmdline:  {report.cmdline}")
     print(f"root:            {report.root_device} (partition {report.root_partition_number},")
     print(f"                 {report.partition_table} GUID {report.root_partition_guid})")
-    print(f"file system:     ext4 label {report.fs_label!r} UUID {report.fs_uuid}")
+    print(f"file system:     {report.fs_type} label {report.fs_label!r} UUID {report.fs_uuid}")
     print(f"/etc/NIXOS:      {'present' if report.etc_nixos else 'MISSING'}")
     print(f"system profile:  {report.system_profile_target()}")
     print(f"store entries:   {len(report.store_entries)}")
@@ -139,8 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"systemd-boot:    entry {report.loader_entry_selected}")
     print(f"stage 2:         NixOS {report.stage2_version} ran from the image, then powered off")
     problems = boot.check_report(
-        report, spec, firmware=firmware, store_paths=test_system.store_paths()
+        report,
+        spec,
+        firmware=firmware,
+        store_paths=test_system.store_paths(),
+        loader="grub" if boot_loader.grub_efi or firmware == "bios" else "systemd-boot",
     )
+    if report.machine is not None and report.machine != booted.machine:
+        problems.append(f"architecture: got {report.machine!r}, expected {booted.machine!r}")
     for problem in problems:
         print(f"MISMATCH: {problem}")
     print(f"\n{'OK' if not problems else 'FAILED'}: {time.monotonic() - started:.0f} s in all")

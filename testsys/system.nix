@@ -6,6 +6,10 @@
 # builtins.path, so their contents, not their host paths, decide the store paths.
 #
 # `configFile` is a JSON file written by testsys/system.py (see TestSystemConfig there).
+#
+# An aarch64 system is made the same way on an x86_64 builder, as with a binary cache:
+# its inputs are Debian's arm64 files (testsys/guestroot.py), copied, never run here.
+# The derivations are the builder's (`system`); the system they make is `cfg.system`.
 { configFile }:
 let
   cfg = builtins.fromJSON (builtins.readFile configFile);
@@ -23,11 +27,16 @@ let
     } // env);
 
   # Static busybox: the interpreter of every script that runs inside the image.
-  busybox = run "busybox-static" { src = hostFile "busybox" cfg.busybox; } ''
+  # Its applets are listed by testsys/system.py: a busybox of another architecture
+  # cannot run here to list them.
+  busybox = run "busybox-static" {
+    src = hostFile "busybox" cfg.busybox;
+    applets = builtins.concatStringsSep " " cfg.busyboxApplets;
+  } ''
     mkdir -p $out/bin
     cp $src $out/bin/busybox
     chmod 0555 $out/bin/busybox
-    for applet in $($out/bin/busybox --list); do
+    for applet in $applets; do
       [ "$applet" = busybox ] || ln -s busybox "$out/bin/$applet"
     done
   '';
@@ -52,12 +61,23 @@ let
     done
   '';
 
-  grubModules = hostFile "grub-i386-pc-modules" cfg.grubModules;
-  systemdBoot = hostFile "systemd-bootx64.efi" cfg.systemdBootEfi;
+  grubModules = hostFile "grub-${cfg.grubTarget}-modules" cfg.grubModules;
+  systemdBoot = hostFile "systemd-boot${cfg.efiArch}.efi" cfg.systemdBootEfi;
+
+  # GRUB for UEFI (grub.efiSupport): one EFI image with the modules the test system's
+  # grub.cfg needs, its prefix /grub on the partition it is loaded from. The builder's
+  # grub-mkimage writes images of any target from that target's modules.
+  grubEfi = run "grub-${cfg.grubTarget}-image" { inherit grubModules; } ''
+    mkdir $out
+    grub-mkimage --directory=$grubModules --format=${cfg.grubTarget} --prefix=/grub \
+      --output=$out/grub.efi part_gpt part_msdos fat ext2 normal linux configfile echo \
+      search search_label gzio
+  '';
+  grubEfiPath = if cfg.bootLoader.grubEfi then "${grubEfi}/grub.efi" else "";
 
   kernel = run "linux-${cfg.kernelVersion}" { src = hostFile "vmlinuz" cfg.kernelImage; } ''
     mkdir $out
-    cp $src $out/bzImage
+    cp $src $out/${cfg.kernelFile}
   '';
 
   initrd = run "initrd-testsys-${cfg.kernelVersion}" { src = hostFile "initrd.gz" cfg.initrd; } ''
@@ -86,7 +106,9 @@ let
 
   toplevel = run "nixos-system-${cfg.hostName}-${cfg.nixosVersion}" {
     inherit busybox hostTools grubModules systemdBoot kernel initrd systemPath etc;
-    inherit (cfg) kernelParams nixosVersion;
+    inherit (cfg) kernelParams nixosVersion efiArch;
+    imageSystem = cfg.system;
+    grubEfi = grubEfiPath;
     grubDevices = builtins.concatStringsSep " " cfg.bootLoader.grubDevices;
     systemdBootEnable = if cfg.bootLoader.systemdBoot then "1" else "";
     canTouchEfiVariables = if cfg.bootLoader.canTouchEfiVariables then "1" else "";
@@ -100,13 +122,13 @@ let
     switchScript = script "switch-to-configuration.sh";
   } ''
     mkdir -p $out/bin
-    ln -s $kernel/bzImage $out/kernel
+    ln -s $kernel/${cfg.kernelFile} $out/kernel
     ln -s $initrd/initrd $out/initrd
     ln -s $etc/etc $out/etc
     ln -s $systemPath $out/sw
     printf '%s' "$kernelParams" > $out/kernel-params
     printf '%s' "$nixosVersion" > $out/nixos-version
-    printf '%s' "$system" > $out/system
+    printf '%s' "$imageSystem" > $out/system
     # The substitutions nixpkgs' substituteAll would make: @name@ -> value.
     subst() {
       sed -e "s|@out@|$out|g" -e "s|@busybox@|$busybox|g" -e "s|@hostTools@|$hostTools|g" \
@@ -116,7 +138,8 @@ let
         -e "s|@canTouchEfiVariables@|$canTouchEfiVariables|g" \
         -e "s|@efiSysMountPoint@|$efiSysMountPoint|g" \
         -e "s|@xbootldrMountPoint@|$xbootldrMountPoint|g" \
-        -e "s|@bootctlSystemd@|$bootctlSystemd|g" -e "s|@detectVirt@|$detectVirt|g" "$1" > "$2"
+        -e "s|@bootctlSystemd@|$bootctlSystemd|g" -e "s|@detectVirt@|$detectVirt|g" \
+        -e "s|@grubEfi@|$grubEfi|g" -e "s|@efiArch@|$efiArch|g" "$1" > "$2"
       chmod 0555 "$2"
     }
     mkdir -p $out/libexec

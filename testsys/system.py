@@ -14,25 +14,29 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from make_disk_image import process, vm
+from make_disk_image.platforms import Platform, host_system, platform_for
 
 STEP = "testsys"
 PACKAGE_DIR = Path(__file__).resolve().parent
 NIXOS_ENTER_DIR = PACKAGE_DIR / "bin"
 NIXOS_VERSION = "25.05.test"
 
-# What the initramfs loads: the disk, ext4 (with the checksum it needs) and efivarfs
-# (to report which boot entry the firmware used).
+# What the initramfs loads: the disk, the root filesystems the engine makes writable
+# (ext4 with the checksum it needs, btrfs, xfs) and efivarfs (to report which boot
+# entry the firmware used).
 INITRD_MODULES: tuple[str, ...] = (
     "virtio_pci",
     "virtio_blk",
     "crc32c_generic",
     "crc32c",
     "ext4",
+    "btrfs",
+    "xfs",
     "efivarfs",
 )
 
@@ -40,6 +44,9 @@ INITRD_MODULES: tuple[str, ...] = (
 HOST_PROGRAMS: tuple[str, ...] = ("/usr/sbin/grub-install", "/usr/bin/chattr")
 GRUB_MODULES_DIR = "/usr/lib/grub/i386-pc"
 SYSTEMD_BOOT_EFI = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+# In a system of another architecture, unpacked from Debian's packages (guestroot.py).
+GUEST_GRUB_MODULES_DIR = "usr/lib/grub/{target}"
+GUEST_SYSTEMD_BOOT_EFI = "usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,8 @@ class BootLoader:
     """
 
     grub_devices: tuple[str, ...] = ()
+    # GRUB for UEFI (boot.loader.grub.efiSupport, installed as the removable loader).
+    grub_efi: bool = False
     systemd_boot: bool = False
     can_touch_efi_variables: bool = False
     efi_sys_mount_point: str = "/boot"
@@ -99,14 +108,34 @@ def host_systemd_version() -> int:
 
 
 def boot_loader_for(
-    partition_table_type: str, *, touch_efi_vars: bool = False, grub_device: str = "/dev/sda"
+    partition_table_type: str,
+    *,
+    touch_efi_vars: bool = False,
+    grub_device: str = "/dev/sda",
+    system: str | None = None,
 ) -> BootLoader:
     """The NixOS boot loader configuration that fits an image layout.
 
     BIOS layouts get GRUB, UEFI layouts systemd-boot, hybrid both; the mount points are
     where make-disk-image's guest mounts the ESP (and XBOOTLDR for efixbootldr).
+
+    A `system` without BIOS (aarch64) has no BIOS layouts; its hybrid gets GRUB for UEFI
+    (grub.devices = [ "nodev" ]). Its systemd-boot leaves the EFI boot entry to the
+    engine (as systemd >= 257's bootctl does in nixos-enter): the test system has no
+    chattr of that architecture to lift efivarfs' immutable flag on BootOrder.
     """
     grub = (grub_device,)
+    if system is not None and not platform_for(system).bios:
+        match partition_table_type:
+            case "efi" | "efixbootldr":
+                return replace(
+                    boot_loader_for(partition_table_type, touch_efi_vars=touch_efi_vars),
+                    can_touch_efi_variables=False,
+                )
+            case "hybrid":
+                return BootLoader(grub_devices=("nodev",), grub_efi=True)
+            case _:
+                raise ValueError(f"{system} has no boot loader for {partition_table_type!r}")
     match partition_table_type:
         case "legacy" | "legacy+boot" | "legacy+gpt":
             return BootLoader(grub_devices=grub)
@@ -139,6 +168,7 @@ class TestSystem:
     kernel_version: str
     label: str
     boot_loader: BootLoader
+    system: str = "x86_64-linux"
     users: tuple[User, ...] = DEFAULT_USERS
     groups: tuple[Group, ...] = DEFAULT_GROUPS
     additional_paths: tuple[Path, ...] = field(default=())
@@ -159,6 +189,8 @@ class TestSystem:
         }
         if self.additional_paths:
             spec["additionalPaths"] = [str(p) for p in self.additional_paths]
+        if self.system != host_system():
+            spec["system"] = self.system
         spec.update(overrides)
         return spec
 
@@ -175,10 +207,49 @@ def _group(groups: Sequence[Group]) -> str:
     return "".join(f"{g.name}:x:{g.gid}:{','.join(g.members)}\n" for g in groups)
 
 
-def initramfs(kernel_version: str) -> Path:
-    """The test system's initramfs (cached by make_disk_image.vm)."""
+def initramfs(kernel_version: str, root: Path = Path("/")) -> Path:
+    """The test system's initramfs (cached by make_disk_image.vm); `root`: where its
+    busybox and the kernel's modules come from."""
     init = (PACKAGE_DIR / "scripts" / "stage-1-init.sh").read_text()
-    return vm.build_initramfs(init, kernel_version=kernel_version, modules=INITRD_MODULES)
+    return vm.build_initramfs(
+        init, kernel_version=kernel_version, modules=INITRD_MODULES, root=root
+    )
+
+
+@dataclass(frozen=True)
+class SystemInputs:
+    """Where a test system's architecture-specific files come from."""
+
+    platform: Platform
+    root: Path  # "/" for the host's own architecture, else a guest root
+    kernel_image: Path
+    kernel_version: str
+    busybox: Path
+    host_programs: tuple[str, ...]
+    grub_modules: str
+    grub_target: str
+    systemd_boot_efi: str
+
+
+def system_inputs(system: str | None) -> SystemInputs:
+    """The host's files for its own architecture; Debian's unpacked ones for another."""
+    plat = platform_for(system or host_system())
+    if plat.system == host_system():
+        kernel_image, kernel_version = vm.host_kernel()
+        return SystemInputs(
+            plat, Path("/"), kernel_image, kernel_version, Path("/bin/busybox").resolve(),
+            HOST_PROGRAMS, GRUB_MODULES_DIR, "i386-pc", SYSTEMD_BOOT_EFI,
+        )  # fmt: skip
+    from testsys.guestroot import guest_root
+
+    root = guest_root(plat.debian_arch)
+    kernel_image, kernel_version = vm.host_kernel(root / "boot", root / "lib/modules")
+    return SystemInputs(
+        plat, root, kernel_image, kernel_version, root / "bin/busybox", (),
+        str(root / GUEST_GRUB_MODULES_DIR.format(target=plat.grub_efi_target)),
+        plat.grub_efi_target,
+        str(root / GUEST_SYSTEMD_BOOT_EFI.format(efi_arch=plat.efi_arch)),
+    )  # fmt: skip
 
 
 def write_closure_info(roots: Sequence[Path], directory: Path) -> Path:
@@ -210,25 +281,39 @@ def build_test_system(
     users: Sequence[User] = DEFAULT_USERS,
     groups: Sequence[Group] = DEFAULT_GROUPS,
     extra_kernel_params: Sequence[str] = (),
+    system: str | None = None,
 ) -> TestSystem:
-    """Build the test system with Nix and its closureInfo; GC roots go in `work_dir`."""
-    kernel_image, kernel_version = vm.host_kernel()
+    """Build the test system with Nix and its closureInfo; GC roots go in `work_dir`.
+
+    `system` ("aarch64-linux"): the system's architecture, the host's by default.
+    """
+    inputs = system_inputs(system)
+    kernel_version = inputs.kernel_version
     work_dir.mkdir(parents=True, exist_ok=True)
     # systemd >= 257 bootctl semantics: the host's own systemd-detect-virt decides when
     # it is that new (the same detect_container()), the script's copy of it otherwise.
     detect_virt = boot_loader.bootctl_systemd >= 257 and host_systemd_version() >= 257
-    host_programs = [*HOST_PROGRAMS, *(["/usr/bin/systemd-detect-virt"] if detect_virt else [])]
+    host_programs = [
+        *inputs.host_programs, *(["/usr/bin/systemd-detect-virt"] if detect_virt else [])
+    ]
+    plat = inputs.platform
     config: Mapping[str, Any] = {
+        "system": plat.system,
         "scriptsDir": str(PACKAGE_DIR / "scripts"),
-        "busybox": str(Path("/bin/busybox").resolve()),
+        "busybox": str(inputs.busybox),
+        "busyboxApplets": vm.busybox_applets(inputs.busybox.read_bytes()),
         "hostPrograms": host_programs,
-        "grubModules": GRUB_MODULES_DIR,
-        "systemdBootEfi": SYSTEMD_BOOT_EFI,
-        "kernelImage": str(kernel_image),
+        "grubModules": inputs.grub_modules,
+        "grubTarget": inputs.grub_target,
+        "systemdBootEfi": inputs.systemd_boot_efi,
+        "efiArch": plat.efi_arch,
+        "kernelImage": str(inputs.kernel_image),
+        "kernelFile": plat.kernel_file,
         "kernelVersion": kernel_version,
-        "initrd": str(initramfs(kernel_version)),
+        "initrd": str(initramfs(kernel_version, inputs.root)),
         "kernelParams": " ".join(
-            [f"root=LABEL={label}", "console=ttyS0,115200", "panic=1", *extra_kernel_params]
+            [f"root=LABEL={label}", f"console={plat.console},115200", "panic=1",
+             *extra_kernel_params]
         ),
         "nixosVersion": NIXOS_VERSION,
         "hostName": host_name,
@@ -236,6 +321,7 @@ def build_test_system(
         "group": _group(groups),
         "bootLoader": {
             "grubDevices": list(boot_loader.grub_devices),
+            "grubEfi": boot_loader.grub_efi,
             "systemdBoot": boot_loader.systemd_boot,
             "canTouchEfiVariables": boot_loader.can_touch_efi_variables,
             "efiSysMountPoint": boot_loader.efi_sys_mount_point,
@@ -275,6 +361,7 @@ def build_test_system(
         kernel_version=kernel_version,
         label=label,
         boot_loader=boot_loader,
+        system=plat.system,
         users=tuple(users),
         groups=tuple(groups),
         additional_paths=tuple(additional_paths),

@@ -382,6 +382,14 @@ let
   e2fsprogs = debianPackage { pname = "e2fsprogs"; };
   dosfstools = debianPackage { pname = "dosfstools"; };
   mtools = debianPackage { pname = "mtools"; };
+  # fsType = "btrfs", "xfs", "erofs", "squashfs" (make_disk_image/other_filesystems.py).
+  btrfs-progs = debianPackage { pname = "btrfs-progs"; };
+  xfsprogs = debianPackage { pname = "xfsprogs"; };
+  erofs-utils = debianPackage { pname = "erofs-utils"; };
+  squashfsTools = debianPackage {
+    pname = "squashfs-tools";
+    debianPackages = [ "squashfs-tools" ];
+  };
   gptfdisk = debianPackage {
     pname = "gptfdisk";
     debianPackages = [ "gdisk" ];
@@ -405,6 +413,9 @@ let
       "qemu-system-x86"
       "qemu-utils"
     ];
+    # qemu-system-aarch64, for the guests of aarch64 images (nixpkgs' qemu has every
+    # system's emulator).
+    optionalDebianPackages = [ "qemu-system-arm" ];
   };
   nix = debianPackage {
     pname = "nix";
@@ -422,10 +433,49 @@ let
   };
   jq = debianPackage { pname = "jq"; };
 
+  # nixpkgs' linux: the kernel image under the name stdenv.hostPlatform.linux-kernel.target
+  # gives it and lib/modules, Debian's. For another system (an aarch64 image's guest on
+  # this x86_64 builder) it is a derivation of that system, which this builder cannot
+  # build: with real nixpkgs it comes from the binary cache (docs/aarch64.md).
+  linux = derivation {
+    name = "linux-debian";
+    inherit system;
+    builder = "/bin/bash";
+    PATH = hostPath;
+    kernelFile = if lib.hasPrefix "aarch64-" system then "Image" else "bzImage";
+    args = [
+      "-c"
+      ''
+        set -eu
+        version=$(ls /lib/modules | sort -V | tail -n 1)
+        mkdir -p "$out/lib"
+        cp "/boot/vmlinuz-$version" "$out/$kernelFile"
+        ln -s "/lib/modules" "$out/lib/modules"
+      ''
+    ];
+  };
+  # nixpkgs' static package set, for what needs no C library (busybox in an initramfs);
+  # Debian's busybox-static is already static.
+  pkgsStatic = { inherit busybox; };
+
   # nixpkgs' OVMF: the `fd` output holds FV/OVMF_CODE.fd and FV/OVMF_VARS.fd, and
   # firmware/variables name them. Debian's 4 MiB builds without secure boot need no SMM.
+  # For aarch64, as nixpkgs' edk2 names them: FV/AAVMF_CODE.fd and FV/AAVMF_VARS.fd
+  # (Debian's qemu-efi-aarch64, padded to qemu's 64 MiB flash banks).
   OVMF =
     let
+      prefix = if lib.hasPrefix "aarch64-" system then "AAVMF" else "OVMF";
+      debianFiles =
+        if prefix == "AAVMF" then
+          {
+            code = "/usr/share/AAVMF/AAVMF_CODE.fd";
+            variables = "/usr/share/AAVMF/AAVMF_VARS.fd";
+          }
+        else
+          {
+            code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+            variables = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+          };
       fd =
         derivation {
           name = "OVMF-debian-fd";
@@ -437,15 +487,15 @@ let
             ''
               set -eu
               mkdir -p "$out/FV"
-              cp /usr/share/OVMF/OVMF_CODE_4M.fd "$out/FV/OVMF_CODE.fd"
-              cp /usr/share/OVMF/OVMF_VARS_4M.fd "$out/FV/OVMF_VARS.fd"
+              cp ${debianFiles.code} "$out/FV/${prefix}_CODE.fd"
+              cp ${debianFiles.variables} "$out/FV/${prefix}_VARS.fd"
             ''
           ];
         }
         // passthru;
       passthru = {
-        firmware = "${fd}/FV/OVMF_CODE.fd";
-        variables = "${fd}/FV/OVMF_VARS.fd";
+        firmware = "${fd}/FV/${prefix}_CODE.fd";
+        variables = "${fd}/FV/${prefix}_VARS.fd";
         systemManagementModeRequired = false;
       };
     in
@@ -527,11 +577,17 @@ let
       bzip2
       xz
       busybox
+      pkgsStatic
+      linux
       python3
       python3Packages
       e2fsprogs
       dosfstools
       mtools
+      btrfs-progs
+      xfsprogs
+      erofs-utils
+      squashfsTools
       gptfdisk
       util-linux
       parted

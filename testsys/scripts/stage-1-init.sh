@@ -41,6 +41,7 @@ done </lib/modules/load-order
 
 report begin
 report cmdline "$(cat /proc/cmdline)"
+report machine "$(uname -m)"
 root=
 init=
 for arg in $(cat /proc/cmdline); do
@@ -99,16 +100,33 @@ if [ -e "/sys/class/block/$name/partition" ]; then
 else
     report partition-table none
 fi
-report fs-magic "$(read_hex "$device" $((1024 + 56)) 2)"
-report fs-uuid "$(read_hex "$device" $((1024 + 104)) 16)"
-report fs-label "$(dd if="$device" bs=1 skip=$((1024 + 120)) count=16 2>/dev/null | tr -d '\000')"
+label_at() { # label_at OFFSET BYTES
+    dd if="$device" bs=1 skip="$1" count="$2" 2>/dev/null | tr -d '\000'
+}
+# The superblock's type, UUID, label and size in 4 KiB blocks: ext4 (at 1 KiB), xfs
+# (at 0, big-endian), btrfs (at 64 KiB).
+if [ "$(read_hex "$device" 0 4)" = 58465342 ]; then
+    report fs-type xfs
+    report fs-uuid "$(read_hex "$device" 32 16)"
+    report fs-label "$(label_at 108 12)"
+    report fs-blocks $((0x$(read_hex "$device" 8 8)))
+elif [ "$(dd if="$device" bs=1 skip=65600 count=8 2>/dev/null)" = _BHRfS_M ]; then
+    report fs-type btrfs
+    report fs-uuid "$(read_hex "$device" $((65536 + 32)) 16)"
+    report fs-label "$(label_at $((65536 + 299)) 256)"
+    report fs-blocks $(($(read_u "$device" $((65536 + 112)) 8) / 4096))
+else
+    [ "$(read_hex "$device" $((1024 + 56)) 2)" = 53ef ] && report fs-type ext4
+    report fs-uuid "$(read_hex "$device" $((1024 + 104)) 16)"
+    report fs-label "$(label_at $((1024 + 120)) 16)"
+    report fs-blocks "$(read_u "$device" $((1024 + 4)) 4)"
+fi
 # Sizes as the kernel sees them: a grown image's partition and filesystem.
 report root-sectors "$(cat "/sys/class/block/$name/size")"
-report fs-blocks "$(read_u "$device" $((1024 + 4)) 4)"
 
 R=/mnt-root
 mkdir -p $R
-mount -t ext4 -o ro "$device" $R || fail "cannot mount $device"
+mount -o ro "$device" $R || fail "cannot mount $device"
 [ -f $R/etc/NIXOS ] && report etc-nixos yes || report etc-nixos no
 for link in $R/nix/var/nix/profiles/system $R/nix/var/nix/profiles/system-*-link; do
     [ -L "$link" ] && report profile-link "${link#$R}" "$(readlink "$link")"

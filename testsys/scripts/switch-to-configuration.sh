@@ -16,6 +16,13 @@ set -e
 export PATH=@busybox@/bin:@hostTools@/bin
 
 grubDevices="@grubDevices@"
+# GRUB for UEFI: a GRUB EFI image made with the system (grub-mkimage, prefix /grub on
+# the partition it is loaded from), installed as the removable-media loader like
+# boot.loader.grub.efiInstallAsRemovable. Empty: GRUB for BIOS only.
+grubEfi="@grubEfi@"
+# UEFI's name of the system's architecture in loader file names: x64, aa64.
+efiArch="@efiArch@"
+EFIARCH=$(echo "$efiArch" | tr a-z A-Z)
 systemdBootEnable="@systemdBootEnable@"
 canTouchEfiVariables="@canTouchEfiVariables@"
 efiSysMountPoint="@efiSysMountPoint@"
@@ -70,9 +77,11 @@ install_grub() {
     mkdir -p /boot/grub /boot/kernels
     {
         echo "# Written by the make-disk-image test system's switch-to-configuration."
-        echo "serial --unit=0 --speed=115200"
-        echo "terminal_input serial console"
-        echo "terminal_output serial console"
+        if [ -z "$grubEfi" ]; then
+            echo "serial --unit=0 --speed=115200"
+            echo "terminal_input serial console"
+            echo "terminal_output serial console"
+        fi
         echo "set timeout=0"
         echo "set default=0"
         for n in $(generations | sort -rn); do
@@ -87,7 +96,15 @@ install_grub() {
     } >/boot/grub/.grub.cfg.tmp
     mv /boot/grub/.grub.cfg.tmp /boot/grub/grub.cfg
 
-    if [ "$NIXOS_INSTALL_BOOTLOADER" = 1 ] || [ ! -e /boot/grub/i386-pc/core.img ]; then
+    if [ -n "$grubEfi" ]; then
+        esp=$efiSysMountPoint
+        is_mount_point "$esp" || die "the EFI system partition is not mounted at $esp"
+        [ "$esp" = /boot ] || die "GRUB for UEFI expects the ESP at /boot (its prefix is /grub)"
+        echo "installing GRUB for UEFI as $esp/EFI/BOOT/BOOT$EFIARCH.EFI..." >&2
+        mkdir -p "$esp/EFI/BOOT"
+        cp "$grubEfi" "$esp/EFI/BOOT/.BOOT$EFIARCH.EFI.tmp"
+        mv "$esp/EFI/BOOT/.BOOT$EFIARCH.EFI.tmp" "$esp/EFI/BOOT/BOOT$EFIARCH.EFI"
+    elif [ "$NIXOS_INSTALL_BOOTLOADER" = 1 ] || [ ! -e /boot/grub/i386-pc/core.img ]; then
         for device in $grubDevices; do
             [ "$device" = nodev ] && continue
             echo "installing the boot loader on $device..." >&2
@@ -149,7 +166,7 @@ register_efi_boot_entry() {
     done
     id=$(printf %04X $number)
     description="Linux Boot Manager"
-    loader='\EFI\systemd\systemd-bootx64.efi'
+    loader="\\EFI\\systemd\\systemd-boot$efiArch.efi"
     file_node_length=$((4 + 2 * (${#loader} + 1)))
     tmp=/run/switch-to-configuration.efivar
     {
@@ -199,10 +216,10 @@ install_systemd_boot() {
     is_mount_point "$esp" || die "the EFI system partition is not mounted at $esp"
     is_mount_point "$boot" || die "the XBOOTLDR partition is not mounted at $boot"
 
-    if [ "$NIXOS_INSTALL_BOOTLOADER" = 1 ] || [ ! -e "$esp/EFI/systemd/systemd-bootx64.efi" ]; then
+    if [ "$NIXOS_INSTALL_BOOTLOADER" = 1 ] || [ ! -e "$esp/EFI/systemd/systemd-boot$efiArch.efi" ]; then
         mkdir -p "$esp/EFI/systemd" "$esp/EFI/BOOT"
-        cp @systemdBoot@ "$esp/EFI/systemd/systemd-bootx64.efi"
-        cp @systemdBoot@ "$esp/EFI/BOOT/BOOTX64.EFI"
+        cp @systemdBoot@ "$esp/EFI/systemd/systemd-boot$efiArch.efi"
+        cp @systemdBoot@ "$esp/EFI/BOOT/BOOT$EFIARCH.EFI"
         # As NixOS' builder runs `bootctl install`: systemd >= 257's bootctl decides
         # against EFI variables in a container, nixos-enter's PID namespace included.
         if [ -n "$canTouchEfiVariables" ] &&
@@ -246,7 +263,7 @@ case $action in
 esac
 
 [ -n "$(generations)" ] || die "no system generations in $profiles (expected system-1-link)"
-[ -z "$grubDevices" ] || install_grub
+[ -z "$grubDevices$grubEfi" ] || install_grub
 [ -z "$systemdBootEnable" ] || install_systemd_boot
 if [ "$action" = switch ]; then
     @out@/activate

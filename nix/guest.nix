@@ -1,0 +1,67 @@
+# The guest of an image of another system (docs/aarch64.md): what runs in its build VM,
+# taken from the image's own package set `guestPkgs` (with real nixpkgs: packages the
+# binary cache has, nothing cross-compiled), assembled by derivations of the builder
+# (`pkgs`), which only write links and a script, so no builder of the image's system is
+# needed.
+{
+  pkgs,
+  guestPkgs,
+  lib,
+  platform,
+  engineSource,
+}:
+let
+  system = guestPkgs.stdenv.hostPlatform.system;
+  python3 = guestPkgs.python3;
+  source = builtins.path {
+    path = engineSource;
+    name = "make_disk_image";
+    filter = path: _type: baseNameOf path != "__pycache__";
+  };
+  # What the guest phase and nixos-enter run.
+  tools = [
+    guestPkgs.bash
+    guestPkgs.coreutils
+    guestPkgs.util-linux
+    guestPkgs.nixos-enter
+  ];
+in
+rec {
+  # The image system's kernel: `platform.kernelFile` (Image on aarch64) and its modules.
+  kernel = guestPkgs.linux;
+
+  # The engine for the guest: the same pure-Python source, run by the image system's
+  # python3 with its pyudev.
+  engine = pkgs.runCommand "make-disk-image-guest-${system}" { } ''
+    mkdir -p $out/bin $out/lib
+    cp -r ${source} $out/lib/make_disk_image
+    cat > $out/bin/make-disk-image <<EOF
+    #!${python3}/bin/python3
+    import sys
+    sys.path[:0] = ["$out/lib", "${guestPkgs.python3Packages.pyudev}/${python3.sitePackages}"]
+    from make_disk_image.cli import main
+    sys.exit(main())
+    EOF
+    chmod 0555 $out/bin/make-disk-image
+  '';
+
+  # The build VM's root for make_disk_image.vm --guest-root: boot/vmlinuz-VERSION and
+  # lib/modules/VERSION (the kernel it boots), a static busybox (its initramfs) and the
+  # tools on the usual paths. The store is shared into the guest, so links suffice.
+  root = pkgs.runCommand "make-disk-image-guest-root-${system}" { } ''
+    mkdir -p $out/boot $out/lib $out/bin $out/usr/bin
+    for version in $(ls ${kernel}/lib/modules); do
+      ln -s ${kernel}/${platform.kernelFile} $out/boot/vmlinuz-$version
+    done
+    ln -s ${kernel}/lib/modules $out/lib/modules
+    ln -s ${guestPkgs.pkgsStatic.busybox}/bin/busybox $out/bin/busybox
+    for dir in ${lib.concatMapStringsSep " " (p: "${p}/bin") tools}; do
+      for tool in "$dir"/*; do
+        ln -sf "$tool" $out/usr/bin/
+      done
+    done
+    ln -sf ${python3}/bin/python3 $out/usr/bin/python3
+    ln -s bash $out/usr/bin/sh
+    ln -s usr/bin/sh $out/bin/sh
+  '';
+}

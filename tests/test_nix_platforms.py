@@ -1,0 +1,155 @@
+"""default.nix for an image of another system: which package set supplies which part.
+
+Evaluation only (nix-instantiate, no build): the stand-in's aarch64 packages are
+derivations of that system, which this x86_64 builder cannot build, as with real
+nixpkgs where they come from the binary cache. The engine path such a build drives
+(prepare, the guest phase under qemu-system-aarch64, finish) is tested end to end by
+tests/test_aarch64.py without Nix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO
+
+pytestmark = [
+    pytest.mark.nix,
+    pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed"),
+]
+
+# An image of a NixOS configuration for `system`, built with the builder's (this
+# machine's) stand-in pkgs.
+IMAGE_NIX = """
+{ repo, system, layout, installBootLoader ? true, grubDevices ? [ "nodev" ] }:
+let
+  pkgs = import (repo + "/tests/nixpkgs") { };
+  standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
+  config = (standIn.lib.nixosSystem {
+    system = null;
+    modules = [
+      { nixpkgs.hostPlatform = system; }
+      { fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; }; }
+      { boot.loader.grub.devices = grubDevices; }
+    ];
+  }).config;
+in
+import (repo + "/default.nix") {
+  inherit pkgs config installBootLoader;
+  inherit (pkgs) lib;
+  partitionTableType = layout;
+}
+"""
+
+
+def instantiate(tmp_path: Path, **args: Any) -> subprocess.CompletedProcess[str]:
+    expr = tmp_path / "image.nix"
+    expr.write_text(IMAGE_NIX)
+    argv = ["nix-instantiate", str(expr), "--arg", "repo", str(REPO)]
+    for key, value in args.items():
+        argv += ["--arg", key, _nix(value)]
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def _nix(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[ " + " ".join(_nix(v) for v in value) + " ]"
+    raise TypeError(value)
+
+
+def derivations(drv: str) -> dict[str, Any]:
+    out = subprocess.run(["nix", "show-derivation", "-r", drv], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    return dict(json.loads(out))
+
+
+def named(graph: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
+    found = [(path, d) for path, d in graph.items() if path.split("-", 1)[1] == f"{name}.drv"]
+    assert len(found) == 1, (name, [p for p, _ in found])
+    return found[0]
+
+
+def test_aarch64_image_runs_on_the_builder_with_the_guest_from_aarch64_packages(
+    tmp_path: Path,
+) -> None:
+    proc = instantiate(tmp_path, system="aarch64-linux", layout="efi")
+    assert proc.returncode == 0, proc.stderr
+    drv = proc.stdout.strip()
+    graph = derivations(drv)
+    image = graph[drv]
+    # The image's derivation (prepare, the VM, finish) is the builder's, and so is every
+    # derivation it takes directly: prepare's and finish's tools, qemu, the engine.
+    assert image["system"] == "x86_64-linux"
+    assert {graph[d]["system"] for d in image["inputDrvs"]} == {"x86_64-linux"}
+    command = image["env"]["buildCommand"]
+    assert "-m make_disk_image.vm --system aarch64-linux --guest-root" in command
+    _, qemu = named(graph, "qemu-debian")
+    assert "qemu-system-arm" in qemu["env"]["optionalDebianPackages"]
+
+    # The guest: assembled by builder derivations from the image system's packages.
+    _, root = named(graph, "make-disk-image-guest-root-aarch64-linux")
+    _, engine = named(graph, "make-disk-image-guest-aarch64-linux")
+    assert root["system"] == engine["system"] == "x86_64-linux"
+    _, kernel = named(graph, "linux-debian")
+    assert kernel["system"] == "aarch64-linux" and kernel["env"]["kernelFile"] == "Image"
+    for name in ("python3-host", "pyudev-host-python", "busybox-static-debian", "nixos-enter"):
+        assert any(
+            graph[d]["system"] == "aarch64-linux" and d.endswith(f"-{name}.drv")
+            for d in {**root["inputDrvs"], **engine["inputDrvs"]}
+        ), name
+
+    # The spec tells the engine the image's system.
+    _, spec = named(graph, "nixos-disk-image-spec.json")
+    assert json.loads(spec["env"]["text"])["system"] == "aarch64-linux"
+
+
+@pytest.mark.parametrize("layout", ["legacy", "legacy+boot", "legacy+gpt"])
+def test_bios_layout_for_aarch64_fails_at_evaluation(tmp_path: Path, layout: str) -> None:
+    proc = instantiate(tmp_path, system="aarch64-linux", layout=layout)
+    assert proc.returncode != 0
+    assert f'argument `partitionTableType`: "{layout}" boots only through BIOS' in proc.stderr
+    assert instantiate(tmp_path, system="aarch64-linux", layout=layout,
+                       installBootLoader=False).returncode == 0  # fmt: skip
+
+
+def test_bios_grub_for_aarch64_fails_at_evaluation(tmp_path: Path) -> None:
+    proc = instantiate(tmp_path, system="aarch64-linux", layout="hybrid", grubDevices=["/dev/vda"])
+    assert proc.returncode != 0 and "argument `grubDevices`: BIOS GRUB on /dev/vda" in proc.stderr
+
+
+def test_same_system_spec_is_unchanged(tmp_path: Path) -> None:
+    """An x86_64 image on this x86_64 builder: no `system` in its spec, no guest."""
+    proc = instantiate(tmp_path, system="x86_64-linux", layout="efi")
+    assert proc.returncode == 0, proc.stderr
+    graph = derivations(proc.stdout.strip())
+    _, spec = named(graph, "nixos-disk-image-spec.json")
+    assert "system" not in json.loads(spec["env"]["text"])
+    assert not any("guest-root" in path for path in graph)
+
+
+def test_aarch64_image_takes_the_image_systems_firmware(tmp_path: Path) -> None:
+    expr = tmp_path / "efi.nix"
+    with_vars = "partitionTableType = layout; touchEFIVars = true;"
+    expr.write_text(IMAGE_NIX.replace("partitionTableType = layout;", with_vars))
+    proc = subprocess.run(
+        ["nix-instantiate", str(expr), "--arg", "repo", str(REPO), "--argstr", "system",
+         "aarch64-linux", "--argstr", "layout", "efi"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    graph = derivations(proc.stdout.strip())
+    _, spec_drv = named(graph, "nixos-disk-image-spec.json")
+    spec = json.loads(spec_drv["env"]["text"])
+    assert spec["efiFirmware"].endswith("/FV/AAVMF_CODE.fd")
+    assert spec["efiVariables"].endswith("/FV/AAVMF_VARS.fd")
+    ovmf = [d for p, d in graph.items() if p.endswith("-OVMF-debian-fd.drv")]
+    assert [d["system"] for d in ovmf] == ["aarch64-linux"]

@@ -1,0 +1,94 @@
+"""Architectures as data: lookups, the host's own, and what the spec refuses per platform."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import pytest
+
+from make_disk_image.platforms import PLATFORMS, host_platform, host_system, platform_for
+from make_disk_image.process import StepError
+from make_disk_image.spec import SpecError, parse_spec
+
+BASE: dict[str, Any] = {
+    "toplevel": "/nix/store/x-system",
+    "closureInfo": "/nix/store/y-ci",
+    "channelSources": "/nix/store/z-chan",
+    "system": "aarch64-linux",
+}
+
+
+def test_host_system_is_this_machines() -> None:
+    assert host_system() == f"{platform.machine()}-linux"
+    assert host_platform().machine == platform.machine()
+
+
+def test_every_platform_is_keyed_by_its_own_system_name() -> None:
+    for name, plat in PLATFORMS.items():
+        assert plat.system == name == f"{plat.machine}-linux"
+
+
+def test_aarch64_is_a_uefi_only_virt_machine() -> None:
+    plat = platform_for("aarch64-linux")
+    assert not plat.bios and plat.efi_arch == "aa64" and plat.grub_efi_target == "arm64-efi"
+    assert plat.qemu_binary == "qemu-system-aarch64" and plat.qemu_machine.startswith("virt")
+    assert plat.console == "ttyAMA0" and plat.pflash_bytes == 64 * 1024 * 1024
+
+
+def test_unknown_system_names_the_supported_ones() -> None:
+    with pytest.raises(StepError, match="aarch64-linux, x86_64-linux"):
+        platform_for("riscv64-linux")
+    with pytest.raises(SpecError, match="argument `system`.*riscv64-linux"):
+        parse_spec({**BASE, "system": "riscv64-linux"})
+
+
+@pytest.mark.parametrize("layout", ["legacy", "legacy+boot", "legacy+gpt"])
+def test_bios_layouts_are_refused_on_aarch64_unless_no_boot_loader(layout: str) -> None:
+    with pytest.raises(SpecError, match=r"argument `partitionTableType`.*BIOS.*aarch64-linux"):
+        parse_spec({**BASE, "partitionTableType": layout})
+    spec = parse_spec({**BASE, "partitionTableType": layout, "installBootLoader": False})
+    assert spec.system == "aarch64-linux"
+    # The same layout is fine for x86_64.
+    parse_spec({**BASE, "partitionTableType": layout, "system": "x86_64-linux"})
+
+
+@pytest.mark.parametrize("layout", ["efi", "efixbootldr", "hybrid", "none"])
+def test_uefi_layouts_build_on_aarch64(layout: str) -> None:
+    assert parse_spec({**BASE, "partitionTableType": layout}).partitionTableType == layout
+
+
+def test_bios_grub_devices_are_refused_on_aarch64() -> None:
+    with pytest.raises(SpecError, match=r"argument `grubDevices`.*/dev/sda.*nodev"):
+        parse_spec({**BASE, "partitionTableType": "hybrid", "grubDevices": ["/dev/sda"]})
+    parse_spec({**BASE, "partitionTableType": "hybrid", "grubDevices": ["nodev"]})
+    parse_spec(
+        {
+            **BASE,
+            "partitionTableType": "hybrid",
+            "grubDevices": ["/dev/sda"],
+            "installBootLoader": False,
+        }
+    )
+
+
+def test_smm_firmware_is_refused_on_aarch64() -> None:
+    with pytest.raises(SpecError, match="ovmfSystemManagementModeRequired"):
+        parse_spec({**BASE, "partitionTableType": "efi", "ovmfSystemManagementModeRequired": True})
+
+
+def test_no_system_is_the_builders_own() -> None:
+    spec = parse_spec({k: v for k, v in BASE.items() if k != "system"})
+    assert spec.system is None
+
+
+def test_bootable_layouts_are_those_with_firmware_the_platform_has() -> None:
+    """interface.json lists them for Nix; the layouts' partitions say the same."""
+    from make_disk_image.layouts import LAYOUTS
+
+    for plat in PLATFORMS.values():
+        has = {"uefi"} | ({"bios"} if plat.bios else set())
+        bootable = {
+            n for n, layout in LAYOUTS.items() if not layout.firmware or layout.firmware & has
+        }
+        assert set(plat.bootable_partition_table_types) == bootable, plat.system
