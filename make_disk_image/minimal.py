@@ -28,7 +28,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from make_disk_image import process, rootfs
+from make_disk_image import other_filesystems, process, rootfs
+from make_disk_image.filesystems import EXT_FAMILY, FILESYSTEMS, needed_bytes
 from make_disk_image.layouts import (
     LAYOUTS,
     check_fits,
@@ -126,6 +127,8 @@ class _Prober:
 
 def minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> DiskPlan:
     """The plan for `diskSize = "minimal"`; trial files go to a temporary dir in `work`."""
+    if spec.fsType not in EXT_FAMILY:
+        return other_minimal_plan(spec, tree, work)
     usage = tree.usage()
     entries = tree.ordered()
     root = entries[0]
@@ -190,6 +193,49 @@ def minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> DiskPlan:
     )
     log_minimal(minimal)
     return replace(plan, size_source="minimal", root_inodes=inodes, minimal=minimal)
+
+
+def other_minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> DiskPlan:
+    """"minimal" for the filesystems other than ext*: what the filesystem needs, plus
+    additionalSpace and SLACK, in the smallest whole MiB disk of the layout.
+
+    btrfs: a trial `mkfs.btrfs --rootdir --shrink` measures it. xfs cannot shrink and
+    has no cheap measure; erofs and squashfs are what their tool makes: for them the
+    auto formula (filesystems.needed_bytes) stands.
+    """
+    fs = FILESYSTEMS[spec.fsType]
+    usage = tree.usage()
+    layout = LAYOUTS[spec.partitionTableType]
+    reserved = reserved_space(layout, rounded_boot_size(spec))
+    estimate = needed_bytes(fs, usage.file_blocks, usage.inodes)
+    if fs.maker == "btrfs":
+        with tempfile.TemporaryDirectory(prefix="mdi-minimal-", dir=work) as tmp:
+            content = other_filesystems.shrunk_btrfs_size(
+                Path(tmp), plan_disk(spec, MIB, None), tree.ordered(), trial_size=2 * estimate,
+                step=STEP,
+            )
+        method = f"mkfs.btrfs --rootdir --shrink of the tree: {content} bytes"
+    else:
+        content = estimate
+        method = f"the auto formula of {fs.name} (filesystems.needed_bytes): {content} bytes"
+    need = max(fs.min_size, content + spec.additionalSpace + SLACK)
+    disk = -(-(need + reserved) // MIB) * MIB
+    while True:
+        plan = plan_disk(spec, disk, None)
+        if not check_fits(plan) and plan.root_size >= need:
+            break
+        disk += MIB
+    minimal = MinimalSize(
+        entries=usage.inodes, inodes=0, trial_size=2 * estimate if fs.maker == "btrfs" else 0,
+        trial_used_blocks=0, trial_empty_blocks=0, content_blocks=content // FS_BLOCK,
+        margin_blocks=0, overhead_blocks=0, additional_space=spec.additionalSpace,
+        slack=SLACK, filesystem_size=plan.root_size,
+        free_blocks=(plan.root_size - content) // FS_BLOCK, disk_image_size=disk,
+        method=f"{method}; + additionalSpace + {SLACK / MIB:g} MiB free, at least "
+               f"{fs.min_size // MIB} MiB; smallest {spec.partitionTableType} disk in whole MiB",
+    )
+    log_minimal(minimal)
+    return replace(plan, size_source="minimal", minimal=minimal)
 
 
 def log_minimal(m: MinimalSize) -> None:

@@ -251,14 +251,40 @@ def make_erofs(dest: Path, plan: DiskPlan, tree: Path, *, uuid: str | None,
     process.run([*args, dest, tree], step=step)
 
 
-def make_squashfs(dest: Path, plan: DiskPlan, tree: Path, *, deterministic: bool,
-                  step: str) -> None:
-    args: list[str | Path] = ["mksquashfs", tree, dest, "-noappend", "-all-root",
+def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, deterministic: bool,
+                  step: str, keep_as_directory: bool = False) -> None:
+    """mksquashfs of `sources`, each placed at the image's root under its own name."""
+    args: list[str | Path] = ["mksquashfs", *sources, dest, "-noappend", "-all-root",
                               "-no-xattrs", "-no-progress", "-quiet",
+                              "-root-mode", f"{root_mode:o}",
                               "-processors", str(os.cpu_count() or 1)]
     if deterministic:
         args += ["-mkfs-time", str(FIXED_TIME), "-all-time", str(FIXED_TIME)]
+    if keep_as_directory:
+        # One source directory would otherwise become the root itself.
+        args.append("-keep-as-directory")
     process.run(args, step=step)
+
+
+def top_sources(entries: Sequence[Entry]) -> list[Path] | None:
+    """The host paths the root's children were copied from whole (a store image:
+    onlyNixStore), found from their files' sources; None when the tree needs
+    materializing (a child with no file whose source names it)."""
+    found: dict[str, Path] = {}
+    for entry in entries:
+        if entry.kind != "file" or entry.source is None or not entry.path:
+            continue
+        top, _, rest = entry.path.partition("/")
+        depth = rest.count("/") + 1 if rest else 0
+        if len(entry.source.parents) <= depth:
+            return None
+        origin = entry.source.parents[depth - 1] if depth else entry.source
+        if origin.name != top or found.setdefault(top, origin) != origin:
+            return None
+    tops = [e.path for e in entries if e.path and "/" not in e.path]
+    if any(top not in found for top in tops):
+        return None
+    return [found[top] for top in tops]
 
 
 def make_read_only(target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
@@ -266,17 +292,25 @@ def make_read_only(target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
     """erofs or squashfs as the whole of `target`; a fixed diskSize pads it."""
     fs = FILESYSTEMS[plan.fs_type]
     target.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"{fs.name}-root-", dir=target.parent) as tmp:
-        tree = Path(tmp) / "root"
-        try:
-            materialize(entries, tree, step=step, fs_type=fs.name)
-            if fs.maker == "erofs":
-                make_erofs(target, plan, tree, uuid=uuid, deterministic=deterministic,
-                           step=step)
-            else:
-                make_squashfs(target, plan, tree, deterministic=deterministic, step=step)
-        finally:
-            remove_tree(tree)
+    direct = top_sources(entries) if fs.maker == "squashfs" else None
+    if direct is not None:
+        # mksquashfs reads the store paths themselves: no copy (erofs-utils 1.5 takes
+        # one directory only, so erofs needs the materialized tree).
+        make_squashfs(target, direct, root_mode=entries[0].mode, deterministic=deterministic,
+                      step=step, keep_as_directory=len(direct) == 1)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"{fs.name}-root-", dir=target.parent) as tmp:
+            tree = Path(tmp) / "root"
+            try:
+                materialize(entries, tree, step=step, fs_type=fs.name)
+                if fs.maker == "erofs":
+                    make_erofs(target, plan, tree, uuid=uuid, deterministic=deterministic,
+                               step=step)
+                else:
+                    make_squashfs(target, [tree], root_mode=entries[0].mode,
+                                  deterministic=deterministic, step=step)
+            finally:
+                remove_tree(tree)
     made = target.stat().st_size
     if plan.size_source == "diskSize":
         if made > plan.disk_size:
@@ -325,11 +359,12 @@ def make_writable(target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
 
 
 def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
-                      step: str) -> int:
-    """Bytes of the smallest btrfs holding `entries` (mkfs.btrfs --shrink), for "minimal"."""
+                      trial_size: int, step: str) -> int:
+    """Bytes of the smallest btrfs holding `entries`, for "minimal": mkfs.btrfs --shrink
+    into a sparse file of `trial_size` bytes truncates it to the filesystem's end."""
     scratch = work / "minimal.btrfs"
     with scratch.open("wb") as fh:
-        fh.truncate(max(4 * plan.root_size, 1 << 30))
+        fh.truncate(max(trial_size, 1 << 30))
     try:
         make_btrfs(scratch, plan, entries, uuid=None, step=step, shrink=True)
         return scratch.stat().st_size

@@ -158,3 +158,29 @@ def test_impossible_combinations_fail_before_work(
     assert f"argument `{argument}`" in result.stderr, result.stderr
     assert words in result.stderr
     assert not (result.build_dir / "nixos.raw").exists()
+
+
+@pytest.mark.parametrize("fs_type", ["btrfs", "xfs", "squashfs"])
+def test_minimal_size(closure: Closure, engine: Engine, fs_type: str) -> None:
+    """"minimal": btrfs measured by a trial `mkfs.btrfs --shrink`, no larger than "auto";
+    xfs and the store images take their auto formula."""
+    store_image = fs_type == "squashfs"
+    layout = "none" if store_image else "legacy+gpt"
+    common = dict(fsType=fs_type, partitionTableType=layout, installBootLoader=False,
+                  onlyNixStore=store_image, copyChannel=not store_image)
+    minimal = engine.build_without_vm(base_spec(closure, diskSize="minimal", **common),
+                                      name=f"{fs_type}-minimal")
+    auto = engine.build_without_vm(base_spec(closure, **common), name=f"{fs_type}-auto")
+    assert minimal.returncode == auto.returncode == 0, minimal.stderr + auto.stderr
+    plan = plan_of(minimal)
+    assert plan["size_source"] == "minimal"
+    assert plan["minimal"]["method"]
+    if fs_type == "btrfs":
+        assert "--shrink" in plan["minimal"]["method"]
+        assert plan["disk_size"] < plan_of(auto)["disk_size"]
+    if not store_image:
+        part = extract_root(minimal)
+        check = (["btrfs", "check", "--readonly", str(part)] if fs_type == "btrfs"
+                 else ["xfs_repair", "-n", "-f", str(part)])
+        proc = subprocess.run(check, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr

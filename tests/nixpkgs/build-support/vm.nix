@@ -84,8 +84,8 @@ rec {
         QEMU_OPTS+=" -smp cpus=$QEMU_NR_VCPUS"
       fi
 
-      # Write the command that starts the VM to a file so that the user can debug
-      # inside the VM if the build fails (nix-build -K keeps the build directory).
+      # ./run-vm: the guest's command line, kept with the build directory by
+      # `nix-build -K` so a failed build's VM can be started again by hand.
       ${coreutils}/bin/cat > ./run-vm <<EOF
       #! ${bash}/bin/sh
       ''${diskImage:+diskImage=$diskImage}
