@@ -159,6 +159,13 @@ let
     config = config.nixpkgs.config or { };
     overlays = config.nixpkgs.overlays or [ ];
   };
+  # The firmware of the image's system: pkgs' OVMF is the builder's, so an image of
+  # another system takes its own set's (nixpkgs' OVMF of an aarch64 set is edk2's AAVMF),
+  # unless the caller named one. The same as the arguments for a same-system image.
+  firmwareOVMF = if crossSystem && !(args ? OVMF) then guestPkgs.OVMF.fd else OVMF;
+  firmwareCode = if args ? efiFirmware then efiFirmware else firmwareOVMF.firmware;
+  firmwareVariables = if args ? efiVariables then efiVariables else firmwareOVMF.variables;
+
   guest = import ./nix/guest.nix {
     inherit pkgs guestPkgs lib platform;
     engineSource = ./make_disk_image;
@@ -212,9 +219,9 @@ let
         inherit toplevel closureInfo;
         contents = map contentsEntry contents;
         # The firmware is only built when it is used, as in the reference.
-        efiFirmware = if touchEFIVars then efiFirmware else null;
-        efiVariables = if touchEFIVars then efiVariables else null;
-        ovmfSystemManagementModeRequired = OVMF.systemManagementModeRequired or false;
+        efiFirmware = if touchEFIVars then firmwareCode else null;
+        efiVariables = if touchEFIVars then firmwareVariables else null;
+        ovmfSystemManagementModeRequired = firmwareOVMF.systemManagementModeRequired or false;
         channelSources = if copyChannel then channelSources else null;
         grubDevices = if grub.enable then grub.devices else [ ];
         limineBiosDevice =
@@ -266,7 +273,8 @@ let
   '';
 
   # nixpkgs' build VM loads only its rootModules (ext4 among them); the guest mounts the
-  # root filesystem, so a btrfs or xfs root adds its driver there. `override` replaces
+  # root filesystem, so a root of another filesystem adds its driver there (interface.json:
+  # the fsType's kernelModule). `override` replaces
   # the list, so it repeats vmTools' default (pkgs/build-support/vm). A vmTools without
   # `override` (the project's stand-in) is used as it is: its guest loads the driver
   # with modprobe (make_disk_image/guest.py).
@@ -280,9 +288,10 @@ let
     "virtiofs"
     "crc32c_generic"
   ];
+  rootModule = (builtins.head (builtins.filter (fs: fs.name == fsType) interface.fsTypes)).kernelModule;
   vmTools =
-    if lib.elem fsType [ "btrfs" "xfs" ] && pkgs.vmTools ? override then
-      pkgs.vmTools.override { rootModules = vmDefaultRootModules ++ [ fsType ]; }
+    if !(lib.elem rootModule vmDefaultRootModules) && pkgs.vmTools ? override then
+      pkgs.vmTools.override { rootModules = vmDefaultRootModules ++ [ rootModule ]; }
     else
       pkgs.vmTools;
 
@@ -329,7 +338,7 @@ let
   crossImage = pkgs.runCommand name {
     inherit memSize;
     QEMU_OPTS = lib.concatStringsSep " " (
-      lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=0,readonly=on,file=${efiFirmware}"
+      lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=0,readonly=on,file=${firmwareCode}"
       ++ lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=1,file=$out/efi-vars.fd"
     );
     requiredSystemFeatures = [ "kvm" ];

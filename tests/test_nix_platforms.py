@@ -134,3 +134,22 @@ def test_same_system_spec_is_unchanged(tmp_path: Path) -> None:
     _, spec = named(graph, "nixos-disk-image-spec.json")
     assert "system" not in json.loads(spec["env"]["text"])
     assert not any("guest-root" in path for path in graph)
+
+
+def test_aarch64_image_takes_the_image_systems_firmware(tmp_path: Path) -> None:
+    expr = tmp_path / "efi.nix"
+    with_vars = "partitionTableType = layout; touchEFIVars = true;"
+    expr.write_text(IMAGE_NIX.replace("partitionTableType = layout;", with_vars))
+    proc = subprocess.run(
+        ["nix-instantiate", str(expr), "--arg", "repo", str(REPO), "--argstr", "system",
+         "aarch64-linux", "--argstr", "layout", "efi"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    graph = derivations(proc.stdout.strip())
+    _, spec_drv = named(graph, "nixos-disk-image-spec.json")
+    spec = json.loads(spec_drv["env"]["text"])
+    assert spec["efiFirmware"].endswith("/FV/AAVMF_CODE.fd")
+    assert spec["efiVariables"].endswith("/FV/AAVMF_VARS.fd")
+    ovmf = [d for p, d in graph.items() if p.endswith("-OVMF-debian-fd.drv")]
+    assert [d["system"] for d in ovmf] == ["aarch64-linux"]

@@ -460,8 +460,22 @@ let
 
   # nixpkgs' OVMF: the `fd` output holds FV/OVMF_CODE.fd and FV/OVMF_VARS.fd, and
   # firmware/variables name them. Debian's 4 MiB builds without secure boot need no SMM.
+  # For aarch64, as nixpkgs' edk2 names them: FV/AAVMF_CODE.fd and FV/AAVMF_VARS.fd
+  # (Debian's qemu-efi-aarch64, padded to qemu's 64 MiB flash banks).
   OVMF =
     let
+      prefix = if lib.hasPrefix "aarch64-" system then "AAVMF" else "OVMF";
+      debianFiles =
+        if prefix == "AAVMF" then
+          {
+            code = "/usr/share/AAVMF/AAVMF_CODE.fd";
+            variables = "/usr/share/AAVMF/AAVMF_VARS.fd";
+          }
+        else
+          {
+            code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+            variables = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+          };
       fd =
         derivation {
           name = "OVMF-debian-fd";
@@ -473,15 +487,15 @@ let
             ''
               set -eu
               mkdir -p "$out/FV"
-              cp /usr/share/OVMF/OVMF_CODE_4M.fd "$out/FV/OVMF_CODE.fd"
-              cp /usr/share/OVMF/OVMF_VARS_4M.fd "$out/FV/OVMF_VARS.fd"
+              cp ${debianFiles.code} "$out/FV/${prefix}_CODE.fd"
+              cp ${debianFiles.variables} "$out/FV/${prefix}_VARS.fd"
             ''
           ];
         }
         // passthru;
       passthru = {
-        firmware = "${fd}/FV/OVMF_CODE.fd";
-        variables = "${fd}/FV/OVMF_VARS.fd";
+        firmware = "${fd}/FV/${prefix}_CODE.fd";
+        variables = "${fd}/FV/${prefix}_VARS.fd";
         systemManagementModeRequired = false;
       };
     in
