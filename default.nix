@@ -273,7 +273,8 @@ let
   '';
 
   # nixpkgs' build VM loads only its rootModules (ext4 among them); the guest mounts the
-  # root filesystem, so a btrfs or xfs root adds its driver there. `override` replaces
+  # root filesystem, so a root of another filesystem adds its driver there (interface.json:
+  # the fsType's kernelModule). `override` replaces
   # the list, so it repeats vmTools' default (pkgs/build-support/vm). A vmTools without
   # `override` (the project's stand-in) is used as it is: its guest loads the driver
   # with modprobe (make_disk_image/guest.py).
@@ -287,9 +288,10 @@ let
     "virtiofs"
     "crc32c_generic"
   ];
+  rootModule = (builtins.head (builtins.filter (fs: fs.name == fsType) interface.fsTypes)).kernelModule;
   vmTools =
-    if lib.elem fsType [ "btrfs" "xfs" ] && pkgs.vmTools ? override then
-      pkgs.vmTools.override { rootModules = vmDefaultRootModules ++ [ fsType ]; }
+    if !(lib.elem rootModule vmDefaultRootModules) && pkgs.vmTools ? override then
+      pkgs.vmTools.override { rootModules = vmDefaultRootModules ++ [ rootModule ]; }
     else
       pkgs.vmTools;
 

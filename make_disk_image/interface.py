@@ -53,6 +53,7 @@ class FsTypeInfo:
     read_only: bool  # holds only a store image (onlyNixStore, partitionTableType "none")
     label_bytes: int  # the longest label the tool stores (0: it stores none)
     takes_uuid: bool  # the tool takes a fixed filesystem UUID (rootFSUID)
+    kernel_module: str  # the Linux module the build VM mounts it with
     description: str
 
 
@@ -90,6 +91,7 @@ _FIELDS = {
     "readOnly": "read_only",
     "labelBytes": "label_bytes",
     "takesUUID": "takes_uuid",
+    "kernelModule": "kernel_module",
 }
 
 

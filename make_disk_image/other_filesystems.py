@@ -258,12 +258,14 @@ def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, determ
                               "-no-xattrs", "-no-progress", "-quiet",
                               "-root-mode", f"{root_mode:o}",
                               "-processors", str(os.cpu_count() or 1)]
-    if deterministic:
-        args += ["-mkfs-time", str(FIXED_TIME), "-all-time", str(FIXED_TIME)]
     if keep_as_directory:
         # One source directory would otherwise become the root itself.
         args.append("-keep-as-directory")
-    process.run(args, step=step)
+    # SOURCE_DATE_EPOCH, not -mkfs-time/-all-time: a Nix build sets it already, and
+    # mksquashfs refuses both at once. It is the creation time, and every later file
+    # time is clamped to it.
+    env = {"SOURCE_DATE_EPOCH": str(FIXED_TIME)} if deterministic else {}
+    process.run(args, step=step, env=env)
 
 
 def top_sources(entries: Sequence[Entry]) -> list[Path] | None:

@@ -216,3 +216,38 @@ def test_right_arguments_pass_the_checks(arguments: str) -> None:
     proc = instantiate(arguments)
     assert proc.returncode != 0
     assert re.search(r"error: (pkgs|config) was forced", proc.stderr), proc.stderr
+
+
+@pytest.mark.nix
+@needs_nix
+def test_build_vm_gets_the_root_filesystem_s_kernel_module() -> None:
+    """With nixpkgs' vmTools (it has `override`), a root filesystem whose module the
+    build VM does not load already (interface.json: kernelModule) is added to its
+    rootModules; ext2/3/4 need none."""
+    expr = f"""
+      let
+        standIn = (import {REPO}/tests/nixpkgs/flake.nix).outputs {{ self = null; }};
+        system = standIn.lib.nixosSystem {{
+          system = "x86_64-linux";
+          modules = [ {REPO}/nix/check-configuration.nix
+                      {{ boot.loader.grub.device = "/dev/vda"; }} ];
+        }};
+        pkgs = system.pkgs // {{
+          vmTools = system.pkgs.vmTools // {{
+            override = args: system.pkgs.vmTools // {{
+              runInLinuxVM = drv: drv // {{ inherit (args) rootModules; }};
+            }};
+          }};
+        }};
+        image = fsType: import {REPO}/default.nix {{
+          inherit pkgs fsType; inherit (pkgs) lib; inherit (system) config;
+          partitionTableType = "none";
+        }};
+      in map (fsType: (image fsType).rootModules or null) [ "ext4" "ext3" "btrfs" "xfs" ]
+    """
+    proc = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ext4, ext3, btrfs, xfs = json.loads(proc.stdout)
+    assert ext4 is None and ext3 is None
+    assert btrfs[-1] == "btrfs" and xfs[-1] == "xfs" and "ext4" in btrfs
