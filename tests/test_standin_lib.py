@@ -345,3 +345,23 @@ def test_selected_lib_follows_the_variable_then_a_copied_lib(tmp_path: Path) -> 
     assert marker("") == "external-lib"
     shutil.rmtree(stand_in / "external-lib")
     assert marker("") == "lib"
+
+
+def test_order_and_definedness_look_at_the_values() -> None:
+    """mkBefore / mkAfter order list definitions; whether an option is defined depends on
+    its winning values evaluating (nixpkgs reads each one's `_type`), so a definition
+    that throws makes isDefined throw, which tryEval catches."""
+    got = evaluated("""
+      let
+        cfg = config [
+          { names = [ "middle" ]; }
+          { names = lib.mkAfter [ "last" ]; }
+          { names = lib.mkBefore [ "first" ]; }
+        ];
+        opts = (eval [ { name = throw "no name"; } ]).options;
+      in {
+        inherit (cfg) names;
+        defined = builtins.tryEval opts.name.isDefined;
+      }
+    """)
+    assert got == {"names": ["first", "middle", "last"], "defined": {"success": False, "value": False}}

@@ -30,7 +30,9 @@ let
       applyOverlays cfg.pkgs cfg.overlays
     else
       import ../../../pkgs.nix {
-        inherit (cfg.hostPlatform) system;
+        # nixpkgs.hostPlatform where set, else the legacy nixpkgs.system (nixpkgs'
+        # localSystem default).
+        system = if opt.hostPlatform.isDefined then cfg.hostPlatform.system else cfg.system;
         inherit (cfg) overlays;
       };
 in
@@ -66,7 +68,6 @@ in
   };
 
   config = {
-    nixpkgs.hostPlatform = lib.mkOptionDefault cfg.system;
     _module.args.pkgs = finalPkgs;
   };
 }
