@@ -261,7 +261,7 @@ def test_plan_writes_nothing(closure: Closure, engine: Engine) -> None:
     plan = json.loads(result.stdout)
     assert [p["role"] for p in plan["partitions"]] == ["esp", "bios_grub", "root"]
     assert [(p["start"], p["end"]) for p in plan["partitions"][:2]] == [(16384, 526335),
-                                                                         (34, 2048)]
+                                                                         (34, 2047)]
     assert plan["auto"]["additional_space"] == 512 * MIB + 34 * 512 + 257 * MIB
     assert plan["root_partition_device"] == "/dev/vda3"
     assert list(result.build_dir.iterdir()) == [] and not result.out.exists()
