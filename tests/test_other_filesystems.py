@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -59,7 +60,7 @@ def mounted(image: Path, fs_type: str, offset: int = 0) -> Iterator[Path]:
 
 
 @pytest.fixture
-def contents_src() -> Path:
+def contents_src() -> Iterator[Path]:
     src = world_readable_dir("mdi-fs-contents-")
     (src / "conf").mkdir()
     (src / "conf/app.toml").write_text("key = 1\n")
@@ -67,7 +68,8 @@ def contents_src() -> Path:
     (src / "conf").chmod(0o755)
     (src / "tmp").mkdir()
     (src / "tmp").chmod(0o1777)
-    return src
+    yield src
+    shutil.rmtree(src)
 
 
 def check_root(root: Path, closure: Closure) -> None:
