@@ -18,6 +18,7 @@ from pathlib import Path
 from make_disk_image import efiboot, process
 from make_disk_image.changes import record_changes
 from make_disk_image.handoff import write_record
+from make_disk_image.interface import FS_TYPES
 from make_disk_image.models import GuestRecord, Handoff, PlannedPartition, Spec
 from make_disk_image.process import StepError
 
@@ -191,17 +192,19 @@ def mount_efivarfs() -> None:
 def load_filesystem(fs_type: str) -> None:
     """The root filesystem's driver, unless the kernel has it already.
 
-    nixpkgs' build VM loads its rootModules (default.nix adds btrfs or xfs there); the
-    stand-in's loads ext4 and vfat, and the guest sees the kernel's modules to load more.
+    nixpkgs' build VM loads its rootModules (default.nix adds the fsType's kernelModule
+    from interface.json there); the stand-in's loads ext4 and vfat, and the guest sees
+    the kernel's modules to load more.
     """
     known = Path("/proc/filesystems").read_text().split()
     if fs_type in known:
         return
+    module = FS_TYPES[fs_type].kernel_module
     try:
-        process.run(["modprobe", fs_type], step="guest: load the root filesystem's driver")
+        process.run(["modprobe", module], step="guest: load the root filesystem's driver")
     except StepError as exc:
         raise StepError(
             "guest: mount root",
             f"the build VM's kernel has no {fs_type} driver and cannot load one ({exc}); "
-            f"give the VM the {fs_type} module (vmTools rootModules)",
+            f"give the VM the {module} module (vmTools rootModules)",
         ) from exc
