@@ -176,7 +176,7 @@ def write_protofile(entries: Sequence[Entry], proto: Path, data_dir: Path, *,
         return (f"{_PROTO_TYPES[kind]}{'u' if entry.mode & 0o4000 else '-'}"
                 f"{'g' if entry.mode & 0o2000 else '-'}{entry.mode & 0o777:03o}")
 
-    def emit(entry: Entry, depth: int) -> None:
+    def emit(entry: Entry) -> None:
         kind = entry.kind
         if kind == "hardlink":
             # Protofiles have no hard links: the first name's bytes again.
@@ -186,7 +186,7 @@ def write_protofile(entries: Sequence[Entry], proto: Path, data_dir: Path, *,
                           source=first.source, data=first.data)
             kind = "file"
         name = _proto_token(entry, entry.path.rsplit("/", 1)[-1], step) if entry.path else ""
-        head = f"{' ' * depth}{name} {mode_field(entry, kind)} {entry.uid} {entry.gid}".lstrip()
+        head = f"{name} {mode_field(entry, kind)} {entry.uid} {entry.gid}".lstrip()
         if kind == "file":
             source = entry.source
             if entry.data is not None:
@@ -204,10 +204,10 @@ def write_protofile(entries: Sequence[Entry], proto: Path, data_dir: Path, *,
             lines.append(head)
         if kind == "dir":
             for child in children.get(entry.path, []):
-                emit(child, depth + 1)
-            lines.append(f"{' ' * (depth + 1)}$")
+                emit(child)
+            lines.append("$")
 
-    emit(by_path[""], 0)
+    emit(by_path[""])
     lines.append("$")
     proto.write_text("\n".join(lines) + "\n")
     return sticky

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -59,7 +60,7 @@ def mounted(image: Path, fs_type: str, offset: int = 0) -> Iterator[Path]:
 
 
 @pytest.fixture
-def contents_src() -> Path:
+def contents_src() -> Iterator[Path]:
     src = world_readable_dir("mdi-fs-contents-")
     (src / "conf").mkdir()
     (src / "conf/app.toml").write_text("key = 1\n")
@@ -67,7 +68,8 @@ def contents_src() -> Path:
     (src / "conf").chmod(0o755)
     (src / "tmp").mkdir()
     (src / "tmp").chmod(0o1777)
-    return src
+    yield src
+    shutil.rmtree(src)
 
 
 def check_root(root: Path, closure: Closure) -> None:
@@ -184,3 +186,48 @@ def test_minimal_size(closure: Closure, engine: Engine, fs_type: str) -> None:
                  else ["xfs_repair", "-n", "-f", str(part)])
         proc = subprocess.run(check, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_protofile_names_owners_modes_and_refuses_white_space(tmp_path: Path) -> None:
+    from make_disk_image.models import Entry
+    from make_disk_image.other_filesystems import write_protofile
+    from make_disk_image.process import StepError
+
+    source = tmp_path / "src"
+    source.write_text("x")
+    entries = [Entry("", "dir", 0o755), Entry("tmp", "dir", 0o1777),
+               Entry("tmp/f", "file", 0o4755, 1000, 100, source=source),
+               Entry("tmp/h", "hardlink", 0o4755, 1000, 100, link="tmp/f"),
+               Entry("l", "symlink", 0o777, link="/nix/store/x"),
+               Entry("d", "file", 0o600, data=b"inline")]
+    data = tmp_path / "data"
+    data.mkdir()
+    sticky = write_protofile(entries, tmp_path / "proto", data, step="t")
+    assert [e.path for e in sticky] == ["tmp"]
+    lines = (tmp_path / "proto").read_text().splitlines()
+    assert lines[:3] == ["/dev/null", "0 0", "d--755 0 0"]
+    assert "tmp d--777 0 0" in lines  # the sticky bit comes later (xfs_db)
+    assert f"f -u-755 1000 100 {source}" in lines
+    assert f"h -u-755 1000 100 {source}" in lines  # a hard link: the bytes again
+    assert "l l--777 0 0 /nix/store/x" in lines
+    assert (data / "0").read_bytes() == b"inline"
+    with pytest.raises(StepError, match="white space"):
+        write_protofile([Entry("", "dir", 0o755), Entry("a b", "dir", 0o755)],
+                        tmp_path / "proto2", data, step="t")
+
+
+def test_store_image_sources_are_the_store_paths(tmp_path: Path) -> None:
+    from make_disk_image.other_filesystems import top_sources
+    from make_disk_image.staging import Tree
+
+    for name in ("aaa-one", "bbb-two"):
+        (tmp_path / name / "bin").mkdir(parents=True)
+        (tmp_path / name / "bin" / "x").write_text(name)
+    (tmp_path / "ccc-file").write_text("a store path that is a file")
+    tree = Tree()
+    for name in ("aaa-one", "bbb-two", "ccc-file"):
+        tree.add_host(tmp_path / name, name)
+    assert top_sources(tree.ordered()) == [tmp_path / n for n in ("aaa-one", "bbb-two",
+                                                                  "ccc-file")]
+    tree.add_file("etc/NIXOS", b"")  # not copied from a host path: materialize instead
+    assert top_sources(tree.ordered()) is None

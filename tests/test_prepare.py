@@ -260,6 +260,7 @@ def test_plan_writes_nothing(closure: Closure, engine: Engine) -> None:
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert [p["role"] for p in plan["partitions"]] == ["esp", "bios_grub", "root"]
+    # bios_grub ends where nixpkgs' parted (3.6+) ends "1024KiB" (layouts.py).
     assert [(p["start"], p["end"]) for p in plan["partitions"][:2]] == [(16384, 526335),
                                                                          (34, 2047)]
     assert plan["auto"]["additional_space"] == 512 * MIB + 34 * 512 + 257 * MIB
