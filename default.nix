@@ -192,18 +192,34 @@ let
   grub = config.boot.loader.grub;
   limine = config.boot.loader.limine or { enable = false; };
 
+  contentsKeys = [
+    "source"
+    "target"
+    "mode"
+    "user"
+    "group"
+  ];
   # Only the keys a contents entry may have; toJSON turns paths and derivations into
-  # store path strings (and the spec file depends on them).
+  # store path strings (and the spec file depends on them). The reference ignores other
+  # keys, so a call site that carries one keeps building, with a warning that names them
+  # (a misspelt `user` would otherwise chown nothing, silently).
   contentsEntry =
     entry:
-    {
-      inherit (entry) source target;
-    }
-    // lib.filterAttrs (key: _: entry ? ${key}) {
-      mode = entry.mode or null;
-      user = entry.user or null;
-      group = entry.group or null;
-    };
+    let
+      ignored = builtins.attrNames (removeAttrs entry contentsKeys);
+    in
+    lib.warnIf (ignored != [ ])
+      "makeDiskImage: argument `contents`: the entry for ${entry.target} has keys that are ignored: ${lib.concatStringsSep ", " ignored} (an entry takes ${lib.concatStringsSep ", " contentsKeys})"
+      (
+        {
+          inherit (entry) source target;
+        }
+        // lib.filterAttrs (key: _: entry ? ${key}) {
+          mode = entry.mode or null;
+          user = entry.user or null;
+          group = entry.group or null;
+        }
+      );
 
   # The spec: the arguments the engine takes (not OVMF, requireKVM: only Nix uses them)
   # and what Nix computes.
@@ -286,7 +302,7 @@ let
     "virtio_rng"
     "ext4"
     "virtiofs"
-    "crc32c_generic"
+    "crc32c"
   ];
   rootModule = (builtins.head (builtins.filter (fs: fs.name == fsType) interface.fsTypes)).kernelModule;
   vmTools =

@@ -41,13 +41,6 @@ let
   isPathLike = value: builtins.isPath value || builtins.isString value || lib.isDerivation value;
   guidPattern = "[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}";
   isGuid = value: builtins.isString value && builtins.match guidPattern value != null;
-  contentsKeys = [
-    "source"
-    "target"
-    "mode"
-    "user"
-    "group"
-  ];
   isOptionalString = entry: key: !(entry ? ${key}) || entry.${key} == null || builtins.isString entry.${key};
   isContentsEntry =
     entry:
@@ -56,7 +49,6 @@ let
     && entry ? target
     && isPathLike entry.source
     && builtins.isString entry.target
-    && builtins.all (key: builtins.elem key contentsKeys) (builtins.attrNames entry)
     && builtins.all (isOptionalString entry) [
       "mode"
       "user"

@@ -430,6 +430,25 @@ def test_nix_build_wrong_argument_fails_with_engine_message(
     assert "[guest" not in proc.stderr
 
 
+def test_contents_entry_with_an_unknown_key_warns_and_evaluates(
+    checkout: Path, tmp_path: Path
+) -> None:
+    """The reference ignores keys a contents entry does not use; so does default.nix,
+    so that such a call site still builds, but it names them in a warning."""
+    source = tmp_path / "motd"
+    source.write_text("hello\n")
+    expr = tmp_path / "image.nix"
+    expr.write_text(IMAGE_NIX)
+    entry = {"source": str(source), "target": "/etc/motd", "owner": "root"}
+    proc = run(["nix-instantiate", str(expr), "--arg", "repo", str(checkout),
+                "--argstr", "imageArgs", json.dumps({"contents": [entry]}),
+                "--argstr", "configModule", json.dumps(NO_GRUB)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip().endswith(".drv"), proc.stdout
+    assert "argument `contents`" in proc.stderr, proc.stderr
+    assert "/etc/motd has keys that are ignored: owner" in proc.stderr, proc.stderr
+
+
 def test_nix_build_guest_failure_fails_the_build(
     checkout: Path, tmp_path: Path, contents_file: Path
 ) -> None:
