@@ -144,6 +144,24 @@ class Closure:
         return write_closure_info([Path(r) for r in roots], self.root / f"closure-info-{key}")
 
 
+# Nix-evaluating tests need nix-instantiate (nix-bin; .ci/setup installs it).
+NEEDS_NIX = pytest.mark.skipif(
+    shutil.which("nix-instantiate") is None, reason="nix-instantiate (nix-bin) not installed"
+)
+
+
+def boot_work_dir(prefix: str) -> Iterator[Path]:
+    """A boot test module's directory. Not under /tmp: the engine's build VM mounts a
+    fresh tmpfs there, so a spec or build directory in the host's /tmp would not exist
+    for its guest phase. MDI_BOOT_TEST_DIR moves it; MDI_BOOT_TEST_KEEP=1 keeps specs,
+    build logs, images and serial console logs."""
+    base = Path(os.environ.get("MDI_BOOT_TEST_DIR", "/var/tmp"))
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    yield directory
+    if not os.environ.get("MDI_BOOT_TEST_KEEP"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def world_readable_dir(prefix: str) -> Path:
     """pytest's tmp dirs live under a 0700 directory the build user cannot enter."""
     path = Path(tempfile.mkdtemp(prefix=prefix))

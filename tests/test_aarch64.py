@@ -14,12 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import boot_work_dir
 
 from make_disk_image.platforms import host_system
 from testsys import boot, system
@@ -45,11 +45,7 @@ BOOT_TIMEOUT = 600.0  # a good boot takes 25-50 s under TCG
 
 @pytest.fixture(scope="module")
 def work_dir() -> Iterator[Path]:
-    base = Path(os.environ.get("MDI_BOOT_TEST_DIR", "/var/tmp"))
-    directory = Path(tempfile.mkdtemp(prefix="mdi-aarch64-tests-", dir=base))
-    yield directory
-    if not os.environ.get("MDI_BOOT_TEST_KEEP"):
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from boot_work_dir("mdi-aarch64-tests-")
 
 
 def _spec(test_system: system.TestSystem, work_dir: Path, **overrides: Any) -> dict[str, Any]:

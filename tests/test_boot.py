@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import boot_work_dir
 
 from make_disk_image import formats
 from make_disk_image.models import Format
@@ -66,14 +66,7 @@ BOOTS = [(name, firmware) for name, case in CASES.items() for firmware in case.f
 
 @pytest.fixture(scope="module")
 def work_dir() -> Iterator[Path]:
-    # Not under /tmp: the engine's build VM mounts a fresh tmpfs there, so a SPEC.json or
-    # build directory in the host's /tmp would not exist for its guest phase.
-    base = Path(os.environ.get("MDI_BOOT_TEST_DIR", "/var/tmp"))
-    directory = Path(tempfile.mkdtemp(prefix="mdi-boot-tests-", dir=base))
-    yield directory
-    # MDI_BOOT_TEST_KEEP=1 keeps specs, build logs, images and serial console logs.
-    if not os.environ.get("MDI_BOOT_TEST_KEEP"):
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from boot_work_dir("mdi-boot-tests-")
 
 
 @pytest.fixture(scope="module")

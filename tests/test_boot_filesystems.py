@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import boot_work_dir
 from imagecheck import sfdisk_json
 from test_boot import CASES, Images, boot_built
 
@@ -39,12 +40,7 @@ BOOTS = [(fs, layout) for fs in ("btrfs", "xfs") for layout in ("legacy", "efi")
 
 @pytest.fixture(scope="module")
 def work_dir() -> Iterator[Path]:
-    # Not under /tmp: the build VM mounts a fresh tmpfs there.
-    base = Path(os.environ.get("MDI_BOOT_TEST_DIR", "/var/tmp"))
-    directory = Path(tempfile.mkdtemp(prefix="mdi-boot-fs-", dir=base))
-    yield directory
-    if not os.environ.get("MDI_BOOT_TEST_KEEP"):
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from boot_work_dir("mdi-boot-fs-")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NEEDS_NIX
 from imagecheck import cat, dumpe2fs, e2fsck_clean, qemu_img_info, sfdisk_json
 
 from make_disk_image import interface
@@ -27,9 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.nix,
-    pytest.mark.skipif(
-        shutil.which("nix-instantiate") is None, reason="nix-instantiate (nix-bin) not installed"
-    ),
+    NEEDS_NIX,
 ]
 
 # The flake called as Nix calls it, with the stand-in as its nixpkgs input, and a

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import NEEDS_NIX
 
 from make_disk_image import interface
 from make_disk_image.filesystems import FILESYSTEMS
@@ -22,9 +23,7 @@ from make_disk_image.spec import FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 
-needs_nix = pytest.mark.skipif(
-    shutil.which("nix-instantiate") is None, reason="nix-instantiate (nix-bin) not installed"
-)
+needs_nix = NEEDS_NIX
 
 
 def test_the_engine_has_code_for_every_table_entry() -> None:

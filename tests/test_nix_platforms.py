@@ -10,17 +10,16 @@ tests/test_aarch64.py without Nix.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import NEEDS_NIX, REPO
 
 pytestmark = [
     pytest.mark.nix,
-    pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix-bin not installed"),
+    NEEDS_NIX,
 ]
 
 # An image of a NixOS configuration for `system`, built with the builder's (this

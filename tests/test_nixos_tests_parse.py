@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import ast
 import json
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NEEDS_NIX
 
 NIXOS_TESTS = Path(__file__).resolve().parent.parent / "nixos-tests"
 NIX_FILES = sorted(NIXOS_TESTS.rglob("*.nix"))
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("nix-instantiate") is None, reason="nix-instantiate (nix-bin) not installed"
-)
+pytestmark = NEEDS_NIX
 
 
 def parse_error(path: Path) -> str | None:

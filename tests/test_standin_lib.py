@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NEEDS_NIX
 
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.nix,
-    pytest.mark.skipif(
-        shutil.which("nix-instantiate") is None, reason="nix-instantiate (nix-bin) not installed"
-    ),
+    NEEDS_NIX,
 ]
 
 # `eval MODULES` evaluates modules after a module declaring a few options of the
@@ -39,7 +38,10 @@ let
       flag = mkOption { type = types.bool; default = false; };
       name = mkOption { type = types.str; };
       names = mkOption { type = types.listOf types.str; default = [ ]; };
-      size = mkOption { type = types.either (types.enum [ "auto" ]) types.ints.positive; default = "auto"; };
+      size = mkOption {
+        type = types.either (types.enum [ "auto" ]) types.ints.positive;
+        default = "auto";
+      };
       fixed = mkOption { type = types.str; readOnly = true; default = "built-in"; };
       result = mkOption { type = types.str; readOnly = true; };
       users = mkOption {
@@ -175,7 +177,10 @@ def test_priorities_decide_between_definitions() -> None:
       let
         force = config [ { name = "plain"; } { name = lib.mkForce "forced"; } ];
         default = config [ { name = "plain"; } { name = lib.mkDefault "default"; } ];
-        optionDefault = config [ { name = lib.mkOptionDefault "od"; } { name = lib.mkDefault "d"; } ];
+        optionDefault = config [
+          { name = lib.mkOptionDefault "od"; }
+          { name = lib.mkDefault "d"; }
+        ];
         override = config [ { name = lib.mkOverride 10 "ten"; } { name = lib.mkForce "fifty"; } ];
         options = (eval [ { name = lib.mkDefault "x"; } ]).options;
       in {
@@ -293,7 +298,8 @@ def test_helpers_the_project_uses() -> None:
         recursive = lib.recursiveUpdate { a.b = 1; a.c = 2; } { a.c = 3; d = 4; };
         prefix = [ (lib.hasPrefix "ab" "abc") (lib.removePrefix "ab" "abc") ];
         lower = lib.toLower "ABC-def";
-        attrs = lib.mapAttrsToList (n: v: n + v) (lib.filterAttrs (n: _: n != "b") { a = "1"; b = "2"; });
+        attrs = lib.mapAttrsToList (n: v: n + v)
+          (lib.filterAttrs (n: _: n != "b") { a = "1"; b = "2"; });
         assertMsg = lib.assertMsg true "unused";
         version = builtins.isString lib.trivial.release && builtins.isString lib.version;
         mit = lib.licenses.mit.spdxId;
@@ -364,4 +370,7 @@ def test_order_and_definedness_look_at_the_values() -> None:
         defined = builtins.tryEval opts.name.isDefined;
       }
     """)
-    assert got == {"names": ["first", "middle", "last"], "defined": {"success": False, "value": False}}
+    assert got == {
+        "names": ["first", "middle", "last"],
+        "defined": {"success": False, "value": False},
+    }
