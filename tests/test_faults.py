@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    NEEDS_NIX,
     REPO,
     UNPRIVILEGED_USER,
     Closure,
@@ -424,6 +425,7 @@ def assert_reason_is_last(stderr: str, reason: str) -> None:
 
 
 @pytest.mark.nix
+@NEEDS_NIX
 def test_nix_build_failing_post_vm(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
     proc = nix_build_fault(checkout, tmp_path,
                            {"postVM": 'echo "postVM: cannot upload $diskImage" >&2; exit 3'})
@@ -434,6 +436,7 @@ def test_nix_build_failing_post_vm(checkout: Path, tmp_path: Path) -> None:  # n
 
 
 @pytest.mark.nix
+@NEEDS_NIX
 def test_nix_build_failing_finish(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
     proc = nix_build_fault(checkout, tmp_path, {"format": "qcow2"}, failing_qemu_img=True)
     assert proc.returncode != 0, "nix-build succeeded although finish failed"

@@ -12,9 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import NEEDS_NIX
 from test_nix import build_image, checked, checkout, partition_table  # noqa: F401
 
-pytestmark = [pytest.mark.nix]
+pytestmark = [pytest.mark.nix, NEEDS_NIX]
 
 STORE_IMAGE_ARGS = {"onlyNixStore": True, "installBootLoader": False,
                     "partitionTableType": "none", "copyChannel": False}
