@@ -155,24 +155,24 @@ def run_guest_vm(
     architecture) the guest sees that instead of the host's /, runs its python3, and
     gets this engine's source tree (pure Python) shared in at the same path as here.
     """
-    from make_disk_image import vm
+    from make_disk_image import guestinit, runner
 
     guest_build = "/tmp/build"
     shutil.copyfile(spec_path, build_dir / "spec.json")
     python = sys.executable
     path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     pythonpath = os.environ.get("PYTHONPATH")
-    shares = [vm.Share(host=build_dir, guest=guest_build),
-              vm.Share(host=build_dir / XCHG, guest=f"/tmp/{XCHG}", writable=True)]
+    shares = [runner.Share(host=build_dir, guest=guest_build),
+              runner.Share(host=build_dir / XCHG, guest=f"/tmp/{XCHG}", writable=True)]
     if guest_root is not None:
         source = Path(__file__).resolve().parent.parent
-        shares.append(vm.Share(host=source, guest=str(source)))
+        shares.append(runner.Share(host=source, guest=str(source)))
         python = "/usr/bin/python3"
         pythonpath = str(source)
         # Only the PATH entries the guest can see: those in the shared tree (nixos-enter's
         # stand-in in the tests), then the guest root's own directories.
         own = [p for p in path.split(":") if Path(p).is_relative_to(source)]
-        path = ":".join([*own, vm.DEFAULT_PATH])
+        path = ":".join([*own, guestinit.DEFAULT_PATH])
     argv = [python, "-m", "make_disk_image", "guest", f"{guest_build}/spec.json",
             "--handoff", f"/tmp/{XCHG}/{HANDOFF}"]
     if logger.isEnabledFor(logging.DEBUG):
@@ -180,7 +180,7 @@ def run_guest_vm(
     env = {"PATH": path, "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
-    status = vm.run_in_vm(
+    status = runner.run_in_vm(
         argv, disk=build_dir / "nixos.raw", env=env, cwd=guest_build, shares=shares,
         mem_mib=spec.memSize, qemu_opts=qemu_options(spec, efi_vars),
         system=spec.system, guest_root=guest_root,

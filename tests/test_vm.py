@@ -1,4 +1,4 @@
-"""make_disk_image.vm: real qemu TCG boots of the host kernel against small disk images."""
+"""The VM runner (vm, runner, initramfs, kernel): real qemu TCG boots of the host kernel."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image import vm
+from make_disk_image import guestinit, initramfs, runner
+from make_disk_image import kernel as vm_kernel
 from make_disk_image.process import StepError
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -66,7 +67,7 @@ def disk(tmp_path: Path) -> Path:
 
 def _run(argv: list[str], **kwargs: object) -> tuple[int, str]:
     log = io.StringIO()
-    status = vm.run_in_vm(argv, log=log, **kwargs)  # type: ignore[arg-type]
+    status = runner.run_in_vm(argv, log=log, **kwargs)  # type: ignore[arg-type]
     return status, log.getvalue()
 
 
@@ -75,7 +76,7 @@ def _run(argv: list[str], **kwargs: object) -> tuple[int, str]:
 
 
 def test_host_kernel_has_modules() -> None:
-    image, version = vm.host_kernel()
+    image, version = vm_kernel.host_kernel()
     assert image == Path("/boot") / f"vmlinuz-{version}"
     assert (Path("/lib/modules") / version / "modules.dep").is_file()
 
@@ -84,12 +85,12 @@ def test_host_kernel_missing_names_the_package(tmp_path: Path) -> None:
     (tmp_path / "boot").mkdir()
     (tmp_path / "boot" / "vmlinuz-9.9.9").write_bytes(b"")  # no modules for it
     with pytest.raises(StepError, match="linux-image-amd64"):
-        vm.host_kernel(tmp_path / "boot", tmp_path / "modules")
+        vm_kernel.host_kernel(tmp_path / "boot", tmp_path / "modules")
 
 
 def test_kernel_versions_sort_numerically() -> None:
     versions = ["6.9.0-1-amd64", "6.10.0-1-amd64", "6.1.0-56-amd64"]
-    assert max(versions, key=vm._version_key) == "6.10.0-1-amd64"
+    assert max(versions, key=vm_kernel.version_key) == "6.10.0-1-amd64"
 
 
 def _cpio_listing(path: Path) -> list[str]:
@@ -104,10 +105,10 @@ def test_initramfs_has_busybox_modules_in_dependency_order_and_is_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    _, version = vm.host_kernel()
+    _, version = vm_kernel.host_kernel()
     extra = tmp_path / "payload"
     extra.write_text("hello\n")
-    first = vm.build_initramfs(
+    first = initramfs.build_initramfs(
         "#!/bin/sh\necho one\n",
         kernel_version=version,
         modules=["ext4", "vfat"],
@@ -132,14 +133,14 @@ def test_initramfs_has_busybox_modules_in_dependency_order_and_is_cached(
     assert order.index("fat.ko") < order.index("vfat.ko")
     assert all(f"lib/modules/{version}/{m}" in names for m in order)
 
-    again = vm.build_initramfs(
+    again = initramfs.build_initramfs(
         "#!/bin/sh\necho one\n",
         kernel_version=version,
         modules=["ext4", "vfat"],
         extra_files={"etc/payload": extra},
     )
     assert again == first
-    other = vm.build_initramfs(
+    other = initramfs.build_initramfs(
         "#!/bin/sh\necho two\n", kernel_version=version, modules=["ext4", "vfat"]
     )
     assert other != first
@@ -150,16 +151,16 @@ def test_pvh_kernel_is_the_elf_inside_the_bzimage_and_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    image, version = vm.host_kernel()
-    elf = vm.pvh_kernel(image, version)
+    image, version = vm_kernel.host_kernel()
+    elf = vm_kernel.pvh_kernel(image, version)
     assert elf is not None
     assert elf.read_bytes()[:4] == b"\x7fELF"
     assert elf.stat().st_size > image.stat().st_size
-    assert vm.pvh_kernel(image, version) == elf
+    assert vm_kernel.pvh_kernel(image, version) == elf
     # A kernel whose config lacks PVH (here: no config at all) is booted as it is.
     (tmp_path / "boot").mkdir()
     shutil.copyfile(image, tmp_path / "boot" / image.name)
-    assert vm.pvh_kernel(tmp_path / "boot" / image.name, version) is None
+    assert vm_kernel.pvh_kernel(tmp_path / "boot" / image.name, version) is None
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd (run .ci/setup)")
@@ -178,24 +179,24 @@ def test_pvh_kernel_unpacks_a_zstd_payload_followed_by_the_bzimage_tail(
     tail = subprocess.run(["zstd", "-dc"], input=image.read_bytes()[image.read_bytes().find(
         payload[:4]):], capture_output=True, check=False)
     assert tail.returncode in (0, 1) and tail.stdout == kernel
-    elf = vm.pvh_kernel(image, "9.9")
+    elf = vm_kernel.pvh_kernel(image, "9.9")
     assert elf is not None and elf.read_bytes() == kernel
 
 
 def test_firmware_options_select_the_bzimage() -> None:
-    assert vm._uses_firmware(["-drive", "if=pflash,format=raw,unit=0,file=CODE.fd"])
-    assert vm._uses_firmware(["-bios", "/usr/share/ovmf/OVMF.fd"])
-    assert not vm._uses_firmware(["-smp", "2", "-machine", "q35"])
+    assert runner.uses_firmware(["-drive", "if=pflash,format=raw,unit=0,file=CODE.fd"])
+    assert runner.uses_firmware(["-bios", "/usr/share/ovmf/OVMF.fd"])
+    assert not runner.uses_firmware(["-smp", "2", "-machine", "q35"])
 
 
 def test_static_elf_check_tells_static_busybox_from_dynamic_programs() -> None:
-    assert vm._is_static_elf(Path("/bin/busybox"))
-    assert not vm._is_static_elf(Path("/bin/ls"))
-    assert not vm._is_static_elf(Path("/etc/os-release"))
+    assert initramfs.is_static_elf(Path("/bin/busybox"))
+    assert not initramfs.is_static_elf(Path("/bin/ls"))
+    assert not initramfs.is_static_elf(Path("/etc/os-release"))
 
 
 def test_console_text_drops_terminal_controls_split_across_reads() -> None:
-    console = vm._ConsoleText()
+    console = runner.ConsoleText()
     text = console.feed("a\r\n\x1b[2") + console.feed("J\x1bcb\r") + console.feed("\nc")
     assert text == "a\nb\nc"
 
@@ -273,8 +274,8 @@ def test_shares_env_cwd_and_read_only_root(tmp_path: Path) -> None:
         ["bash", "-c", script],
         disk=None,
         shares=[
-            vm.Share(host=writable, guest="/tmp/xchg", writable=True),
-            vm.Share(host=readonly, guest="/mnt/ro"),
+            runner.Share(host=writable, guest="/tmp/xchg", writable=True),
+            runner.Share(host=readonly, guest="/mnt/ro"),
         ],
         env={"FOO": "bar baz"},
         cwd="/tmp/xchg",
@@ -283,7 +284,7 @@ def test_shares_env_cwd_and_read_only_root(tmp_path: Path) -> None:
     assert (writable / "from-guest").read_text() == "from-host\n"
     assert "/tmp/xchg\n" in log
     assert "FOO=bar baz\n" in log
-    assert f"PATH={vm.DEFAULT_PATH}\n" in log
+    assert f"PATH={guestinit.DEFAULT_PATH}\n" in log
     assert "HOME=" not in log
     assert "ROOT-WRITABLE" not in log
     assert "SHARE-WRITABLE" not in log
@@ -296,7 +297,7 @@ def test_shares_env_cwd_and_read_only_root(tmp_path: Path) -> None:
 @pytest.mark.vm
 def test_missing_share_mount_point_is_a_setup_error(tmp_path: Path) -> None:
     with pytest.raises(StepError, match="missing from the read-only host root"):
-        _run(["true"], disk=None, shares=[vm.Share(host=tmp_path, guest="/no-such-dir-mdi")])
+        _run(["true"], disk=None, shares=[runner.Share(host=tmp_path, guest="/no-such-dir-mdi")])
 
 
 # What the engine passes for touchEFIVars: plain OVMF on the default machine, OVMF on
@@ -438,17 +439,17 @@ def test_cli_propagates_status_and_passes_options(tmp_path: Path, disk: Path) ->
 
 
 def test_busybox_applets_are_read_from_the_binary_as_busybox_lists_them() -> None:
-    busybox = vm._busybox()
+    busybox = initramfs.find_busybox()
     listed = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
-    assert sorted(vm.busybox_applets(busybox.read_bytes())) == sorted(listed.stdout.split())
+    assert sorted(initramfs.busybox_applets(busybox.read_bytes())) == sorted(listed.stdout.split())
     with pytest.raises(StepError, match="applet list"):
-        vm.busybox_applets(b"\x7fELF no applets here")
+        initramfs.busybox_applets(b"\x7fELF no applets here")
 
 
 def test_aarch64_guest_gets_its_qemu_machine_console_and_root(tmp_path: Path) -> None:
     from make_disk_image.platforms import platform_for
 
-    argv = vm.qemu_command(
+    argv = runner.qemu_command(
         kernel=tmp_path / "Image", initramfs=tmp_path / "initrd", control_dir=tmp_path,
         disk=None, shares=[], mem_mib=512, qemu_opts=[],
         platform=platform_for("aarch64-linux"), root=tmp_path,
@@ -458,7 +459,7 @@ def test_aarch64_guest_gets_its_qemu_machine_console_and_root(tmp_path: Path) ->
     assert "console=ttyAMA0" in argv[argv.index("-append") + 1]
     assert any(a.startswith(f"local,path={tmp_path},mount_tag=host,") for a in argv)
     # x86_64 keeps qemu's default machine, so that QEMU_OPTS may choose q35.
-    x86 = vm.qemu_command(
+    x86 = runner.qemu_command(
         kernel=tmp_path / "bzImage", initramfs=tmp_path / "initrd", control_dir=tmp_path,
         disk=None, shares=[], mem_mib=512, qemu_opts=[], platform=platform_for("x86_64-linux"),
     )  # fmt: skip
@@ -467,4 +468,4 @@ def test_aarch64_guest_gets_its_qemu_machine_console_and_root(tmp_path: Path) ->
 
 def test_foreign_guest_without_guest_root_is_refused() -> None:
     with pytest.raises(StepError, match="guest root of aarch64-linux programs"):
-        vm.run_in_vm(["true"], disk=None, system="aarch64-linux")
+        runner.run_in_vm(["true"], disk=None, system="aarch64-linux")

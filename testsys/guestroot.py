@@ -24,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from make_disk_image import process, vm
+from make_disk_image import process
+from make_disk_image.cache import cache_dir
 from make_disk_image.platforms import PLATFORMS
 
 STEP = "guest root"
@@ -107,7 +108,7 @@ def guest_root(arch: str = "arm64") -> Path:
     digest = hashlib.sha256(_FORMAT.encode())
     for _, name, checksum in files:
         digest.update(f"{name} {checksum}\n".encode())
-    cache = vm._cache_dir()
+    cache = cache_dir()
     target = cache / f"guest-root-{arch}-{digest.hexdigest()[:16]}"
     if (target / ".complete").is_file():
         return target

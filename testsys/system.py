@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from make_disk_image import process, vm
+from make_disk_image import initramfs as vm_initramfs
+from make_disk_image import kernel as vm_kernel
+from make_disk_image import process
 from make_disk_image.platforms import Platform, host_system, platform_for
 
 STEP = "testsys"
@@ -211,7 +213,7 @@ def initramfs(kernel_version: str, root: Path = Path("/")) -> Path:
     """The test system's initramfs (cached by make_disk_image.vm); `root`: where its
     busybox and the kernel's modules come from."""
     init = (PACKAGE_DIR / "scripts" / "stage-1-init.sh").read_text()
-    return vm.build_initramfs(
+    return vm_initramfs.build_initramfs(
         init, kernel_version=kernel_version, modules=INITRD_MODULES, root=root
     )
 
@@ -235,7 +237,7 @@ def system_inputs(system: str | None) -> SystemInputs:
     """The host's files for its own architecture; Debian's unpacked ones for another."""
     plat = platform_for(system or host_system())
     if plat.system == host_system():
-        kernel_image, kernel_version = vm.host_kernel()
+        kernel_image, kernel_version = vm_kernel.host_kernel()
         return SystemInputs(
             plat, Path("/"), kernel_image, kernel_version, Path("/bin/busybox").resolve(),
             HOST_PROGRAMS, GRUB_MODULES_DIR, "i386-pc", SYSTEMD_BOOT_EFI,
@@ -243,7 +245,7 @@ def system_inputs(system: str | None) -> SystemInputs:
     from testsys.guestroot import guest_root
 
     root = guest_root(plat.debian_arch)
-    kernel_image, kernel_version = vm.host_kernel(root / "boot", root / "lib/modules")
+    kernel_image, kernel_version = vm_kernel.host_kernel(root / "boot", root / "lib/modules")
     return SystemInputs(
         plat, root, kernel_image, kernel_version, root / "bin/busybox", (),
         str(root / GUEST_GRUB_MODULES_DIR.format(target=plat.grub_efi_target)),
@@ -301,7 +303,7 @@ def build_test_system(
         "system": plat.system,
         "scriptsDir": str(PACKAGE_DIR / "scripts"),
         "busybox": str(inputs.busybox),
-        "busyboxApplets": vm.busybox_applets(inputs.busybox.read_bytes()),
+        "busyboxApplets": vm_initramfs.busybox_applets(inputs.busybox.read_bytes()),
         "hostPrograms": host_programs,
         "grubModules": inputs.grub_modules,
         "grubTarget": inputs.grub_target,

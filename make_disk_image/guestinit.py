@@ -1,0 +1,152 @@
+"""What the guest runs: the initramfs' init script, and the command it is handed.
+
+The command line, environment and exit status travel through a private read-write 9p
+share (the "control" share), not the kernel command line (2 KiB limit, quoting) or the
+serial console (where the command's own output could be mistaken for a status).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Where the guest mounts the host's root before chrooting into it.
+GUEST_ROOT = "/host"
+# Where the control share sits in the initramfs (outside the chroot).
+GUEST_CONTROL = "/control"
+CONTROL_TAG = "mdi-control"
+HOST_ROOT_TAG = "host"
+
+# Larger 9p messages make big reads (python's stdlib, mkfs binaries) much faster; the
+# kernel caps it at what the virtio transport allows.
+_9P_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000"
+
+
+# The init run by the guest kernel. It reads what to do from the control share:
+#   shares   lines "TAG GUEST-PATH rw|ro"
+#   command  a shell snippet run by busybox sh inside the chroot
+# and writes "status" there: "exit N" when the command ran, "error MESSAGE" when the
+# guest could not be set up.
+_RUN_INIT = r"""#!/bin/busybox sh
+export PATH=/bin
+R=__ROOT__
+C=__CONTROL__
+
+fail() {
+    echo "make-disk-image vm: $*" >/dev/console
+    echo "error $*" >$C/status
+    sync
+    poweroff -f
+    exit 1
+}
+
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec </dev/null >/dev/console 2>&1
+# The firmware's last console line ("Booting from ROM..") has no newline; end it so the
+# command's first line starts on its own.
+echo
+
+while read -r ko; do
+    # "File exists" (already built in or loaded) and missing CPU features
+    # (crc32c-intel under TCG) are fine; a real failure shows at the mounts below.
+    insmod /lib/modules/__KVER__/$ko 2>/dev/null
+done </lib/modules/load-order
+
+mount -t 9p -o __9P__ __CONTROL_TAG__ $C || { echo "control share missing"; poweroff -f; }
+if [ -f $C/host-paths ]; then
+    # An empty root, as nixpkgs' runInLinuxVM gives (a tmpfs with the store and xchg
+    # shared in), plus only the host paths listed (read-only).
+    mkdir -p /host-root
+    mount -t 9p -o ro,__9P__,cache=loose __ROOT_TAG__ /host-root ||
+        fail "cannot mount the host root over 9p"
+    mount -t tmpfs -o mode=0755 tmpfs $R || fail "cannot mount the guest's root tmpfs"
+    while read -r p; do
+        if [ -L /host-root$p ]; then
+            mkdir -p "$R${p%/*}"
+            ln -s "$(readlink /host-root$p)" "$R$p" || fail "cannot link $p"
+        elif [ -d /host-root$p ]; then
+            mkdir -p "$R$p" && mount -o bind /host-root$p "$R$p" || fail "cannot bind $p"
+        elif [ -e /host-root$p ]; then
+            mkdir -p "$R${p%/*}" && touch "$R$p" && mount -o bind /host-root$p "$R$p" ||
+                fail "cannot bind $p"
+        fi
+    done <$C/host-paths
+    mkdir -p $R/dev $R/proc $R/sys $R/tmp $R/run $R/mnt
+else
+    mount -t 9p -o ro,__9P__,cache=loose __ROOT_TAG__ $R ||
+        fail "cannot mount the host root over 9p"
+fi
+
+mount -t devtmpfs devtmpfs $R/dev || fail "cannot mount /dev"
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts -o gid=5,mode=620 devpts $R/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
+ln -sfn /proc/self/fd $R/dev/fd
+ln -sfn /proc/self/fd/0 $R/dev/stdin
+ln -sfn /proc/self/fd/1 $R/dev/stdout
+ln -sfn /proc/self/fd/2 $R/dev/stderr
+mount -t proc proc $R/proc || fail "cannot mount /proc"
+mount -t sysfs sysfs $R/sys || fail "cannot mount /sys"
+if [ -d $R/sys/firmware/efi/efivars ]; then
+    mount -t efivarfs efivarfs $R/sys/firmware/efi/efivars || fail "cannot mount efivarfs"
+fi
+for d in tmp run mnt; do
+    mount -t tmpfs -o mode=0755 tmpfs $R/$d || fail "cannot mount tmpfs on /$d"
+done
+chmod 1777 $R/tmp
+
+if [ -f $C/shares ]; then
+    while read -r tag guest mode; do
+        mkdir -p "$R$guest" 2>/dev/null || [ -d "$R$guest" ] ||
+            fail "share mount point $guest is missing from the read-only host root" \
+                "(use an existing directory or one under /tmp, /run or /mnt)"
+        mount -t 9p -o $mode,__9P__ "$tag" "$R$guest" || fail "cannot mount share $tag on $guest"
+    done <$C/shares
+fi
+
+# The command runs under the initramfs' busybox sh (copied into the chroot's tmpfs) so
+# it does not depend on a shell in the host root.
+mkdir -p $R/run/make-disk-image
+cp /bin/busybox $R/run/make-disk-image/busybox
+chroot $R /run/make-disk-image/busybox sh -c "$(cat $C/command)"
+status=$?
+
+# stty sets the terminal with TCSADRAIN: it returns once the command's output left the
+# serial port, so the host sees all of it before the status.
+stty -F /dev/console onlcr >/dev/null 2>&1
+sync
+echo "exit $status" >$C/status
+sync
+poweroff -f
+"""
+
+
+def run_init_script(kernel_version: str) -> str:
+    """The init script run_in_vm's initramfs uses."""
+    replacements = {
+        "__ROOT__": GUEST_ROOT,
+        "__CONTROL__": GUEST_CONTROL,
+        "__CONTROL_TAG__": CONTROL_TAG,
+        "__ROOT_TAG__": HOST_ROOT_TAG,
+        "__KVER__": kernel_version,
+        "__9P__": _9P_OPTIONS,
+    }
+    script = _RUN_INIT
+    for key, value in replacements.items():
+        script = script.replace(key, value)
+    return script
+
+
+def command_snippet(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str:
+    # The host's env, by path: busybox (built to prefer its applets) would run its own
+    # `sh`, `ls`, ... instead of the host programs the command names.
+    full_env = {"PATH": DEFAULT_PATH, **env}
+    assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in full_env.items())
+    return (
+        f"cd -- {shlex.quote(cwd)} || exit 127\n"
+        f"exec /usr/bin/env -i {assignments} {shlex.join(argv)}\n"
+    )

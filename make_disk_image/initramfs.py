@@ -1,0 +1,189 @@
+"""The VM runner's initramfs: a newc cpio of a static busybox, modules and an init script."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import os
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .cache import cache_dir, write_atomically
+from .guestinit import GUEST_CONTROL, GUEST_ROOT
+from .kernel import module_bytes, module_paths, plain_module_name
+from .process import StepError
+
+logger = logging.getLogger("make_disk_image")
+
+STEP = "vm"
+
+# Bump when the initramfs layout changes, so cached images are rebuilt.
+_INITRAMFS_FORMAT = "1"
+
+
+class NewcArchive:
+    """A minimal writer of the "newc" cpio format the kernel unpacks as initramfs."""
+
+    def __init__(self) -> None:
+        self._out = io.BytesIO()
+        self._ino = 0
+
+    def _entry(self, name: str, mode: int, data: bytes = b"") -> None:
+        self._ino += 1
+        encoded = name.encode() + b"\0"
+        fields = [self._ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self._out.write(header + encoded)
+        self._pad()
+        self._out.write(data)
+        self._pad()
+
+    def _pad(self) -> None:
+        self._out.write(b"\0" * (-self._out.tell() % 4))
+
+    def directory(self, name: str) -> None:
+        self._entry(name, 0o040755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, 0o100000 | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return self._out.getvalue()
+
+
+def is_static_elf(path: Path) -> bool:
+    """Whether `path` is a 64-bit ELF without a program interpreter (PT_INTERP)."""
+    with path.open("rb") as f:
+        header = f.read(64)
+        if len(header) < 64 or header[:5] != b"\x7fELF\x02":
+            return False
+        (phoff,) = struct.unpack_from("<Q", header, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    PT_INTERP = 3
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
+
+
+def find_busybox(root: Path = Path("/")) -> Path:
+    # The initramfs has no C library: Debian's dynamically linked `busybox` package
+    # installs the same path, so check rather than trust it.
+    for candidate in ("bin/busybox", "usr/bin/busybox"):
+        path = root / candidate
+        if path.is_file() and is_static_elf(path):
+            return path
+    raise StepError(
+        STEP, f"no static busybox found in {root}; install the Debian package busybox-static"
+    )
+
+
+def build_initramfs(
+    init_script: str,
+    *,
+    kernel_version: str,
+    modules: Sequence[str],
+    extra_files: Mapping[str, Path] = {},
+    root: Path = Path("/"),
+) -> Path:
+    """Return a gzip'd newc cpio with static busybox, `modules` (+ deps) and `init_script`.
+
+    Modules sit under /lib/modules/KVER/ in load order, listed in /lib/modules/load-order
+    (one file name a line), so an init script can `insmod` them in sequence. `extra_files`
+    maps a path inside the archive to a host file to copy there (mode 0755 if executable).
+    The archive is cached by a hash of all its inputs. `root`: where busybox and the
+    kernel's modules come from (a guest root for a kernel of another architecture).
+    """
+    busybox = find_busybox(root)
+    modules_in_order = module_paths(kernel_version, modules, root)
+
+    digest = hashlib.sha256()
+
+    def feed(label: str, data: bytes) -> None:
+        digest.update(b"%d:%s:%d:" % (len(label), label.encode(), len(data)))
+        digest.update(data)
+
+    feed("format", _INITRAMFS_FORMAT.encode())
+    feed("init", init_script.encode())
+    feed("kernel", kernel_version.encode())
+    busybox_bytes = busybox.read_bytes()
+    feed("busybox", busybox_bytes)
+    for path in modules_in_order:
+        feed(f"module {path.relative_to(root)}", path.read_bytes())
+    extra_data: list[tuple[str, bytes, int]] = []
+    for name, host_path in sorted(extra_files.items()):
+        data = host_path.read_bytes()
+        mode = 0o755 if os.access(host_path, os.X_OK) else 0o644
+        feed(f"extra {name} {mode:o}", data)
+        extra_data.append((name.strip("/"), data, mode))
+
+    target = cache_dir() / f"initramfs-{kernel_version}-{digest.hexdigest()[:32]}.cpio.gz"
+    if target.is_file():
+        logger.debug("initramfs cached at %s", target)
+        return target
+
+    logger.info("[%s] building initramfs %s", STEP, target)
+    applets = busybox_applets(busybox_bytes)
+    archive = NewcArchive()
+    made_dirs = [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "lib",
+        "lib/modules",
+        f"lib/modules/{kernel_version}",
+        GUEST_ROOT[1:],
+        GUEST_CONTROL[1:],
+    ]
+    for directory in made_dirs:
+        archive.directory(directory)
+    archive.file("bin/busybox", busybox_bytes, 0o755)
+    for applet in applets:
+        if applet != "busybox" and "/" not in applet:
+            archive.symlink(f"bin/{applet}", "busybox")
+    order: list[str] = []
+    for path in modules_in_order:
+        name = plain_module_name(path)
+        archive.file(f"lib/modules/{kernel_version}/{name}", module_bytes(path))
+        order.append(name)
+    archive.file("lib/modules/load-order", "".join(f"{n}\n" for n in order).encode())
+    for name, data, mode in extra_data:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/".join(parts[:i])
+            if parent not in made_dirs:
+                made_dirs.append(parent)
+                archive.directory(parent)
+        archive.file(name, data, mode)
+    archive.file("init", init_script.encode(), 0o755)
+    # mtime=0: the same inputs give the same bytes.
+    compressed = gzip.compress(archive.finish(), compresslevel=6, mtime=0)
+
+    write_atomically(target, compressed)
+    return target
+
+
+def busybox_applets(busybox_bytes: bytes) -> list[str]:
+    """The applet names a busybox binary holds, read from the binary itself.
+
+    `busybox --list` would need the binary to run here, which one of another
+    architecture does not. The names are stored as one NUL-separated, sorted block
+    that starts with "[\0[[\0" (the test applets sort first).
+    """
+    start = busybox_bytes.find(b"[\0[[\0")
+    if start < 0:
+        raise StepError(STEP, "cannot find the applet list in the busybox binary")
+    names: list[str] = []
+    for raw in busybox_bytes[start:].split(b"\0"):
+        if not raw or not re.fullmatch(rb"[\x21-\x7e]+", raw):
+            break
+        names.append(raw.decode())
+    return names
