@@ -171,23 +171,28 @@ let
     engineSource = ./make_disk_image;
   };
 
-  # The channel, as the reference builds it: pkgs' own source as nixos (and nixpkgs).
-  nixpkgsSource = lib.cleanSource pkgs.path;
-  channelSources = pkgs.runCommand "nixos-${config.system.nixos.version}" { } ''
-    mkdir -p $out
-    cp -prd ${nixpkgsSource.outPath} $out/nixos
-    chmod -R u+w $out/nixos
-    if [ ! -e $out/nixos/nixpkgs ]; then
-      ln -s . $out/nixos/nixpkgs
-    fi
-    rm -rf $out/nixos/.git
-    echo -n ${config.system.nixos.versionSuffix} > $out/nixos/.version-suffix
+  # copyChannel's channel: nixpkgs' own source (pkgs.path, without version-control
+  # files) as the channel `nixos`, also reachable as `nixos/nixpkgs` when the source has
+  # no such entry, and the NixOS version suffix that `nixos-version` appends.
+  channelSources = pkgs.runCommand "nixos-${config.system.nixos.version}" {
+    nixpkgsTree = lib.cleanSource pkgs.path;
+    inherit (config.system.nixos) versionSuffix;
+  } ''
+    set -eu
+    channel=$out/nixos
+    mkdir -p "$out"
+    cp --recursive --no-dereference --preserve=mode,timestamps "$nixpkgsTree" "$channel"
+    # The store copy is read-only; the suffix (and a link) go into it.
+    chmod --recursive u+w "$channel"
+    test -e "$channel/nixpkgs" || ln -s . "$channel/nixpkgs"
+    printf %s "$versionSuffix" > "$channel/.version-suffix"
   '';
 
   toplevel = config.system.build.toplevel;
   basePaths = [ toplevel ] ++ lib.optional copyChannel channelSources;
-  additionalPaths' = lib.subtractLists basePaths additionalPaths;
-  closureInfo = pkgs.closureInfo { rootPaths = basePaths ++ additionalPaths'; };
+  # additionalPaths beyond the system and channel; closureInfo takes each root once.
+  extraPaths = lib.subtractLists basePaths additionalPaths;
+  closureInfo = pkgs.closureInfo { rootPaths = basePaths ++ extraPaths; };
 
   grub = config.boot.loader.grub;
   limine = config.boot.loader.limine or { enable = false; };

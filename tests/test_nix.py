@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -571,6 +572,74 @@ REFERENCE_ARGUMENTS = {
     "copyChannel": True,
     "additionalPaths": True,
 }
+
+
+# default.nix's spec for a nixpkgs whose source (pkgs.path) is SOURCE and a NixOS version
+# suffix SUFFIX: building it builds channelSources, which the spec names.
+CHANNEL_NIX = """
+{ repo, source, suffix }:
+let
+  pkgs = import (repo + "/tests/nixpkgs") { } // { path = /. + source; };
+  inherit (pkgs) lib;
+  standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
+  config = (standIn.lib.nixosSystem {
+    system = builtins.currentSystem;
+    modules = [ {
+      system.nixos.versionSuffix = lib.mkForce suffix;
+      system.stateVersion = "26.05";
+      fileSystems."/" = { device = "/dev/disk/by-label/nixos"; fsType = "ext4"; };
+      boot.loader.grub.devices = [ "/dev/vda" ];
+    } ];
+  }).config;
+in (import (repo + "/default.nix") { inherit pkgs lib config; }).passthru.spec
+"""
+
+
+def tree_listing(root: Path) -> dict[str, tuple[str, str]]:
+    """Each entry under root: (kind, what it holds): a file's text and executable bit, a
+    link's target; directories by name only."""
+    listing = {}
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if path.is_symlink():
+            listing[name] = ("link", os.readlink(path))
+        elif path.is_dir():
+            listing[name] = ("dir", "")
+        else:
+            executable = "x" if path.stat().st_mode & 0o100 else "-"
+            listing[name] = ("file", executable + path.read_text())
+    return listing
+
+
+@pytest.mark.parametrize("has_nixpkgs", [False, True], ids=["nixpkgs-linked", "nixpkgs-kept"])
+def test_channel_is_the_nixpkgs_source_with_link_and_suffix(
+    checkout: Path, tmp_path: Path, has_nixpkgs: bool
+) -> None:
+    """copyChannel's channel: directory `nixos` holds pkgs.path's source without .git,
+    `nixos/nixpkgs` links to `.` unless the source has one, `nixos/.version-suffix`
+    holds the configuration's system.nixos.versionSuffix (no newline)."""
+    source = tmp_path / "nixpkgs-source"
+    (source / "pkgs" / "top").mkdir(parents=True)
+    (source / "default.nix").write_text("{ }: { }\n")
+    (source / "pkgs" / "top" / "run").write_text("#!/bin/sh\n")
+    (source / "pkgs" / "top" / "run").chmod(0o755)
+    (source / "lib").symlink_to("pkgs/top")
+    (source / ".git").mkdir()
+    (source / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    if has_nixpkgs:
+        (source / "nixpkgs").write_text("a file of the source\n")
+    spec_file = checked(["nix-build", "--no-out-link", "-E", CHANNEL_NIX,
+                         "--argstr", "repo", str(checkout), "--argstr", "source", str(source),
+                         "--argstr", "suffix", ".pre-test-1"]).strip()
+    channel = Path(json.loads(Path(spec_file).read_text())["channelSources"])
+    # Named as the reference names it: nixos-RELEASE plus the suffix.
+    assert re.fullmatch(r"[0-9a-z]{32}-nixos-[0-9.]+\.pre-test-1", channel.name), channel
+    expected = {f"nixos/{name}": entry for name, entry in tree_listing(source).items()
+                if not name.startswith(".git")}
+    expected |= {"nixos": ("dir", ""), "nixos/.version-suffix": ("file", "-.pre-test-1")}
+    if not has_nixpkgs:
+        expected["nixos/nixpkgs"] = ("link", ".")
+    assert tree_listing(channel) == expected
 
 
 def test_default_nix_qemu_opts_follow_the_reference(checkout: Path) -> None:
