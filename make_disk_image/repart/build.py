@@ -1,0 +1,161 @@
+"""Building an `image.repart` image: every filesystem natively in its own file, the
+partition table written directly, then the output nixpkgs' builder gives.
+
+1. definitions, identities (from the seed) and labels;
+2. the filesystems whose size decides the partition's (erofs, squashfs, Minimize=guess);
+3. placement (placement.py), then the other filesystems at their partitions' sizes;
+4. the image: the GPT and each filesystem's data copied to its offset (holes stay holes);
+5. `$out`: `<base>.raw` (or `format`), split files, compression, repart-output.json,
+   nix-support/hydra-build-products.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID, uuid4
+
+from make_disk_image import nixdb
+from make_disk_image.models import Entry
+from make_disk_image.process import StepError
+from make_disk_image.repart import definitions, filesystems, gpt, output, placement, trees, uuids
+from make_disk_image.repart.definitions import Definition
+from make_disk_image.repart.spec import RepartSpec
+from make_disk_image.utils import copy_data_ranges
+
+logger = logging.getLogger("make_disk_image")
+STEP = "repart"
+REGISTRATION_TIME = 1
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A definition with everything decided about it."""
+
+    definition: Definition
+    number: int
+    uuid: UUID
+    label: str
+    fs_uuid: UUID
+    placed: placement.Placed
+    filesystem: Path | None  # its filesystem, in a file of its own
+
+
+@dataclass(frozen=True)
+class Built:
+    image: Path  # the raw image, in the work directory
+    disk_uuid: UUID
+    sector_size: int
+    partitions: tuple[Partition, ...]
+
+
+def _entries(spec: RepartSpec, defs: Sequence[Definition], work: Path) -> list[list[Entry]]:
+    found = []
+    for d in defs:
+        partition = spec.partitions[d.name]
+        db = None
+        if spec.nix_database and trees.takes_nix_database(d, partition):
+            assert partition.closure_info is not None
+            db = nixdb.make_db(Path(partition.closure_info), work / f"db-{d.name}",
+                               registration_time=REGISTRATION_TIME)
+        found.append(trees.entries(d, partition, db) if d.format not in (None, "swap") else [])
+    return found
+
+
+def _premade(spec: RepartSpec, d: Definition, entries: list[Entry], fs_uuid: UUID,
+             label: str, work: Path) -> tuple[int | None, Path | None]:
+    """(content size, filesystem file) for what must be made before placement."""
+    extra = spec.mkfs_options.get(d.format or "", ())
+    step = f"{STEP}: {d.name}"
+    if d.read_only_filesystem:
+        assert d.format is not None
+        target = work / f"{d.name}.{d.format}"
+        size = filesystems.make_read_only(d.format, target, entries, fs_uuid=fs_uuid,
+                                          label=label, work=work, step=step, extra=extra)
+        return size, target
+    if d.minimize == "guess":
+        if d.format != "ext4":
+            raise StepError(step, f"{definitions.option(d.name, 'Minimize')}: guess is built "
+                            "for ext4 here; give this partition a SizeMinBytes instead")
+        return filesystems.guess_ext4_size(work, entries, fs_uuid=fs_uuid, label=label,
+                                           step=step, extra=extra), None
+    return None, None
+
+
+def _make(spec: RepartSpec, p: Partition, entries: list[Entry], work: Path) -> Path | None:
+    d = p.definition
+    if p.filesystem is not None or d.format is None:
+        return p.filesystem
+    extra = spec.mkfs_options.get(d.format, ())
+    target = work / f"{d.name}.{d.format}"
+    step = f"{STEP}: {d.name}"
+    size = p.placed.size
+    if d.format == "ext4":
+        filesystems.make_ext4(target, size, entries, fs_uuid=p.fs_uuid, label=p.label,
+                              step=step, extra=extra)
+    elif d.format == "vfat":
+        filesystems.make_vfat(target, size, entries, volume_id=uuids.vfat_volume_id(p.fs_uuid),
+                              label=p.label, sector_size=spec.sector_size, work=work,
+                              step=step, extra=extra)
+    elif d.format == "swap":
+        filesystems.make_swap(target, size, fs_uuid=p.fs_uuid, label=p.label, step=step,
+                              extra=extra)
+    else:
+        raise StepError(step, f"{definitions.option(d.name, 'Format')}: {d.format} is not "
+                        "built by this engine yet; use ext4, vfat, swap, erofs or squashfs")
+    return target
+
+
+def build(spec: RepartSpec, work: Path) -> Built:
+    started = time.monotonic()
+    defs = definitions.parse_all(
+        {n: p.repart_config for n, p in spec.partitions.items()}, spec.architecture)
+    seed = spec.seed or uuid4()
+    part_uuids = uuids.partition_uuids(seed, defs)
+    labels = uuids.labels(defs)
+    fs_uuids = [uuids.filesystem_uuid(u) for u in part_uuids]
+    all_entries = _entries(spec, defs, work)
+    premade = [_premade(spec, d, e, f, label, work)
+               for d, e, f, label in zip(defs, all_entries, fs_uuids, labels, strict=True)]
+    layout = placement.place(defs, [size for size, _ in premade],
+                             sector_size=spec.sector_size, disk_size=spec.image_size)
+    parts = [Partition(d, i + 1, u, label, f, placed, made)
+             for i, (d, u, label, f, placed, (_, made)) in enumerate(
+                 zip(defs, part_uuids, labels, fs_uuids, layout.partitions, premade,
+                     strict=True))]
+    parts = [Partition(p.definition, p.number, p.uuid, p.label, p.fs_uuid, p.placed,
+                       _make(spec, p, e, work)) for p, e in zip(parts, all_entries, strict=True)]
+    image = work / f"{spec.image_file_basename}.raw"
+    image.unlink(missing_ok=True)
+    with image.open("wb") as f:
+        f.truncate(layout.size)
+    disk = uuids.disk_uuid(seed)
+    ss = spec.sector_size
+    gpt.write(image, disk_uuid=disk, sector_size=ss, partitions=[
+        gpt.GptPartition(p.definition.type.uuid, p.uuid, p.placed.offset // ss,
+                         (p.placed.offset + p.placed.size) // ss - 1,
+                         p.definition.type.attribute_bits, p.label) for p in parts])
+    for p in parts:
+        if p.filesystem is not None:
+            length = min(p.filesystem.stat().st_size, p.placed.size)
+            copy_data_ranges(p.filesystem, image, [(0, length)], step=f"{STEP}: {p.label}",
+                             dest_offset=p.placed.offset)
+    logger.info("[%s] image of %d bytes built in %.1f s", STEP, layout.size,
+                time.monotonic() - started)
+    return Built(image, disk, ss, tuple(parts))
+
+
+def build_to(spec: RepartSpec, out: Path, work: Path) -> list[Path]:
+    """Build and write nixpkgs' outputs into `out`; returns the files written."""
+    built = build(spec, work)
+    try:
+        return output.write(spec, built, out)
+    finally:
+        for p in built.partitions:
+            if p.filesystem is not None:
+                p.filesystem.unlink(missing_ok=True)
+        shutil.rmtree(work / "nix-db-root", ignore_errors=True)

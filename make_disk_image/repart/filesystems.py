@@ -1,0 +1,183 @@
+"""Each repart `Format=`, made natively into its own file by the unprivileged build user.
+
+| Format | made by | owners | deterministic |
+|---|---|---|---|
+| ext4 | `mke2fs -d -` (tar stream, explicit owners) | root | bit-identical (*) |
+| vfat | `mkfs.vfat -F 32 --invariant`, mtools | - | bit-identical (fixed times) |
+| swap | `mkswap` | - | bit-identical |
+| erofs | `mkfs.erofs --all-root -T1` of the materialized tree | root | bit-identical |
+| squashfs | `mksquashfs -all-root`, SOURCE_DATE_EPOCH | root | bit-identical |
+
+(*) SOURCE_DATE_EPOCH, and the directory hash seed is the filesystem's UUID.
+
+The options are systemd-repart 254's (mkfs-util.c: `-I 256 -m 0 -O has_journal`, FAT32
+forced, label and UUID) plus what makes the bytes reproducible; `mkfsOptions` go last.
+No fakeroot and no user namespace: owners come from the tar stream or `--all-root`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from make_disk_image import fat, other_filesystems, process
+from make_disk_image.models import Entry, PlannedPartition
+from make_disk_image.process import StepError
+from make_disk_image.tarstream import write_tar
+
+SOURCE_DATE_EPOCH = "1"
+EXT4_OPTIONS = ("-t", "ext4", "-b", "4096", "-T", "default", "-I", "256", "-O", "has_journal",
+                "-m", "0")
+# Minimize=guess's trial filesystem, sparse: repart gives it 1 TiB too.
+TRIAL_SIZE = 1 << 40
+FAT_LABEL_BYTES = 11
+
+
+def _feed_tar(argv: Sequence[str], entries: Sequence[Entry], *, step: str,
+              env: dict[str, str]) -> None:
+    """Run `argv` with `entries` as a tar stream on its stdin, written by a thread."""
+    errors: list[BaseException] = []
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        try:
+            write_tar(entries, write_fd, what=f"{step}: streamed")
+        except BrokenPipeError:
+            pass  # the tool stopped reading; its own error says why
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+        finally:
+            os.close(write_fd)
+
+    feeder = threading.Thread(target=feed, name="tar-feeder", daemon=True)
+    feeder.start()
+    try:
+        with os.fdopen(read_fd, "rb") as stdin:
+            process.run(argv, step=step, env=env, stdin=stdin)
+    finally:
+        feeder.join()
+    if errors:
+        raise StepError(step, f"could not read the tree: {errors[0]}") from errors[0]
+
+
+def _sized(target: Path, size: int) -> None:
+    target.unlink(missing_ok=True)
+    with target.open("wb") as f:
+        f.truncate(size)
+
+
+def make_ext4(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
+              label: str, step: str, extra: Sequence[str] = (), checksums: bool = True) -> None:
+    _sized(target, size)
+    argv = ["mke2fs", "-F", "-q", *EXT4_OPTIONS, "-L", label, "-U", str(fs_uuid),
+            "-E", f"lazy_itable_init=1,discard,hash_seed={fs_uuid}"]
+    if not checksums:
+        # uninit_bg keeps the groups uninitialised (as metadata_csum does), so the trial
+        # allocates what the real filesystem would.
+        argv += ["-O", "^metadata_csum,uninit_bg"]
+    argv += [*extra, "-d", "-", str(target), f"{size // 1024}K"]
+    _feed_tar(argv, entries, step=step, env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
+
+
+def data_bytes(path: Path) -> int:
+    """The bytes of `path` that hold data: holes and unwritten extents left out."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        total, offset = 0, 0
+        while True:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return total
+                raise
+            offset = os.lseek(fd, start, os.SEEK_HOLE)
+            total += offset - start
+    finally:
+        os.close(fd)
+
+
+def guess_ext4_size(work: Path, entries: Sequence[Entry], *, fs_uuid: uuid.UUID, label: str,
+                    step: str, extra: Sequence[str] = ()) -> int:
+    """Minimize=guess as repart does it: fill a sparse 1 TiB filesystem, take the bytes
+    that hold data, and add half of them. The trial runs without metadata checksums
+    (they change no allocation and cost most of mke2fs' time)."""
+    with tempfile.TemporaryDirectory(prefix="minimize-", dir=work) as tmp:
+        trial = Path(tmp) / "trial.ext4"
+        make_ext4(trial, TRIAL_SIZE, entries, fs_uuid=fs_uuid, label=label,
+                  step=f"{step}: Minimize=guess trial", extra=extra, checksums=False)
+        used = data_bytes(trial)
+    return used + used // 2
+
+
+def fat_label(label: str) -> str:
+    return label.upper().encode("ascii", "replace")[:FAT_LABEL_BYTES].decode()
+
+
+def make_vfat(target: Path, size: int, entries: Sequence[Entry], *, volume_id: str,
+              label: str, sector_size: int, work: Path, step: str,
+              extra: Sequence[str] = ()) -> None:
+    _sized(target, size)
+    env = {**fat.MTOOLS_ENV, **fat.DETERMINISTIC_ENV}
+    # A FAT32 this small needs one sector per cluster, or mtools and firmware read it
+    # as FAT16 (field notes): repart 254 fails there ("No directory slots").
+    small = ["-s", "1"] if size < (512 << 20) else []
+    argv = ["mkfs.vfat", "--invariant", "-i", volume_id, "-n", fat_label(label), "-F", "32",
+            "-S", str(sector_size), *small, *extra, str(target)]
+    process.run(argv, step=f"{step}: mkfs.vfat", env=env)
+    if len(entries) <= 1:
+        return
+    with tempfile.TemporaryDirectory(prefix="vfat-", dir=work) as tmp:
+        copy = Path(tmp) / "tree"
+        other_filesystems.materialize(entries, copy, step=step, fs_type="vfat")
+        directories = [e.path for e in entries if e.kind == "dir" and e.path]
+        files = [e.path for e in entries if e.kind != "dir"]
+        part = PlannedPartition(number=1, role="repart", start=0, end=size // 512 - 1, type="",
+                                guid=None, name=None, flags=(), filesystem="vfat",
+                                label=label, mountpoint=None)
+        try:
+            fat.fill(target, part, fat.FatContent(tuple(directories), tuple(files), copy),
+                     deterministic=True)
+        finally:
+            other_filesystems.remove_tree(copy)
+
+
+def make_swap(target: Path, size: int, *, fs_uuid: uuid.UUID, label: str, step: str,
+              extra: Sequence[str] = ()) -> None:
+    _sized(target, size)
+    process.run(["mkswap", "-L", label, "-U", str(fs_uuid), *extra, str(target)],
+                step=f"{step}: mkswap")
+
+
+def make_read_only(fmt: str, target: Path, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
+                   label: str, work: Path, step: str, extra: Sequence[str] = ()) -> int:
+    """erofs or squashfs of `entries` as the whole of `target`; returns its size. Neither
+    stores `label` (erofs-utils 1.5 has no -L; repart 254 passes none either)."""
+    target.unlink(missing_ok=True)
+    direct = other_filesystems.top_sources(entries) if fmt == "squashfs" else None
+    if direct is not None:
+        other_filesystems.make_squashfs(target, direct, root_mode=entries[0].mode,
+                                        deterministic=True, step=step,
+                                        keep_as_directory=len(direct) == 1)
+        return target.stat().st_size
+    with tempfile.TemporaryDirectory(prefix=f"{fmt}-", dir=work) as tmp:
+        tree = Path(tmp) / "root"
+        try:
+            other_filesystems.materialize(entries, tree, step=step, fs_type=fmt)
+            if fmt == "erofs":
+                process.run(["mkfs.erofs", "--all-root", "-x", "-1", "--quiet", "-T1",
+                             f"-U{fs_uuid}", *extra, str(target),
+                             str(tree)], step=f"{step}: mkfs.erofs")
+            else:
+                other_filesystems.make_squashfs(target, [tree], root_mode=entries[0].mode,
+                                                deterministic=True, step=step)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                other_filesystems.remove_tree(tree)
+    return target.stat().st_size
