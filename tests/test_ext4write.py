@@ -1,0 +1,46 @@
+"""ext4write: runs of data between blocks of zeros, extents merged up to ext4's longest,
+and a source that shrinks while it is read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from make_disk_image import ext4write
+from make_disk_image.ext4write import _add_extent, _nonzero_runs, file_reader
+
+
+def test_blocks_of_zeros_are_holes() -> None:
+    data = b"a" * 16 + bytes(16) + bytes(7) + b"b" + bytes(8) + bytes(16)
+    runs = [(first, bytes(view)) for first, view in _nonzero_runs(data, 16)]
+    assert runs == [(0, b"a" * 16), (2, bytes(7) + b"b" + bytes(8))]
+    assert [first for first, _ in _nonzero_runs(b"a" * 64, 16)] == [0]
+    assert list(_nonzero_runs(bytes(64), 16)) == []
+
+
+def test_extents_merge_when_contiguous(monkeypatch: pytest.MonkeyPatch) -> None:
+    extents: list[tuple[int, int, int]] = []
+    _add_extent(extents, 0, 100, 4)
+    _add_extent(extents, 4, 104, 2)  # continues both: merged
+    _add_extent(extents, 8, 106, 1)  # a hole before it
+    _add_extent(extents, 9, 200, 1)  # elsewhere on disk
+    assert extents == [(0, 100, 6), (8, 106, 1), (9, 200, 1)]
+    monkeypatch.setattr(ext4write, "MAX_EXTENT_BLOCKS", 7)
+    _add_extent(extents, 10, 201, 6)  # 7 blocks: merged
+    _add_extent(extents, 16, 207, 1)  # 8 would be longer than an extent
+    assert extents[-2:] == [(9, 200, 7), (16, 207, 1)]
+
+
+def test_a_file_that_shrinks(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        read = file_reader(fd)
+        assert read(90, 10) == b"x" * 10
+        with pytest.raises(OSError, match="shrank"):
+            read(0, 200)
+    finally:
+        os.close(fd)
