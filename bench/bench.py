@@ -136,15 +136,24 @@ def make_closure(work: Path, total_bytes: int, packages: int = 40, seed: int = 1
     registration) the way nixpkgs' closureInfo does."""
     rng = random.Random(seed)
     staging = work / "closure-src"
-    store_paths: list[str] = []
+    dirs: list[Path] = []
     apparent = entries = 0
     for i in range(packages):
         pkg = staging / f"bench-pkg-{i:02d}"
         size, count = _write_package(pkg, rng, total_bytes // packages)
         apparent += size
         entries += count
-        store_paths.append(run(["nix-store", "--add", pkg]).stdout.decode().strip())
-    top = staging / "bench-toplevel"
+        dirs.append(pkg)
+    closure = add_closure(work, dirs, apparent, entries)
+    shutil.rmtree(staging)
+    return closure
+
+
+def add_closure(work: Path, packages: Sequence[Path], apparent: int, entries: int) -> Closure:
+    """`packages` (directories) added to the Nix store with a toplevel linking to them,
+    and a closureInfo directory in `work`."""
+    store_paths = [run(["nix-store", "--add", pkg]).stdout.decode().strip() for pkg in packages]
+    top = work / "bench-toplevel"
     top.mkdir()
     (top / "init").write_text("#!/bin/sh\nexec /bin/sh\n")
     (top / "init").chmod(0o755)
@@ -154,8 +163,8 @@ def make_closure(work: Path, total_bytes: int, packages: int = 40, seed: int = 1
     for i, path in enumerate(store_paths):
         (top / "sw" / f"pkg{i:02d}").symlink_to(path)
     toplevel = run(["nix-store", "--add", top]).stdout.decode().strip()
+    shutil.rmtree(top)
     store_paths.append(toplevel)
-    shutil.rmtree(staging)
     info = work / "closure-info"
     info.mkdir()
     (info / "store-paths").write_text("".join(f"{p}\n" for p in sorted(store_paths)))

@@ -84,6 +84,9 @@ def plan_inodes(entries: Sequence[Entry], inodes: InodeSpace) -> Plan:
                                 "no earlier file of the tree")
             ino, kind = target
             plan.links[ino] += 1
+            if plan.links[ino] > layout.LINK_MAX:
+                raise FillError(f"/{entry.link} has more than {layout.LINK_MAX} hard links, "
+                                "the most an ext4 inode holds")
         elif entry.path == "lost+found":
             if entry.kind != "dir":
                 raise FillError("/lost+found must be a directory (e2fsck needs it)")

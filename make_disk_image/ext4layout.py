@@ -21,7 +21,8 @@ MAX_EXTENT_BLOCKS = 32768
 IN_INODE_EXTENTS = 4
 EXTENT_MAGIC = 0xF30A
 EXTENTS_FL = 0x80000
-# With dir_nlink, a directory with more subdirectories than this counts 1 link.
+# The most links an inode counts; with dir_nlink, a directory with more subdirectories
+# counts 1.
 LINK_MAX = 65000
 # A symlink target this long or shorter lives in the inode's 60-byte block map.
 FAST_SYMLINK_MAX = 59

@@ -186,6 +186,9 @@ def test_full_and_faulty_trees(tmp_path: Path) -> None:
     empty_ext4(image, 16 * MIB)
     with pytest.raises(FillError, match="hard link to 'missing'"):
         ext4fill.fill(image, 0, [root, Entry("h", "hardlink", 0o644, link="missing")], FIXED)
+    links = [Entry(f"h{n}", "hardlink", 0o644, link="f") for n in range(65000)]
+    with pytest.raises(FillError, match="/f has more than 65000 hard links"):
+        ext4fill.fill(image, 0, [root, file_entry("f", b""), *links], FIXED)
     with pytest.raises(FillError, match="comes before its directory"):
         ext4fill.fill(image, 0, [root, file_entry("a/b", b"")], FIXED)
 

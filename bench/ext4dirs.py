@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""ext4 and large directories: one directory of N entries against the same N entries
+spread over 100 directories, through the engine and through plain `mke2fs -d`.
+
+    python3 bench/ext4dirs.py [--entries 40000] [--engine REPO] [--workdir DIR]
+
+Each tree is one store path of N small files (or N/100 in each of 100 directories). It
+prints, in one run, for each shape:
+  - the engine's build as Nix runs it without a guest (prepare, then finish: ext4, no
+    partition table, no bootloader), with the root filesystem lines of its log;
+  - plain `mke2fs -d` of the store path, with metadata_csum (mke2fs's default) and
+    without it (the engine's first step);
+and the ratios one directory / spread. `--engine REPO` runs another checkout's engine
+(an older commit, for a before/after in one run). Asserts nothing. Run as root
+(Debian's Nix is single-user here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench import FS_UUID, add_closure, write_spec  # noqa: E402
+
+SPREAD_DIRS = 100
+LOG_LINES = re.compile(r".*(?:mke2fs took|metadata checksums in|fill).*")
+
+
+def make_tree(root: Path, entries: int, spread: bool) -> None:
+    for n in range(entries):
+        sub = root / (f"d{n % SPREAD_DIRS:03d}" if spread else "d")
+        if n < SPREAD_DIRS or not spread:
+            sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"entry-{n:06d}.conf").write_text(f"value = {n}\n" * (1 + n % 7))
+
+
+def engine_build(work: Path, spec: Path, engine_repo: Path) -> tuple[float, list[str]]:
+    """prepare, then finish, as separate processes; wall time and the filesystem lines."""
+    out = work / "out"
+    env = dict(os.environ, PYTHONPATH=str(engine_repo), TMPDIR=str(work))
+    lines: list[str] = []
+    started = time.monotonic()
+    for phase in ("prepare", "finish"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "make_disk_image", phase, str(spec), "--out", str(out)],
+            cwd=work, env={**env, "out": str(out)}, capture_output=True, text=True,
+            check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            sys.exit(f"{phase} failed:\n{proc.stderr[-3000:]}")
+        lines += [f"{phase}: {m.strip()}" for m in LOG_LINES.findall(proc.stderr)]
+    return time.monotonic() - started, lines
+
+
+def plain_mke2fs(tree: str, image: Path, size_kib: int, *options: str) -> float:
+    image.unlink(missing_ok=True)
+    started = time.monotonic()
+    subprocess.run(
+        ["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-F", "-U", FS_UUID, *options,
+         "-d", tree, str(image), f"{size_kib}K"],
+        check=True, env=dict(os.environ, SOURCE_DATE_EPOCH="1"),
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    image.unlink()
+    return seconds
+
+
+def measure(work: Path, entries: int, spread: bool, engine_repo: Path) -> dict[str, float]:
+    shape = f"{SPREAD_DIRS} directories" if spread else "one directory"
+    print(f"{entries:,} entries in {shape}:", flush=True)
+    package = work / "src" / ("bench-spread" if spread else "bench-flat")
+    make_tree(package, entries, spread)
+    closure = add_closure(work, [package], 0, entries)
+    shutil.rmtree(package.parent)
+    store_path = next(p for p in closure.store_paths if p != closure.toplevel)
+    spec = write_spec(work / "spec.json", closure, "none", onlyNixStore=True)
+    seconds, lines = engine_build(work, spec, engine_repo)
+    print(f"  engine (prepare + finish)         {seconds:7.1f} s")
+    for line in lines:
+        print(f"      {line}")
+    size_kib = 1024 * 1024  # 1 GiB, sparse: ample for the files' blocks and inodes
+    csum = plain_mke2fs(store_path, work / "plain.img", size_kib)
+    print(f"  mke2fs -d (metadata_csum)         {csum:7.1f} s")
+    bare = plain_mke2fs(store_path, work / "plain.img", size_kib, "-O", "^metadata_csum")
+    print(f"  mke2fs -d -O ^metadata_csum       {bare:7.1f} s", flush=True)
+    for name in ("out", "closure-info", "spec.json", "xchg", "nixos.raw"):
+        path = work / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return {"engine": seconds, "mke2fs -d": csum, "mke2fs -d, no csum": bare}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=40000)
+    parser.add_argument("--engine", type=Path, default=REPO,
+                        help="the checkout whose make_disk_image runs (default: this one)")
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mdi-ext4dirs-", dir=args.workdir))
+    try:
+        engine_rev = subprocess.run(["git", "-C", str(args.engine), "log", "-1", "--format=%h"],
+                                    capture_output=True, text=True).stdout.strip()
+        mke2fs = subprocess.run(["mke2fs", "-V"], capture_output=True, text=True).stderr
+        print(f"engine: {args.engine} ({engine_rev or 'not a git checkout'}); "
+              f"{mke2fs.splitlines()[0]}")
+        flat = measure(work, args.entries, False, args.engine)
+        spread = measure(work, args.entries, True, args.engine)
+        print("one directory / spread:")
+        for key in flat:
+            print(f"  {key:<20} {flat[key] / spread[key]:6.2f}x")
+        print(f"engine / mke2fs -d: one directory {flat['engine'] / flat['mke2fs -d']:.2f}x, "
+              f"spread {spread['engine'] / spread['mke2fs -d']:.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
