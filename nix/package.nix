@@ -29,6 +29,9 @@ let
     "setup.cfg"
     "pyproject.toml"
     "tests/conftest.py"
+    # test_layouts compares with the reference's recorded facts.
+    "tests/reference_facts.py"
+    "tests/reference_facts.json"
     "testsys/__init__.py"
     "testsys/system.py"
   ]

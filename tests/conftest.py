@@ -29,21 +29,6 @@ UNPRIVILEGED_USER = "mdi-builder"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def parted_version() -> tuple[int, ...]:
-    """The host parted's version, (0,) where there is none."""
-    if shutil.which("parted") is None:
-        return (0,)
-    first = subprocess.run(["parted", "--version"], capture_output=True, text=True,
-                           check=True).stdout.splitlines()[0]
-    return tuple(int(part) for part in first.split()[-1].split(".") if part.isdigit())
-
-
-# The reference makes hybrid's bios_grub partition with `mkpart no-fs 0 1024KiB`. parted
-# 3.6 and later (nixpkgs', Debian 13's) end it on sector 2047, as the engine does; parted
-# 3.5 (Debian 12) ends a KiB position one sector later, on 2048. Comparisons with the host's
-# parted give it that end in sectors where it is older, so they hold on either release.
-SEED_BIOS_GRUB_END = "1024KiB" if parted_version() >= (3, 6) else "2047s"
-
 CLOSURE_NIX = r"""
 let
   mk = name: script: derivation {
