@@ -325,11 +325,10 @@ let
           lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=0,readonly=on,file=${efiFirmware}"
           # The engine's prepare writes $out/efi-vars.fd from efiVariables.
           ++ lib.optional touchEFIVars "-drive if=pflash,format=raw,unit=1,file=$out/efi-vars.fd"
+          # OVMF built with SMM runs only on a q35 machine with SMM and a secure flash.
           ++ lib.optionals (OVMF.systemManagementModeRequired or false) [
-            "-machine"
-            "q35,smm=on"
-            "-global"
-            "driver=cfi.pflash01,property=secure,value=on"
+            "-machine q35,smm=on"
+            "-global driver=cfi.pflash01,property=secure,value=on"
           ]
         );
         inherit memSize;
