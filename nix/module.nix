@@ -116,7 +116,10 @@ let
 
   # What the user defined (or the constant defaults), as makeDiskImage's arguments.
   arguments =
-    lib.filterAttrs (name: _: opts.${name}.isDefined) (removeAttrs cfg [ "contents" ])
+    lib.filterAttrs (name: _: opts.${name}.isDefined) (removeAttrs cfg [
+      "contents"
+      "repart"
+    ])
     // {
       contents = map (lib.filterAttrs (_: value: value != null)) cfg.contents;
     };
@@ -124,6 +127,9 @@ let
   diskImage = makeDiskImage ({ inherit pkgs lib config; } // arguments);
 in
 {
+  # image.repart's definitions built by the engine (makeDiskImage.repart.*).
+  imports = [ ./repart.nix ];
+
   options.makeDiskImage = lib.mapAttrs (_: argumentOption) optionArguments;
 
   options.system.build.diskImage = mkOption {
