@@ -76,6 +76,10 @@ args@{
   # Fixed GPT GUIDs, ext4 UUID and timestamps.
   deterministic ? true,
 
+  # Extension: identical files of the store as one inode with several names, as
+  # `nix-store --optimise` leaves a store; the same image from an optimised store or not.
+  deduplicate ? false,
+
   # GPT partition GUID of the root partition.
   rootGPUID ? "F222513B-DED1-49FA-B591-20CE86A2FE7F",
 
@@ -122,6 +126,7 @@ let
       format
       baseName
       deterministic
+      deduplicate
       rootGPUID
       rootFSUID
       copyChannel

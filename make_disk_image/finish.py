@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from make_disk_image import fat, formats, rootfs
+from make_disk_image.dedup import unlink_orphans
 from make_disk_image.handoff import (
     HANDOFF,
     RECORD,
@@ -71,12 +72,16 @@ def final_entries(tree: Tree, record: GuestRecord) -> list[Entry]:
                 )
             entry = replace(entry, source=before.source, data=before.data)
         entries.append(entry)
+    kept: set[str] = set()
     for entry in tree.entries.values():
         if entry.path.startswith(STORE_PREFIX):
             name = entry.path[len(STORE_PREFIX):].split("/", 1)[0]
             if name not in walked:
                 entries.append(entry)
-    return sorted(entries, key=lambda e: e.path.split("/"))
+                kept.add(entry.path)
+    entries.sort(key=lambda e: e.path.split("/"))
+    # A store path the guest changed may have held the inode of `deduplicate`'s links.
+    return unlink_orphans(entries, kept) if walked else entries
 
 
 def filesystem_ranges(plan: DiskPlan) -> list[tuple[int, int]]:

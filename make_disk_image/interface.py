@@ -54,6 +54,9 @@ class FsTypeInfo:
     label_bytes: int  # the longest label the tool stores (0: it stores none)
     takes_uuid: bool  # the tool takes a fixed filesystem UUID (rootFSUID)
     kernel_module: str  # the Linux module the build VM mounts it with
+    # The engine can write hard links into it (`deduplicate`); xfsprogs 6.1's protofile
+    # has no hard links.
+    hard_links: bool
     description: str
 
 
@@ -92,6 +95,7 @@ _FIELDS = {
     "labelBytes": "label_bytes",
     "takesUUID": "takes_uuid",
     "kernelModule": "kernel_module",
+    "hardLinks": "hard_links",
 }
 
 

@@ -108,6 +108,8 @@ class Spec:
     format: Format = Format.RAW
     baseName: str = "nixos"
     deterministic: bool = True
+    # Identical files of the store as one inode with several names (make_disk_image.dedup).
+    deduplicate: bool = False
     rootGPUID: str = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
     rootFSUID: str | None = None
     copyChannel: bool = True

@@ -252,8 +252,12 @@ def make_erofs(dest: Path, plan: DiskPlan, tree: Path, *, uuid: str | None,
 
 
 def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, deterministic: bool,
-                  step: str, keep_as_directory: bool = False) -> None:
-    """mksquashfs of `sources`, each placed at the image's root under its own name."""
+                  step: str, keep_as_directory: bool = False, links: bool = True) -> None:
+    """mksquashfs of `sources`, each placed at the image's root under its own name.
+
+    `links` false: files the sources hard-link are stored as separate files (the store
+    itself is read: its links are the builder's, e.g. `nix-store --optimise`'s).
+    """
     args: list[str | Path] = ["mksquashfs", *sources, dest, "-noappend", "-all-root",
                               "-no-xattrs", "-no-progress", "-quiet",
                               "-root-mode", f"{root_mode:o}",
@@ -261,6 +265,8 @@ def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, determ
     if keep_as_directory:
         # One source directory would otherwise become the root itself.
         args.append("-keep-as-directory")
+    if not links:
+        args.append("-no-hardlinks")
     # SOURCE_DATE_EPOCH, not -mkfs-time/-all-time: a Nix build sets it already, and
     # mksquashfs refuses both at once. It is the creation time, and every later file
     # time is clamped to it.
@@ -273,6 +279,8 @@ def top_sources(entries: Sequence[Entry]) -> list[Path] | None:
     onlyNixStore), found from their files' sources; None when the tree needs
     materializing (a child with no file whose source names it)."""
     found: dict[str, Path] = {}
+    if any(e.kind == "hardlink" for e in entries):
+        return None  # `deduplicate`'s links are the tree's, not the store's
     for entry in entries:
         if entry.kind != "file" or entry.source is None or not entry.path:
             continue
@@ -299,7 +307,7 @@ def make_read_only(target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
         # mksquashfs reads the store paths themselves: no copy (erofs-utils 1.5 takes
         # one directory only, so erofs needs the materialized tree).
         make_squashfs(target, direct, root_mode=entries[0].mode, deterministic=deterministic,
-                      step=step, keep_as_directory=len(direct) == 1)
+                      step=step, keep_as_directory=len(direct) == 1, links=False)
     else:
         with tempfile.TemporaryDirectory(prefix=f"{fs.name}-root-", dir=target.parent) as tmp:
             tree = Path(tmp) / "root"

@@ -90,6 +90,7 @@ FIELDS: Mapping[str, tuple[_Check, str]] = {
     "format": (_is_str, "a string"),
     "baseName": (_is_str, "a string"),
     "deterministic": (_is_bool, "a boolean"),
+    "deduplicate": (_is_bool, "a boolean"),
     "rootGPUID": (_is_str, "a GUID string"),
     "rootFSUID": (_is_opt_str, "a UUID string or null"),
     "copyChannel": (_is_bool, "a boolean"),
@@ -279,6 +280,12 @@ def parse_spec(raw: Any) -> Spec:
         raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
 
     _check_filesystem(kw, ptt, fs_type, only_nix_store)
+    if kw.get("deduplicate", False) and fs_type in FS_TYPES and not FS_TYPES[fs_type].hard_links:
+        raise SpecError(
+            "deduplicate",
+            f"fsType {fs_type} is made by {FILESYSTEMS[fs_type].tool}, which writes no hard "
+            "links; set deduplicate = false, or use fsType ext4 or btrfs",
+        )
 
     if kw.get("touchEFIVars", False):
         if ptt not in EFI_VAR_LAYOUTS:

@@ -14,6 +14,7 @@ import os
 import stat
 from pathlib import Path
 
+from make_disk_image.dedup import link_identical
 from make_disk_image.models import Entry, Kind, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import TreeUsage
@@ -158,7 +159,9 @@ class Tree:
             )
 
     def usage(self) -> TreeUsage:
-        files = sum(TreeUsage.blocks_for(e.size) for e in self.entries.values() if e.kind != "dir")
+        # A hard link's bytes are its first name's: counted once (`deduplicate`).
+        files = sum(TreeUsage.blocks_for(e.size) for e in self.entries.values()
+                    if e.kind not in ("dir", "hardlink"))
         return TreeUsage(file_blocks=files, inodes=len(self.entries))
 
     def ordered(self) -> list[Entry]:
@@ -256,6 +259,8 @@ def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
         # The reference copies only the store's contents to the filesystem root.
         for path in store_paths:
             tree.add_host(Path(path), os.path.basename(path))
+        if spec.deduplicate:
+            link_identical(tree.entries, [os.path.basename(p) for p in store_paths])
         return tree
 
     stage_contents(spec, tree)
@@ -265,6 +270,8 @@ def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
     for path in store_paths:
         tree.adding = f"the store path {path}"
         tree.add_host(Path(path), path.lstrip("/"))
+    if spec.deduplicate:
+        link_identical(tree.entries, [p.lstrip("/") for p in store_paths])
     tree.adding = "the Nix database"
     for name, source in sorted(db_files.items()):
         tree.add_host(source, f"nix/var/nix/db/{name}")

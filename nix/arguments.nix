@@ -161,6 +161,9 @@ let
     (check "label" (fs.labelBytes == 0 || builtins.stringLength arguments.label <= fs.labelBytes)
       "\"${arguments.label}\" is longer than the ${toString fs.labelBytes} bytes a ${fsType} label holds"
     )
+    (check "deduplicate" (arguments.deduplicate -> fs.hardLinks)
+      "fsType \"${fsType}\" is made without hard links (xfs: mkfs.xfs -p protofile); set deduplicate = false, or use fsType ext4 or btrfs"
+    )
     (check "touchEFIVars" (
       arguments.touchEFIVars -> partitionTableTypes.${partitionTableType}.efiVariables
     ) messages.touchEFIVars)

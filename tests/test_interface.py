@@ -145,6 +145,9 @@ BAD_ARGUMENTS: list[tuple[str, str, str, str]] = [
      "In deterministic mode with a ext4 partition, rootFSUID must be non-null, by default, "
      "it is equal to rootGPUID."),
     ("label-too-long", 'label = "a-label-that-is-too-long";', "label", "16 bytes"),
+    ("deduplicate-xfs", 'fsType = "xfs"; deduplicate = true;', "deduplicate",
+     "ext4 or btrfs"),
+    ("deduplicate-string", 'deduplicate = "yes";', "deduplicate", "true or false"),
     ("diskSize-word", 'diskSize = "big";', "diskSize", '"auto", "minimal"'),
     ("diskSize-negative", "diskSize = -1;", "diskSize", "but is: -1"),
     ("requireKVM-string", 'requireKVM = "no";', "requireKVM", "true or false"),
