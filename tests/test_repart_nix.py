@@ -37,7 +37,9 @@ let
             };
             "20-root" = {
               storePaths = [ config.system.build.toplevel ];
-              repartConfig = { Type = "root"; Format = "ext4"; Label = "nixos"; Minimize = "guess"; };
+              repartConfig = {
+                Type = "root"; Format = "ext4"; Label = "nixos"; Minimize = "guess";
+              };
             };
           };
         };

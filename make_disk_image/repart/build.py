@@ -22,7 +22,16 @@ from uuid import UUID, uuid4
 from make_disk_image import nixdb
 from make_disk_image.models import Entry
 from make_disk_image.process import StepError
-from make_disk_image.repart import definitions, filesystems, gpt, output, placement, trees, uuids
+from make_disk_image.repart import (
+    bootloader,
+    definitions,
+    filesystems,
+    gpt,
+    output,
+    placement,
+    trees,
+    uuids,
+)
 from make_disk_image.repart.definitions import Definition
 from make_disk_image.repart.spec import RepartSpec
 from make_disk_image.utils import copy_data_ranges
@@ -62,7 +71,10 @@ def _entries(spec: RepartSpec, defs: Sequence[Definition], work: Path) -> list[l
             assert partition.closure_info is not None
             db = nixdb.make_db(Path(partition.closure_info), work / f"db-{d.name}",
                                registration_time=REGISTRATION_TIME)
-        found.append(trees.entries(d, partition, db) if d.format not in (None, "swap") else [])
+        system = spec.boot_loader.toplevel if spec.boot_loader and \
+            d.name == spec.root_partition else None
+        found.append(trees.entries(d, partition, db, system)
+                     if d.format not in (None, "swap") else [])
     return found
 
 
@@ -86,7 +98,10 @@ def _premade(spec: RepartSpec, d: Definition, entries: list[Entry], fs_uuid: UUI
     return None, None
 
 
-def _make(spec: RepartSpec, p: Partition, entries: list[Entry], work: Path) -> Path | None:
+def _make(spec: RepartSpec, p: Partition, entries: list[Entry], work: Path,
+          image: Path) -> Path | None:
+    """The partition's filesystem: ext4 straight into `image` (None returned: nothing
+    to copy), the others into a file of their own."""
     d = p.definition
     if p.filesystem is not None or d.format is None:
         return p.filesystem
@@ -95,9 +110,10 @@ def _make(spec: RepartSpec, p: Partition, entries: list[Entry], work: Path) -> P
     step = f"{STEP}: {d.name}"
     size = p.placed.size
     if d.format == "ext4":
-        filesystems.make_ext4(target, size, entries, fs_uuid=p.fs_uuid, label=p.label,
-                              step=step, extra=extra)
-    elif d.format == "vfat":
+        filesystems.make_ext4(image, size, entries, fs_uuid=p.fs_uuid, label=p.label,
+                              step=step, extra=extra, offset=p.placed.offset)
+        return None
+    if d.format == "vfat":
         filesystems.make_vfat(target, size, entries, volume_id=uuids.vfat_volume_id(p.fs_uuid),
                               label=p.label, sector_size=spec.sector_size, work=work,
                               step=step, extra=extra)
@@ -127,8 +143,6 @@ def build(spec: RepartSpec, work: Path) -> Built:
              for i, (d, u, label, f, placed, (_, made)) in enumerate(
                  zip(defs, part_uuids, labels, fs_uuids, layout.partitions, premade,
                      strict=True))]
-    parts = [Partition(p.definition, p.number, p.uuid, p.label, p.fs_uuid, p.placed,
-                       _make(spec, p, e, work)) for p, e in zip(parts, all_entries, strict=True)]
     image = work / f"{spec.image_file_basename}.raw"
     image.unlink(missing_ok=True)
     with image.open("wb") as f:
@@ -139,6 +153,9 @@ def build(spec: RepartSpec, work: Path) -> Built:
         gpt.GptPartition(p.definition.type.uuid, p.uuid, p.placed.offset // ss,
                          (p.placed.offset + p.placed.size) // ss - 1,
                          p.definition.type.attribute_bits, p.label) for p in parts])
+    parts = [Partition(p.definition, p.number, p.uuid, p.label, p.fs_uuid, p.placed,
+                       _make(spec, p, e, work, image))
+             for p, e in zip(parts, all_entries, strict=True)]
     for p in parts:
         if p.filesystem is not None:
             length = min(p.filesystem.stat().st_size, p.placed.size)
@@ -152,6 +169,8 @@ def build(spec: RepartSpec, work: Path) -> Built:
 def build_to(spec: RepartSpec, out: Path, work: Path) -> list[Path]:
     """Build and write nixpkgs' outputs into `out`; returns the files written."""
     built = build(spec, work)
+    if spec.boot_loader is not None:
+        bootloader.install_in_vm(spec, built.image, work)
     try:
         return output.write(spec, built, out)
     finally:

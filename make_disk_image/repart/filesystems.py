@@ -73,10 +73,17 @@ def _sized(target: Path, size: int) -> None:
 
 
 def make_ext4(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
-              label: str, step: str, extra: Sequence[str] = (), checksums: bool = True) -> None:
-    _sized(target, size)
+              label: str, step: str, extra: Sequence[str] = (), checksums: bool = True,
+              offset: int | None = None) -> None:
+    """ext4 of `size` bytes: the whole of a new `target`, or, with `offset`, inside the
+    existing image `target` (no copy of the filesystem afterwards)."""
+    extended = f"lazy_itable_init=1,discard,hash_seed={fs_uuid}"
+    if offset is None:
+        _sized(target, size)
+    else:
+        extended += f",offset={offset}"
     argv = ["mke2fs", "-F", "-q", *EXT4_OPTIONS, "-L", label, "-U", str(fs_uuid),
-            "-E", f"lazy_itable_init=1,discard,hash_seed={fs_uuid}"]
+            "-E", extended]
     if not checksums:
         # uninit_bg keeps the groups uninitialised (as metadata_csum does), so the trial
         # allocates what the real filesystem would.

@@ -33,6 +33,16 @@ class PartitionInput:
 
 
 @dataclass(frozen=True)
+class BootLoader:
+    """installBootLoader: the system whose switch-to-configuration installs its boot
+    loader into the built image (in a VM), and where its partitions are mounted."""
+
+    toplevel: str
+    mount_points: Mapping[str, str]  # definition name -> mount point ("/" is the root)
+    grub_devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Compression:
     enable: bool = False
     algorithm: str = "zstd"
@@ -53,6 +63,14 @@ class RepartSpec:
     mkfs_options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     format: str = "raw"
     nix_database: bool = True
+    boot_loader: BootLoader | None = None
+
+    @property
+    def root_partition(self) -> str | None:
+        """The definition mounted at / when a boot loader is installed."""
+        if self.boot_loader is None:
+            return None
+        return next((n for n, m in self.boot_loader.mount_points.items() if m == "/"), None)
 
 
 def _partition(name: str, raw: Mapping[str, Any]) -> PartitionInput:
@@ -74,6 +92,24 @@ def _partition(name: str, raw: Mapping[str, Any]) -> PartitionInput:
     if not isinstance(prefix, str) or not prefix.startswith("/"):
         raise SpecError(f"{where}.nixStorePrefix: an absolute path is needed, got {prefix!r}")
     return PartitionInput(config, contents, raw.get("closureInfo"), prefix)
+
+
+def _boot_loader(raw: Mapping[str, Any] | None, partitions: Mapping[str, Any]) -> BootLoader | None:
+    if not raw:
+        return None
+    where = "makeDiskImage.repart.installBootLoader"
+    mounts = dict(raw.get("mountPoints") or {})
+    for name, mount in mounts.items():
+        if name not in partitions:
+            raise SpecError(f"{where}.mountPoints.{name}: no such partition in "
+                            "image.repart.partitions")
+        if not str(mount).startswith("/"):
+            raise SpecError(f"{where}.mountPoints.{name}: {mount!r} is not an absolute path")
+    if "/" not in mounts.values():
+        raise SpecError(f"{where}.mountPoints: name the partition mounted at /")
+    if not isinstance(raw.get("toplevel"), str):
+        raise SpecError(f"{where}.toplevel: the system's toplevel is needed")
+    return BootLoader(raw["toplevel"], mounts, tuple(raw.get("grubDevices") or ()))
 
 
 def from_json(data: Mapping[str, Any]) -> RepartSpec:
@@ -118,6 +154,7 @@ def from_json(data: Mapping[str, Any]) -> RepartSpec:
                       (data.get("mkfsOptions") or {}).items()},
         format=fmt,
         nix_database=bool(data.get("nixDatabase", True)),
+        boot_loader=_boot_loader(data.get("installBootLoader"), partitions),
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from make_disk_image.models import Entry
 from make_disk_image.repart.definitions import Definition
 from make_disk_image.repart.spec import PartitionInput
-from make_disk_image.staging import Tree, read_store_paths
+from make_disk_image.staging import PROFILES, Tree, read_store_paths
 
 STEP = "repart contents"
 
@@ -27,7 +27,9 @@ def takes_nix_database(definition: Definition, partition: PartitionInput) -> boo
 
 
 def entries(definition: Definition, partition: PartitionInput,
-            db_files: dict[str, Path] | None) -> list[Entry]:
+            db_files: dict[str, Path] | None, system: str | None = None) -> list[Entry]:
+    """`system`: the toplevel whose boot loader will be installed, for the root
+    partition: the system profile and /etc/NIXOS, which switch-to-configuration needs."""
     tree = Tree()
     if partition.closure_info is not None:
         prefix = partition.nix_store_prefix.strip("/")
@@ -48,4 +50,9 @@ def entries(definition: Definition, partition: PartitionInput,
     if db_files:
         for name, db_file in sorted(db_files.items()):
             tree.add_host(db_file, f"nix/var/nix/db/{name}")
+    if system is not None:
+        tree.add_symlink(f"{PROFILES}/system-1-link", system)
+        tree.add_symlink(f"{PROFILES}/system", "system-1-link")
+        tree.add_file("etc/NIXOS", b"")
+        tree.mkdir_p("etc/nixos")
     return tree.ordered()
