@@ -1,0 +1,53 @@
+"""The filesystem makers on their own: sizes, labels, bit-identical bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import uuid
+from pathlib import Path
+
+from make_disk_image.models import Entry
+from make_disk_image.repart import filesystems
+
+FS_UUID = uuid.UUID("7981aaf4-2a9a-4f86-9f1f-5b42c8f28bbf")
+
+
+def test_data_bytes_skips_holes(tmp_path: Path) -> None:
+    path = tmp_path / "sparse"
+    with path.open("wb") as f:
+        f.truncate(64 << 20)
+        f.seek(32 << 20)
+        f.write(b"x" * 8192)
+    assert filesystems.data_bytes(path) in (8192, 12288)
+
+
+def test_fat_label() -> None:
+    assert filesystems.fat_label("esp") == "ESP"
+    assert filesystems.fat_label("a-very-long-label") == "A-VERY-LONG"
+
+
+def test_ext4_twice_the_same_bytes(tmp_path: Path) -> None:
+    entries = [Entry("", "dir", 0o755), Entry("etc", "dir", 0o755),
+               Entry("etc/hello", "file", 0o644, data=b"hello\n", size=6)]
+    digests = []
+    for name in ("a", "b"):
+        target = tmp_path / f"{name}.ext4"
+        filesystems.make_ext4(target, 8 << 20, entries, fs_uuid=FS_UUID, label="root",
+                              step="test")
+        digests.append(hashlib.sha256(target.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    out = subprocess.run(["debugfs", "-R", "cat /etc/hello", tmp_path / "a.ext4"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "hello\n"
+    guess = filesystems.guess_ext4_size(tmp_path, entries, fs_uuid=FS_UUID, label="root",
+                                        step="test")
+    assert 1 << 20 < guess < 64 << 20
+
+
+def test_swap(tmp_path: Path) -> None:
+    target = tmp_path / "swap"
+    filesystems.make_swap(target, 16 << 20, fs_uuid=FS_UUID, label="swap", step="test")
+    out = subprocess.run(["blkid", "-p", "-o", "export", target], capture_output=True,
+                         text=True, check=True).stdout
+    assert f"UUID={FS_UUID}" in out and "TYPE=swap" in out
