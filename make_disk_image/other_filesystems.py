@@ -12,7 +12,8 @@ no partition table, straight into the target).
   entry owned by anyone else is an error naming it.
 - xfs: `mkfs.xfs -p PROTOFILE` takes every owner and mode explicitly and reads file
   bodies from their sources (no copy). The protofile's mode field has no sticky bit,
-  so xfs_db sets it afterwards. Names with white space cannot be written there.
+  so xfs_db sets it afterwards; names and link targets a protofile cannot hold are
+  written as placeholders and given their bytes afterwards (make_disk_image.xfsnames).
 - erofs, squashfs: read-only store images (onlyNixStore), from a materialized tree,
   every file owned by root, every time fixed when deterministic.
 """
@@ -33,15 +34,13 @@ from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.models import MIB, DiskPlan, Entry
 from make_disk_image.process import CommandError, StepError
 from make_disk_image.utils import copy_data_ranges
+from make_disk_image.xfsnames import write_back
+from make_disk_image.xfsproto import write_protofile
 
 logger = logging.getLogger("make_disk_image")
 
 # Timestamps when deterministic (rootfs.SOURCE_DATE_EPOCH).
 FIXED_TIME = 1
-# Protofile mode letters by entry kind.
-_PROTO_TYPES = {"file": "-", "hardlink": "-", "dir": "d", "symlink": "l", "chardev": "c",
-                "blockdev": "b", "fifo": "p"}
-
 
 def materialize(entries: Sequence[Entry], dest: Path, *, step: str, fs_type: str) -> None:
     """Write `entries` as a directory tree at `dest` (which must not exist)."""
@@ -126,7 +125,10 @@ def make_btrfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid:
     with tempfile.TemporaryDirectory(prefix="btrfs-root-", dir=scratch.parent) as tmp:
         tree = Path(tmp) / "root"
         try:
+            started = time.monotonic()
             materialize(entries, tree, step=step, fs_type="btrfs")
+            logger.info("[%s] the tree for mkfs.btrfs --rootdir, copied in %.1f s", step,
+                        time.monotonic() - started)
             args: list[str | Path] = ["unshare", "--map-root-user", "mkfs.btrfs", "-f", "-q",
                                       "-L", plan.label, "--rootdir", tree]
             if uuid:
@@ -150,76 +152,13 @@ def make_btrfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid:
             remove_tree(tree)
 
 
-def _proto_token(entry: Entry, what: str, step: str) -> str:
-    if not what or any(c.isspace() for c in what) or what.startswith("$"):
-        raise StepError(
-            step,
-            f"/{entry.path}: {what!r} cannot be written in an xfs protofile (white space, "
-            "or a leading $); rename it or use fsType ext4 or btrfs",
-        )
-    return what
-
-
-def write_protofile(entries: Sequence[Entry], proto: Path, data_dir: Path, *,
-                    step: str) -> list[Entry]:
-    """mkfs.xfs's protofile for `entries`; returns the sticky ones (set afterwards)."""
-    by_path = {e.path: e for e in entries}
-    children: dict[str, list[Entry]] = {}
-    for entry in entries:
-        if entry.path:
-            parent = entry.path.rsplit("/", 1)[0] if "/" in entry.path else ""
-            children.setdefault(parent, []).append(entry)
-    sticky = [e for e in entries if e.mode & 0o1000]
-    lines = ["/dev/null", "0 0"]
-
-    def mode_field(entry: Entry, kind: str) -> str:
-        return (f"{_PROTO_TYPES[kind]}{'u' if entry.mode & 0o4000 else '-'}"
-                f"{'g' if entry.mode & 0o2000 else '-'}{entry.mode & 0o777:03o}")
-
-    def emit(entry: Entry) -> None:
-        kind = entry.kind
-        if kind == "hardlink":
-            # Protofiles have no hard links: the first name's bytes again.
-            assert entry.link is not None
-            first = by_path[entry.link]
-            entry = Entry(entry.path, "file", first.mode, first.uid, first.gid,
-                          source=first.source, data=first.data)
-            kind = "file"
-        name = _proto_token(entry, entry.path.rsplit("/", 1)[-1], step) if entry.path else ""
-        head = f"{name} {mode_field(entry, kind)} {entry.uid} {entry.gid}".lstrip()
-        if kind == "file":
-            source = entry.source
-            if entry.data is not None:
-                source = data_dir / str(len(os.listdir(data_dir)))
-                source.write_bytes(entry.data)
-            assert source is not None
-            lines.append(f"{head} {_proto_token(entry, str(source), step)}")
-        elif kind == "symlink":
-            assert entry.link is not None
-            lines.append(f"{head} {_proto_token(entry, entry.link, step)}")
-        elif kind in ("chardev", "blockdev"):
-            assert entry.device is not None
-            lines.append(f"{head} {entry.device[0]} {entry.device[1]}")
-        else:
-            lines.append(head)
-        if kind == "dir":
-            for child in children.get(entry.path, []):
-                emit(child)
-            lines.append("$")
-
-    emit(by_path[""])
-    lines.append("$")
-    proto.write_text("\n".join(lines) + "\n")
-    return sticky
-
-
 def make_xfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
              deterministic: bool, step: str) -> None:
     with tempfile.TemporaryDirectory(prefix="xfs-proto-", dir=scratch.parent) as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
         proto = Path(tmp) / "protofile"
-        sticky = write_protofile(entries, proto, data_dir, step=step)
+        sticky, renames = write_protofile(entries, proto, data_dir, step=step)
         args: list[str | Path] = ["mkfs.xfs", "-f", "-q", "-L", plan.label, "-p", proto]
         if uuid:
             args += ["-m", f"uuid={uuid}"]
@@ -232,6 +171,8 @@ def make_xfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: s
         except CommandError as exc:
             _too_small(step, plan, exc, ("no space", "enospc", "too small", "size"))
             raise
+    # Names and link targets the protofile held as placeholders.
+    write_back(scratch, renames, step=f"{step}: names")
     for entry in sticky:
         # The protofile wrote the mode without its sticky bit.
         fmt = stat.S_IFMT({"dir": stat.S_IFDIR, "file": stat.S_IFREG, "fifo": stat.S_IFIFO}
@@ -360,8 +301,11 @@ def make_writable(target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
             make_xfs(scratch, plan, entries, uuid=uuid, deterministic=deterministic,
                      step=step)
         if not direct:
-            copy_data_ranges(scratch, target, [(0, plan.root_size)], step=step,
-                             dest_offset=plan.root_offset)
+            copied_at = time.monotonic()
+            copied = copy_data_ranges(scratch, target, [(0, plan.root_size)], step=step,
+                                      dest_offset=plan.root_offset)
+            logger.info("[%s] %d bytes of the filesystem copied into the partition in %.1f s",
+                        step, copied, time.monotonic() - copied_at)
     finally:
         if not direct:
             scratch.unlink(missing_ok=True)

@@ -188,34 +188,6 @@ def test_minimal_size(closure: Closure, engine: Engine, fs_type: str) -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_protofile_names_owners_modes_and_refuses_white_space(tmp_path: Path) -> None:
-    from make_disk_image.models import Entry
-    from make_disk_image.other_filesystems import write_protofile
-    from make_disk_image.process import StepError
-
-    source = tmp_path / "src"
-    source.write_text("x")
-    entries = [Entry("", "dir", 0o755), Entry("tmp", "dir", 0o1777),
-               Entry("tmp/f", "file", 0o4755, 1000, 100, source=source),
-               Entry("tmp/h", "hardlink", 0o4755, 1000, 100, link="tmp/f"),
-               Entry("l", "symlink", 0o777, link="/nix/store/x"),
-               Entry("d", "file", 0o600, data=b"inline")]
-    data = tmp_path / "data"
-    data.mkdir()
-    sticky = write_protofile(entries, tmp_path / "proto", data, step="t")
-    assert [e.path for e in sticky] == ["tmp"]
-    lines = (tmp_path / "proto").read_text().splitlines()
-    assert lines[:3] == ["/dev/null", "0 0", "d--755 0 0"]
-    assert "tmp d--777 0 0" in lines  # the sticky bit comes later (xfs_db)
-    assert f"f -u-755 1000 100 {source}" in lines
-    assert f"h -u-755 1000 100 {source}" in lines  # a hard link: the bytes again
-    assert "l l--777 0 0 /nix/store/x" in lines
-    assert (data / "0").read_bytes() == b"inline"
-    with pytest.raises(StepError, match="white space"):
-        write_protofile([Entry("", "dir", 0o755), Entry("a b", "dir", 0o755)],
-                        tmp_path / "proto2", data, step="t")
-
-
 def test_store_image_sources_are_the_store_paths(tmp_path: Path) -> None:
     from make_disk_image.other_filesystems import top_sources
     from make_disk_image.staging import Tree
