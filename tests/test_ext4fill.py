@@ -202,3 +202,22 @@ def test_through_rootfs_too_small_names_the_fix(tmp_path: Path) -> None:
         rootfs.make_root_filesystem(image, plan, [Entry("", "dir", 0o755),
                                                   file_entry("big", os.urandom(20 * MIB))],
                                     uuid=UUID, deterministic=True)
+
+
+@pytest.mark.parametrize("fs_type", ["ext2", "ext3"])
+def test_ext2_and_ext3_stay_on_mke2fs_d(tmp_path: Path, fs_type: str) -> None:
+    """Without extents the writer has nothing to write: rootfs streams them into
+    `mke2fs -d -` as before, and they hold the tree."""
+    spec = Spec(toplevel="/nix/store/x", closureInfo="/nix/store/y", partitionTableType="none",
+                fsType=fs_type)
+    plan = plan_disk(spec, 32 * MIB, None)
+    image = tmp_path / "fs.img"
+    image.write_bytes(b"")
+    entries = [Entry("", "dir", 0o755), Entry("etc", "dir", 0o755),
+               file_entry("etc/hostname", b"nixos\n", 0o640, 3, 4)]
+    rootfs.make_root_filesystem(image, plan, entries, uuid=UUID, deterministic=True)
+    assert e2fsck_clean(image, 0).returncode == 0
+    assert "extent" not in debugfs(image, "stats -h").split("Filesystem features:")[1] \
+        .splitlines()[0]
+    assert read_back(image, "/etc/hostname") == b"nixos\n"
+    assert "User:     3   Group:     4" in debugfs(image, "stat /etc/hostname")
