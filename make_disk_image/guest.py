@@ -4,8 +4,10 @@ It does only what needs a kernel and the image's own tools: it mounts the filesy
 prepare made, installs the bootloader through the system's own
 switch-to-configuration (nixos-enter), sets owners given by names the image itself
 defines, and records what changed (make_disk_image.changes) for finish, which makes
-the final filesystems natively. No mkfs, no copy of the closure: its time does not
-grow with the closure's bytes.
+the final filesystems natively. No mkfs, no copy of the closure: the root filesystem
+prepare made holds only mount points for the store paths, over which the guest binds
+the store the VM shares (make_disk_image.storebind); its time does not grow with the
+closure's bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from make_disk_image import efiboot, process
+from make_disk_image import efiboot, process, storebind
 from make_disk_image.changes import record_changes
 from make_disk_image.handoff import write_record
 from make_disk_image.interface import FS_TYPES
@@ -122,6 +124,7 @@ def guest(spec: Spec, handoff: Handoff, xchg: Path, *, dev_root: Path = Path("/d
     load_filesystem(plan.fs_type)
     process.run(["mount", str(root_dev), str(MOUNT_POINT)], step="guest: mount root")
     try:
+        store_bound = storebind.bind_store_paths(handoff.store_names, MOUNT_POINT)
         for part in boot_partitions:
             process.run(
                 ["mount", str(device(dev_root, part.number)), str(mount_point(part))],
@@ -159,6 +162,7 @@ def guest(spec: Spec, handoff: Handoff, xchg: Path, *, dev_root: Path = Path("/d
         # from the disk itself.
         for part in reversed(boot_partitions):
             process.run(["umount", str(mount_point(part))], step=f"guest: umount {part.label}")
+        storebind.unbind(store_bound)
         mark = time.monotonic()
         record = record_changes(MOUNT_POINT, handoff, xchg)
         seconds["record"] = time.monotonic() - mark

@@ -3,8 +3,9 @@
 It validates the spec, describes the root filesystem once (staging.Tree), sizes the
 disk and writes the partition table into ./nixos.raw. When the guest has work (the
 bootloader, owners by name), it also makes that disk's filesystems for the build VM:
-the FAT partitions empty, the root filesystem filled (without metadata checksums,
-since finish makes the image's own). The Handoff in xchg/ tells the guest and finish
+the FAT partitions empty, the root filesystem with everything but the store paths'
+contents (each store path is a mount point the guest binds the shared store over), so
+the closure is written once per build, by finish. The Handoff in xchg/ tells the guest and finish
 what both must agree on.
 """
 
@@ -221,8 +222,28 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
     return handoff
 
 
+def vm_root_entries(tree: Tree) -> list[Entry]:
+    """The build VM's root filesystem: everything but the store paths' contents.
+
+    Each store path is only its mount point (an empty directory, or an empty file for a
+    store path that is a file; a symlink as it is): the guest binds the store the VM
+    shares over it (make_disk_image.storebind), so this filesystem's size and the time
+    to make it do not grow with the closure. finish makes the image's own filesystem,
+    once, from the whole tree.
+    """
+    out: list[Entry] = []
+    for entry in tree.ordered():
+        if not entry.path.startswith(STORE_PREFIX):
+            out.append(entry)
+        elif "/" not in entry.path[len(STORE_PREFIX):]:
+            if entry.kind == "file":
+                entry = replace(entry, source=None, data=b"", size=0)
+            out.append(entry)
+    return out
+
+
 def make_vm_root(image: Path, handoff: Handoff, tree: Tree) -> None:
-    """The build VM's root filesystem, filled.
+    """The build VM's root filesystem, without the closure's bytes.
 
     It always has deterministic times (every inode at 1 s): the guest tells what it
     changed by its times (make_disk_image.changes).
@@ -231,7 +252,7 @@ def make_vm_root(image: Path, handoff: Handoff, tree: Tree) -> None:
     rootfs.make_root_filesystem(
         image,
         plan,
-        tree.ordered(),
+        vm_root_entries(tree),
         uuid=handoff.root_uuid,
         deterministic=True,
         checksums=False,

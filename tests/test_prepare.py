@@ -314,9 +314,19 @@ def test_prepare_makes_the_build_vms_disk(closure: Closure, engine: Engine,
     offset = plan["root_offset"]
     assert e2fsck_clean(image, offset).returncode == 0
     assert "metadata_csum" not in dumpe2fs(image, offset)["Filesystem features"]
-    inode = subprocess.run(["debugfs", "-R", f"stat {closure.toplevel}/init",
-                            f"{image}?offset={offset}"], capture_output=True, text=True).stdout
+    # Each store path is only its mount point, with prepare's times: the guest binds the
+    # shared store over it, and the closure's bytes are written once, by finish.
+    def debugfs(request: str) -> str:
+        return subprocess.run(["debugfs", "-R", request, f"{image}?offset={offset}"],
+                              capture_output=True, text=True, check=True).stdout
+    inode = debugfs(f"stat {closure.toplevel}")
+    assert "Type: directory" in inode
     assert "mtime: 0x00000001" in inode and "ctime: 0x00000000" in inode
+    listing = debugfs(f"ls -p {closure.toplevel}").split()
+    assert sorted(line.split("/")[5] for line in listing) == [".", ".."], listing
+    assert "File not found" in subprocess.run(
+        ["debugfs", "-R", f"stat {closure.toplevel}/init", f"{image}?offset={offset}"],
+        capture_output=True, text=True).stderr
     # finish refuses to go on without the guest's record.
     finished = engine.run("finish", spec, build_dir=result.build_dir, out=result.out)
     assert finished.returncode == 1 and "the guest phase did not run" in finished.stderr
