@@ -17,8 +17,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from make_disk_image import fat, formats, rootfs
+from make_disk_image import formats, rootfs
 from make_disk_image.dedup import unlink_orphans
+from make_disk_image.filesystems import vfat as fat
 from make_disk_image.handoff import (
     HANDOFF,
     RECORD,
@@ -125,7 +126,7 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
     logger.info("finish: %d entries (%d from the guest's record) in %.1f s", len(entries),
                 len(record.entries), time.monotonic() - started)
     allocate_file(dest, plan.disk_size, step=STEP)
-    fat_parts = [p for p in plan.partitions if p.filesystem == "vfat"]
+    fat_parts = fat.partitions(plan)
     fat.make_all(dest, fat_parts, handoff.fat_volume_ids, deterministic=spec.deterministic,
                  disk_size=plan.disk_size)
     copied = copy_outside(vm_disk, dest, plan)
@@ -145,9 +146,7 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
         dest, plan, entries, uuid=handoff.root_uuid, deterministic=spec.deterministic,
         checksums=False, step="finish: root filesystem",
     )
-    rootfs.add_checksums(dest, plan, deterministic=spec.deterministic,
-                         step="finish: root filesystem")
-    rootfs.tune(dest, plan, deterministic=spec.deterministic)
+    rootfs.tune(dest, plan, deterministic=spec.deterministic, step="finish: root filesystem")
 
 
 def finish(spec: Spec, build_dir: Path, out: Path) -> Path:

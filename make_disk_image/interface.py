@@ -45,7 +45,7 @@ class PartitionTableInfo:
 @dataclass(frozen=True)
 class FsTypeInfo:
     """An `fsType` the engine can make: what Nix checks too. How the engine makes and
-    sizes it: make_disk_image/filesystems.py."""
+    sizes it: the make_disk_image/filesystems/ module the row names."""
 
     name: str
     origin: Origin
@@ -54,6 +54,7 @@ class FsTypeInfo:
     label_bytes: int  # the longest label the tool stores (0: it stores none)
     takes_uuid: bool  # the tool takes a fixed filesystem UUID (rootFSUID)
     kernel_module: str  # the Linux module the build VM mounts it with
+    module: str  # the engine's make_disk_image/filesystems/ module that makes it
     # The engine can write hard links into it (`deduplicate`); xfsprogs 6.1's protofile
     # has no hard links.
     hard_links: bool

@@ -28,8 +28,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from make_disk_image import other_filesystems, process, rootfs
-from make_disk_image.filesystems import EXT_FAMILY, FILESYSTEMS, needed_bytes
+from make_disk_image import process
+from make_disk_image.filesystems import FILESYSTEMS, Filesystem, ext, needed_bytes
 from make_disk_image.layouts import (
     LAYOUTS,
     check_fits,
@@ -106,7 +106,7 @@ class _Prober:
         with self.scratch.open("wb") as fh:
             fh.truncate(blocks * FS_BLOCK)
         plan = replace(self.base, root_size=blocks * FS_BLOCK)
-        rootfs.make_root_filesystem(
+        ext.make_filesystem(
             self.scratch,
             plan,
             entries,
@@ -127,8 +127,11 @@ class _Prober:
 
 def minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> DiskPlan:
     """The plan for `diskSize = "minimal"`; trial files go to a temporary dir in `work`."""
-    if spec.fsType not in EXT_FAMILY:
-        return other_minimal_plan(spec, tree, work)
+    return FILESYSTEMS[spec.fsType].minimal_plan(spec, tree, work)
+
+
+def trial_minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> DiskPlan:
+    """"minimal" for ext2/3/4, measured by trial mke2fs runs (this module's docstring)."""
     usage = tree.usage()
     entries = tree.ordered()
     root = entries[0]
@@ -195,29 +198,24 @@ def minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> DiskPlan:
     return replace(plan, size_source="minimal", root_inodes=inodes, minimal=minimal)
 
 
-def other_minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> DiskPlan:
-    """"minimal" for the filesystems other than ext*: what the filesystem needs, plus
-    additionalSpace and SLACK, in the smallest whole MiB disk of the layout.
+def estimated_minimal_plan(spec: Spec, tree: Tree, fs: Filesystem,
+                           work: Path | None = None) -> DiskPlan:
+    """"minimal" for the filesystems without trial mke2fs runs: what the filesystem
+    needs (`fs.minimal_content`), plus additionalSpace and SLACK, in the smallest whole
+    MiB disk of the layout.
 
     btrfs: a trial `mkfs.btrfs --rootdir --shrink` measures it. xfs cannot shrink and
     has no cheap measure; erofs and squashfs are what their tool makes: for them the
     auto formula (filesystems.needed_bytes) stands.
     """
-    fs = FILESYSTEMS[spec.fsType]
     usage = tree.usage()
     layout = LAYOUTS[spec.partitionTableType]
     reserved = reserved_space(layout, rounded_boot_size(spec))
     estimate = needed_bytes(fs, usage.file_blocks, usage.inodes)
-    if fs.maker == "btrfs":
-        with tempfile.TemporaryDirectory(prefix="mdi-minimal-", dir=work) as tmp:
-            content = other_filesystems.shrunk_btrfs_size(
-                Path(tmp), plan_disk(spec, MIB, None), tree.ordered(), trial_size=2 * estimate,
-                step=STEP,
-            )
-        method = f"mkfs.btrfs --rootdir --shrink of the tree: {content} bytes"
-    else:
-        content = estimate
-        method = f"the auto formula of {fs.name} (filesystems.needed_bytes): {content} bytes"
+    with tempfile.TemporaryDirectory(prefix="mdi-minimal-", dir=work) as tmp:
+        content, method, trial_size = fs.minimal_content(
+            Path(tmp), plan_disk(spec, MIB, None), tree.ordered(), estimate=estimate, step=STEP,
+        )
     need = max(fs.min_size, content + spec.additionalSpace + SLACK)
     disk = -(-(need + reserved) // MIB) * MIB
     while True:
@@ -226,7 +224,7 @@ def other_minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> Disk
             break
         disk += MIB
     minimal = MinimalSize(
-        entries=usage.inodes, inodes=0, trial_size=2 * estimate if fs.maker == "btrfs" else 0,
+        entries=usage.inodes, inodes=0, trial_size=trial_size,
         trial_used_blocks=0, trial_empty_blocks=0, content_blocks=content // FS_BLOCK,
         margin_blocks=0, overhead_blocks=0, additional_space=spec.additionalSpace,
         slack=SLACK, filesystem_size=plan.root_size,

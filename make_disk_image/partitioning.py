@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from make_disk_image import process
+from make_disk_image.filesystems import partition_filesystem
 from make_disk_image.models import DiskPlan
 from make_disk_image.process import StepError
 
@@ -36,7 +37,7 @@ def _write_with_libparted(image: Path, plan: DiskPlan) -> None:
         disk = parted.freshDisk(device, plan.table)
         for planned in plan.partitions:
             geometry = parted.Geometry(device=device, start=planned.start, end=planned.end)
-            template_fs = _parted_fs(planned.role)
+            template_fs = partition_filesystem(planned, plan)
             fs = parted.FileSystem(type=template_fs, geometry=geometry) if template_fs else None
             partition = parted.Partition(
                 disk=disk, type=parted.PARTITION_NORMAL, fs=fs, geometry=geometry
@@ -65,7 +66,3 @@ def _write_with_libparted(image: Path, plan: DiskPlan) -> None:
         if "device" in locals():
             device.removeFromCache()
 
-
-def _parted_fs(role: str) -> str | None:
-    """The file system type the reference names on `mkpart` (it sets the partition type)."""
-    return {"esp": "fat32", "xbootldr": "fat32", "boot": "fat32", "root": "ext4"}.get(role)

@@ -18,8 +18,9 @@ import uuid as uuid_module
 from dataclasses import replace
 from pathlib import Path
 
-from make_disk_image import fat, nixdb, rootfs
+from make_disk_image import nixdb, rootfs
 from make_disk_image.filesystems import FILESYSTEMS
+from make_disk_image.filesystems import vfat as fat
 from make_disk_image.handoff import (
     EFI_VARS,
     HANDOFF,
@@ -173,8 +174,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
             root_uuid=root_uuid(spec, plan),
             fat_volume_ids={
                 p.number: fat.volume_id(p, deterministic=spec.deterministic)
-                for p in plan.partitions
-                if p.filesystem == "vfat"
+                for p in fat.partitions(plan)
             },
             guest_mounts=mounts,
             nix_db_files={name: str(path.relative_to(xchg)) for name, path in db_files.items()},
@@ -188,14 +188,14 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
                     time.monotonic() - started)
         partial.unlink(missing_ok=True)
         allocate_file(partial, plan.disk_size, step="disk image")
-        fat_parts = [p for p in plan.partitions if p.filesystem == "vfat"] if mounts else []
+        fat_parts = fat.partitions(plan) if mounts else []
         # FAT first, while the file ends where each partition ends (fat.make_all).
         fat.make_all(partial, fat_parts, handoff.fat_volume_ids, deterministic=True,
                      disk_size=plan.disk_size)
         write_partition_table(partial, plan)
         if mounts:
             make_vm_root(partial, handoff, tree)
-            if FILESYSTEMS[plan.fs_type].maker != "mke2fs":
+            if not FILESYSTEMS[plan.fs_type].fixed_times:
                 handoff = replace(handoff, prepared_until_ns=time.time_ns())
         partial.replace(image)
         write_handoff(xchg, handoff)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from .filesystems import vm_kernel_modules
 from .guestinit import CONTROL_TAG, HOST_ROOT_TAG, command_snippet, run_init_script
 from .initramfs import build_initramfs
 from .kernel import host_kernel, pvh_kernel, system_tool
@@ -47,8 +48,7 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "9p",
     "crc32c_generic",
     "crc32c",
-    "ext4",
-    "vfat",
+    *vm_kernel_modules(),
     "nls_cp437",
     "nls_ascii",
     "nls_utf8",

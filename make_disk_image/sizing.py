@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from make_disk_image.filesystems import EXT_FAMILY, FILESYSTEMS, needed_bytes
+from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.layouts import LAYOUTS, reserved_space, rounded_boot_size
 from make_disk_image.models import FS_BLOCK, MIB, SizeComputation, Spec
 from make_disk_image.utils import round_up_one_unit
@@ -32,11 +32,10 @@ def auto_disk_size(spec: Spec, usage: TreeUsage) -> SizeComputation:
     disk_usage = (usage.file_blocks + 2 * usage.inodes) * FS_BLOCK
     fudge = disk_usage * FUDGE_PER_MILLE // 1000
     fs_needed = round_up_one_unit(disk_usage + fudge, FS_BLOCK)
-    fs = FILESYSTEMS[spec.fsType]
-    if fs.name not in EXT_FAMILY:
-        # Each other filesystem's own formula (filesystems.needed_bytes).
-        fs_needed = round_up_one_unit(needed_bytes(fs, usage.file_blocks, usage.inodes),
-                                      FS_BLOCK)
+    own = FILESYSTEMS[spec.fsType].auto_bytes(usage.file_blocks, usage.inodes)
+    if own is not None:
+        # The filesystem's own formula (the reference's is ext4's).
+        fs_needed = round_up_one_unit(own, FS_BLOCK)
         fudge = fs_needed - disk_usage
     disk_size = round_up_one_unit(fs_needed + additional, MIB)
     return SizeComputation(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from make_disk_image.filesystems import FILESYSTEMS
+from make_disk_image.filesystems import FILESYSTEMS, lookup
 from make_disk_image.interface import (
     DISK_SIZE_WORDS,
     FS_TYPES,
@@ -272,9 +272,11 @@ def parse_spec(raw: Any) -> Spec:
         raise SpecError(
             "rootGPUID", f'"{root_gpuid}" is not a GUID (8-4-4-4-12 hexadecimal digits)'
         )
+    fs = lookup(fs_type)
+    uuid_is_root_gpuid = fs is not None and fs.uuid_is_root_gpuid
     if "rootFSUID" not in raw:
-        kw["rootFSUID"] = root_gpuid if fs_type == "ext4" else None
-    if fs_type == "ext4" and deterministic and kw["rootFSUID"] is None:
+        kw["rootFSUID"] = root_gpuid if uuid_is_root_gpuid else None
+    if uuid_is_root_gpuid and deterministic and kw["rootFSUID"] is None:
         raise SpecError("rootFSUID", REFERENCE_MESSAGES["rootFSUID"])
     if kw["rootFSUID"] is not None and not GUID_RE.match(kw["rootFSUID"]):
         raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
@@ -405,7 +407,8 @@ def _check_filesystem(kw: dict[str, Any], ptt: str, fs_type: str, only_nix_store
                 "fsType",
                 f'"{fs_type}" is read-only: it can hold only a store image '
                 "(onlyNixStore = true, partitionTableType = \"none\"), not a root the "
-                'system writes; use "ext4", "btrfs" or "xfs"',
+                "system writes; use one of "
+                + ", ".join(name for name, info in FS_TYPES.items() if not info.read_only),
             )
         if ptt != "none":
             raise SpecError(
@@ -426,16 +429,7 @@ def _check_filesystem(kw: dict[str, Any], ptt: str, fs_type: str, only_nix_store
             "label",
             f'"{kw["label"]}" is longer than the {fs.label_bytes} bytes a {fs_type} label holds',
         )
-    if fs.maker == "btrfs":
-        for i, entry in enumerate(kw.get("contents", ())):
-            owner = entry.numeric_owner
-            if (owner is not None and owner != (0, 0)) or (
-                owner is None and entry.user is not None and
-                (entry.user, entry.group) != ("root", "root")
-            ):
-                raise SpecError(
-                    f"contents[{i}].user",
-                    f'"{entry.user}:{entry.group}": fsType btrfs is made unprivileged in a '
-                    "user namespace where only root can own files; use root, or fsType "
-                    '"ext4" or "xfs"',
-                )
+    for i, entry in enumerate(kw.get("contents", ())):
+        problem = fs.owner_problem(entry)
+        if problem is not None:
+            raise SpecError(f"contents[{i}].user", problem)

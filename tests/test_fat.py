@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image import fat
+from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import MIB, PlannedPartition
 from make_disk_image.process import CommandError
 

@@ -1,4 +1,5 @@
-"""The filesystem table: every fsType's row is consistent with what its tools accept."""
+"""The filesystem registry: every fsType's row is consistent with what its tools accept,
+its module makes it, and no other module compares a filesystem's name."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import shutil
 
 import pytest
 
-from make_disk_image.filesystems import EXT_FAMILY, FILESYSTEMS, needed_bytes
+from make_disk_image.filesystems import FILESYSTEMS, needed_bytes
+from make_disk_image.interface import FS_TYPES
 from make_disk_image.models import FS_BLOCK, MIB
 
 
@@ -32,5 +34,7 @@ def test_needed_bytes_has_a_floor_and_grows_with_the_tree() -> None:
     assert needed_bytes(xfs, big, 10) > big * FS_BLOCK
 
 
-def test_ext_family_is_in_the_table() -> None:
-    assert all(FILESYSTEMS[n].maker == "mke2fs" for n in EXT_FAMILY)
+def test_every_row_is_made_by_the_module_interface_json_names() -> None:
+    for name, fs in FILESYSTEMS.items():
+        assert type(fs).__module__ == f"make_disk_image.filesystems.{FS_TYPES[name].module}"
+

@@ -189,7 +189,7 @@ def test_minimal_size(closure: Closure, engine: Engine, fs_type: str) -> None:
 
 
 def test_store_image_sources_are_the_store_paths(tmp_path: Path) -> None:
-    from make_disk_image.other_filesystems import top_sources
+    from make_disk_image.filesystems.squashfs import top_sources
     from make_disk_image.staging import Tree
 
     for name in ("aaa-one", "bbb-two"):

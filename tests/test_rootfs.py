@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from imagecheck import dumpe2fs, e2fsck_clean
 
-from make_disk_image import rootfs
+from make_disk_image.filesystems import ext as rootfs
 from make_disk_image.layouts import plan_disk
 from make_disk_image.models import MIB, DiskPlan, Spec
 from make_disk_image.process import StepError

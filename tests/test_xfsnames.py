@@ -101,8 +101,8 @@ def _tree(source: Path) -> list[Entry]:
 def test_xfs_holds_every_name(tmp_path: Path) -> None:
     from test_other_filesystems import mounted
 
+    from make_disk_image.filesystems.xfs import make_xfs
     from make_disk_image.models import DiskPlan
-    from make_disk_image.other_filesystems import make_xfs
 
     source = tmp_path / "a file with spaces"
     source.write_bytes(b"content\n")

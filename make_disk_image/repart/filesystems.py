@@ -26,7 +26,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from make_disk_image import fat, other_filesystems, process
+from make_disk_image import process
+from make_disk_image.filesystems import scratch, squashfs
+from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import Entry, PlannedPartition
 from make_disk_image.process import StepError
 from make_disk_image.tarstream import write_tar
@@ -206,7 +208,7 @@ def make_vfat(target: Path, size: int, entries: Sequence[Entry], *, volume_id: s
         return
     with tempfile.TemporaryDirectory(prefix="vfat-", dir=work) as tmp:
         copy = Path(tmp) / "tree"
-        other_filesystems.materialize(entries, copy, step=step, fs_type="vfat")
+        scratch.materialize(entries, copy, step=step, fs_type="vfat")
         directories = [e.path for e in entries if e.kind == "dir" and e.path]
         files = [e.path for e in entries if e.kind != "dir"]
         part = PlannedPartition(number=1, role="repart", start=0, end=size // 512 - 1, type="",
@@ -216,7 +218,7 @@ def make_vfat(target: Path, size: int, entries: Sequence[Entry], *, volume_id: s
             fat.fill(target, part, fat.FatContent(tuple(directories), tuple(files), copy),
                      deterministic=True)
         finally:
-            other_filesystems.remove_tree(copy)
+            scratch.remove_tree(copy)
 
 
 def make_swap(target: Path, size: int, *, fs_uuid: uuid.UUID, label: str, step: str,
@@ -231,24 +233,24 @@ def make_read_only(fmt: str, target: Path, entries: Sequence[Entry], *, fs_uuid:
     """erofs or squashfs of `entries` as the whole of `target`; returns its size. Neither
     stores `label` (erofs-utils 1.5 has no -L; repart 254 passes none either)."""
     target.unlink(missing_ok=True)
-    direct = other_filesystems.top_sources(entries) if fmt == "squashfs" else None
+    direct = squashfs.top_sources(entries) if fmt == "squashfs" else None
     if direct is not None:
-        other_filesystems.make_squashfs(target, direct, root_mode=entries[0].mode,
+        squashfs.make_squashfs(target, direct, root_mode=entries[0].mode,
                                         deterministic=True, step=step,
                                         keep_as_directory=len(direct) == 1)
         return target.stat().st_size
     with tempfile.TemporaryDirectory(prefix=f"{fmt}-", dir=work) as tmp:
         tree = Path(tmp) / "root"
         try:
-            other_filesystems.materialize(entries, tree, step=step, fs_type=fmt)
+            scratch.materialize(entries, tree, step=step, fs_type=fmt)
             if fmt == "erofs":
                 process.run(["mkfs.erofs", "--all-root", "-x", "-1", "--quiet", "-T1",
                              f"-U{fs_uuid}", *extra, str(target),
                              str(tree)], step=f"{step}: mkfs.erofs")
             else:
-                other_filesystems.make_squashfs(target, [tree], root_mode=entries[0].mode,
+                squashfs.make_squashfs(target, [tree], root_mode=entries[0].mode,
                                                 deterministic=True, step=step)
         finally:
             with contextlib.suppress(FileNotFoundError):
-                other_filesystems.remove_tree(tree)
+                scratch.remove_tree(tree)
     return target.stat().st_size

@@ -382,7 +382,7 @@ let
   e2fsprogs = debianPackage { pname = "e2fsprogs"; };
   dosfstools = debianPackage { pname = "dosfstools"; };
   mtools = debianPackage { pname = "mtools"; };
-  # fsType = "btrfs", "xfs", "erofs", "squashfs" (make_disk_image/other_filesystems.py).
+  # fsType = "btrfs", "xfs", "erofs", "squashfs" (make_disk_image/filesystems/).
   btrfs-progs = debianPackage { pname = "btrfs-progs"; };
   xfsprogs = debianPackage { pname = "xfsprogs"; };
   erofs-utils = debianPackage { pname = "erofs-utils"; };

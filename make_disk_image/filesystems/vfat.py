@@ -1,4 +1,5 @@
-"""FAT boot partitions inside an image file, on the host: mkfs.vfat --offset and mtools.
+"""vfat: the boot partitions (ESP, XBOOTLDR, /boot) inside an image file, on the host:
+mkfs.vfat --offset and mtools. Not an fsType: a layout's boot partitions name it.
 
 prepare formats them (empty) for the build VM, where the bootloader writes into them;
 finish copies out what the bootloader left (mtools reads the guest's disk) and makes
@@ -17,12 +18,17 @@ from itertools import groupby
 from pathlib import Path
 
 from make_disk_image import process
-from make_disk_image.models import PlannedPartition
+from make_disk_image.models import DiskPlan, PlannedPartition
 from make_disk_image.process import CommandError, StepError
 
 logger = logging.getLogger("make_disk_image")
 
 STEP = "FAT"
+# The name layouts give their boot partitions' filesystem, parted's name for it (it sets
+# the partition's type) and the Linux module that mounts it.
+NAME = "vfat"
+PARTED_NAME = "fat32"
+KERNEL_MODULE = "vfat"
 # FAT times when deterministic: 1980-01-01, the earliest time FAT can store.
 FAT_EPOCH = 315532800
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
@@ -42,6 +48,15 @@ class FatContent:
     files: tuple[str, ...]
     copy: Path
     dropped: tuple[str, ...] = ()
+
+
+def holds(part: PlannedPartition) -> bool:
+    return part.filesystem == NAME
+
+
+def partitions(plan: DiskPlan) -> list[PlannedPartition]:
+    """The plan's FAT partitions."""
+    return [p for p in plan.partitions if holds(p)]
 
 
 def volume_id(part: PlannedPartition, *, deterministic: bool) -> str:

@@ -1,0 +1,121 @@
+"""btrfs, made without root: `mkfs.btrfs --rootdir` in a user namespace.
+
+mkfs.btrfs reads a directory with nftw, which fakeroot cannot intercept (glibc's
+internal stat calls). The tree is materialized as the build user and mkfs.btrfs runs in
+a user namespace where that user is root (`unshare --map-root-user`), so every file
+comes out owned by root. Other owners cannot be mapped without root or /etc/subuid,
+which a Nix build does not have: an entry owned by anyone else is an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from make_disk_image import process
+from make_disk_image.filesystems import Filesystem
+from make_disk_image.filesystems.scratch import in_partition, materialized, too_small
+from make_disk_image.models import MIB, ContentEntry, DiskPlan, Entry
+from make_disk_image.process import CommandError, StepError
+
+logger = logging.getLogger("make_disk_image")
+
+
+def is_root(owner: str) -> bool:
+    """A `contents` user or group that is root, by name or by number ("0", "00")."""
+    return owner == "root" or (owner.isdigit() and int(owner) == 0)
+
+
+def check_owners(entries: Sequence[Entry], *, step: str) -> None:
+    """Only root can own what an unprivileged build writes."""
+    for entry in entries:
+        if entry.uid or entry.gid:
+            raise StepError(
+                step,
+                f"/{entry.path} is owned by {entry.uid}:{entry.gid}, but fsType btrfs is "
+                "made in a user namespace where only root can own files (mkfs.btrfs "
+                "--rootdir copies owners from the files it reads); give it to root in "
+                "`contents` (user/group), or use fsType ext4 or xfs",
+            )
+
+
+def make_btrfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
+               step: str, shrink: bool = False) -> None:
+    check_owners(entries, step=step)
+    started = time.monotonic()
+    with materialized(entries, scratch.parent, step=step, fs_type="btrfs") as tree:
+        logger.info("[%s] the tree for mkfs.btrfs --rootdir, copied in %.1f s", step,
+                    time.monotonic() - started)
+        args: list[str | Path] = ["unshare", "--map-root-user", "mkfs.btrfs", "-f", "-q",
+                                  "-L", plan.label, "--rootdir", tree]
+        if uuid:
+            args += ["-U", uuid]
+        if shrink:
+            args.append("--shrink")
+        try:
+            process.run([*args, scratch], step=step)
+        except CommandError as exc:
+            too_small(step, plan, exc, ("no space", "enospc", "too small"))
+            if "unshare" in exc.stderr and "operation not permitted" in exc.stderr.lower():
+                raise StepError(
+                    step,
+                    "cannot make a user namespace (unshare --map-root-user), which "
+                    "fsType btrfs needs without root; allow unprivileged user "
+                    "namespaces (sysctl kernel.unprivileged_userns_clone=1) or use "
+                    "fsType ext4 or xfs",
+                ) from exc
+            raise
+
+
+def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+                      trial_size: int, step: str) -> int:
+    """Bytes of the smallest btrfs holding `entries`, for "minimal": mkfs.btrfs --shrink
+    into a sparse file of `trial_size` bytes truncates it to the filesystem's end."""
+    scratch = work / "minimal.btrfs"
+    with scratch.open("wb") as fh:
+        fh.truncate(max(trial_size, 1 << 30))
+    try:
+        make_btrfs(scratch, plan, entries, uuid=None, step=step, shrink=True)
+        return scratch.stat().st_size
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Btrfs(Filesystem):
+    def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+             uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
+        def write(scratch: Path) -> None:
+            make_btrfs(scratch, plan, entries, uuid=uuid, step=step)
+
+        in_partition(target, plan, tool=self.tool, fs_type=self.name, min_size=self.min_size,
+                     write=write, step=step)
+
+    def minimal_content(self, work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+                        estimate: int, step: str) -> tuple[int, str, int]:
+        trial_size = 2 * estimate
+        content = shrunk_btrfs_size(work, plan, entries, trial_size=trial_size, step=step)
+        return content, f"mkfs.btrfs --rootdir --shrink of the tree: {content} bytes", trial_size
+
+    def owner_problem(self, entry: ContentEntry) -> str | None:
+        if entry.user is None or entry.group is None:
+            return None  # unset: root; half set is spec's error
+        if is_root(entry.user) and is_root(entry.group):
+            return None
+        return (f'"{entry.user}:{entry.group}": fsType btrfs is made unprivileged in a '
+                "user namespace where only root can own files; use root, or fsType "
+                '"ext4" or "xfs"')
+
+
+FILESYSTEMS = (
+    # 160 MiB: the smallest that holds mkfs.btrfs' default chunks (DUP metadata, system,
+    # data) with room for the guest's writes. Measured on bench/'s closure and the test
+    # closure: used space stays under 2x the files' bytes + 16 KiB an entry.
+    Btrfs("btrfs", "mkfs.btrfs --rootdir (user namespace)",
+          "fixed UUID and label; chunk-tree/device UUIDs and times vary",
+          min_size=160 * MIB, bytes_per_entry=16 * 1024, data_per_mille=2000,
+          fixed=160 * MIB, parted_name="btrfs"),
+)

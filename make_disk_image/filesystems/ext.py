@@ -1,0 +1,311 @@
+"""ext2, ext3 and ext4, made and filled without root. The three rows differ only by data.
+
+ext4: mke2fs makes it empty and make_disk_image.ext4fill writes the tree into it, in
+time linear in the tree (libext2fs's `mke2fs -d` is quadratic in a directory's size);
+it gets metadata checksums after the fill and the reference's final tune2fs, and its
+rootFSUID defaults to rootGPUID. ext2 and ext3 (block maps, no extents): `mke2fs -d -`
+fed a tar stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shlex
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from make_disk_image import ext4fill, process
+from make_disk_image.ext4layout import UnsupportedFilesystem
+from make_disk_image.filesystems import Filesystem
+from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
+from make_disk_image.process import CommandError, StepError
+from make_disk_image.rootfs import SOURCE_DATE_EPOCH, STEP
+from make_disk_image.tarstream import write_tar
+
+if TYPE_CHECKING:
+    from make_disk_image.models import Spec
+    from make_disk_image.staging import Tree
+
+logger = logging.getLogger("make_disk_image")
+
+# tune2fs and e2fsck when deterministic. e2fsprogs >= 1.47.1 takes SOURCE_DATE_EPOCH
+# before E2FSPROGS_FAKE_TIME, so one inherited from the caller (stdenv sets 315532800)
+# would stamp the superblock with it, and e2fsck, at E2FSCK_TIME, would then "fix" a
+# last write time in the future: it is set here, to the same time.
+FIXED_TIME_ENV = {
+    "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH),
+    "E2FSPROGS_FAKE_TIME": str(SOURCE_DATE_EPOCH),
+    "E2FSCK_TIME": str(SOURCE_DATE_EPOCH),
+}
+# What e2fsck -fyD may fix, with exit status 1, on a filesystem mke2fs just made and
+# tune2fs gave checksums: the orphan file's block, which has no checksum until e2fsck
+# writes one. Anything else it fixes is a fault, and fails the step.
+EXPECTED_FIXES = (
+    re.compile(r"Orphan file \(inode \d+\) block \d+ is not clean\."),
+    re.compile(r"Clear\? yes"),
+)
+# e2fsck's progress and summary lines, which report no fix.
+_E2FSCK_PROGRESS = re.compile(
+    r"Pass \d+[A-Z]?: .*|.*\*\*\*\*\* FILE SYSTEM WAS MODIFIED \*\*\*\*\*|"
+    r".*: \d+/\d+ files \(.*\), \d+/\d+ blocks|e2fsck \d.*"
+)
+# A bigger pipe lets the tar writer run ahead of mke2fs in larger slices.
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def mkfs_command(
+    target: Path,
+    plan: DiskPlan,
+    *,
+    uuid: str | None,
+    deterministic: bool,
+    checksums: bool = True,
+    extra: tuple[str, ...] = (),
+    tree_on_stdin: bool = True,
+) -> list[str]:
+    """mke2fs for the root filesystem at the plan's root offset in `target`.
+
+    `uuid`: the filesystem UUID, the same for both runs (the bootloader may record it).
+    `checksums` false: without metadata checksums, most of mke2fs' CPU time: for the
+    build VM's copy (only the bootloader installation reads it), or for a filesystem
+    that gets them afterwards (`add_checksums`).
+    `extra`: more mke2fs options (make_disk_image.minimal's trial runs).
+    `tree_on_stdin`: mke2fs fills it from a tar stream (`-d -`); else it stays empty.
+    """
+    args = ["mke2fs", "-t", plan.fs_type, "-b", str(FS_BLOCK), "-F", "-L", plan.label, *extra]
+    if plan.root_inodes is not None:
+        # diskSize = "minimal": the inodes the tree needs, not one per 16 KiB.
+        args += ["-N", str(plan.root_inodes)]
+    extended = [f"offset={plan.root_offset}"] if plan.table is not None else []
+    if uuid:
+        args += ["-U", uuid]
+    if deterministic and uuid:
+        extended.append(f"hash_seed={uuid}")
+    if not checksums and ROWS[plan.fs_type].metadata_csum:
+        args += ["-O", "^metadata_csum"]
+    if extended:
+        args += ["-E", ",".join(extended)]
+    # Always give the size: with an offset and no size, mke2fs runs to the end of the file
+    # and destroys the backup GPT.
+    fill = ["-d", "-"] if tree_on_stdin else []
+    return [*args, *fill, str(target), f"{plan.root_size // 1024}K"]
+
+
+def make_filesystem(
+    target: Path,
+    plan: DiskPlan,
+    entries: Sequence[Entry],
+    *,
+    uuid: str | None,
+    deterministic: bool,
+    checksums: bool = True,
+    step: str = STEP,
+    extra: tuple[str, ...] = (),
+) -> None:
+    if ROWS[plan.fs_type].filled_by_engine:
+        make_filled_ext4(target, plan, entries, uuid=uuid, deterministic=deterministic,
+                         step=step, extra=extra)
+        if checksums:
+            add_checksums(target, plan, deterministic=deterministic, step=step)
+        return
+    argv = mkfs_command(
+        target, plan, uuid=uuid, deterministic=deterministic, checksums=checksums, extra=extra
+    )
+    env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)} if deterministic else {}
+    # The tar writer runs in a thread feeding mke2fs's stdin, so the tree is streamed
+    # straight from the store into the image.
+    errors: list[BaseException] = []
+    read_fd, write_fd = os.pipe()
+    # Above /proc/sys/fs/pipe-max-size the default size works too.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_SIZE)
+
+    def feed() -> None:
+        try:
+            write_tar(entries, write_fd, what=f"{step}: streamed")
+        except BrokenPipeError:
+            pass  # mke2fs stopped reading; its own error explains why
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+        finally:
+            os.close(write_fd)
+
+    started = time.monotonic()
+    feeder = threading.Thread(target=feed, name="tar-feeder", daemon=True)
+    feeder.start()
+    try:
+        with os.fdopen(read_fd, "rb") as stdin:
+            process.run(argv, step=step, env=env, stdin=stdin)
+    except CommandError as exc:
+        feeder.join(timeout=60)
+        # "Could not allocate block/inode" is the image's filesystem running out; "No
+        # space left on device" is the build directory's, which a larger image won't fix.
+        if "Could not allocate" in exc.stderr:
+            raise too_small(step, plan, f"mke2fs: {exc.stderr.strip().splitlines()[-1]}") \
+                from exc
+        raise
+    feeder.join()
+    if errors:
+        raise StepError(step, f"could not read the tree: {errors[0]}") from errors[0]
+    logger.info("[%s] mke2fs took %.1f s", step, time.monotonic() - started)
+
+
+def too_small(step: str, plan: DiskPlan, detail: str) -> StepError:
+    fix = (
+        # The guest wrote more than the free space "minimal" keeps for it.
+        'raise additionalSpace (diskSize = "minimal" keeps little more free than it)'
+        if plan.size_source == "minimal"
+        else 'raise diskSize, or use diskSize = "auto"'
+    )
+    return StepError(
+        step,
+        f"the root filesystem ({plan.root_size // MIB} MiB) is too small "
+        f"for the closure and contents; {fix} ({detail})",
+    )
+
+
+def make_filled_ext4(
+    target: Path,
+    plan: DiskPlan,
+    entries: Sequence[Entry],
+    *,
+    uuid: str | None,
+    deterministic: bool,
+    step: str,
+    extra: tuple[str, ...] = (),
+) -> None:
+    """An empty ext4 from mke2fs (no checksums: `add_checksums` adds them), then filled."""
+    argv = mkfs_command(target, plan, uuid=uuid, deterministic=deterministic,
+                        checksums=False, extra=extra, tree_on_stdin=False)
+    env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)} if deterministic else {}
+    started = time.monotonic()
+    process.run(argv, step=step, env=env)
+    made = time.monotonic()
+    try:
+        times = ext4fill.Times(SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH) if deterministic \
+            else ext4fill.Times(None, int(time.time()))
+        stats = ext4fill.fill(target, plan.root_offset if plan.table is not None else 0,
+                              entries, times)
+    except ext4fill.FilesystemFull as exc:
+        raise too_small(step, plan, f"filling it: {exc}") from exc
+    except ext4fill.FillError as exc:
+        raise StepError(step, f"cannot write the tree: {exc}") from exc
+    except UnsupportedFilesystem as exc:
+        raise StepError(step, f"mke2fs {shlex.join(extra)} made a filesystem with {exc}, "
+                        "which the engine's ext4 writer does not fill; drop that option") \
+            from exc
+    except OSError as exc:
+        raise StepError(step, f"could not read the tree: {exc}") from exc
+    logger.info("[%s] mke2fs took %.1f s, its fill %.1f s (%d entries, %.1f MiB)", step,
+                made - started, stats.seconds, stats.entries, stats.data_bytes / MIB)
+
+
+def device_spec(target: Path, plan: DiskPlan) -> str:
+    """How e2fsprogs' tools name the filesystem inside the image."""
+    return f"{target}?offset={plan.root_offset}" if plan.table is not None else str(target)
+
+
+def add_checksums(target: Path, plan: DiskPlan, *, deterministic: bool, step: str) -> None:
+    """metadata_csum on a filesystem made without it: tune2fs, then e2fsck -fD.
+
+    mke2fs -d computes the checksums again each time it updates a block while it fills
+    the filesystem; turning them on afterwards computes each once. The result has the
+    same features as mke2fs' default (e2fsck -D also rebuilds the directories, sorted by
+    hash), and the same bytes for the same input when deterministic.
+    """
+    started = time.monotonic()
+    env = FIXED_TIME_ENV if deterministic else {}
+    spec = device_spec(target, plan)
+    process.run(["tune2fs", "-O", "metadata_csum", spec], step=f"{step}: checksums", env=env)
+    # mke2fs -U with metadata_csum also sets metadata_csum_seed (the seed kept in the
+    # superblock, from the UUID); so does the reference's tune2fs -U. Turned on after
+    # the checksums, tune2fs stores that seed (together it would store 0).
+    process.run(["tune2fs", "-O", "metadata_csum_seed", spec], step=f"{step}: checksums",
+                env=env)
+    # 1: "errors corrected". Only the fixes a new filesystem needs are accepted.
+    checked = process.run(["e2fsck", "-fyD", spec], step=f"{step}: checksums", env=env,
+                          ok_returncodes=(0, 1))
+    fixes = e2fsck_fixes(checked.stdout.decode(errors="replace"))
+    if fixes:
+        logger.info("[%s] e2fsck fixed: %s", step, " / ".join(fixes))
+    unexpected = [line for line in fixes if not any(p.fullmatch(line) for p in EXPECTED_FIXES)]
+    if unexpected:
+        raise StepError(
+            f"{step}: checksums",
+            f"e2fsck -fyD found and fixed errors in the root filesystem mke2fs just made "
+            f"in {target}: " + " / ".join(unexpected)
+            + "; the filesystem cannot be trusted (a fault of the disk or of e2fsprogs)",
+        )
+    logger.info("[%s] metadata checksums in %.1f s", step, time.monotonic() - started)
+
+
+def e2fsck_fixes(output: str) -> list[str]:
+    """The lines of e2fsck's output that report a problem or a fix."""
+    return [
+        line.strip()
+        for line in output.splitlines()
+        if line.strip() and not _E2FSCK_PROGRESS.fullmatch(line.strip())
+    ]
+
+
+def tune(target: Path, plan: DiskPlan, *, deterministic: bool) -> None:
+    """The reference's final tuning: no forced checks, times resize2fs accepts.
+
+    One tune2fs run. The reference also runs `tune2fs -U rootFSUID` before mounting and
+    again at the end, then a third time for the check time; mke2fs already wrote the
+    UUID (and the hash seed), so one call sets the rest, with the last check at
+    1970-01-01 as the reference leaves it when deterministic.
+    """
+    if deterministic:
+        args, env = ["-T", "19700101"], FIXED_TIME_ENV
+    else:
+        args, env = ["-T", "now"], {}
+    process.run(["tune2fs", *args, "-c", "0", "-i", "0", device_spec(target, plan)],
+                step="tune2fs", env=env)
+
+
+@dataclass(frozen=True)
+class Ext(Filesystem):
+    # Metadata checksums (added after the fill: add_checksums) and the reference's
+    # final tune2fs: ext4's.
+    metadata_csum: bool = False
+    # Filled by make_disk_image.ext4fill into an empty filesystem (extents), not by
+    # `mke2fs -d -`.
+    filled_by_engine: bool = False
+
+    def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+             uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
+        make_filesystem(target, plan, entries, uuid=uuid, deterministic=deterministic,
+                        checksums=checksums, step=step)
+
+    def tune(self, target: Path, plan: DiskPlan, *, deterministic: bool, step: str) -> None:
+        if self.metadata_csum:
+            add_checksums(target, plan, deterministic=deterministic, step=step)
+            tune(target, plan, deterministic=deterministic)  # the module's tune2fs run
+
+    def auto_bytes(self, file_blocks: int, entries: int) -> int | None:
+        return None  # the reference's formula (sizing.auto_disk_size), made for ext4
+
+    def minimal_plan(self, spec: Spec, tree: Tree, work: Path | None) -> DiskPlan:
+        from make_disk_image.minimal import trial_minimal_plan
+
+        return trial_minimal_plan(spec, tree, work)
+
+
+_DETERMINISM = "bit-identical (e2fsprogs >= 1.47.1)"
+FILESYSTEMS = (
+    Ext("ext2", "mke2fs -d -", _DETERMINISM, parted_name="ext4", fixed_times=True),
+    Ext("ext3", "mke2fs -d -", _DETERMINISM, parted_name="ext4", fixed_times=True),
+    Ext("ext4", "mke2fs + ext4fill", _DETERMINISM, parted_name="ext4", fixed_times=True,
+        uuid_is_root_gpuid=True, metadata_csum=True, filled_by_engine=True),
+)
+ROWS = {fs.name: fs for fs in FILESYSTEMS}

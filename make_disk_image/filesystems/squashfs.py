@@ -1,0 +1,86 @@
+"""squashfs, read-only: a store image (onlyNixStore), every file owned by root, every
+time fixed when deterministic. mksquashfs reads the store paths themselves when the
+tree is only them (no copy); otherwise a materialized tree."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from make_disk_image import process
+from make_disk_image.filesystems import Filesystem
+from make_disk_image.filesystems.scratch import FIXED_TIME, materialized, store_image
+from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
+
+
+def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, deterministic: bool,
+                  step: str, keep_as_directory: bool = False, links: bool = True) -> None:
+    """mksquashfs of `sources`, each placed at the image's root under its own name.
+
+    `links` false: files the sources hard-link are stored as separate files (the store
+    itself is read: its links are the builder's, e.g. `nix-store --optimise`'s).
+    """
+    args: list[str | Path] = ["mksquashfs", *sources, dest, "-noappend", "-all-root",
+                              "-no-xattrs", "-no-progress", "-quiet",
+                              "-root-mode", f"{root_mode:o}",
+                              "-processors", str(os.cpu_count() or 1)]
+    if keep_as_directory:
+        # One source directory would otherwise become the root itself.
+        args.append("-keep-as-directory")
+    if not links:
+        args.append("-no-hardlinks")
+    # SOURCE_DATE_EPOCH, not -mkfs-time/-all-time: a Nix build sets it already, and
+    # mksquashfs refuses both at once. It is the creation time, and every later file
+    # time is clamped to it.
+    env = {"SOURCE_DATE_EPOCH": str(FIXED_TIME)} if deterministic else {}
+    process.run(args, step=step, env=env)
+
+
+def top_sources(entries: Sequence[Entry]) -> list[Path] | None:
+    """The host paths the root's children were copied from whole (a store image:
+    onlyNixStore), found from their files' sources; None when the tree needs
+    materializing (a child with no file whose source names it)."""
+    found: dict[str, Path] = {}
+    if any(e.kind == "hardlink" for e in entries):
+        return None  # `deduplicate`'s links are the tree's, not the store's
+    for entry in entries:
+        if entry.kind != "file" or entry.source is None or not entry.path:
+            continue
+        top, _, rest = entry.path.partition("/")
+        depth = rest.count("/") + 1 if rest else 0
+        if len(entry.source.parents) <= depth:
+            return None
+        origin = entry.source.parents[depth - 1] if depth else entry.source
+        if origin.name != top or found.setdefault(top, origin) != origin:
+            return None
+    tops = [e.path for e in entries if e.path and "/" not in e.path]
+    if any(top not in found for top in tops):
+        return None
+    return [found[top] for top in tops]
+
+
+@dataclass(frozen=True)
+class Squashfs(Filesystem):
+    def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+             uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
+        direct = top_sources(entries)
+        root_mode = entries[0].mode
+
+        def write() -> None:
+            if direct is not None:
+                make_squashfs(target, direct, root_mode=root_mode, deterministic=deterministic,
+                              step=step, keep_as_directory=len(direct) == 1, links=False)
+                return
+            with materialized(entries, target.parent, step=step, fs_type=self.name) as tree:
+                make_squashfs(target, [tree], root_mode=root_mode,
+                              deterministic=deterministic, step=step)
+
+        store_image(target, plan, fs_type=self.name, write=write, step=step)
+
+
+FILESYSTEMS = (
+    Squashfs("squashfs", "mksquashfs", "bit-identical", bytes_per_entry=2 * FS_BLOCK,
+             data_per_mille=1052, fixed=MIB),
+)
