@@ -3,13 +3,17 @@ its module makes it, and no other module compares a filesystem's name."""
 
 from __future__ import annotations
 
+import ast
 import shutil
+from pathlib import Path
 
 import pytest
 
+import make_disk_image
 from make_disk_image.filesystems import FILESYSTEMS, needed_bytes
 from make_disk_image.interface import FS_TYPES
 from make_disk_image.models import FS_BLOCK, MIB
+from make_disk_image.spec import SpecError, parse_spec
 
 
 @pytest.mark.parametrize("name", list(FILESYSTEMS))
@@ -38,3 +42,77 @@ def test_every_row_is_made_by_the_module_interface_json_names() -> None:
     for name, fs in FILESYSTEMS.items():
         assert type(fs).__module__ == f"make_disk_image.filesystems.{FS_TYPES[name].module}"
 
+
+# Where a filesystem's name may be compared or listed: its own module, the registry,
+# and the table code.
+NAME_HOMES = ("filesystems/", "interface.py")
+
+
+def filesystem_names() -> set[str]:
+    from make_disk_image.filesystems import vfat
+
+    return {*FS_TYPES, vfat.NAME}
+
+
+def name_branches(package: Path, names: set[str]) -> list[str]:
+    """Every string literal of `names` in a comparison, a membership test, a match case
+    or a hand-written list, tuple, set or dict of the package's modules (outside
+    NAME_HOMES), as "path:line: name"."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith(NAME_HOMES):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Compare, ast.MatchValue)):
+                consts = [n for n in ast.walk(node) if isinstance(n, ast.Constant)]
+            elif isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+                consts = [n for n in node.elts if isinstance(n, ast.Constant)]
+            elif isinstance(node, ast.Dict):
+                consts = [n for n in (*node.keys, *node.values) if isinstance(n, ast.Constant)]
+            else:
+                continue
+            found += [f"{rel}:{c.lineno}: {c.value}" for c in consts if c.value in names]
+    return sorted(set(found))
+
+
+def test_no_filesystem_name_is_compared_outside_its_module() -> None:
+    package = Path(make_disk_image.__file__).parent
+    assert name_branches(package, filesystem_names()) == []
+
+
+def test_the_name_scan_finds_each_kind_of_branch(tmp_path: Path) -> None:
+    (tmp_path / "filesystems").mkdir()
+    (tmp_path / "filesystems" / "xfs.py").write_text('x = fs == "xfs"\n')
+    (tmp_path / "engine.py").write_text(
+        'a = fs == "ext4"\nb = fs in ("btrfs", "other")\nc = ["erofs"]\n'
+        'd = {"root": "squashfs"}\ne = part.filesystem != "vfat"\n'
+        'match fs:\n    case "ext2":\n        pass\nf = fs.startswith("x")\n'
+        'g = call(fsType="ext3")\n'
+    )
+    assert name_branches(tmp_path, filesystem_names()) == [
+        "engine.py:1: ext4", "engine.py:2: btrfs", "engine.py:3: erofs",
+        "engine.py:4: squashfs", "engine.py:5: vfat", "engine.py:7: ext2",
+    ]
+
+
+ROOT_OWNERS = [("root", "root"), ("0", "0"), ("0", "root"), ("root", "0"), ("00", "root")]
+
+
+@pytest.mark.parametrize(("user", "group"), ROOT_OWNERS)
+def test_btrfs_takes_root_by_name_or_number(user: str, group: str) -> None:
+    entry = {"source": "/etc/hostname", "target": "/x", "user": user, "group": group}
+    spec = parse_spec({"toplevel": "/nix/store/x-system", "closureInfo": "/nix/store/y-ci",
+                       "channelSources": "/nix/store/z-nixos", "fsType": "btrfs",
+                       "contents": [entry]})
+    assert spec.contents[0].user == user
+
+
+@pytest.mark.parametrize(("user", "group"), [("1000", "100"), ("0", "100"), ("nobody", "root"),
+                                             ("root", "wheel")])
+def test_btrfs_refuses_other_owners(user: str, group: str) -> None:
+    entry = {"source": "/etc/hostname", "target": "/x", "user": user, "group": group}
+    with pytest.raises(SpecError, match=r"contents\[0\]\.user.*user namespace"):
+        parse_spec({"toplevel": "/nix/store/x-system", "closureInfo": "/nix/store/y-ci",
+                    "channelSources": "/nix/store/z-nixos", "fsType": "btrfs",
+                    "contents": [entry]})
