@@ -9,7 +9,7 @@ tree into it: inodes numbered in the entries' order, each directory written once
 linear blocks, file data copied to blocks taken in order from the free space.
 Nothing depends on the clock or on the order of system calls, so the same entries give
 the same bytes. Directories stay unindexed, as mke2fs -d leaves them; e2fsck -D indexes
-them when rootfs.add_checksums runs.
+them when filesystems.ext.add_checksums runs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ext4's on-disk records as make_disk_image.ext4fill writes them: no checksums.
 
 The filler writes into a filesystem mke2fs made without metadata_csum (the checksums
-come afterwards, from tune2fs and e2fsck, as rootfs.add_checksums does), so every record
+come afterwards, from tune2fs and e2fsck, as filesystems.ext.add_checksums does), so every record
 here leaves its checksum fields zero. Field offsets are those of the kernel's
 Documentation/filesystems/ext4 and e2fsprogs' lib/ext2fs/ext2_fs.h.
 """

@@ -106,7 +106,7 @@ def test_every_kind_of_entry_reads_back(tmp_path: Path) -> None:
 
 def test_same_entries_same_bytes_with_checksums_added(tmp_path: Path) -> None:
     """Two images from the same entries are identical, also after tune2fs and e2fsck -D
-    (rootfs.add_checksums), and that filesystem is clean and indexed."""
+    (filesystems.ext.add_checksums), and that filesystem is clean and indexed."""
     entries = every_kind(tmp_path) + [
         file_entry(f"names/sub/{n:05d}", str(n).encode()) for n in range(3000)
     ]

@@ -118,3 +118,31 @@ def test_btrfs_refuses_other_owners(user: str, group: str) -> None:
         parse_spec({"toplevel": "/nix/store/x-system", "closureInfo": "/nix/store/y-ci",
                     "channelSources": "/nix/store/z-nixos", "fsType": "btrfs",
                     "contents": [entry]})
+
+
+def test_a_module_without_its_row_fails_to_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from make_disk_image import filesystems
+
+    monkeypatch.setitem(filesystems.FS_TYPES, "ext9", replace(FS_TYPES["ext4"], name="ext9"))
+    with pytest.raises(ImportError, match=r"filesystems/ext\.py defines .* not the fsType ext9"):
+        filesystems.FILESYSTEMS["ext9"]
+
+
+def test_a_row_naming_no_module_fails_at_import(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    package = Path(make_disk_image.__file__).parent
+    copy = tmp_path / "make_disk_image"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    table = json.loads((copy / "interface.json").read_text())
+    table["fsTypes"].append({**table["fsTypes"][-1], "name": "newfs", "module": "newfs"})
+    (copy / "interface.json").write_text(json.dumps(table))
+    proc = subprocess.run([sys.executable, "-c", "import make_disk_image.filesystems"],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr and "['newfs']" in proc.stderr, proc.stderr
