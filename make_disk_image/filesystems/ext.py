@@ -296,7 +296,7 @@ class Ext(Filesystem):
         return None  # the reference's formula (sizing.auto_disk_size), made for ext4
 
     def minimal_plan(self, spec: Spec, tree: Tree, work: Path | None) -> DiskPlan:
-        from make_disk_image.minimal import trial_minimal_plan
+        from make_disk_image.filesystems.ext_minimal import trial_minimal_plan
 
         return trial_minimal_plan(spec, tree, work)
 
