@@ -82,6 +82,9 @@ def main() -> int:
     parser.add_argument("--packages", type=int, default=80)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--layouts", default="appliance,store")
+    parser.add_argument("--closure-info", type=Path,
+                        help="an existing closureInfo (store-paths, registration) to use "
+                        "instead of making a synthetic closure")
     args = parser.parse_args()
     peer = repart.find_peer()
     if peer is None:
@@ -90,15 +93,23 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-repart-", dir=args.workdir))
     try:
         started = time.monotonic()
-        closure = make_closure(work, args.size_mb * 1024 * 1024, args.packages)
-        print(f"closure: {closure.apparent_bytes / 1e9:.2f} GB, {closure.entries} entries, "
-              f"{len(closure.store_paths)} store paths (made in "
-              f"{time.monotonic() - started:.0f} s)")
+        if args.closure_info is not None:
+            closure_info = args.closure_info
+            paths = (closure_info / "store-paths").read_text().split()
+            du = subprocess.run(["du", "-sbc", *paths], capture_output=True, text=True,
+                                check=True).stdout.splitlines()[-1].split()[0]
+            print(f"closure: {int(du) / 1e9:.2f} GB, {len(paths)} store paths (given)")
+        else:
+            closure = make_closure(work, args.size_mb * 1024 * 1024, args.packages)
+            closure_info = closure.closure_info
+            print(f"closure: {closure.apparent_bytes / 1e9:.2f} GB, {closure.entries} entries, "
+                  f"{len(closure.store_paths)} store paths (made in "
+                  f"{time.monotonic() - started:.0f} s)")
         esp_file = work / "README"
         esp_file.write_text("bench\n")
         print(f"{'layout':10} {'engine s':>9} {'repart s':>9} {'ratio':>6} "
               f"{'engine MiB':>11} {'repart MiB':>11}")
-        for name, spec in layouts(closure.closure_info, esp_file).items():
+        for name, spec in layouts(closure_info, esp_file).items():
             if name not in args.layouts.split(","):
                 continue
             (work / name).mkdir()

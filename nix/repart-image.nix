@@ -8,6 +8,8 @@
   config,
   format,
   nixDatabase,
+  # null, or { mountPoints = { <partition> = "/..."; }; grubDevices = [ ... ]; }
+  bootLoader ? null,
 }:
 let
   cfg = config.image.repart;
@@ -36,7 +38,8 @@ let
     };
 
   spec = pkgs.writeText "image-repart.json" (
-    builtins.toJSON {
+    builtins.toJSON (
+      {
       inherit (cfg)
         name
         version
@@ -53,6 +56,28 @@ let
       inherit architecture format nixDatabase;
       partitions = lib.mapAttrs partition cfg.partitions;
     }
+      // lib.optionalAttrs (bootLoader != null) {
+        installBootLoader = {
+          toplevel = "${config.system.build.toplevel}";
+          inherit (bootLoader) mountPoints grubDevices;
+        };
+      }
+    )
+  );
+
+  # What the build VM's step reads: partitions by number (definitions are ordered by
+  # name, as attrNames lists them).
+  numbers = lib.listToAttrs (
+    lib.imap1 (i: name: lib.nameValuePair name (toString i)) (lib.attrNames cfg.partitions)
+  );
+  guestPlan = pkgs.writeText "image-repart-boot-loader.json" (
+    builtins.toJSON {
+      toplevel = "${config.system.build.toplevel}";
+      mounts = lib.listToAttrs (
+        lib.mapAttrsToList (name: lib.nameValuePair numbers.${name}) bootLoader.mountPoints
+      );
+      inherit (bootLoader) grubDevices;
+    }
   );
 
   binPath = lib.makeBinPath (
@@ -68,18 +93,44 @@ let
       pkgs.zstd
       pkgs.xz
       pkgs.nix
+      # installBootLoader's step in the build VM.
+      pkgs.nixos-enter
+      pkgs.systemdMinimal
     ]
     ++ pkgs.stdenv.initialPath
   );
-in
-pkgs.runCommand (if cfg.version != null then "${cfg.name}-${cfg.version}" else cfg.name)
-  {
-    passthru = {
-      inherit spec engine;
-      inherit (cfg) imageFile;
-    };
-  }
-  ''
+  name = if cfg.version != null then "${cfg.name}-${cfg.version}" else cfg.name;
+  passthru = {
+    inherit spec engine;
+    inherit (cfg) imageFile;
+  };
+  plain = pkgs.runCommand name { inherit passthru; } ''
     export PATH=${binPath}:$PATH
     make-disk-image-repart ${spec} --out $out
-  ''
+  '';
+  # installBootLoader: the image is built before the VM, the system's
+  # switch-to-configuration installs its boot loader in the VM (the image is its
+  # /dev/vda), the outputs are written after it. As default.nix, without the `kvm`
+  # feature: the VM falls back to TCG.
+  withBootLoader = lib.overrideDerivation (pkgs.vmTools.runInLinuxVM (
+    pkgs.runCommand name {
+      inherit passthru;
+      memSize = 1024;
+      preVM = ''
+        export PATH=${binPath}:$PATH
+        make-disk-image-repart ${spec} --stage image --work $PWD/repart-work
+        diskImage=repart-work/${cfg.imageFileBasename}.raw
+      '';
+      postVM = ''
+        export PATH=${binPath}:$PATH
+        make-disk-image-repart ${spec} --stage output --work $PWD/repart-work --out $out
+      '';
+    } ''
+      export PATH=${binPath}:$PATH
+      make-disk-image-repart --install-boot-loader ${guestPlan}
+    ''
+  )) (old: {
+    requiredSystemFeatures = lib.remove "kvm" (old.requiredSystemFeatures or [ ]);
+  });
+in
+if bootLoader == null then plain else withBootLoader

@@ -19,6 +19,18 @@ let
   inherit (lib) mkOption types;
   cfg = config.makeDiskImage.repart;
   hasRepart = options ? image && options.image ? repart;
+  defaultMountPoint =
+    type:
+    if lib.elem type [
+      "root"
+      "root-x86-64"
+      "root-arm64"
+    ] then
+      "/"
+    else if type == "esp" then
+      config.boot.loader.efi.efiSysMountPoint or "/boot"
+    else
+      null;
   refused = {
     Verity = "dm-verity is not built by makeDiskImage.repart";
     VerityMatchKey = "dm-verity is not built by makeDiskImage.repart";
@@ -44,6 +56,8 @@ let
   image = import ./repart-image.nix {
     inherit pkgs lib config;
     inherit (cfg) format nixDatabase;
+    bootLoader =
+      if cfg.installBootLoader then { inherit (cfg) mountPoints grubDevices; } else null;
   };
 in
 {
@@ -66,6 +80,27 @@ in
       ];
       default = "raw";
       description = "The image's format (raw: nixpkgs' `<imageFileBasename>.raw`).";
+    };
+    installBootLoader = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Install the system's boot loader into the image with its own switch-to-configuration, in the build VM (GRUB, systemd-boot), as makeDiskImage's installBootLoader.";
+    };
+    mountPoints = mkOption {
+      type = types.attrsOf types.str;
+      default = lib.mapAttrs (_: p: defaultMountPoint p.repartConfig.Type) (
+        lib.filterAttrs (_: p: defaultMountPoint (p.repartConfig.Type or "") != null) (
+          if hasRepart then config.image.repart.partitions else { }
+        )
+      );
+      defaultText = lib.literalMD "the root partition (`Type = \"root\"`) at `/`, the ESP at `boot.loader.efi.efiSysMountPoint`";
+      description = "With installBootLoader: where each partition (by definition name) is mounted while the boot loader is installed.";
+    };
+    grubDevices = mkOption {
+      type = types.listOf types.str;
+      default = config.boot.loader.grub.devices or [ ];
+      defaultText = lib.literalMD "`boot.loader.grub.devices`";
+      description = "With installBootLoader: GRUB's devices, all of them the image (/dev/vda in the build VM).";
     };
     nixDatabase = mkOption {
       type = types.bool;

@@ -13,7 +13,8 @@ from conftest import NEEDS_NIX, REPO
 
 pytestmark = [pytest.mark.nix, NEEDS_NIX]
 
-EXPR = """
+# A system of the check configuration, nixpkgs' image.repart and one more module.
+PRELUDE = """
 let
   repo = REPO;
   standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
@@ -26,6 +27,8 @@ let
       flake.nixosModules.default
       ({ config, modulesPath, ... }: {
         imports = [ (modulesPath + "/image/repart.nix") ];
+"""
+EXPR = PRELUDE + """
         image.repart = {
           name = "appliance";
           version = "1";
@@ -99,3 +102,50 @@ def test_qcow2_format() -> None:
     out = Path(proc.stdout.strip().splitlines()[-1])
     products = (out / "nix-support/hydra-build-products").read_text()
     assert products == f"file qcow2-image {out / 'appliance_1.qcow2'}\n"
+
+
+HYBRID = PRELUDE + """
+        image.repart = {
+          name = "hybrid";
+          partitions = {
+            "00-bios".repartConfig = {
+              Type = "21686148-6449-6e6f-744e-656564454649"; SizeMinBytes = "1M";
+            };
+            "10-esp".repartConfig = { Type = "esp"; Format = "vfat"; SizeMinBytes = "64M"; };
+            "20-swap".repartConfig = { Type = "swap"; Format = "swap"; SizeMinBytes = "16M"; };
+            "30-root" = {
+              storePaths = [ config.system.build.toplevel ];
+              repartConfig = {
+                Type = "root"; Format = "ext4"; Label = "nixos"; Minimize = "guess";
+              };
+            };
+          };
+        };
+        makeDiskImage.repart = {
+          enable = true; installBootLoader = true; mountPoints."30-root" = "/";
+        };
+      })
+    ];
+  };
+in { image = system.config.system.build.image; toplevel = system.config.system.build.toplevel; }
+"""
+
+
+@pytest.mark.vm
+def test_install_boot_loader_in_the_build_vm() -> None:
+    """preVM builds the image, the build VM runs the system's switch-to-configuration on
+    it (the stand-in's records what it was asked: system, NIXOS_INSTALL_BOOTLOADER, the
+    GRUB device it found as a block device), postVM writes the outputs."""
+    expr = HYBRID.replace("REPO", str(REPO))
+    proc = subprocess.run(["nix-build", "--no-out-link", "-E", expr, "-A", "image"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    toplevel = subprocess.run(["nix-build", "--no-out-link", "-E", expr, "-A", "toplevel"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    records = json.loads((out / "repart-output.json").read_text())
+    assert [r["label"] for r in records] == ["linux", "esp", "swap", "nixos"]
+    root = f"{out / 'hybrid.raw'}?offset={records[3]['offset']}"
+    recorded = subprocess.run(["debugfs", "-R", "cat /boot/nixos-standin-bootloader", root],
+                              capture_output=True, text=True, check=True).stdout
+    assert recorded.splitlines() == [f"system={toplevel}", "install=1", "device=/dev/vda"]

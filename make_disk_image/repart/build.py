@@ -11,6 +11,7 @@ partition table written directly, then the output nixpkgs' builder gives.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -166,15 +167,44 @@ def build(spec: RepartSpec, work: Path) -> Built:
     return Built(image, disk, ss, tuple(parts))
 
 
-def build_to(spec: RepartSpec, out: Path, work: Path) -> list[Path]:
-    """Build and write nixpkgs' outputs into `out`; returns the files written."""
+STATE_FILE = "built.json"
+
+
+def save(built: Built, work: Path) -> None:
+    """What the output stage needs of a build, for a VM step between the two (Nix)."""
+    state = {"image": str(built.image), "disk": str(built.disk_uuid),
+             "sectorSize": built.sector_size,
+             "partitions": [[p.definition.name, str(p.uuid), p.label, str(p.fs_uuid),
+                             p.placed.offset, p.placed.size] for p in built.partitions]}
+    (work / STATE_FILE).write_text(json.dumps(state))
+
+
+def load(spec: RepartSpec, work: Path) -> Built:
+    state = json.loads((work / STATE_FILE).read_text())
+    defs = {d.name: d for d in definitions.parse_all(
+        {n: p.repart_config for n, p in spec.partitions.items()}, spec.architecture)}
+    parts = tuple(Partition(defs[name], i + 1, UUID(u), label, UUID(fs),
+                            placement.Placed(offset, size), None)
+                  for i, (name, u, label, fs, offset, size) in enumerate(state["partitions"]))
+    return Built(Path(state["image"]), UUID(state["disk"]), state["sectorSize"], parts)
+
+
+def build_to(spec: RepartSpec, out: Path, work: Path, *, stage: str = "all") -> list[Path]:
+    """Build and write nixpkgs' outputs into `out`; returns the files written.
+
+    `stage`: "image" builds the image in `work` only (then a VM installs the boot
+    loader into it), "output" writes the outputs of that image, "all" does both and,
+    for installBootLoader, runs the VM itself."""
+    if stage == "output":
+        return output.write(spec, load(spec, work), out)
     built = build(spec, work)
+    for p in built.partitions:
+        if p.filesystem is not None:
+            p.filesystem.unlink(missing_ok=True)
+    shutil.rmtree(work / "nix-db-root", ignore_errors=True)
+    if stage == "image":
+        save(built, work)
+        return [built.image]
     if spec.boot_loader is not None:
         bootloader.install_in_vm(spec, built.image, work)
-    try:
-        return output.write(spec, built, out)
-    finally:
-        for p in built.partitions:
-            if p.filesystem is not None:
-                p.filesystem.unlink(missing_ok=True)
-        shutil.rmtree(work / "nix-db-root", ignore_errors=True)
+    return output.write(spec, built, out)
