@@ -127,6 +127,8 @@ def test_read_only_store_partition(tmp_path: Path, fmt: str) -> None:
                                       "Minimize": "best"},
                      "closureInfo": str(src["closure"]), "nixStorePrefix": "/"}}}
     out = _build(tmp_path, data)
+    again = _build(tmp_path, data, "again")
+    assert (out / "store.raw").read_bytes() == (again / "store.raw").read_bytes()
     record = json.loads((out / "repart-output.json").read_text())[0]
     assert record["raw_size"] == 10 << 20  # repart's default least size
     found = _blkid(out / "store.raw", record["offset"])
