@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ def test_prepared_image_matches_reference(case: PrepareCase, closure: Closure,
 
 
 @pytest.fixture
-def readable_sources() -> Any:
+def readable_sources() -> Iterator[Path]:
     """A directory for contents sources that the unprivileged engine can read."""
     path = world_readable_dir("mdi-parity-contents-")
     yield path
