@@ -112,7 +112,7 @@ def phases_apart(spec: dict[str, object], work: Path) -> list[tuple[str, float, 
                          env=env)
     rows.append(("prepare", t, rss))
     guest = [
-        sys.executable, "-m", "make_disk_image.vm", "--disk", str(build_dir / "nixos.raw"),
+        sys.executable, "-m", "testsys.vmtools", "--disk", str(build_dir / "nixos.raw"),
         "--share", f"{build_dir}:/tmp/build", "--share", f"{build_dir / 'xchg'}:/tmp/xchg:rw",
         "--mem", "1024", "--cwd", "/tmp/build",
         "--env", f"PATH={env['PATH']}", "--env", f"PYTHONPATH={REPO}", "--env", "HOME=/tmp",

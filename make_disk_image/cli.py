@@ -20,11 +20,14 @@ from types import FrameType
 
 from make_disk_image.finish import finish
 from make_disk_image.guest import guest
+from make_disk_image.guestinit import DEFAULT_PATH
 from make_disk_image.handoff import EFI_VARS, HANDOFF, XCHG, read_handoff
+from make_disk_image.hostkernel import installed_busybox, installed_kernel, with_system_dirs
 from make_disk_image.models import Spec
-from make_disk_image.platforms import host_system
+from make_disk_image.platforms import host_system, platform_for
 from make_disk_image.prepare import compute_plan, nix_db_files, prepare
 from make_disk_image.process import StepError
+from make_disk_image.runner import Guest, Share, run_in_vm
 from make_disk_image.spec import SpecError, load_spec
 from make_disk_image.staging import build_tree, check_sources
 
@@ -106,10 +109,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     build_dir = Path(tempfile.mkdtemp(prefix="mdi-build-"))
     succeeded = False
     try:
-        guest_root = _guest_root(spec, args.guest_root)
+        vm_guest = None if spec.onlyNixStore else _build_vm_guest(spec, args.guest_root)
         prepare(spec, build_dir, out)
-        if not spec.onlyNixStore:
-            run_guest_vm(spec, spec_path, build_dir, out / EFI_VARS, guest_root)
+        if vm_guest is not None:
+            run_guest_vm(spec, spec_path, build_dir, out / EFI_VARS, vm_guest)
         dest = finish(spec, build_dir, out)
         if spec.postVM:
             # As in the reference's postVM: the image is $diskImage, the output $out.
@@ -128,51 +131,58 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guest_root(spec: Spec, given: Path | None) -> Path | None:
-    """The guest root a build for another architecture needs, checked before any work."""
-    if spec.system is None or spec.system == host_system():
-        return None
-    if given is None:
+def _build_vm_guest(spec: Spec, guest_root: Path | None) -> Guest:
+    """The build VM's guest on this host, checked before any work: the host's kernel and
+    root, or for an image of another system the kernel and programs in `guest_root`."""
+    foreign = spec.system is not None and spec.system != host_system()
+    if foreign and guest_root is None:
         raise SpecError(
             "system",
             f"{spec.system} on this {host_system()} host needs a guest root of "
-            f"{spec.system} programs for the build VM: pass --guest-root DIR "
-            "(`python3 -m testsys.guestroot` makes one from Debian packages)",
+            f"{spec.system} programs for the build VM: pass --guest-root DIR, a root of "
+            f"that system with usr/bin/python3, static busybox (bin/busybox) and a kernel "
+            "(boot/vmlinuz-VERSION, lib/modules/VERSION), as Debian packages unpack",
         )
-    if not (given / "usr/bin/python3").exists():
-        raise SpecError("--guest-root", f"{given} has no usr/bin/python3 for the guest phase")
-    return given
+    if not foreign:
+        guest_root = None
+    root = guest_root or Path("/")
+    if guest_root is not None and not (guest_root / "usr/bin/python3").exists():
+        raise SpecError("--guest-root", f"{guest_root} has no usr/bin/python3 for the guest phase")
+    # modprobe and qemu may be in the system directories a user's PATH lacks.
+    os.environ["PATH"] = with_system_dirs(os.environ.get("PATH", ""))
+    platform = platform_for(spec.system or host_system())
+    guest = Guest(platform, installed_kernel(root), installed_busybox(root), root.resolve())
+    guest.check()
+    return guest
 
 
 def run_guest_vm(
-    spec: Spec, spec_path: Path, build_dir: Path, efi_vars: Path, guest_root: Path | None = None
+    spec: Spec, spec_path: Path, build_dir: Path, efi_vars: Path, vm_guest: Guest
 ) -> None:
-    """The guest phase in a TCG VM, as runInLinuxVM would run it.
+    """The guest phase in a qemu VM, as runInLinuxVM would run it.
 
-    The guest sees the host's / read-only but its own /tmp, so the build directory (with
+    The guest sees its root read-only but its own /tmp, so the build directory (with
     a copy of the spec) is shared in at /tmp/build read-only, and its xchg/ at /tmp/xchg
-    writable, as nixpkgs shares it. With a `guest_root` (an image of another
-    architecture) the guest sees that instead of the host's /, runs its python3, and
-    gets this engine's source tree (pure Python) shared in at the same path as here.
+    writable, as nixpkgs shares it. With a root other than the host's (an image of
+    another architecture) the guest runs that root's python3, and gets this engine's
+    source tree (pure Python) shared in at the same path as here.
     """
-    from make_disk_image import guestinit, runner
-
     guest_build = "/tmp/build"
     shutil.copyfile(spec_path, build_dir / "spec.json")
     python = sys.executable
     path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     pythonpath = os.environ.get("PYTHONPATH")
-    shares = [runner.Share(host=build_dir, guest=guest_build),
-              runner.Share(host=build_dir / XCHG, guest=f"/tmp/{XCHG}", writable=True)]
-    if guest_root is not None:
+    shares = [Share(host=build_dir, guest=guest_build),
+              Share(host=build_dir / XCHG, guest=f"/tmp/{XCHG}", writable=True)]
+    if vm_guest.root != Path("/"):
         source = Path(__file__).resolve().parent.parent
-        shares.append(runner.Share(host=source, guest=str(source)))
+        shares.append(Share(host=source, guest=str(source)))
         python = "/usr/bin/python3"
         pythonpath = str(source)
         # Only the PATH entries the guest can see: those in the shared tree (nixos-enter's
         # stand-in in the tests), then the guest root's own directories.
         own = [p for p in path.split(":") if Path(p).is_relative_to(source)]
-        path = ":".join([*own, guestinit.DEFAULT_PATH])
+        path = ":".join([*own, DEFAULT_PATH])
     argv = [python, "-m", "make_disk_image", "guest", f"{guest_build}/spec.json",
             "--handoff", f"/tmp/{XCHG}/{HANDOFF}"]
     if logger.isEnabledFor(logging.DEBUG):
@@ -180,10 +190,9 @@ def run_guest_vm(
     env = {"PATH": path, "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
-    status = runner.run_in_vm(
-        argv, disk=build_dir / "nixos.raw", env=env, cwd=guest_build, shares=shares,
+    status = run_in_vm(
+        argv, vm_guest, disk=build_dir / "nixos.raw", env=env, cwd=guest_build, shares=shares,
         mem_mib=spec.memSize, qemu_opts=qemu_options(spec, efi_vars),
-        system=spec.system, guest_root=guest_root,
     )
     if status != 0:
         raise StepError("guest", f"the guest phase failed in the VM (exit {status}); its "

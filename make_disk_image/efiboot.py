@@ -30,6 +30,7 @@ from pathlib import Path
 
 from make_disk_image import process
 from make_disk_image.models import PlannedPartition
+from make_disk_image.platforms import PLATFORMS
 
 logger = logging.getLogger("make_disk_image")
 
@@ -48,17 +49,6 @@ END_ENTIRE = (0x7F, 0xFF)
 HARD_DRIVE_NODE_LENGTH = 42
 PARTITION_FORMAT_GPT = 0x02
 SIGNATURE_TYPE_GUID = 0x02
-
-# systemd-boot's file name suffix per machine, as bootctl's get_efi_arch().
-EFI_ARCH = {
-    "x86_64": "x64",
-    "i686": "ia32",
-    "i386": "ia32",
-    "aarch64": "aa64",
-    "armv7l": "arm",
-    "riscv64": "riscv64",
-    "loongarch64": "loongarch64",
-}
 
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_SETFLAGS = 0x40086602
@@ -236,11 +226,13 @@ def free_slot(used: set[int]) -> int:
 
 
 def systemd_boot_path(machine: str | None = None) -> str:
+    """systemd-boot's path on the ESP for `machine` (this one's by default): its file
+    name ends in the platform's UEFI architecture name, as bootctl's get_efi_arch()."""
     machine = machine or platform.machine()
-    arch = EFI_ARCH.get(machine)
-    if arch is None:
-        raise process.StepError(STEP, f"no systemd-boot EFI architecture for {machine}")
-    return f"\\EFI\\systemd\\systemd-boot{arch}.efi"
+    for plat in PLATFORMS.values():
+        if plat.machine == machine:
+            return f"\\EFI\\systemd\\systemd-boot{plat.efi_arch}.efi"
+    raise process.StepError(STEP, f"no systemd-boot EFI architecture for {machine}")
 
 
 def esp_on_disk(disk: Path, number: int) -> HardDrive:

@@ -12,12 +12,14 @@ from collections.abc import Mapping, Sequence
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Where the guest mounts the host's root before chrooting into it.
-GUEST_ROOT = "/host"
+# Where the guest assembles its root (a tmpfs) before chrooting into it.
+GUEST_ROOT = "/newroot"
 # Where the control share sits in the initramfs (outside the chroot).
 GUEST_CONTROL = "/control"
 CONTROL_TAG = "mdi-control"
-HOST_ROOT_TAG = "host"
+# Where the guest's busybox sits inside the root, for the command snippet.
+BUSYBOX_IN_ROOT = "/run/make-disk-image/busybox"
+ROOT_TAG = "root"
 
 # Larger 9p messages make big reads (python's stdlib, mkfs binaries) much faster; the
 # kernel caps it at what the virtio transport allows.
@@ -57,29 +59,22 @@ while read -r ko; do
 done </lib/modules/load-order
 
 mount -t 9p -o __9P__ __CONTROL_TAG__ $C || { echo "control share missing"; poweroff -f; }
-if [ -f $C/host-paths ]; then
-    # An empty root, as nixpkgs' runInLinuxVM gives (a tmpfs with the store and xchg
-    # shared in), plus only the host paths listed (read-only).
-    mkdir -p /host-root
-    mount -t 9p -o ro,__9P__,cache=loose __ROOT_TAG__ /host-root ||
-        fail "cannot mount the host root over 9p"
-    mount -t tmpfs -o mode=0755 tmpfs $R || fail "cannot mount the guest's root tmpfs"
-    while read -r p; do
-        if [ -L /host-root$p ]; then
-            mkdir -p "$R${p%/*}"
-            ln -s "$(readlink /host-root$p)" "$R$p" || fail "cannot link $p"
-        elif [ -d /host-root$p ]; then
-            mkdir -p "$R$p" && mount -o bind /host-root$p "$R$p" || fail "cannot bind $p"
-        elif [ -e /host-root$p ]; then
-            mkdir -p "$R${p%/*}" && touch "$R$p" && mount -o bind /host-root$p "$R$p" ||
-                fail "cannot bind $p"
-        fi
-    done <$C/host-paths
-    mkdir -p $R/dev $R/proc $R/sys $R/tmp $R/run $R/mnt
-else
-    mount -t 9p -o ro,__9P__,cache=loose __ROOT_TAG__ $R ||
-        fail "cannot mount the host root over 9p"
-fi
+# The root: a tmpfs holding the root directory's top-level entries (read-only binds,
+# symlinks recreated), so that a share can be mounted at any path.
+mkdir -p /root-dir
+mount -t 9p -o ro,__9P__,cache=loose __ROOT_TAG__ /root-dir ||
+    fail "cannot mount the root directory over 9p"
+mount -t tmpfs -o mode=0755 tmpfs $R || fail "cannot mount the guest's root tmpfs"
+while read -r p; do
+    if [ -L /root-dir$p ]; then
+        ln -s "$(readlink /root-dir$p)" "$R$p" || fail "cannot link $p"
+    elif [ -d /root-dir$p ]; then
+        mkdir -p "$R$p" && mount -o bind /root-dir$p "$R$p" || fail "cannot bind $p"
+    elif [ -e /root-dir$p ]; then
+        touch "$R$p" && mount -o bind /root-dir$p "$R$p" || fail "cannot bind $p"
+    fi
+done <$C/root-entries
+mkdir -p $R/dev $R/proc $R/sys $R/tmp $R/run $R/mnt
 
 mount -t devtmpfs devtmpfs $R/dev || fail "cannot mount /dev"
 mkdir -p $R/dev/pts $R/dev/shm
@@ -102,17 +97,22 @@ chmod 1777 $R/tmp
 if [ -f $C/shares ]; then
     while read -r tag guest mode; do
         mkdir -p "$R$guest" 2>/dev/null || [ -d "$R$guest" ] ||
-            fail "share mount point $guest is missing from the read-only host root" \
-                "(use an existing directory or one under /tmp, /run or /mnt)"
-        mount -t 9p -o $mode,__9P__ "$tag" "$R$guest" || fail "cannot mount share $tag on $guest"
+            fail "share mount point $guest is missing from a read-only directory of the" \
+                "root (use a path that exists there, or one under /tmp, /run, /mnt or a" \
+                "new top-level directory)"
+        # Read-only shares are inputs the host leaves alone while the guest runs.
+        cache=""
+        [ "$mode" = ro ] && cache=,cache=loose
+        mount -t 9p -o $mode,__9P__$cache "$tag" "$R$guest" ||
+            fail "cannot mount share $tag on $guest"
     done <$C/shares
 fi
 
 # The command runs under the initramfs' busybox sh (copied into the chroot's tmpfs) so
-# it does not depend on a shell in the host root.
+# it does not depend on a shell in the root directory.
 mkdir -p $R/run/make-disk-image
-cp /bin/busybox $R/run/make-disk-image/busybox
-chroot $R /run/make-disk-image/busybox sh -c "$(cat $C/command)"
+cp /bin/busybox $R__BUSYBOX__
+chroot $R __BUSYBOX__ sh -c "$(cat $C/command)"
 status=$?
 
 # stty sets the terminal with TCSADRAIN: it returns once the command's output left the
@@ -131,9 +131,10 @@ def run_init_script(kernel_version: str) -> str:
         "__ROOT__": GUEST_ROOT,
         "__CONTROL__": GUEST_CONTROL,
         "__CONTROL_TAG__": CONTROL_TAG,
-        "__ROOT_TAG__": HOST_ROOT_TAG,
+        "__ROOT_TAG__": ROOT_TAG,
         "__KVER__": kernel_version,
         "__9P__": _9P_OPTIONS,
+        "__BUSYBOX__": BUSYBOX_IN_ROOT,
     }
     script = _RUN_INIT
     for key, value in replacements.items():
@@ -142,11 +143,23 @@ def run_init_script(kernel_version: str) -> str:
 
 
 def command_snippet(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str:
-    # The host's env, by path: busybox (built to prefer its applets) would run its own
-    # `sh`, `ls`, ... instead of the host programs the command names.
+    """The shell snippet the guest's busybox sh runs in the root: `argv` with exactly
+    `env` (PATH defaults to DEFAULT_PATH) in `cwd`.
+
+    The program is looked up in that PATH by `which` and run by its path: busybox
+    (built to prefer its applets) would otherwise run its own `sh`, `true`, ... instead
+    of the root's programs the command names. Nothing of the root is assumed but PATH.
+    """
     full_env = {"PATH": DEFAULT_PATH, **env}
     assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in full_env.items())
+    program = shlex.quote(argv[0])
+    lookup = (
+        f"PATH={shlex.quote(full_env['PATH'])} {BUSYBOX_IN_ROOT} which {program}"
+        if "/" not in argv[0]
+        else f"echo {program}"
+    )
     return (
         f"cd -- {shlex.quote(cwd)} || exit 127\n"
-        f"exec /usr/bin/env -i {assignments} {shlex.join(argv)}\n"
+        f"program=$({lookup}) || {{ echo {program}: not found >&2; exit 127; }}\n"
+        f'exec {BUSYBOX_IN_ROOT} env -i {assignments} "$program" {shlex.join(argv[1:])}\n'
     )

@@ -6,15 +6,14 @@ import gzip
 import hashlib
 import io
 import logging
-import os
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from .cache import cache_dir, write_atomically
 from .guestinit import GUEST_CONTROL, GUEST_ROOT
-from .kernel import module_bytes, module_paths, plain_module_name
+from .kernel import Kernel, module_bytes, module_paths, plain_module_name
 from .process import StepError
 
 logger = logging.getLogger("make_disk_image")
@@ -73,80 +72,62 @@ def is_static_elf(path: Path) -> bool:
     return all(struct.unpack_from("<I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
 
 
-def find_busybox(root: Path = Path("/")) -> Path:
-    # The initramfs has no C library: Debian's dynamically linked `busybox` package
-    # installs the same path, so check rather than trust it.
-    for candidate in ("bin/busybox", "usr/bin/busybox"):
-        path = root / candidate
-        if path.is_file() and is_static_elf(path):
-            return path
-    raise StepError(
-        STEP, f"no static busybox found in {root}; install the Debian package busybox-static"
-    )
+def check_busybox(busybox: Path) -> None:
+    """Refuse a busybox the initramfs cannot run: it has no C library to link against."""
+    if not busybox.is_file():
+        raise StepError(STEP, f"busybox {busybox} is not a file")
+    if not is_static_elf(busybox):
+        raise StepError(
+            STEP,
+            f"busybox {busybox} is not a statically linked 64-bit program; the initramfs "
+            "has no C library (give a static busybox)",
+        )
 
 
 def build_initramfs(
-    init_script: str,
-    *,
-    kernel_version: str,
-    modules: Sequence[str],
-    extra_files: Mapping[str, Path] = {},
-    root: Path = Path("/"),
+    init_script: str, *, kernel: Kernel, modules: Sequence[str], busybox: Path
 ) -> Path:
-    """Return a gzip'd newc cpio with static busybox, `modules` (+ deps) and `init_script`.
+    """Return a gzip'd newc cpio with `busybox`, `modules` (+ deps) and `init_script`.
 
     Modules sit under /lib/modules/KVER/ in load order, listed in /lib/modules/load-order
-    (one file name a line), so an init script can `insmod` them in sequence. `extra_files`
-    maps a path inside the archive to a host file to copy there (mode 0755 if executable).
-    The archive is cached by a hash of all its inputs. `root`: where busybox and the
-    kernel's modules come from (a guest root for a kernel of another architecture).
+    (one file name a line), so an init script can `insmod` them in sequence. The archive
+    is cached by a hash of all its inputs.
     """
-    busybox = find_busybox(root)
-    modules_in_order = module_paths(kernel_version, modules, root)
-
+    check_busybox(busybox)
+    busybox_bytes = busybox.read_bytes()
+    modules_in_order = module_paths(kernel, modules)
     digest = hashlib.sha256()
-
-    def feed(label: str, data: bytes) -> None:
+    for label, data in (
+        ("format", _INITRAMFS_FORMAT.encode()),
+        ("init", init_script.encode()),
+        ("kernel", kernel.version.encode()),
+        ("busybox", busybox_bytes),
+        *((f"module {p.relative_to(kernel.modules)}", p.read_bytes()) for p in modules_in_order),
+    ):
         digest.update(b"%d:%s:%d:" % (len(label), label.encode(), len(data)))
         digest.update(data)
-
-    feed("format", _INITRAMFS_FORMAT.encode())
-    feed("init", init_script.encode())
-    feed("kernel", kernel_version.encode())
-    busybox_bytes = busybox.read_bytes()
-    feed("busybox", busybox_bytes)
-    for path in modules_in_order:
-        feed(f"module {path.relative_to(root)}", path.read_bytes())
-    extra_data: list[tuple[str, bytes, int]] = []
-    for name, host_path in sorted(extra_files.items()):
-        data = host_path.read_bytes()
-        mode = 0o755 if os.access(host_path, os.X_OK) else 0o644
-        feed(f"extra {name} {mode:o}", data)
-        extra_data.append((name.strip("/"), data, mode))
-
-    target = cache_dir() / f"initramfs-{kernel_version}-{digest.hexdigest()[:32]}.cpio.gz"
+    target = cache_dir() / f"initramfs-{kernel.version}-{digest.hexdigest()[:32]}.cpio.gz"
     if target.is_file():
         logger.debug("initramfs cached at %s", target)
         return target
-
     logger.info("[%s] building initramfs %s", STEP, target)
-    applets = busybox_applets(busybox_bytes)
+    archive = _archive(init_script, kernel.version, busybox_bytes, modules_in_order)
+    # mtime=0: the same inputs give the same bytes.
+    write_atomically(target, gzip.compress(archive, compresslevel=6, mtime=0))
+    return target
+
+
+def _archive(
+    init_script: str, kernel_version: str, busybox_bytes: bytes, modules_in_order: Sequence[Path]
+) -> bytes:
     archive = NewcArchive()
-    made_dirs = [
-        "bin",
-        "dev",
-        "proc",
-        "sys",
-        "lib",
-        "lib/modules",
-        f"lib/modules/{kernel_version}",
-        GUEST_ROOT[1:],
-        GUEST_CONTROL[1:],
-    ]
-    for directory in made_dirs:
+    for directory in (
+        "bin", "dev", "proc", "sys", "lib", "lib/modules", f"lib/modules/{kernel_version}",
+        GUEST_ROOT[1:], GUEST_CONTROL[1:],
+    ):  # fmt: skip
         archive.directory(directory)
     archive.file("bin/busybox", busybox_bytes, 0o755)
-    for applet in applets:
+    for applet in busybox_applets(busybox_bytes):
         if applet != "busybox" and "/" not in applet:
             archive.symlink(f"bin/{applet}", "busybox")
     order: list[str] = []
@@ -155,20 +136,8 @@ def build_initramfs(
         archive.file(f"lib/modules/{kernel_version}/{name}", module_bytes(path))
         order.append(name)
     archive.file("lib/modules/load-order", "".join(f"{n}\n" for n in order).encode())
-    for name, data, mode in extra_data:
-        parts = name.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            parent = "/".join(parts[:i])
-            if parent not in made_dirs:
-                made_dirs.append(parent)
-                archive.directory(parent)
-        archive.file(name, data, mode)
     archive.file("init", init_script.encode(), 0o755)
-    # mtime=0: the same inputs give the same bytes.
-    compressed = gzip.compress(archive.finish(), compresslevel=6, mtime=0)
-
-    write_atomically(target, compressed)
-    return target
+    return archive.finish()
 
 
 def busybox_applets(busybox_bytes: bytes) -> list[str]:

@@ -1,8 +1,10 @@
-"""The guest kernel: its version order, its PVH entry, its modules in load order.
+"""The guest's kernel, given as paths: its image, its modules, its PVH entry.
 
 Under TCG every second of boot counts: qemu can boot an x86 kernel's plain ELF image
 through its PVH entry, skipping the bzImage's own decompressor; the modules an
 initramfs loads must come in dependency order, which modprobe knows from modules.dep.
+Where the kernel comes from is the caller's business (a Nix kernel package, or
+make_disk_image.hostkernel on a host without Nix).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import gzip
 import hashlib
 import logging
 import lzma
-import os
-import re
 import shutil
+import struct
+import tempfile
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import process
@@ -27,55 +30,64 @@ logger = logging.getLogger("make_disk_image")
 STEP = "vm"
 
 
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Order kernel versions numerically where they are numbers ("6.10" > "6.9")."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"[.\-+~_]", version)
-    )
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel image and the directory of its modules.
 
+    `modules` is the kernel's lib/modules/VERSION (it holds modules.dep): its name is the
+    version the kernel reports, which modprobe needs.
+    """
 
-def host_kernel(
-    boot: Path = Path("/boot"), modules_root: Path = Path("/lib/modules")
-) -> tuple[Path, str]:
-    """Return (kernel image, version) of the newest host kernel that has its modules."""
-    candidates: list[tuple[Path, str]] = []
-    for image in boot.glob("vmlinuz-*"):
-        version = image.name.removeprefix("vmlinuz-")
-        if (modules_root / version / "modules.dep").is_file():
-            candidates.append((image, version))
-    if not candidates:
-        raise StepError(
-            STEP,
-            f"no kernel found: need {boot}/vmlinuz-VERSION with modules in "
-            f"{modules_root}/VERSION; install the Debian package linux-image-amd64",
-        )
-    image, version = max(candidates, key=lambda c: version_key(c[1]))
-    if not os.access(image, os.R_OK):
-        raise StepError(STEP, f"kernel image {image} is not readable by this user")
-    return image, version
+    image: Path
+    modules: Path
+
+    @property
+    def version(self) -> str:
+        return self.modules.name
+
+    def check(self) -> None:
+        """Refuse a kernel the runner cannot boot, before any slow work."""
+        if not self.image.is_file():
+            raise StepError(STEP, f"kernel image {self.image} is not a file")
+        if not (self.modules / "modules.dep").is_file():
+            raise StepError(
+                STEP,
+                f"kernel modules {self.modules} have no modules.dep: give the kernel's "
+                "lib/modules/VERSION directory (depmod writes modules.dep)",
+            )
 
 
 # The compressed payload inside a bzImage starts with one of these.
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _GZIP_MAGIC = b"\x1f\x8b\x08\x00"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Written in place of the ELF image when a kernel has none with a PVH entry.
+_NO_PVH = b"no PVH entry\n"
 
 
-def pvh_kernel(image: Path, version: str) -> Path | None:
+def pvh_kernel(image: Path) -> Path | None:
     """The uncompressed ELF kernel inside `image`, for qemu's PVH direct boot.
 
     Under TCG the bzImage's own decompressor takes ~3 s of every boot; qemu boots the
-    plain vmlinux (with its PVH entry note) directly. The result is cached. None when the
-    kernel has no PVH entry or its payload is in a format this cannot unpack.
+    plain vmlinux (with its PVH entry note) directly. The result (also a "none") is
+    cached by the image's hash. None when the kernel has no PVH entry or its payload is
+    in a format this cannot unpack.
     """
-    config = image.parent / f"config-{version}"
-    if not config.is_file() or "CONFIG_PVH=y\n" not in config.read_text(errors="replace"):
-        return None
     data = image.read_bytes()
-    target = cache_dir() / f"vmlinux-{version}-{hashlib.sha256(data).hexdigest()[:32]}"
+    target = cache_dir() / f"vmlinux-{hashlib.sha256(data).hexdigest()[:32]}"
     if target.is_file():
-        return target
-    elf: bytes | None = None
+        return None if target.stat().st_size == len(_NO_PVH) else target
+    elf = _elf_inside(data)
+    if elf is None or not has_pvh_entry(elf):
+        logger.debug("no ELF kernel with a PVH entry inside %s; booting it as it is", image)
+        write_atomically(target, _NO_PVH)
+        return None
+    write_atomically(target, elf)
+    return target
+
+
+def _elf_inside(data: bytes) -> bytes | None:
+    """The first compressed payload of a bzImage that unpacks to an ELF file."""
     unpackers: tuple[tuple[bytes, Callable[[bytes], bytes] | None], ...] = (
         (_XZ_MAGIC, _unxz),
         (_GZIP_MAGIC, _gunzip),
@@ -87,7 +99,7 @@ def pvh_kernel(image: Path, version: str) -> Path | None:
             continue
         if unpack is None:
             if shutil.which("zstd") is None:
-                return None
+                continue
             # zstd exits 1 on the bzImage's tail after the frame; what it wrote before
             # is still the whole kernel (the ELF check below says whether it is).
             elf = process.run(
@@ -99,13 +111,8 @@ def pvh_kernel(image: Path, version: str) -> Path | None:
             except (lzma.LZMAError, zlib.error):
                 continue
         if elf.startswith(b"\x7fELF"):
-            break
-        elf = None
-    if elf is None:
-        logger.debug("no ELF kernel found inside %s; booting it as a bzImage", image)
-        return None
-    write_atomically(target, elf)
-    return target
+            return elf
+    return None
 
 
 def _unxz(data: bytes) -> bytes:
@@ -117,28 +124,65 @@ def _gunzip(data: bytes) -> bytes:
     return zlib.decompressobj(wbits=31).decompress(data)
 
 
-def module_paths(kernel_version: str, modules: Sequence[str], root: Path = Path("/")) -> list[Path]:
+# The ELF note that marks a kernel's PVH entry point: XEN_ELFNOTE_PHYS32_ENTRY of the
+# "Xen" owner (Xen's public/elfnote.h); qemu refuses a plain ELF kernel without it.
+_PVH_NOTE = (b"Xen\0", 18)
+_PT_NOTE = 4
+
+
+def has_pvh_entry(elf: bytes) -> bool:
+    """Whether a little-endian 64-bit ELF kernel carries the PVH entry note."""
+    if elf[:6] != b"\x7fELF\x02\x01":
+        return False
+    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for index in range(phnum):
+        header = phoff + index * phentsize
+        if struct.unpack_from("<I", elf, header)[0] != _PT_NOTE:
+            continue
+        offset, _, _, size = struct.unpack_from("<QQQQ", elf, header + 8)
+        if _PVH_NOTE in _notes(elf[offset : offset + size]):
+            return True
+    return False
+
+
+def _notes(segment: bytes) -> list[tuple[bytes, int]]:
+    """(owner name with its NUL, type) of each note in a PT_NOTE segment."""
+    notes: list[tuple[bytes, int]] = []
+    offset = 0
+    while offset + 12 <= len(segment):
+        namesz, descsz, kind = struct.unpack_from("<III", segment, offset)
+        name = segment[offset + 12 : offset + 12 + namesz]
+        notes.append((name, kind))
+        offset += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return notes
+
+
+def module_paths(kernel: Kernel, modules: Sequence[str]) -> list[Path]:
     """The .ko files for `modules` and their dependencies, in load order, each once.
 
-    `root`: the tree whose /lib/modules holds the kernel's (a guest root's, when the
-    kernel is of another architecture: modprobe only reads its modules.dep).
+    modprobe reads only the kernel's modules.dep (a kernel of another architecture is
+    fine); it wants it under ROOT/lib/modules/VERSION, so a link makes that tree.
     """
     ordered: list[Path] = []
     seen: set[Path] = set()
-    for module in modules:
-        proc = process.run(
-            [system_tool("modprobe"), *(["-d", str(root)] if root != Path("/") else []),
-             "-S", kernel_version, "--show-depends", module],
-            step=STEP,
-        )  # fmt: skip
-        for line in proc.stdout.decode().splitlines():
-            words = line.split()
-            # "builtin NAME" lines need nothing loaded; "insmod PATH [params]" do.
-            if len(words) >= 2 and words[0] == "insmod":
-                path = Path(words[1])
-                if path not in seen:
-                    seen.add(path)
-                    ordered.append(path)
+    with tempfile.TemporaryDirectory(prefix="mdi-modules-") as tree:
+        linked = Path(tree) / "lib/modules" / kernel.version
+        linked.parent.mkdir(parents=True)
+        linked.symlink_to(kernel.modules.resolve())
+        for module in modules:
+            proc = process.run(
+                [tool("modprobe"), "-d", tree, "-S", kernel.version, "--show-depends", module],
+                step=STEP,
+            )
+            for line in proc.stdout.decode().splitlines():
+                words = line.split()
+                # "builtin NAME" lines need nothing loaded; "insmod PATH [params]" do.
+                if len(words) >= 2 and words[0] == "insmod":
+                    path = kernel.modules / Path(words[1]).relative_to(linked)
+                    if path not in seen:
+                        seen.add(path)
+                        ordered.append(path)
     return ordered
 
 
@@ -160,7 +204,9 @@ def plain_module_name(path: Path) -> str:
     return name
 
 
-def system_tool(name: str) -> str:
-    """`name` from PATH, else from the system directories a Nix builder's PATH lacks."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    return found or name
+def tool(name: str) -> str:
+    """`name` as found on PATH; the caller's PATH decides which qemu and modprobe run."""
+    found = shutil.which(name)
+    if found is None:
+        raise StepError(STEP, f"{name} not found on PATH")
+    return found

@@ -23,16 +23,16 @@ class Platform:
 
     system: str  # Nix's name: "x86_64-linux"
     machine: str  # uname -m / platform.machine()
-    debian_arch: str  # dpkg's name, for the test system's packages
     qemu_binary: str  # nixos/lib/qemu-common.nix's qemuBinary picks by the same system
     qemu_machine: str  # -machine
     qemu_cpu: str  # -cpu
-    qemu_package: str  # the Debian package holding qemu_binary
     console: str  # the serial console device the guest kernel writes to
     efi_arch: str  # UEFI's short name in removable-media paths (BOOTX64.EFI, BOOTAA64.EFI)
     grub_efi_target: str  # grub-install/grub-mkimage -O for UEFI
     kernel_file: str  # the kernel's file name in a NixOS kernel package
     bios: bool  # whether the machine has BIOS (SeaBIOS) firmware at all
+    pvh: bool  # whether qemu boots its kernels' plain ELF image through a PVH entry
+    smm: bool  # whether its UEFI firmware may need SMM (QEMU_OPTS then pick q35,smm=on)
     # The firmware's pflash images must have this exact size (qemu's virt board maps
     # two 64 MiB flash banks); None when any size the firmware file has is fine.
     pflash_bytes: int | None
@@ -42,11 +42,9 @@ class Platform:
 
 # interface.json's keys (as Nix spells them) -> the dataclass' field names.
 _FIELDS = {
-    "debianArch": "debian_arch",
     "qemuBinary": "qemu_binary",
     "qemuMachine": "qemu_machine",
     "qemuCpu": "qemu_cpu",
-    "qemuPackage": "qemu_package",
     "efiArch": "efi_arch",
     "grubEfiTarget": "grub_efi_target",
     "kernelFile": "kernel_file",

@@ -16,6 +16,7 @@ import pytest
 
 from make_disk_image import efiboot
 from make_disk_image.models import PlannedPartition
+from make_disk_image.platforms import PLATFORMS
 from make_disk_image.process import StepError
 
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -160,6 +161,14 @@ def test_arch_names_the_loader(disk: Path, esp: Path, efivars: Path) -> None:
     # On aarch64 the loader is systemd-bootaa64.efi; an x64 one does not count.
     assert not efiboot.ensure_boot_entry(esp, esp_plan(), disk, efivars=efivars, machine="aarch64")
     assert efiboot.systemd_boot_path("aarch64") == "\\EFI\\systemd\\systemd-bootaa64.efi"
+
+
+def test_the_loaders_name_comes_from_the_platform_table() -> None:
+    for plat in PLATFORMS.values():
+        path = efiboot.systemd_boot_path(plat.machine)
+        assert path == f"\\EFI\\systemd\\systemd-boot{plat.efi_arch}.efi"
+    with pytest.raises(StepError, match="no systemd-boot EFI architecture for riscv64"):
+        efiboot.systemd_boot_path("riscv64")
 
 
 def test_errors_name_the_problem(disk: Path, esp: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from make_disk_image import initramfs
-from make_disk_image import kernel as vm_kernel
+from make_disk_image.hostkernel import installed_busybox, installed_kernel
 from testsys import guestroot
 
 pytestmark = pytest.mark.skipif(
@@ -48,11 +48,11 @@ def test_packages_are_the_releases(root: Path) -> None:
 
 
 def test_tree_holds_what_the_build_vm_boots_and_runs(root: Path) -> None:
-    kernel, version = vm_kernel.host_kernel(root / "boot", root / "lib/modules")
+    kernel = installed_kernel(root)
     # A plain arm64 Image (what GRUB and systemd-boot load), with its "ARM\x64" magic.
-    assert kernel.read_bytes()[56:60] == b"ARM\x64"
-    assert (root / "lib/modules" / version / "modules.dep").stat().st_size > 0
-    busybox = root / "bin/busybox"
+    assert kernel.image.read_bytes()[56:60] == b"ARM\x64"
+    assert (kernel.modules / "modules.dep").stat().st_size > 0
+    busybox = installed_busybox(root)
     assert initramfs.is_static_elf(busybox) and _elf_machine(busybox) == EM_AARCH64
     assert "sh" in initramfs.busybox_applets(busybox.read_bytes())
     python = (root / "usr/bin/python3").resolve()

@@ -90,7 +90,7 @@ def test_aarch64_image_runs_on_the_builder_with_the_guest_from_aarch64_packages(
     assert image["system"] == "x86_64-linux"
     assert {graph[d]["system"] for d in image["inputDrvs"]} == {"x86_64-linux"}
     command = image["env"]["buildCommand"]
-    assert "-m make_disk_image.vm --system aarch64-linux --guest-root" in command
+    assert "-m make_disk_image.vm --system aarch64-linux --kernel" in command
     _, qemu = named(graph, "qemu-debian")
     assert "qemu-system-arm" in qemu["env"]["optionalDebianPackages"]
 

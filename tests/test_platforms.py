@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import platform
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from make_disk_image.interface import PATH as INTERFACE_PATH
 from make_disk_image.platforms import PLATFORMS, host_platform, host_system, platform_for
 from make_disk_image.process import StepError
 from make_disk_image.spec import SpecError, parse_spec
+from testsys.debian import DEBIAN
+
+REPO = Path(__file__).resolve().parent.parent
 
 BASE: dict[str, Any] = {
     "toplevel": "/nix/store/x-system",
@@ -34,6 +40,24 @@ def test_aarch64_is_a_uefi_only_virt_machine() -> None:
     assert not plat.bios and plat.efi_arch == "aa64" and plat.grub_efi_target == "arm64-efi"
     assert plat.qemu_binary == "qemu-system-aarch64" and plat.qemu_machine.startswith("virt")
     assert plat.console == "ttyAMA0" and plat.pflash_bytes == 64 * 1024 * 1024
+
+
+def test_facts_say_what_they_mean() -> None:
+    """x86 has BIOS, boots its kernel through PVH and may need SMM; aarch64 none of it."""
+    x86, arm = platform_for("x86_64-linux"), platform_for("aarch64-linux")
+    assert (x86.bios, x86.pvh, x86.smm) == (True, True, True)
+    assert (arm.bios, arm.pvh, arm.smm) == (False, False, False)
+
+
+def test_the_table_holds_no_field_only_tests_read() -> None:
+    """Debian's names are the test system's (testsys/debian.py), not the engine's."""
+    table = json.loads(INTERFACE_PATH.read_text())["platforms"]
+    for system, facts in table.items():
+        if not system.startswith("_"):
+            assert not {"debianArch", "qemuPackage"} & set(facts), system
+    assert set(DEBIAN) == set(PLATFORMS)
+    setup = (REPO / ".ci/setup").read_text()
+    assert all(d.qemu_package in setup for d in DEBIAN.values())
 
 
 def test_unknown_system_names_the_supported_ones() -> None:

@@ -1,471 +1,64 @@
-"""The VM runner (vm, runner, initramfs, kernel): real qemu TCG boots of the host kernel."""
+"""make_disk_image.vm (the runner's command line) and testsys.vmtools (the host's guest)."""
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
-import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from make_disk_image import guestinit, initramfs, runner
-from make_disk_image import kernel as vm_kernel
-from make_disk_image.process import StepError
-
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-# A vendor GUID of our own: efivarfs refuses unknown names under the EFI global GUID.
-TEST_VARIABLE = "MdiTest-3cd7a8a2-51f0-4b6e-9d61-7a0c9b7f1e25"
-# The interpreter running the tests; the guest sees it through the read-only 9p root.
-PYTHON = os.path.realpath(sys.executable)
+from testsys import vmtools
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(command name, parent pid) of a process, None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-    return comm, int(stat[stat.rindex(")") + 2 :].split()[1])
-
-
-def _ppid(pid: int) -> int | None:
-    stat = _stat(pid)
-    return stat[1] if stat else None
-
-
-def _all_qemu() -> list[int]:
-    pids = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
-    return [pid for pid in pids if (_stat(pid) or ("", 0))[0].startswith("qemu-system")]
-
-
-def _qemu_children() -> list[int]:
-    """qemu processes that are children of this test process."""
-    return [pid for pid in _all_qemu() if _ppid(pid) == os.getpid()]
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Path:
-    """A 32 MiB GPT image with a 4 MiB first partition and the rest as a second one."""
-    image = tmp_path / "disk.img"
-    with image.open("wb") as f:
-        f.truncate(32 * 1024 * 1024)
-    subprocess.run(
-        ["sfdisk", "--quiet", str(image)],
-        input=b"label: gpt\nstart=2048, size=8192, type=U\nstart=10240, type=L\n",
-        check=True,
-    )
-    return image
-
-
-def _run(argv: list[str], **kwargs: object) -> tuple[int, str]:
-    log = io.StringIO()
-    status = runner.run_in_vm(argv, log=log, **kwargs)  # type: ignore[arg-type]
-    return status, log.getvalue()
-
-
-# ---------------------------------------------------------------------------
-# No VM
-
-
-def test_host_kernel_has_modules() -> None:
-    image, version = vm_kernel.host_kernel()
-    assert image == Path("/boot") / f"vmlinuz-{version}"
-    assert (Path("/lib/modules") / version / "modules.dep").is_file()
-
-
-def test_host_kernel_missing_names_the_package(tmp_path: Path) -> None:
-    (tmp_path / "boot").mkdir()
-    (tmp_path / "boot" / "vmlinuz-9.9.9").write_bytes(b"")  # no modules for it
-    with pytest.raises(StepError, match="linux-image-amd64"):
-        vm_kernel.host_kernel(tmp_path / "boot", tmp_path / "modules")
-
-
-def test_kernel_versions_sort_numerically() -> None:
-    versions = ["6.9.0-1-amd64", "6.10.0-1-amd64", "6.1.0-56-amd64"]
-    assert max(versions, key=vm_kernel.version_key) == "6.10.0-1-amd64"
-
-
-def _cpio_listing(path: Path) -> list[str]:
-    listing = subprocess.run(
-        ["cpio", "-t", "--quiet"], input=gzip.decompress(path.read_bytes()), capture_output=True
-    )
-    assert listing.returncode == 0, listing.stderr
-    return listing.stdout.decode().split()
-
-
-def test_initramfs_has_busybox_modules_in_dependency_order_and_is_cached(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    _, version = vm_kernel.host_kernel()
-    extra = tmp_path / "payload"
-    extra.write_text("hello\n")
-    first = initramfs.build_initramfs(
-        "#!/bin/sh\necho one\n",
-        kernel_version=version,
-        modules=["ext4", "vfat"],
-        extra_files={"etc/payload": extra},
-    )
-    assert first.parent == tmp_path / "cache" / "make-disk-image"
-    names = _cpio_listing(first)
-    assert {"init", "bin/busybox", "bin/sh", "bin/insmod", "etc/payload"} <= set(names)
-    order = (
-        subprocess.run(
-            ["cpio", "-i", "--quiet", "--to-stdout", "lib/modules/load-order"],
-            input=gzip.decompress(first.read_bytes()),
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split()
-    )
-    # jbd2 and mbcache are ext4's dependencies, fat is vfat's: each before its user.
-    assert order.index("jbd2.ko") < order.index("ext4.ko")
-    assert order.index("mbcache.ko") < order.index("ext4.ko")
-    assert order.index("fat.ko") < order.index("vfat.ko")
-    assert all(f"lib/modules/{version}/{m}" in names for m in order)
-
-    again = initramfs.build_initramfs(
-        "#!/bin/sh\necho one\n",
-        kernel_version=version,
-        modules=["ext4", "vfat"],
-        extra_files={"etc/payload": extra},
-    )
-    assert again == first
-    other = initramfs.build_initramfs(
-        "#!/bin/sh\necho two\n", kernel_version=version, modules=["ext4", "vfat"]
-    )
-    assert other != first
-    assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
-
-
-def test_pvh_kernel_is_the_elf_inside_the_bzimage_and_cached(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    image, version = vm_kernel.host_kernel()
-    elf = vm_kernel.pvh_kernel(image, version)
-    assert elf is not None
-    assert elf.read_bytes()[:4] == b"\x7fELF"
-    assert elf.stat().st_size > image.stat().st_size
-    assert vm_kernel.pvh_kernel(image, version) == elf
-    # A kernel whose config lacks PVH (here: no config at all) is booted as it is.
-    (tmp_path / "boot").mkdir()
-    shutil.copyfile(image, tmp_path / "boot" / image.name)
-    assert vm_kernel.pvh_kernel(tmp_path / "boot" / image.name, version) is None
-
-
-@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd (run .ci/setup)")
-def test_pvh_kernel_unpacks_a_zstd_payload_followed_by_the_bzimage_tail(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Debian 13's kernel is zstd-compressed; zstd exits 1 on the bytes after the frame
-    ("unknown header") but has written the whole kernel by then."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    kernel = b"\x7fELF" + os.urandom(4096) + bytes(60000)
-    payload = subprocess.run(["zstd", "-c"], input=kernel, capture_output=True,
-                             check=True).stdout
-    image = tmp_path / "vmlinuz-9.9"
-    image.write_bytes(b"MZ bzImage setup " + bytes(500) + payload + b"tail after the frame" * 9)
-    (tmp_path / "config-9.9").write_text("CONFIG_PVH=y\n")
-    tail = subprocess.run(["zstd", "-dc"], input=image.read_bytes()[image.read_bytes().find(
-        payload[:4]):], capture_output=True, check=False)
-    assert tail.returncode in (0, 1) and tail.stdout == kernel
-    elf = vm_kernel.pvh_kernel(image, "9.9")
-    assert elf is not None and elf.read_bytes() == kernel
-
-
-def test_firmware_options_select_the_bzimage() -> None:
-    assert runner.uses_firmware(["-drive", "if=pflash,format=raw,unit=0,file=CODE.fd"])
-    assert runner.uses_firmware(["-bios", "/usr/share/ovmf/OVMF.fd"])
-    assert not runner.uses_firmware(["-smp", "2", "-machine", "q35"])
-
-
-def test_static_elf_check_tells_static_busybox_from_dynamic_programs() -> None:
-    assert initramfs.is_static_elf(Path("/bin/busybox"))
-    assert not initramfs.is_static_elf(Path("/bin/ls"))
-    assert not initramfs.is_static_elf(Path("/etc/os-release"))
-
-
-def test_console_text_drops_terminal_controls_split_across_reads() -> None:
-    console = runner.ConsoleText()
-    text = console.feed("a\r\n\x1b[2") + console.feed("J\x1bcb\r") + console.feed("\nc")
-    assert text == "a\nb\nc"
+def _guest_options() -> list[str]:
+    return vmtools.guest_options(vmtools.host_guest())
 
 
 def test_cli_rejects_missing_command() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "make_disk_image.vm", "--"], capture_output=True, text=True
-    )
+        [sys.executable, "-m", "make_disk_image.vm", *_guest_options(), "--"],
+        capture_output=True, text=True,
+    )  # fmt: skip
     assert proc.returncode == 2
     assert "no command" in proc.stderr
 
 
-# ---------------------------------------------------------------------------
-# Real boots
-
-
-@pytest.mark.vm
-@pytest.mark.parametrize("code", [0, 7])
-def test_exit_status_propagates(code: int) -> None:
-    started = time.monotonic()
-    status, log = _run(
-        ["sh", "-c", f"echo uptime $(cat /proc/uptime); echo guest-output; exit {code}"], disk=None
-    )
-    elapsed = time.monotonic() - started
-    assert status == code
-    assert "guest-output\n" in log
-    uptime = float(log.split("\nuptime ")[1].split()[0])
-    print(f"boot to command: {uptime:.2f} s guest uptime, whole run {elapsed:.1f} s")
-
-
-@pytest.mark.vm
-def test_disk_is_vda_with_partitions(disk: Path) -> None:
-    script = (
-        "set -e; test -b /dev/vda1; test -b /dev/vda2; ! test -e /dev/vda3;"
-        "blockdev --getsize64 /dev/vda2;"
-        "printf partition-two > /dev/vda2; sync;"
-        "mkfs.vfat /dev/vda1 >/dev/null; mkdir /mnt/esp; mount /dev/vda1 /mnt/esp;"
-        "echo on-esp > /mnt/esp/file; umount /mnt/esp"
-    )
-    status, log = _run(["bash", "-c", script], disk=disk)
-    assert status == 0, log
-    table = json.loads(
-        subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, check=True).stdout
-    )
-    assert f"\n{table['partitiontable']['partitions'][1]['size'] * 512}\n" in log
-    with disk.open("rb") as f:
-        f.seek(10240 * 512)
-        assert f.read(13) == b"partition-two"
-    mtype = subprocess.run(
-        ["mtype", "-i", f"{disk}@@{2048 * 512}", "::file"],
-        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert mtype.stdout == "on-esp\n"
-
-
-@pytest.mark.vm
-def test_shares_env_cwd_and_read_only_root(tmp_path: Path) -> None:
-    writable = tmp_path / "xchg"
-    writable.mkdir()
-    readonly = tmp_path / "ro"
-    readonly.mkdir()
-    (readonly / "input").write_text("from-host\n")
-    script = (
-        "pwd; env | sort;"
-        "cat /mnt/ro/input > from-guest;"  # relative: cwd is the writable share
-        "if touch /etc/mdi-must-fail 2>/dev/null; then echo ROOT-WRITABLE; fi;"
-        "if touch /mnt/ro/mdi-must-fail 2>/dev/null; then echo SHARE-WRITABLE; fi;"
-        "touch /tmp/ok /run/ok /mnt/ok && echo tmpfs-ok;"
-        f"{PYTHON} -c 'import sys; print(\"python\", sys.version_info[0])'"
-    )
-    status, log = _run(
-        ["bash", "-c", script],
-        disk=None,
-        shares=[
-            runner.Share(host=writable, guest="/tmp/xchg", writable=True),
-            runner.Share(host=readonly, guest="/mnt/ro"),
-        ],
-        env={"FOO": "bar baz"},
-        cwd="/tmp/xchg",
-    )
-    assert status == 0, log
-    assert (writable / "from-guest").read_text() == "from-host\n"
-    assert "/tmp/xchg\n" in log
-    assert "FOO=bar baz\n" in log
-    assert f"PATH={guestinit.DEFAULT_PATH}\n" in log
-    assert "HOME=" not in log
-    assert "ROOT-WRITABLE" not in log
-    assert "SHARE-WRITABLE" not in log
-    assert not Path("/etc/mdi-must-fail").exists()
-    assert not (readonly / "mdi-must-fail").exists()
-    assert "tmpfs-ok" in log
-    assert "python 3" in log
-
-
-@pytest.mark.vm
-def test_missing_share_mount_point_is_a_setup_error(tmp_path: Path) -> None:
-    with pytest.raises(StepError, match="missing from the read-only host root"):
-        _run(["true"], disk=None, shares=[runner.Share(host=tmp_path, guest="/no-such-dir-mdi")])
-
-
-# What the engine passes for touchEFIVars: plain OVMF on the default machine, OVMF on
-# q35 with SMM, and the SMM-requiring secure-boot build (ovmfSystemManagementModeRequired).
-UEFI_VARIANTS = {
-    "pc": (OVMF_CODE, []),
-    "q35-smm": (OVMF_CODE, ["-machine", "q35,smm=on"]),
-    "secboot-smm": (
-        OVMF_CODE.with_name("OVMF_CODE_4M.secboot.fd"),
-        ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"],
-    ),
-}
-
-
-@pytest.mark.vm
-@pytest.mark.parametrize("variant", sorted(UEFI_VARIANTS))
-def test_uefi_guest_keeps_variables_in_vars_file(tmp_path: Path, variant: str) -> None:
-    code, machine = UEFI_VARIANTS[variant]
-    vars_copy = tmp_path / "vars.fd"
-    shutil.copyfile(OVMF_VARS, vars_copy)
-    before = vars_copy.read_bytes()
-    write_variable = (
-        "import os\n"
-        f"path = '/sys/firmware/efi/efivars/{TEST_VARIABLE}'\n"
-        "fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)\n"
-        "os.write(fd, b'\\x07\\x00\\x00\\x00mdi-uefi-value')\n"
-        "os.close(fd)\n"
-        "print(open('/proc/mounts').read())\n"
-    )
-    status, log = _run(
-        [PYTHON, "-c", write_variable],
-        disk=None,
-        qemu_opts=[
-            *machine,
-            "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-            "-drive",
-            f"if=pflash,format=raw,unit=1,file={vars_copy}",
-        ],
-        timeout=300,
-    )
-    assert status == 0, log
-    assert "efivarfs /sys/firmware/efi/efivars efivarfs" in log
-    after = vars_copy.read_bytes()
-    assert b"mdi-uefi-value" not in before
-    assert b"mdi-uefi-value" in after
-    assert "MdiTest".encode("utf-16-le") in after
-
-
-@pytest.mark.vm
-def test_bios_guest_has_no_efi_and_all_output_arrives() -> None:
-    # The last of a burst of output must reach the host before the guest powers off.
-    status, log = _run(
-        ["sh", "-c", "test -d /sys/firmware/efi && echo HAS-EFI; seq 1 30000; exit 3"],
-        disk=None,
-    )
-    assert status == 3
-    assert "HAS-EFI" not in log
-    assert "\n29999\n30000\n" in log
-
-
-@pytest.mark.vm
-def test_timeout_raises_and_leaves_no_qemu() -> None:
-    started = time.monotonic()
-    with pytest.raises(StepError, match="did not finish within 12 s") as error:
-        _run(["sleep", "600"], disk=None, timeout=12)
-    assert error.value.step == "vm"
-    assert time.monotonic() - started < 30
-    assert _qemu_children() == []
-
-
-@pytest.mark.vm
-def test_qemu_dies_with_a_killed_driver(tmp_path: Path) -> None:
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "make_disk_image.vm", "--", "sleep", "600"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        qemu: list[int] = []
-        while not qemu and time.monotonic() < deadline:
-            time.sleep(0.5)
-            qemu = [pid for pid in _all_qemu() if _ppid(pid) == driver.pid]
-        assert qemu, "qemu did not start"
-    finally:
-        driver.kill()
-        driver.wait()
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{qemu[0]}").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not Path(f"/proc/{qemu[0]}").exists()
-
-
-@pytest.mark.vm
-def test_guest_dying_without_status_raises() -> None:
-    # A kernel panic (sysrq crash) ends the guest before the command can return.
-    with pytest.raises(StepError, match="without reporting"):
-        _run(
-            ["sh", "-c", "echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger"],
-            disk=None,
-            timeout=120,
-        )
-    assert _qemu_children() == []
-
-
-@pytest.mark.vm
-def test_cli_propagates_status_and_passes_options(tmp_path: Path, disk: Path) -> None:
+def test_cli_wants_the_kernel_as_paths() -> None:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "make_disk_image.vm",
-            "--disk",
-            str(disk),
-            "--share",
-            f"{tmp_path}:/tmp/xchg:rw",
-            "--mem",
-            "512",
-            "--env",
-            "GREETING=hello=world",
-            "--cwd",
-            "/tmp/xchg",
-            "--timeout",
-            "300",
-            "--qemu-opts",
-            "-smp 2",
-            "--",
-            "sh",
-            "-c",
-            'echo "$GREETING" > out; nproc >> out; test -b /dev/vda2 && exit 42',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
+        [sys.executable, "-m", "make_disk_image.vm", "--", "true"], capture_output=True, text=True
     )
-    assert proc.returncode == 42, proc.stderr
-    assert (tmp_path / "out").read_text() == "hello=world\n2\n"
+    assert proc.returncode == 2
+    assert "--kernel" in proc.stderr and "--modules" in proc.stderr
 
 
-def test_busybox_applets_are_read_from_the_binary_as_busybox_lists_them() -> None:
-    busybox = initramfs.find_busybox()
-    listed = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
-    assert sorted(initramfs.busybox_applets(busybox.read_bytes())) == sorted(listed.stdout.split())
-    with pytest.raises(StepError, match="applet list"):
-        initramfs.busybox_applets(b"\x7fELF no applets here")
-
-
-def test_aarch64_guest_gets_its_qemu_machine_console_and_root(tmp_path: Path) -> None:
-    from make_disk_image.platforms import platform_for
-
-    argv = runner.qemu_command(
-        kernel=tmp_path / "Image", initramfs=tmp_path / "initrd", control_dir=tmp_path,
-        disk=None, shares=[], mem_mib=512, qemu_opts=[],
-        platform=platform_for("aarch64-linux"), root=tmp_path,
+def test_cli_reports_a_bad_kernel_before_booting(tmp_path: Path) -> None:
+    options = _guest_options()
+    options[options.index("--modules") + 1] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "make_disk_image.vm", *options, "--", "true"],
+        capture_output=True, text=True,
     )  # fmt: skip
-    assert argv[0].endswith("qemu-system-aarch64")
-    assert argv[argv.index("-machine") + 1] == "virt,gic-version=max"
-    assert "console=ttyAMA0" in argv[argv.index("-append") + 1]
-    assert any(a.startswith(f"local,path={tmp_path},mount_tag=host,") for a in argv)
-    # x86_64 keeps qemu's default machine, so that QEMU_OPTS may choose q35.
-    x86 = runner.qemu_command(
-        kernel=tmp_path / "bzImage", initramfs=tmp_path / "initrd", control_dir=tmp_path,
-        disk=None, shares=[], mem_mib=512, qemu_opts=[], platform=platform_for("x86_64-linux"),
-    )  # fmt: skip
-    assert "-machine" not in x86 and "console=ttyS0" in x86[x86.index("-append") + 1]
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: vm: kernel modules") and "modules.dep" in proc.stderr
 
 
-def test_foreign_guest_without_guest_root_is_refused() -> None:
-    with pytest.raises(StepError, match="guest root of aarch64-linux programs"):
-        runner.run_in_vm(["true"], disk=None, system="aarch64-linux")
+def test_host_path_root_links_copies_and_shares(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    shares = vmtools.host_path_root(
+        ["/bin", "/usr", "/usr/share", "/etc/ld.so.cache", "/etc/alternatives"], root
+    )
+    if Path("/bin").is_symlink():  # merged /usr
+        assert (root / "bin").readlink() == Path("/bin").readlink()
+    assert (root / "etc/ld.so.cache").read_bytes() == Path("/etc/ld.so.cache").read_bytes()
+    assert (root / "usr").is_dir() and not any((root / "usr").iterdir())
+    assert {(str(s.host), s.guest, s.writable) for s in shares} >= {
+        ("/usr", "/usr", False), ("/etc/alternatives", "/etc/alternatives", False),
+    }  # fmt: skip
+    assert "/usr/share" not in {s.guest for s in shares}
+
+
+def test_the_hosts_runner_boots_only_the_hosts_system() -> None:
+    with pytest.raises(SystemExit):
+        vmtools.main(["--system", "aarch64-linux", "--", "true"])

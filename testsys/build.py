@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from make_disk_image.platforms import host_system, platform_for
+from make_disk_image.platforms import host_system
 from make_disk_image.spec import parse_spec
+from testsys.debian import debian_arch
 from testsys.guestroot import guest_root
 from testsys.system import NIXOS_ENTER_DIR
 
@@ -60,7 +61,7 @@ def build_image(
     system = spec.get("system")
     if system is not None and system != host_system():
         # The build VM of another architecture boots Debian's packages of it.
-        argv += ["--guest-root", str(guest_root(platform_for(system).debian_arch))]
+        argv += ["--guest-root", str(guest_root(debian_arch(system)))]
     started = time.monotonic()
     proc = subprocess.run(
         argv,

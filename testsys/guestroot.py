@@ -26,7 +26,7 @@ from pathlib import Path
 
 from make_disk_image import process
 from make_disk_image.cache import cache_dir
-from make_disk_image.platforms import PLATFORMS
+from testsys.debian import DEBIAN
 
 STEP = "guest root"
 logger = logging.getLogger("make_disk_image")
@@ -102,7 +102,7 @@ def _package_files(arch: str) -> list[tuple[str, str, str]]:
 
 def guest_root(arch: str = "arm64") -> Path:
     """The unpacked tree for Debian architecture `arch` (cached); see the module's doc."""
-    if arch not in {p.debian_arch for p in PLATFORMS.values()}:
+    if arch not in {p.arch for p in DEBIAN.values()}:
         raise process.StepError(STEP, f"no platform has the Debian architecture {arch!r}")
     files = _package_files(arch)
     digest = hashlib.sha256(_FORMAT.encode())

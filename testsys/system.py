@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from make_disk_image import initramfs as vm_initramfs
-from make_disk_image import kernel as vm_kernel
 from make_disk_image import process
+from make_disk_image.hostkernel import installed_busybox, installed_kernel
+from make_disk_image.kernel import Kernel
 from make_disk_image.platforms import Platform, host_system, platform_for
 
 STEP = "testsys"
@@ -209,12 +210,11 @@ def _group(groups: Sequence[Group]) -> str:
     return "".join(f"{g.name}:x:{g.gid}:{','.join(g.members)}\n" for g in groups)
 
 
-def initramfs(kernel_version: str, root: Path = Path("/")) -> Path:
-    """The test system's initramfs (cached by make_disk_image.vm); `root`: where its
-    busybox and the kernel's modules come from."""
+def initramfs(kernel: Kernel, busybox: Path) -> Path:
+    """The test system's initramfs (cached by make_disk_image.initramfs)."""
     init = (PACKAGE_DIR / "scripts" / "stage-1-init.sh").read_text()
     return vm_initramfs.build_initramfs(
-        init, kernel_version=kernel_version, modules=INITRD_MODULES, root=root
+        init, kernel=kernel, modules=INITRD_MODULES, busybox=busybox
     )
 
 
@@ -224,8 +224,7 @@ class SystemInputs:
 
     platform: Platform
     root: Path  # "/" for the host's own architecture, else a guest root
-    kernel_image: Path
-    kernel_version: str
+    kernel: Kernel
     busybox: Path
     host_programs: tuple[str, ...]
     grub_modules: str
@@ -237,17 +236,16 @@ def system_inputs(system: str | None) -> SystemInputs:
     """The host's files for its own architecture; Debian's unpacked ones for another."""
     plat = platform_for(system or host_system())
     if plat.system == host_system():
-        kernel_image, kernel_version = vm_kernel.host_kernel()
         return SystemInputs(
-            plat, Path("/"), kernel_image, kernel_version, Path("/bin/busybox").resolve(),
+            plat, Path("/"), installed_kernel(), installed_busybox().resolve(),
             HOST_PROGRAMS, GRUB_MODULES_DIR, "i386-pc", SYSTEMD_BOOT_EFI,
         )  # fmt: skip
+    from testsys.debian import debian_arch
     from testsys.guestroot import guest_root
 
-    root = guest_root(plat.debian_arch)
-    kernel_image, kernel_version = vm_kernel.host_kernel(root / "boot", root / "lib/modules")
+    root = guest_root(debian_arch(plat.system))
     return SystemInputs(
-        plat, root, kernel_image, kernel_version, root / "bin/busybox", (),
+        plat, root, installed_kernel(root), installed_busybox(root), (),
         str(root / GUEST_GRUB_MODULES_DIR.format(target=plat.grub_efi_target)),
         plat.grub_efi_target,
         str(root / GUEST_SYSTEMD_BOOT_EFI.format(efi_arch=plat.efi_arch)),
@@ -290,7 +288,7 @@ def build_test_system(
     `system` ("aarch64-linux"): the system's architecture, the host's by default.
     """
     inputs = system_inputs(system)
-    kernel_version = inputs.kernel_version
+    kernel_version = inputs.kernel.version
     work_dir.mkdir(parents=True, exist_ok=True)
     # systemd >= 257 bootctl semantics: the host's own systemd-detect-virt decides when
     # it is that new (the same detect_container()), the script's copy of it otherwise.
@@ -309,10 +307,10 @@ def build_test_system(
         "grubTarget": inputs.grub_target,
         "systemdBootEfi": inputs.systemd_boot_efi,
         "efiArch": plat.efi_arch,
-        "kernelImage": str(inputs.kernel_image),
+        "kernelImage": str(inputs.kernel.image),
         "kernelFile": plat.kernel_file,
         "kernelVersion": kernel_version,
-        "initrd": str(initramfs(kernel_version, inputs.root)),
+        "initrd": str(initramfs(inputs.kernel, inputs.busybox)),
         "kernelParams": " ".join(
             [f"root=LABEL={label}", f"console={plat.console},115200", "panic=1",
              *extra_kernel_params]

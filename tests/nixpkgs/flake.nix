@@ -1,7 +1,7 @@
 {
   # A nixpkgs-shaped flake for testing the project's flake offline:
   #   nix flake check --override-input nixpkgs 'git+file://REPO?dir=tests/nixpkgs'
-  # (loaded from the whole checkout: vmTools uses REPO/make_disk_image/vm.py).
+  # (loaded from the whole checkout: vmTools uses REPO/testsys/vmtools.py and make_disk_image/).
   description = "Offline nixpkgs stand-in (tests only)";
 
   outputs =

@@ -501,21 +501,24 @@ let
     in
     fd // { inherit fd; };
 
-  # The guest runner of runInLinuxVM is the project's own qemu TCG runner
-  # (make_disk_image/vm.py), taken from the checkout this stand-in lives in.
-  vmRunnerSource = ../../make_disk_image;
+  # The guest runner of runInLinuxVM is the project's own qemu TCG runner as the tests
+  # use it (testsys/vmtools.py driving make_disk_image/runner.py with the host's
+  # kernel), taken from the checkout this stand-in lives in.
+  vmRunnerSource = ../..;
   vmRunner =
-    if builtins.pathExists (vmRunnerSource + "/vm.py") then
+    if builtins.pathExists (vmRunnerSource + "/testsys/vmtools.py") then
       runCommand "make-disk-image-vm-runner" { } ''
-        mkdir -p $out
+        mkdir -p $out/testsys
         cp -r ${builtins.path {
-          path = vmRunnerSource;
+          path = vmRunnerSource + "/make_disk_image";
           name = "make_disk_image";
           filter = path: _type: baseNameOf path != "__pycache__";
         }} $out/make_disk_image
+        cp ${vmRunnerSource + "/testsys/__init__.py"} $out/testsys/__init__.py
+        cp ${vmRunnerSource + "/testsys/vmtools.py"} $out/testsys/vmtools.py
       ''
     else
-      throw "tests/nixpkgs: vmTools needs make_disk_image/vm.py two directories up; load the stand-in from a checkout of the project (path:REPO?dir=tests/nixpkgs for flakes)";
+      throw "tests/nixpkgs: vmTools needs testsys/vmtools.py two directories up; load the stand-in from a checkout of the project (path:REPO?dir=tests/nixpkgs for flakes)";
 
   vmTools = import ./build-support/vm.nix {
     inherit

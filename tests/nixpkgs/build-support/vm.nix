@@ -5,7 +5,7 @@
 # as virtio /dev/vda, an empty tmpfs root and the store (read-write) and ./xchg (at
 # /tmp/xchg) shared in, runs the original builder there under `set -euo pipefail` with
 # the saved environment, reads its exit status back from xchg/in-vm-exit (none: the
-# builder failed), then runs postVM. The guest is make_disk_image/vm.py: the host's
+# builder failed), then runs postVM. The guest is testsys/vmtools.py: the host's
 # kernel instead of a NixOS kernel and initrd, and, since the stand-in's packages are
 # links to Debian's binaries and the host's Python, the host's /usr (with the
 # merged-/usr links, /etc/ld.so.cache, /etc/alternatives) and that Python's prefix,
@@ -26,7 +26,7 @@
   accel ? "tcg",
 }:
 rec {
-  # Runs in the guest (after vm.py chroots into the host's root): restore the build's
+  # Runs in the guest (after the runner chroots into its root): restore the build's
   # environment, run the original builder, record its status for the host.
   stage2Init = writeText "vm-run-stage2" ''
     set -euo pipefail
@@ -44,12 +44,12 @@ rec {
     echo $? > /tmp/xchg/in-vm-exit
   '';
 
-  # vm.py builds its initramfs with modprobe (module order) and runs qemu.
+  # The runner builds its initramfs with modprobe (module order) and runs qemu.
   qemuCommandLinux = ''
     # HOME is /homeless-shelter, which must not come to exist (Nix refuses to build
-    # without a sandbox then): vm.py caches its initramfs in the build directory.
+    # without a sandbox then): the runner caches its initramfs in the build directory.
     PATH=${qemu}/bin:${kmod}/bin:${coreutils}/bin XDG_CACHE_HOME="$NIX_BUILD_TOP/.cache" \
-    PYTHONPATH=${vmRunner} ${python3}/bin/python3 -m make_disk_image.vm \
+    PYTHONPATH=${vmRunner} ${python3}/bin/python3 -m testsys.vmtools \
       --share ${storeDir}:${storeDir}:rw \
       --share "$NIX_BUILD_TOP/xchg:/tmp/xchg:rw" \
       ''${diskImage:+--disk "$diskImage"} \
@@ -127,7 +127,7 @@ rec {
         ];
         origArgs = args;
         origBuilder = builder;
-        # nixpkgs adds "-m memSize" to QEMU_OPTS; vm.py takes the size as --mem.
+        # nixpkgs adds "-m memSize" to QEMU_OPTS; the runner takes the size as --mem.
         inherit memSize QEMU_OPTS;
         # The guest cannot see files in the host's build directory, so the build
         # script travels in the environment (saved-env), as in nixpkgs.
