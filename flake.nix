@@ -94,7 +94,7 @@
       checks = forAllSystems (
         pkgs:
         {
-          # Its pytest suite runs as the check phase.
+          # Its check phase is a smoke test; the unit tests run from the checkout.
           package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
         }
         // imageChecks pkgs

@@ -45,9 +45,10 @@ rec {
     chmod 0555 $out/bin/make-disk-image
   '';
 
-  # The build VM's root for make_disk_image.vm --guest-root: boot/vmlinuz-VERSION and
-  # lib/modules/VERSION (the kernel it boots), a static busybox (its initramfs) and the
-  # tools on the usual paths. The store is shared into the guest, so links suffice.
+  # The build VM's root for make_disk_image.vm --root, with boot/vmlinuz-VERSION and
+  # lib/modules/VERSION (the kernel it boots) and a static busybox (its initramfs), which
+  # default.nix passes as --kernel, --modules and --busybox, and the tools on the usual
+  # paths. The store is shared into the guest, so links suffice.
   root = pkgs.runCommand "make-disk-image-guest-root-${system}" { } ''
     mkdir -p $out/boot $out/lib $out/bin $out/usr/bin
     for version in $(ls ${kernel}/lib/modules); do
