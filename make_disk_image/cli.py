@@ -22,9 +22,9 @@ from make_disk_image.finish import finish
 from make_disk_image.guest import guest
 from make_disk_image.guestinit import DEFAULT_PATH
 from make_disk_image.handoff import EFI_VARS, HANDOFF, XCHG, read_handoff
-from make_disk_image.hostkernel import installed_busybox, installed_kernel, with_system_dirs
+from make_disk_image.hostkernel import host_guest, with_system_dirs
 from make_disk_image.models import Spec
-from make_disk_image.platforms import host_system, platform_for
+from make_disk_image.platforms import host_system
 from make_disk_image.prepare import compute_plan, nix_db_files, prepare
 from make_disk_image.process import StepError
 from make_disk_image.runner import Guest, Share, run_in_vm
@@ -150,10 +150,7 @@ def _build_vm_guest(spec: Spec, guest_root: Path | None) -> Guest:
         raise SpecError("--guest-root", f"{guest_root} has no usr/bin/python3 for the guest phase")
     # modprobe and qemu may be in the system directories a user's PATH lacks.
     os.environ["PATH"] = with_system_dirs(os.environ.get("PATH", ""))
-    platform = platform_for(spec.system or host_system())
-    guest = Guest(platform, installed_kernel(root), installed_busybox(root), root.resolve())
-    guest.check()
-    return guest
+    return host_guest(root, spec.system)
 
 
 def run_guest_vm(

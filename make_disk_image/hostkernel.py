@@ -5,7 +5,7 @@ A Nix build passes packages; `build` runs on a plain host instead (tests, demo, 
 without Nix), whose kernel lies where Debian and most distributions put it: the image
 as boot/vmlinuz-VERSION and its modules in lib/modules/VERSION of a root (the host's
 /, or the root of another architecture given to `build --guest-root`). Only `build`
-and the test system use this module.
+(and `make-disk-image-repart`'s boot loader) and the test system use this module.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 
 from .initramfs import is_static_elf
 from .kernel import Kernel
+from .platforms import host_system, platform_for
 from .process import StepError
+from .runner import Guest
 
 STEP = "host kernel"
 
@@ -63,6 +65,16 @@ def installed_busybox(root: Path = Path("/")) -> Path:
     raise StepError(
         STEP, f"no static busybox found in {root}; install busybox-static (Debian's package)"
     )
+
+
+def host_guest(root: Path = Path("/"), system: str | None = None) -> Guest:
+    """The build VM's guest from what is installed in `root` (the host's / by default):
+    its kernel and busybox, `root` as the guest's root; `system`: the root's (the
+    host's by default)."""
+    platform = platform_for(system or host_system())
+    guest = Guest(platform, installed_kernel(root), installed_busybox(root), root.resolve())
+    guest.check()
+    return guest
 
 
 def with_system_dirs(path: str) -> str:

@@ -40,6 +40,7 @@ def guest_plan(spec: RepartSpec) -> dict[str, object]:
 
 def install_in_vm(spec: RepartSpec, image: Path, work: Path) -> None:
     from make_disk_image import runner
+    from make_disk_image.hostkernel import host_guest
 
     (work / GUEST_FILE).write_text(json.dumps(guest_plan(spec)))
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/tmp",
@@ -48,7 +49,7 @@ def install_in_vm(spec: RepartSpec, image: Path, work: Path) -> None:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     argv = [sys.executable, "-m", "make_disk_image.repart.bootloader",
             f"{GUEST_DIR}/{GUEST_FILE}"]
-    status = runner.run_in_vm(argv, disk=image, env=env, cwd=GUEST_DIR,
+    status = runner.run_in_vm(argv, host_guest(), disk=image, env=env, cwd=GUEST_DIR,
                               shares=[runner.Share(host=work, guest=GUEST_DIR)])
     if status != 0:
         raise StepError(STEP, f"switch-to-configuration failed in the VM (exit {status}); "
