@@ -17,7 +17,6 @@ No fakeroot and no user namespace: owners come from the tar stream or `--all-roo
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import tempfile
@@ -235,22 +234,15 @@ def make_read_only(fmt: str, target: Path, entries: Sequence[Entry], *, fs_uuid:
     target.unlink(missing_ok=True)
     direct = squashfs.top_sources(entries) if fmt == "squashfs" else None
     if direct is not None:
-        squashfs.make_squashfs(target, direct, root_mode=entries[0].mode,
-                                        deterministic=True, step=step,
-                                        keep_as_directory=len(direct) == 1)
+        squashfs.make_squashfs(target, direct, root_mode=entries[0].mode, deterministic=True,
+                               step=step, keep_as_directory=len(direct) == 1)
         return target.stat().st_size
-    with tempfile.TemporaryDirectory(prefix=f"{fmt}-", dir=work) as tmp:
-        tree = Path(tmp) / "root"
-        try:
-            scratch.materialize(entries, tree, step=step, fs_type=fmt)
-            if fmt == "erofs":
-                process.run(["mkfs.erofs", "--all-root", "-x", "-1", "--quiet", "-T1",
-                             f"-U{fs_uuid}", *extra, str(target),
-                             str(tree)], step=f"{step}: mkfs.erofs")
-            else:
-                squashfs.make_squashfs(target, [tree], root_mode=entries[0].mode,
-                                                deterministic=True, step=step)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                scratch.remove_tree(tree)
+    with scratch.materialized(entries, work, step=step, fs_type=fmt) as tree:
+        if fmt == "erofs":
+            process.run(["mkfs.erofs", "--all-root", "-x", "-1", "--quiet", "-T1",
+                         f"-U{fs_uuid}", *extra, str(target), str(tree)],
+                        step=f"{step}: mkfs.erofs")
+        else:
+            squashfs.make_squashfs(target, [tree], root_mode=entries[0].mode,
+                                   deterministic=True, step=step)
     return target.stat().st_size
