@@ -80,6 +80,9 @@ args@{
   # `nix-store --optimise` leaves a store; the same image from an optimised store or not.
   deduplicate ? false,
 
+  # Extension: a store image's compression (fsType erofs or squashfs; null: lz4).
+  compression ? null,
+
   # GPT partition GUID of the root partition.
   rootGPUID ? "F222513B-DED1-49FA-B591-20CE86A2FE7F",
 
@@ -127,6 +130,7 @@ let
       baseName
       deterministic
       deduplicate
+      compression
       rootGPUID
       rootFSUID
       copyChannel

@@ -58,6 +58,10 @@ class FsTypeInfo:
     # The engine can write hard links into it (`deduplicate`); xfsprogs 6.1's protofile
     # has no hard links.
     hard_links: bool
+    # A store image's compressions, as the tool names them ("none": uncompressed), and
+    # the one taken when `compression` is null; empty and None for the others.
+    compressions: tuple[str, ...]
+    default_compression: str | None
     description: str
 
 
@@ -97,11 +101,13 @@ _FIELDS = {
     "takesUUID": "takes_uuid",
     "kernelModule": "kernel_module",
     "hardLinks": "hard_links",
+    "defaultCompression": "default_compression",
 }
 
 
 def _table(entries: list[dict[str, Any]], kind: Callable[..., T]) -> dict[str, T]:
-    return {e["name"]: kind(**{_FIELDS.get(k, k): v for k, v in e.items()}) for e in entries}
+    return {e["name"]: kind(**{_FIELDS.get(k, k): tuple(v) if isinstance(v, list) else v
+                               for k, v in e.items()}) for e in entries}
 
 
 def parse(data: dict[str, Any]) -> Interface:

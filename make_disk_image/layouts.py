@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from make_disk_image.interface import FS_TYPES
 from make_disk_image.models import (
     MIB,
     SECTOR,
@@ -277,6 +278,7 @@ def plan_disk(spec: Spec, disk_size: int, auto: SizeComputation | None) -> DiskP
         fs_type=spec.fsType,
         label=spec.label,
         root_fs_uuid=spec.rootFSUID,
+        compression=spec.compression or FS_TYPES[spec.fsType].default_compression,
     )
 
 

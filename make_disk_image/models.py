@@ -110,6 +110,9 @@ class Spec:
     deterministic: bool = True
     # Identical files of the store as one inode with several names (make_disk_image.dedup).
     deduplicate: bool = False
+    # A store image's compression (interface.json fsTypes' compressions); None: its
+    # default.
+    compression: str | None = None
     rootGPUID: str = "F222513B-DED1-49FA-B591-20CE86A2FE7F"
     rootFSUID: str | None = None
     copyChannel: bool = True
@@ -269,6 +272,8 @@ class DiskPlan:
     # mke2fs -N for the root filesystem (diskSize = "minimal"); None: mke2fs's default.
     root_inodes: int | None = None
     minimal: MinimalSize | None = None
+    # What a store image is compressed with (spec.compression or the fsType's default).
+    compression: str | None = None
 
     @property
     def root_partition(self) -> PlannedPartition | None:

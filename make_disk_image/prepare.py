@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from make_disk_image import nixdb, rootfs
+from make_disk_image.compression import check_available
 from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.handoff import (
@@ -162,6 +163,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
     created_xchg = not xchg.exists()
     try:
         check_sources(spec)
+        check_available(spec.fsType, spec.compression)
         xchg.mkdir(parents=True, exist_ok=True)
         (xchg / RECORD).unlink(missing_ok=True)
         db_files = nix_db_files(spec, xchg)

@@ -91,6 +91,7 @@ FIELDS: Mapping[str, tuple[_Check, str]] = {
     "baseName": (_is_str, "a string"),
     "deterministic": (_is_bool, "a boolean"),
     "deduplicate": (_is_bool, "a boolean"),
+    "compression": (_is_opt_str, "a compression's name or null"),
     "rootGPUID": (_is_str, "a GUID string"),
     "rootFSUID": (_is_opt_str, "a UUID string or null"),
     "copyChannel": (_is_bool, "a boolean"),
@@ -106,6 +107,24 @@ REQUIRED = ("toplevel", "closureInfo")
 PATH_KEYS = ("toplevel", "closureInfo", "channelSources", "configFile", "efiFirmware",
              "efiVariables")
 CONTENT_KEYS = ("source", "target", "mode", "user", "group")
+
+
+def _check_compression(compression: str | None, fs_type: str) -> None:
+    if compression is None or fs_type not in FS_TYPES:
+        return
+    choices = FS_TYPES[fs_type].compressions
+    if not choices:
+        raise SpecError(
+            "compression",
+            f'"{compression}": fsType {fs_type} is not compressed; only store images '
+            "(fsType erofs or squashfs) take a compression, leave it null",
+        )
+    if compression not in choices:
+        raise SpecError(
+            "compression",
+            f'"{compression}" is not a {fs_type} compression; use one of '
+            + ", ".join(f'"{c}"' for c in choices),
+        )
 
 
 def load_spec(path: Path) -> Spec:
@@ -282,6 +301,7 @@ def parse_spec(raw: Any) -> Spec:
         raise SpecError("rootFSUID", f'"{kw["rootFSUID"]}" is not a UUID')
 
     _check_filesystem(kw, ptt, fs_type, only_nix_store)
+    _check_compression(kw.get("compression"), fs_type)
     if kw.get("deduplicate", False) and fs_type in FS_TYPES and not FS_TYPES[fs_type].hard_links:
         raise SpecError(
             "deduplicate",

@@ -21,6 +21,7 @@ let
   fsTypes = named interface.fsTypes;
   partitionTableTypes = named interface.partitionTableTypes;
   messages = interface.referenceMessages;
+  allCompressions = lib.unique (lib.concatMap (fs: fs.compressions) interface.fsTypes);
 
   prefix = argument: "makeDiskImage: argument `${argument}`";
   check = argument: condition: message: lib.assertMsg condition "${prefix argument}: ${message}";
@@ -117,6 +118,10 @@ let
       test = value: value == null || isGuid value;
       expected = "null or a UUID string (8-4-4-4-12 hexadecimal digits)";
     };
+    compression = {
+      test = value: value == null || builtins.elem value allCompressions;
+      expected = "null or one of ${lib.concatMapStringsSep ", " builtins.toJSON allCompressions}";
+    };
     storePaths = {
       test = value: builtins.isList value && builtins.all isPathLike value;
       expected = "a list of store paths (derivations or paths)";
@@ -161,6 +166,12 @@ let
     (check "label" (fs.labelBytes == 0 || builtins.stringLength arguments.label <= fs.labelBytes)
       "\"${arguments.label}\" is longer than the ${toString fs.labelBytes} bytes a ${fsType} label holds"
     )
+    (check "compression" (arguments.compression == null || builtins.elem arguments.compression fs.compressions) (
+      if fs.compressions == [ ] then
+        "\"${arguments.compression}\": fsType ${fsType} is not compressed; only store images (fsType erofs or squashfs) take a compression, leave it null"
+      else
+        "\"${arguments.compression}\" is not a ${fsType} compression; use one of ${lib.concatMapStringsSep ", " builtins.toJSON fs.compressions}"
+    ))
     (check "deduplicate" (arguments.deduplicate -> fs.hardLinks)
       "fsType \"${fsType}\" is made without hard links (xfs: mkfs.xfs -p protofile); set deduplicate = false, or use fsType ext4 or btrfs"
     )

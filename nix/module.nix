@@ -76,6 +76,9 @@ let
     guid = types.str;
     nullOrGuid = types.nullOr types.str;
     storePaths = types.listOf types.package;
+    compression = types.nullOr (
+      types.enum (lib.unique (lib.concatMap (fs: fs.compressions) interface.fsTypes))
+    );
   };
   # A constant default is the option's default; a default computed from other
   # arguments is only shown (defaultText), and default.nix computes it.

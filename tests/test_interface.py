@@ -148,6 +148,15 @@ BAD_ARGUMENTS: list[tuple[str, str, str, str]] = [
     ("deduplicate-xfs", 'fsType = "xfs"; deduplicate = true;', "deduplicate",
      "ext4 or btrfs"),
     ("deduplicate-string", 'deduplicate = "yes";', "deduplicate", "true or false"),
+    ("compression-ext4", 'compression = "xz";', "compression", "is not compressed"),
+    ("compression-squashfs-brotli",
+     'fsType = "squashfs"; onlyNixStore = true; installBootLoader = false; '
+     'partitionTableType = "none"; compression = "brotli";', "compression",
+     'null or one of "none"'),
+    ("compression-erofs-gzip",
+     'fsType = "erofs"; onlyNixStore = true; installBootLoader = false; '
+     'partitionTableType = "none"; compression = "gzip";', "compression",
+     '"none", "lz4", "lz4hc"'),
     ("diskSize-word", 'diskSize = "big";', "diskSize", '"auto", "minimal"'),
     ("diskSize-negative", "diskSize = -1;", "diskSize", "but is: -1"),
     ("requireKVM-string", 'requireKVM = "no";', "requireKVM", "true or false"),

@@ -56,6 +56,9 @@ class Filesystem(ABC):
     # tells its changes by their times; otherwise prepare records the moment after mkfs
     # (make_disk_image.changes).
     fixed_times: bool = False
+    # A store image's tool: the help command whose output lists the compressors it was
+    # built with, and the words the list follows (make_disk_image.compression).
+    compressor_help: tuple[tuple[str, ...], str] | None = None
 
     @abstractmethod
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,

@@ -15,8 +15,18 @@ from make_disk_image.filesystems.scratch import FIXED_TIME, materialized, store_
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
 
 
+def compression_args(compression: str | None) -> list[str]:
+    """mksquashfs' options: `-comp NAME`, or every table left uncompressed for "none"."""
+    if compression is None:
+        return []
+    if compression == "none":
+        return ["-noI", "-noD", "-noF", "-noX"]
+    return ["-comp", compression]
+
+
 def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, deterministic: bool,
-                  step: str, keep_as_directory: bool = False, links: bool = True) -> None:
+                  step: str, keep_as_directory: bool = False, links: bool = True,
+                  compression: str | None = None) -> None:
     """mksquashfs of `sources`, each placed at the image's root under its own name.
 
     `links` false: files the sources hard-link are stored as separate files (the store
@@ -25,7 +35,8 @@ def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, determ
     args: list[str | Path] = ["mksquashfs", *sources, dest, "-noappend", "-all-root",
                               "-no-xattrs", "-no-progress", "-quiet",
                               "-root-mode", f"{root_mode:o}",
-                              "-processors", str(os.cpu_count() or 1)]
+                              "-processors", str(os.cpu_count() or 1),
+                              *compression_args(compression)]
     if keep_as_directory:
         # One source directory would otherwise become the root itself.
         args.append("-keep-as-directory")
@@ -71,16 +82,19 @@ class Squashfs(Filesystem):
         def write() -> None:
             if direct is not None:
                 make_squashfs(target, direct, root_mode=root_mode, deterministic=deterministic,
-                              step=step, keep_as_directory=len(direct) == 1, links=False)
+                              step=step, keep_as_directory=len(direct) == 1, links=False,
+                              compression=plan.compression)
                 return
             with materialized(entries, target.parent, step=step, fs_type=self.name) as tree:
                 make_squashfs(target, [tree], root_mode=root_mode,
-                              deterministic=deterministic, step=step)
+                              deterministic=deterministic, step=step,
+                              compression=plan.compression)
 
         store_image(target, plan, fs_type=self.name, write=write, step=step)
 
 
 FILESYSTEMS = (
     Squashfs("squashfs", "mksquashfs", "bit-identical", bytes_per_entry=2 * FS_BLOCK,
-             data_per_mille=1052, fixed=MIB),
+             data_per_mille=1052, fixed=MIB,
+             compressor_help=(("mksquashfs", "-help"), "compressors available")),
 )
