@@ -375,6 +375,11 @@ def _check_platform(kw: Mapping[str, Any]) -> None:
             + ", ".join(f'"{name}"' for name in PLATFORMS),
         )
     plat = PLATFORMS[system]
+    if kw.get("ovmfSystemManagementModeRequired", False) and not plat.smm:
+        raise SpecError(
+            "ovmfSystemManagementModeRequired",
+            f"SMM is an x86 firmware feature; {system} firmware (AAVMF) does not use it",
+        )
     if plat.bios or not kw.get("installBootLoader", True):
         return
     ptt = kw.get("partitionTableType", "legacy")
@@ -391,11 +396,6 @@ def _check_platform(kw: Mapping[str, Any]) -> None:
             f"BIOS GRUB on {', '.join(bios_devices)} has no meaning on {system}: set "
             'boot.loader.grub.devices = [ "nodev" ] with boot.loader.grub.efiSupport, '
             "use systemd-boot, or installBootLoader = false",
-        )
-    if kw.get("ovmfSystemManagementModeRequired", False):
-        raise SpecError(
-            "ovmfSystemManagementModeRequired",
-            f"SMM is an x86 firmware feature; {system} firmware (AAVMF) does not use it",
         )
 
 

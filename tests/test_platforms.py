@@ -96,9 +96,14 @@ def test_bios_grub_devices_are_refused_on_aarch64() -> None:
     )
 
 
-def test_smm_firmware_is_refused_on_aarch64() -> None:
-    with pytest.raises(SpecError, match="ovmfSystemManagementModeRequired"):
-        parse_spec({**BASE, "partitionTableType": "efi", "ovmfSystemManagementModeRequired": True})
+def test_smm_firmware_is_refused_where_the_platform_has_no_smm() -> None:
+    """Also without a boot loader: the build VM's firmware is the same."""
+    for install in (True, False):
+        with pytest.raises(SpecError, match="ovmfSystemManagementModeRequired"):
+            parse_spec({**BASE, "partitionTableType": "efi", "installBootLoader": install,
+                        "ovmfSystemManagementModeRequired": True})  # fmt: skip
+    x86 = {**BASE, "system": "x86_64-linux", "ovmfSystemManagementModeRequired": True}
+    assert parse_spec(x86).ovmfSystemManagementModeRequired
 
 
 def test_no_system_is_the_builders_own() -> None:
