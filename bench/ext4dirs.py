@@ -2,7 +2,8 @@
 """ext4 and large directories: one directory of N entries against the same N entries
 spread over 100 directories, through the engine and through plain `mke2fs -d`.
 
-    python3 bench/ext4dirs.py [--entries 40000] [--engine REPO] [--no-plain] [--workdir DIR]
+    python3 bench/ext4dirs.py [--entries 40000] [--engine REPO] [--also-engine REPO]
+                              [--repeat N] [--no-plain] [--workdir DIR]
 
 Each tree is one store path of N small files (or N/100 in each of 100 directories). It
 prints, in one run, for each shape:
@@ -10,9 +11,9 @@ prints, in one run, for each shape:
     partition table, no bootloader), with the root filesystem lines of its log;
   - plain `mke2fs -d` of the store path, with metadata_csum (mke2fs's default) and
     without it (the engine's first step);
-and the ratios one directory / spread. `--engine REPO` runs another checkout's engine
-(an older commit, for a before/after in one run). Asserts nothing. Run as root
-(Debian's Nix is single-user here).
+and the ratios one directory / spread. `--engine REPO` runs another checkout's engine,
+`--also-engine REPO` one more (an older commit: before and after in one run).
+Asserts nothing. Run as root (Debian's Nix is single-user here).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def plain_mke2fs(tree: str, image: Path, size_kib: int, *options: str) -> float:
     return seconds
 
 
-def measure(work: Path, entries: int, spread: bool, engine_repo: Path,
+def measure(work: Path, entries: int, spread: bool, engines: dict[str, Path], repeat: int,
             plain: bool) -> dict[str, float]:
     shape = f"{SPREAD_DIRS} directories" if spread else "one directory"
     print(f"{entries:,} entries in {shape}:", flush=True)
@@ -85,17 +86,24 @@ def measure(work: Path, entries: int, spread: bool, engine_repo: Path,
     shutil.rmtree(package.parent)
     store_path = next(p for p in closure.store_paths if p != closure.toplevel)
     spec = write_spec(work / "spec.json", closure, "none", onlyNixStore=True)
-    seconds, lines = engine_build(work, spec, engine_repo)
-    print(f"  engine (prepare + finish)         {seconds:7.1f} s")
-    for line in lines:
-        print(f"      {line}")
-    figures = {"engine": seconds}
+    figures = {}
+    for name, repo in engines.items():
+        runs = []
+        for _ in range(repeat):
+            seconds, lines = engine_build(work, spec, repo)
+            runs.append(seconds)
+            shutil.rmtree(work / "out", ignore_errors=True)
+        figures[name] = min(runs)
+        print(f"  {name + ' (prepare + finish)':<40} {min(runs):7.1f} s   (runs: "
+              f"{', '.join(f'{t:.1f}' for t in runs)})")
+        for line in lines:
+            print(f"      {line}")
     if plain:
         size_kib = 1024 * 1024  # 1 GiB, sparse: ample for the files' blocks and inodes
         csum = plain_mke2fs(store_path, work / "plain.img", size_kib)
-        print(f"  mke2fs -d (metadata_csum)         {csum:7.1f} s")
+        print(f"  {'mke2fs -d (metadata_csum)':<40} {csum:7.1f} s")
         bare = plain_mke2fs(store_path, work / "plain.img", size_kib, "-O", "^metadata_csum")
-        print(f"  mke2fs -d -O ^metadata_csum       {bare:7.1f} s", flush=True)
+        print(f"  {'mke2fs -d -O ^metadata_csum':<40} {bare:7.1f} s", flush=True)
         figures.update({"mke2fs -d": csum, "mke2fs -d, no csum": bare})
     for name in ("out", "closure-info", "spec.json", "xchg", "nixos.raw"):
         path = work / name
@@ -114,6 +122,10 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--no-plain", action="store_true",
                         help="only the engine (plain mke2fs -d of a large directory is slow)")
+    parser.add_argument("--also-engine", type=Path, default=None,
+                        help="another checkout's engine (an older commit), in the same run")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="engine builds per shape; the best counts")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mdi-ext4dirs-", dir=args.workdir))
     try:
@@ -122,11 +134,14 @@ def main() -> int:
         mke2fs = subprocess.run(["mke2fs", "-V"], capture_output=True, text=True).stderr
         print(f"engine: {args.engine} ({engine_rev or 'not a git checkout'}); "
               f"{mke2fs.splitlines()[0]}")
-        flat = measure(work, args.entries, False, args.engine, not args.no_plain)
-        spread = measure(work, args.entries, True, args.engine, not args.no_plain)
+        engines = {"engine": args.engine}
+        if args.also_engine is not None:
+            engines[f"engine at {args.also_engine}"] = args.also_engine
+        flat = measure(work, args.entries, False, engines, args.repeat, not args.no_plain)
+        spread = measure(work, args.entries, True, engines, args.repeat, not args.no_plain)
         print("one directory / spread:")
         for key in flat:
-            print(f"  {key:<20} {flat[key] / spread[key]:6.2f}x")
+            print(f"  {key:<40} {flat[key] / spread[key]:6.2f}x")
         if not args.no_plain:
             print(f"engine / mke2fs -d: one directory "
                   f"{flat['engine'] / flat['mke2fs -d']:.2f}x, "
