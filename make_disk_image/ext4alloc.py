@@ -52,12 +52,14 @@ def _set_bit(bitmap: bytearray, bit: int, value: bool) -> None:
 
 
 class BlockSpace:
-    """The free blocks, taken lowest first; `taken[group]` counts the net change."""
+    """The free blocks, taken lowest first; `taken[group]` counts the net change,
+    `changed` names the groups whose bitmap changed (a release and a take may cancel)."""
 
     def __init__(self, geometry: Geometry, bitmaps: list[bytearray]) -> None:
         self.geometry = geometry
         self.bitmaps = bitmaps
         self.taken = [0] * geometry.groups
+        self.changed: set[int] = set()
         self._runs: list[tuple[int, int]] | None = None
         self._run = 0
         self._used_in_run = 0
@@ -69,6 +71,7 @@ class BlockSpace:
             span = min(count, geo.blocks_per_group - bit)
             set_bits(self.bitmaps[group], bit, span, value)
             self.taken[group] += span if value else -span
+            self.changed.add(group)
             start += span
             count -= span
 

@@ -164,7 +164,7 @@ class Writer:
             dirs[(ino - 1) // geo.inodes_per_group] += 1
         bs = geo.block_size
         for group in range(geo.groups):
-            if not (blocks.taken[group] or inodes.taken[group] or dirs[group]):
+            if not (group in blocks.changed or inodes.taken[group] or dirs[group]):
                 continue
             desc = layout.parse_group(self.gdt, group, geo.desc_size)
             os.pwrite(self.fd, self.block_bitmaps[group], self.offset + desc.block_bitmap * bs)

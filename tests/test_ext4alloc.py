@@ -57,7 +57,7 @@ def test_blocks_lowest_first_across_groups(monkeypatch: pytest.MonkeyPatch) -> N
                               (66, 4)]
     assert space.take(16) == [(70, 10), (80, 4), (86, 2)]  # around group 1's used blocks
     # Group 0: one released, 3 + 58 taken; group 1: 6 + 16.
-    assert space.taken == [60, 22]
+    assert space.taken == [60, 22] and space.changed == {0, 1}
     with pytest.raises(NoSpace):
         space.take(1000)
 

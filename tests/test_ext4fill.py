@@ -174,6 +174,15 @@ def test_inside_a_disk_image_and_lost_found_given(tmp_path: Path) -> None:
     assert "Mode:  0711" in debugfs(image, "stat /", MIB)
 
 
+def test_only_the_root(tmp_path: Path) -> None:
+    """minimal's empty filesystems: the root's block given back and taken again."""
+    image = tmp_path / "fs.img"
+    empty_ext4(image)
+    ext4fill.fill(image, 0, [Entry("", "dir", 0o700, 1, 2)], FIXED)
+    assert e2fsck_clean(image, 0).returncode == 0
+    assert "User:     1   Group:     2" in debugfs(image, "stat /")
+
+
 def test_full_and_faulty_trees(tmp_path: Path) -> None:
     image = tmp_path / "fs.img"
     root = Entry("", "dir", 0o755)
