@@ -9,37 +9,19 @@ The images boot under qemu-system-aarch64 with Debian's AAVMF.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import boot_work_dir
+from conftest import AARCH64_BOOT, boot_work_dir
 
-from make_disk_image.platforms import host_system
 from testsys import boot, system
 from testsys.build import build_image
 
 SYSTEM = "aarch64-linux"
-pytestmark = [
-    pytest.mark.boot,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("nix-build") is None,
-        reason="aarch64 image tests need root (the engine's build, single-user Nix) and nix-build",
-    ),
-    pytest.mark.skipif(
-        host_system() == SYSTEM
-        or shutil.which("qemu-system-aarch64") is None
-        or not boot.AAVMF_CODE.is_file(),
-        reason="needs an x86_64 host with qemu-system-aarch64 (qemu-system-arm) and AAVMF "
-        "(qemu-efi-aarch64)",
-    ),
-]
+pytestmark = AARCH64_BOOT
 BOOT_TIMEOUT = 600.0  # a good boot takes 25-50 s under TCG
 
 
@@ -110,32 +92,3 @@ def test_hybrid_grub_image_boots_and_rebuilds_bit_identical(work_dir: Path) -> N
     assert result.report.machine == "aarch64"
     assert boot.check_report(result.report, spec, firmware="uefi", loader="grub",
                              store_paths=test_system.store_paths()) == []  # fmt: skip
-
-
-def _engine_build(
-    spec: dict[str, Any], work_dir: Path, *extra: str
-) -> subprocess.CompletedProcess[str]:
-    spec_file = work_dir / "spec.json"
-    spec_file.write_text(json.dumps(spec))
-    return subprocess.run(
-        [sys.executable, "-m", "make_disk_image", "build", str(spec_file),
-         "--out", str(work_dir / "out"), *extra],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-
-
-def test_bios_layout_for_aarch64_fails_before_any_work(tmp_path: Path) -> None:
-    spec = {"toplevel": "/nix/store/x-system", "closureInfo": "/nix/store/y-ci",
-            "copyChannel": False, "system": SYSTEM, "partitionTableType": "legacy"}  # fmt: skip
-    proc = _engine_build(spec, tmp_path, "--guest-root", str(tmp_path))
-    assert proc.returncode != 0
-    assert "argument `partitionTableType`" in proc.stderr and "BIOS" in proc.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_foreign_image_without_guest_root_fails_before_any_work(tmp_path: Path) -> None:
-    spec = {"toplevel": "/nix/store/x-system", "closureInfo": "/nix/store/y-ci",
-            "copyChannel": False, "system": SYSTEM, "partitionTableType": "efi"}  # fmt: skip
-    proc = _engine_build(spec, tmp_path)
-    assert proc.returncode != 0 and "--guest-root" in proc.stderr, proc.stderr
-    assert not (tmp_path / "out").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,32 @@ def test_bootable_layouts_are_those_with_firmware_the_platform_has() -> None:
             n for n, layout in LAYOUTS.items() if not layout.firmware or layout.firmware & has
         }
         assert set(plat.bootable_partition_table_types) == bootable, plat.system
+
+
+# The engine's command line refuses an aarch64 spec it cannot build before any work
+# (no root, Nix or qemu needed: these run where tests/test_aarch64.py's boots cannot).
+def _engine_build(
+    spec: dict[str, Any], work_dir: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    spec_file = work_dir / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    return subprocess.run(
+        [sys.executable, "-m", "make_disk_image", "build", str(spec_file),
+         "--out", str(work_dir / "out"), *extra],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_bios_layout_for_aarch64_fails_before_any_work(tmp_path: Path) -> None:
+    spec = {**BASE, "copyChannel": False, "partitionTableType": "legacy"}
+    proc = _engine_build(spec, tmp_path, "--guest-root", str(tmp_path))
+    assert proc.returncode != 0
+    assert "argument `partitionTableType`" in proc.stderr and "BIOS" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_foreign_image_without_guest_root_fails_before_any_work(tmp_path: Path) -> None:
+    spec = {**BASE, "copyChannel": False, "partitionTableType": "efi"}
+    proc = _engine_build(spec, tmp_path)
+    assert proc.returncode != 0 and "--guest-root" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
