@@ -376,10 +376,11 @@ let
     mkdir -p xchg
     export PATH=${binPath}:${lib.makeBinPath [ pkgs.qemu pkgs.kmod ]}:$PATH
     # The guest sees the builder's store (the image system's packages) and xchg/.
+    # QEMU_OPTS names $out/efi-vars.fd, which runInLinuxVM's shell expands; so here.
     PYTHONPATH=${makeDiskImage}/${pkgs.python3.sitePackages} ${pkgs.python3}/bin/python3 \
       -m make_disk_image.vm --system ${imageSystem} --kernel ${guest.root}/boot/vmlinuz-* \
       --modules ${guest.root}/lib/modules/* --busybox ${guest.root}/bin/busybox --root ${guest.root} \
-      --disk "$diskImage" --mem "$memSize" --qemu-opts "$QEMU_OPTS" \
+      --disk "$diskImage" --mem "$memSize" --qemu-opts "''${QEMU_OPTS//'$out'/$out}" \
       --share ${builtins.storeDir}:${builtins.storeDir} --share "$PWD/xchg:/tmp/xchg:rw" \
       --cwd /tmp -- ${guest.engine}/bin/make-disk-image guest ${spec}
   '' + finish + postVM);

@@ -9,6 +9,10 @@ unpacked with dpkg-deb: nothing is installed, no maintainer script runs, no binf
 emulation is needed. The tree is cached by the exact package files it was made from.
 
     python3 -m testsys.guestroot [--arch arm64]   # prints the directory
+    python3 -m testsys.guestroot --lock FILE      # the packages' list, for the stand-in
+
+The same packages, named by version and checksum (`--lock`), are what the offline
+nixpkgs stand-in (tests/nixpkgs/cross.nix) unpacks into an aarch64 package set.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import json
 import logging
 import os
 import re
@@ -23,6 +28,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 from make_disk_image import process
 from make_disk_image.cache import cache_dir
@@ -100,6 +106,28 @@ def _package_files(arch: str) -> list[tuple[str, str, str]]:
     return sorted(files, key=lambda f: f[1])
 
 
+def package_lock(arch: str = "arm64") -> dict[str, object]:
+    """The packages (version, file, sha256) apt would download, without downloading.
+
+    The stand-in fetches each as a fixed-output derivation: from the guest root's
+    download cache when the file is there, else with `apt-get download`.
+    """
+    packages: dict[str, dict[str, str]] = {}
+    for _, name, checksum in _package_files(arch):
+        package, version, _ = unquote(name).split("_")
+        algorithm, _, digest = checksum.partition(":")
+        if algorithm != "SHA256":
+            raise process.StepError(STEP, f"apt names no SHA256 for {name} ({checksum})")
+        packages[package] = {"version": version, "file": name, "sha256": digest}
+    return {
+        "arch": arch,
+        "cache": str(cache_dir() / f"debs-{arch}"),
+        "kernel": kernel_package(arch),
+        "python": python_packages(arch)[0].removesuffix("-minimal"),
+        "packages": packages,
+    }
+
+
 def guest_root(arch: str = "arm64") -> Path:
     """The unpacked tree for Debian architecture `arch` (cached); see the module's doc."""
     if arch not in {p.arch for p in DEBIAN.values()}:
@@ -160,8 +188,12 @@ def _fix_up(root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m testsys.guestroot", description=__doc__)
     parser.add_argument("--arch", default="arm64", help="Debian architecture (default arm64)")
+    parser.add_argument("--lock", type=Path, help="write the packages' list here instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.lock:
+        args.lock.write_text(json.dumps(package_lock(args.arch), indent=2) + "\n")
+        return 0
     print(guest_root(args.arch))
     return 0
 

@@ -6,4 +6,4 @@
   overlays ? [ ],
   ...
 }:
-import ./pkgs.nix { inherit system overlays; }
+import ./pkgs.nix { inherit system overlays config; }

@@ -5,6 +5,8 @@
   system ? builtins.currentSystem,
   # nixpkgs' overlays: each `final: prev: { ... }` is applied in order over the set.
   overlays ? [ ],
+  # nixpkgs' config. The stand-in reads only `foreignDebianPackages` (cross.nix).
+  config ? { },
 }:
 let
   # The stand-in's lib (./lib), or a real nixpkgs lib (selected-lib.nix).
@@ -12,6 +14,19 @@ let
   inherit (lib) optionalString;
 
   storeDir = builtins.storeDir;
+
+  # The system this Nix builds on. A set of another system (an aarch64 image's guest
+  # on this x86_64 builder) takes the packages its image needs from ./cross.nix:
+  # derivations of this system that unpack binary packages of that one.
+  buildSystem = builtins.currentSystem;
+  kernelFile = if lib.hasPrefix "aarch64-" system then "Image" else "bzImage";
+  foreignPackages = lib.optionalAttrs (system != buildSystem) (
+    import ./cross.nix {
+      inherit lib buildSystem hostPath;
+      platform = { inherit system kernelFile; };
+      lockFile = config.foreignDebianPackages or null;
+    }
+  );
 
   # Host programs the bootstrap derivations run with before any stand-in package exists.
   hostPath = "/usr/bin:/bin:/usr/sbin:/sbin";
@@ -434,15 +449,12 @@ let
   jq = debianPackage { pname = "jq"; };
 
   # nixpkgs' linux: the kernel image under the name stdenv.hostPlatform.linux-kernel.target
-  # gives it and lib/modules, Debian's. For another system (an aarch64 image's guest on
-  # this x86_64 builder) it is a derivation of that system, which this builder cannot
-  # build: with real nixpkgs it comes from the binary cache (docs/aarch64.md).
+  # gives it and lib/modules, the host's Debian ones. For another system: cross.nix.
   linux = derivation {
     name = "linux-debian";
-    inherit system;
+    inherit system kernelFile;
     builder = "/bin/bash";
     PATH = hostPath;
-    kernelFile = if lib.hasPrefix "aarch64-" system then "Image" else "bzImage";
     args = [
       "-c"
       ''
@@ -476,10 +488,11 @@ let
             code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
             variables = "/usr/share/OVMF/OVMF_VARS_4M.fd";
           };
+      # Files of the image's system, copied by the builder (for any system).
       fd =
         derivation {
           name = "OVMF-debian-fd";
-          inherit system;
+          system = buildSystem;
           builder = "/bin/bash";
           PATH = hostPath;
           args = [
@@ -536,14 +549,24 @@ let
 
   # nixos-enter with nixpkgs' interface: the one testsys/ provides for the project's
   # tests (it needs the checkout, as vmTools does).
+  # A script for any system (`#!/usr/bin/env bash`), copied by the builder.
   nixosEnterScript = ../../testsys/bin/nixos-enter;
   nixos-enter =
     if builtins.pathExists nixosEnterScript then
-      runCommand "nixos-enter" { meta.mainProgram = "nixos-enter"; } ''
-        mkdir -p $out/bin
-        cp ${nixosEnterScript} $out/bin/nixos-enter
-        chmod +x $out/bin/nixos-enter
-      ''
+      derivation {
+        name = "nixos-enter";
+        system = buildSystem;
+        builder = "/bin/bash";
+        PATH = hostPath;
+        script = nixosEnterScript;
+        args = [
+          "-c"
+          "mkdir -p $out/bin && cp $script $out/bin/nixos-enter && chmod +x $out/bin/nixos-enter"
+        ];
+      }
+      // {
+        meta.mainProgram = "nixos-enter";
+      }
     else
       throw "tests/nixpkgs: nixos-enter comes from testsys/bin/nixos-enter two directories up; load the stand-in from a checkout of the project";
 
@@ -621,12 +644,16 @@ let
     python3Minimal = python3;
     path = ./.;
     pkgs = final;
+    inherit config;
     # What lib.types.pkgs (the type of NixOS' nixpkgs.pkgs) checks for.
     _type = "pkgs";
   };
 
+  # The packages of another system replace the builder's.
+  pkgs' = pkgs // foreignPackages;
+
   # The overlays, as nixpkgs applies them: each sees the final set and the one before.
   # (Unlike nixpkgs, the stand-in's own packages do not see what an overlay replaces.)
-  final = builtins.foldl' (prev: overlay: prev // overlay final prev) pkgs overlays;
+  final = builtins.foldl' (prev: overlay: prev // overlay final prev) pkgs' overlays;
 in
 final

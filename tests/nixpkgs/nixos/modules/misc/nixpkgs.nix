@@ -1,6 +1,7 @@
 # The package set of the system, as nixpkgs' nixos/modules/misc/nixpkgs.nix chooses it:
 # nixpkgs.pkgs when set (with nixpkgs.overlays applied over it), else the stand-in
-# imported for nixpkgs.hostPlatform (or the legacy nixpkgs.system) with the overlays.
+# imported for nixpkgs.hostPlatform (or the legacy nixpkgs.system) with the overlays and
+# nixpkgs.config.
 {
   config,
   options,
@@ -33,7 +34,7 @@ let
         # nixpkgs.hostPlatform where set, else the legacy nixpkgs.system (nixpkgs'
         # localSystem default).
         system = if opt.hostPlatform.isDefined then cfg.hostPlatform.system else cfg.system;
-        inherit (cfg) overlays;
+        inherit (cfg) overlays config;
       };
 in
 {
@@ -41,6 +42,11 @@ in
     pkgs = lib.mkOption {
       type = lib.types.pkgs;
       description = "A package set to use as the modules' pkgs instead of importing one.";
+    };
+    config = lib.mkOption {
+      default = { };
+      type = lib.types.attrs;
+      description = "nixpkgs' configuration, passed to the package set it imports.";
     };
     overlays = lib.mkOption {
       default = [ ];
