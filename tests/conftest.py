@@ -21,8 +21,6 @@ from typing import Any
 
 import pytest
 
-from make_disk_image.platforms import host_system
-from testsys import boot
 from testsys.system import write_closure_info
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,23 +133,6 @@ class Closure:
 NEEDS_NIX = pytest.mark.skipif(
     shutil.which("nix-instantiate") is None, reason="nix-instantiate (nix-bin) not installed"
 )
-
-
-# Building (as root, with single-user Nix) and booting aarch64 images on this x86_64 host.
-AARCH64_BOOT = [
-    pytest.mark.boot,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("nix-build") is None,
-        reason="aarch64 image tests need root (the engine's build, single-user Nix) and nix-build",
-    ),
-    pytest.mark.skipif(
-        host_system() == "aarch64-linux"
-        or shutil.which("qemu-system-aarch64") is None
-        or not boot.AAVMF_CODE.is_file(),
-        reason="needs an x86_64 host with qemu-system-aarch64 (qemu-system-arm) and AAVMF "
-        "(qemu-efi-aarch64)",
-    ),
-]
 
 
 def boot_work_dir(prefix: str) -> Iterator[Path]:
@@ -304,6 +285,7 @@ class Engine:
         )
         return EngineRun(proc.returncode, proc.stdout, proc.stderr, build_dir, out)
 
+
     def build_without_vm(self, spec: dict[str, Any], *, name: str = "build") -> EngineRun:
         """prepare, then finish, as Nix runs them when the guest has nothing to do
         (onlyNixStore, or no bootloader and no owners by name)."""
@@ -312,9 +294,8 @@ class Engine:
         if prepared.returncode != 0:
             return prepared
         finished = self.run("finish", spec, build_dir=build_dir, out=out)
-        return EngineRun(
-            finished.returncode, finished.stdout, prepared.stderr + finished.stderr, build_dir, out
-        )
+        return EngineRun(finished.returncode, finished.stdout,
+                         prepared.stderr + finished.stderr, build_dir, out)
 
 
 @pytest.fixture

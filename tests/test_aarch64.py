@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AARCH64_BOOT, boot_work_dir
+from aarch64boot import AARCH64_BOOT
+from conftest import boot_work_dir
 
 from testsys import boot, system
 from testsys.build import build_image

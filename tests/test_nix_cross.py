@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import AARCH64_BOOT, REPO, boot_work_dir
+from aarch64boot import AARCH64_BOOT
+from conftest import REPO, boot_work_dir
 
 from testsys import boot, guestroot, system
 
