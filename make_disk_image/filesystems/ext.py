@@ -10,6 +10,7 @@ fed a tar stream.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -204,6 +205,11 @@ def make_filled_ext4(
                         "which the engine's ext4 writer does not fill; drop that option") \
             from exc
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            # The image file's own filesystem (the build directory, or $out) is full: a
+            # larger image would not help.
+            raise StepError(step, f"writing the tree into {target}: {exc.strerror}; free "
+                            "space where the image is written") from exc
         raise StepError(step, f"could not read the tree: {exc}") from exc
     logger.info("[%s] mke2fs took %.1f s, its fill %.1f s (%d entries, %.1f MiB)", step,
                 made - started, stats.seconds, stats.entries, stats.data_bytes / MIB)
