@@ -13,11 +13,15 @@ import errno
 import logging
 import os
 import tarfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from make_disk_image import process
 from make_disk_image.models import Entry
+from make_disk_image.process import StepError
 
 logger = logging.getLogger("make_disk_image")
 
@@ -156,3 +160,31 @@ def write_tar(entries: Sequence[Entry], fd: int, *, what: str = "tar stream") ->
     _write_all(fd, pending)
     progress.log()
     return progress
+
+
+def run_fed(argv: Sequence[str | Path], entries: Sequence[Entry], *, step: str,
+            env: dict[str, str] | None = None) -> None:
+    """Run `argv` with `entries` as a tar stream on its stdin, written by a thread: the
+    tree goes from its sources into the tool, no copy between."""
+    errors: list[BaseException] = []
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        try:
+            write_tar(entries, write_fd, what=f"{step}: streamed")
+        except BrokenPipeError:
+            pass  # the tool stopped reading; its own error says why
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+        finally:
+            os.close(write_fd)
+
+    feeder = threading.Thread(target=feed, name="tar-feeder", daemon=True)
+    feeder.start()
+    try:
+        with os.fdopen(read_fd, "rb") as stdin:
+            process.run(argv, step=step, env=env or {}, stdin=stdin)
+    finally:
+        feeder.join()
+    if errors:
+        raise StepError(step, f"could not read the tree: {errors[0]}") from errors[0]

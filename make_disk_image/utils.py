@@ -77,6 +77,65 @@ def allocate_file(path: Path, size: int, *, step: str) -> None:
 
 
 COPY_CHUNK = 1 << 20
+# copy_file_range's errors that mean "not between these files": copy through memory.
+_NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF)
+
+
+def copy_range(in_fd: int, out_fd: int, start: int, end: int, dest: int) -> int:
+    """Bytes [start, end) of in_fd to out_fd at `dest`; return how many there were (fewer
+    when in_fd ends first). copy_file_range copies in the kernel, and shares the blocks
+    instead (a reflink) where both files are on one btrfs or xfs; else read/write."""
+    done = 0
+    while start + done < end:
+        want = min(end - start - done, 1 << 30)
+        try:
+            n = os.copy_file_range(in_fd, out_fd, want, start + done, dest + done)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            return done + _copy_through_memory(in_fd, out_fd, start + done, end, dest + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _copy_through_memory(in_fd: int, out_fd: int, start: int, end: int, dest: int) -> int:
+    """sendfile (still in the kernel) where it works, else pread/pwrite."""
+    done = 0
+    try:
+        os.lseek(out_fd, dest, os.SEEK_SET)
+        while start + done < end:
+            n = os.sendfile(out_fd, in_fd, start + done, min(end - start - done, 1 << 30))
+            if n == 0:
+                return done
+            done += n
+        return done
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+    while start + done < end:
+        chunk = os.pread(in_fd, min(end - start - done, COPY_CHUNK), start + done)
+        if not chunk:
+            break
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(out_fd, view, dest + done)
+            view = view[written:]
+            done += written
+    return done
+
+
+def copy_file(source: Path, dest: Path) -> None:
+    """`source`'s bytes into a new file `dest` (mode 0600 until the caller sets it)."""
+    with source.open("rb") as fin:
+        size = os.fstat(fin.fileno()).st_size
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if copy_range(fin.fileno(), fd, 0, size, 0) != size:
+                raise OSError(errno.EIO, f"{source} shrank while being copied")
+        finally:
+            os.close(fd)
 
 
 def copy_data_ranges(src: Path, dst: Path, ranges: Iterable[tuple[int, int]], *, step: str,
@@ -114,21 +173,16 @@ def copy_data_ranges(src: Path, dst: Path, ranges: Iterable[tuple[int, int]], *,
                     if data_start >= end:
                         break
                     data_end = min(os.lseek(in_fd, data_start, os.SEEK_HOLE), end)
-                    fin.seek(data_start)
-                    fout.seek(data_start + dest_offset)
-                    remaining = data_end - data_start
-                    while remaining:
-                        chunk = fin.read(min(remaining, COPY_CHUNK))
-                        if not chunk:
-                            raise StepError(
-                                step,
-                                f"reading {src}: it ended at byte {data_end - remaining}, "
-                                f"before the {data_end} bytes it had when the copy began "
-                                "(something truncated it); build again",
-                            )
-                        fout.write(chunk)
-                        remaining -= len(chunk)
-                        copied += len(chunk)
+                    done = copy_range(in_fd, fout.fileno(), data_start, data_end,
+                                      data_start + dest_offset)
+                    if done < data_end - data_start:
+                        raise StepError(
+                            step,
+                            f"reading {src}: it ended at byte {data_start + done}, "
+                            f"before the {data_end} bytes it had when the copy began "
+                            "(something truncated it); build again",
+                        )
+                    copied += done
                     offset = data_end
     except OSError as exc:
         raise StepError(

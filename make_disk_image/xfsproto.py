@@ -73,9 +73,10 @@ def _proto_source(source: Path, data_dir: Path) -> bytes:
     token = os.fsencode(str(source))
     if token_safe(token):
         return token
-    alias = data_dir / f"source-{len(os.listdir(data_dir))}"
-    alias.symlink_to(source)
-    return os.fsencode(str(alias))
+    # Relative: mkfs.xfs runs in data_dir, whose own path may not be a plain token.
+    alias = f"source-{len(os.listdir(data_dir))}"
+    (data_dir / alias).symlink_to(source)
+    return alias.encode()
 
 
 def write_protofile(entries: Sequence[Entry], proto: Path, data_dir: Path, *,
@@ -108,12 +109,14 @@ def write_protofile(entries: Sequence[Entry], proto: Path, data_dir: Path, *,
         head = b" ".join([name, mode_field(entry, kind), str(entry.uid).encode(),
                           str(entry.gid).encode()]).lstrip()
         if kind == "file":
-            source = entry.source
             if entry.data is not None:
-                source = data_dir / str(len(os.listdir(data_dir)))
-                source.write_bytes(entry.data)
-            assert source is not None
-            lines.append(head + b" " + _proto_source(source, data_dir))
+                # Relative, as a source's alias: read in data_dir.
+                body = str(len(os.listdir(data_dir)))
+                (data_dir / body).write_bytes(entry.data)
+                lines.append(head + b" " + body.encode())
+            else:
+                assert entry.source is not None
+                lines.append(head + b" " + _proto_source(entry.source, data_dir))
         elif kind == "symlink":
             lines.append(head + b" " + _proto_link(entry, renames, step))
         elif kind in ("chardev", "blockdev"):

@@ -124,3 +124,27 @@ def test_copy_data_ranges_refuses_a_source_shorter_than_the_ranges(tmp_path: Pat
     with pytest.raises(StepError) as err:
         copy_data_ranges(src, dst, [(0, MIB), (7 * MIB, 8 * MIB)], step="test")
     assert "shorter than the 8388608 bytes" in str(err.value)
+
+
+@pytest.mark.parametrize("without", [(), ("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_copy_file_and_ranges_without_kernel_copies(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    without: tuple[str, ...]) -> None:
+    """copy_file_range where the kernel has it between the files, else sendfile, else
+    pread/pwrite: the same bytes and holes each way."""
+    from make_disk_image.utils import copy_file
+
+    def refuse(*args: object) -> int:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    for name in without:
+        monkeypatch.setattr(os, name, refuse)
+    data = os.urandom(3 * MIB + 123)
+    (tmp_path / "src").write_bytes(data)
+    copy_file(tmp_path / "src", tmp_path / "copy")
+    assert (tmp_path / "copy").read_bytes() == data
+    src = sparse_source(tmp_path / "sparse")
+    dst = empty_like(tmp_path / "dst", 6 * MIB)
+    copied = copy_data_ranges(src, dst, [(0, 4 * MIB)], step="t", dest_offset=2 * MIB)
+    assert dst.read_bytes()[2 * MIB:] == src.read_bytes()[:4 * MIB]
+    assert copied < 4 * MIB  # the hole stayed one

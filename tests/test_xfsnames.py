@@ -107,7 +107,8 @@ def test_xfs_holds_every_name(tmp_path: Path) -> None:
     source = tmp_path / "a file with spaces"
     source.write_bytes(b"content\n")
     entries = _tree(source)
-    image = tmp_path / "root.xfs"
+    image = tmp_path / "a build dir" / "root.xfs"  # its scratch files: not a token
+    image.parent.mkdir()
     with image.open("wb") as fh:
         fh.truncate(300 << 20)
     plan = DiskPlan("none", None, 300 << 20, "diskSize", None, 0, None, None, (), None, 0,

@@ -1,8 +1,16 @@
-"""EROFS, read-only: a store image (onlyNixStore), from a materialized tree, every file
-owned by root, every time fixed when deterministic."""
+"""EROFS, read-only: a store image (onlyNixStore), every file owned by root, every time
+fixed when deterministic.
+
+erofs-utils 1.7 and later (nixpkgs', Debian 13's) read a tar stream (`--tar=f`): the
+engine's stream goes from the store into mkfs.erofs, no copy, and the image has the same
+bytes as one made from the materialized tree (checked with erofs-utils 1.8.6, tests/
+test_compression.py where the tool has it). erofs-utils 1.5 (Debian 12) takes one
+directory only: the tree is materialized first.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +19,7 @@ from make_disk_image import process
 from make_disk_image.filesystems import Filesystem
 from make_disk_image.filesystems.scratch import FIXED_TIME, materialized, store_image
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
+from make_disk_image.tarstream import run_fed
 
 
 def compression_args(compression: str | None) -> list[str]:
@@ -18,15 +27,29 @@ def compression_args(compression: str | None) -> list[str]:
     return [] if compression in (None, "none") else [f"-z{compression}"]
 
 
-def make_erofs(dest: Path, tree: Path, *, uuid: str | None, deterministic: bool, step: str,
-               compression: str | None = None) -> None:
+@functools.cache
+def takes_tar() -> bool:
+    """Whether this mkfs.erofs reads a tar stream (erofs-utils >= 1.7)."""
+    result = process.run(["mkfs.erofs", "--help"], step="erofs", ok_returncodes=(0, 1))
+    return b"--tar=" in result.stdout + result.stderr
+
+
+def erofs_command(dest: Path, *, uuid: str | None, deterministic: bool,
+                  compression: str | None) -> list[str | Path]:
     args: list[str | Path] = ["mkfs.erofs", "--all-root", "-x", "-1", "--quiet",
                               *compression_args(compression)]
     if deterministic:
         args.append(f"-T{FIXED_TIME}")
     if uuid:
         args.append(f"-U{uuid}")
-    process.run([*args, dest, tree], step=step)
+    return [*args, dest]
+
+
+def make_erofs(dest: Path, tree: Path, *, uuid: str | None, deterministic: bool, step: str,
+               compression: str | None = None) -> None:
+    args = erofs_command(dest, uuid=uuid, deterministic=deterministic,
+                         compression=compression)
+    process.run([*args, tree], step=step)
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,11 @@ class Erofs(Filesystem):
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
              uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
         def write() -> None:
+            if takes_tar():
+                run_fed([*erofs_command(target, uuid=uuid, deterministic=deterministic,
+                                        compression=plan.compression), "--tar=f"],
+                        entries, step=step)
+                return
             # erofs-utils 1.5 takes one directory only: the materialized tree.
             with materialized(entries, target.parent, step=step, fs_type=self.name) as tree:
                 make_erofs(target, tree, uuid=uuid, deterministic=deterministic, step=step,

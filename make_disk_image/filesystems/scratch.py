@@ -19,7 +19,7 @@ from pathlib import Path
 
 from make_disk_image.models import MIB, DiskPlan, Entry
 from make_disk_image.process import CommandError, StepError
-from make_disk_image.utils import copy_data_ranges
+from make_disk_image.utils import copy_data_ranges, copy_file
 
 logger = logging.getLogger("make_disk_image")
 
@@ -40,7 +40,7 @@ def materialize(entries: Sequence[Entry], dest: Path, *, step: str, fs_type: str
                 path.write_bytes(entry.data)
             else:
                 assert entry.source is not None
-                shutil.copyfile(entry.source, path)
+                copy_file(entry.source, path)
         elif entry.kind == "symlink":
             assert entry.link is not None
             os.symlink(entry.link, path)

@@ -28,7 +28,7 @@ def make_xfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: s
     with tempfile.TemporaryDirectory(prefix="xfs-proto-", dir=scratch.parent) as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
-        proto = Path(tmp) / "protofile"
+        proto = (Path(tmp) / "protofile").absolute()
         sticky, renames = write_protofile(entries, proto, data_dir, step=step)
         args: list[str | Path] = ["mkfs.xfs", "-f", "-q", "-L", plan.label, "-p", proto]
         if uuid:
@@ -38,7 +38,8 @@ def make_xfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: s
         env = {"SOURCE_DATE_EPOCH": str(FIXED_TIME), "DETERMINISTIC_SEED": "1"} \
             if deterministic else {}
         try:
-            process.run([*args, scratch], step=step, env=env)
+            # In data_dir: the protofile names the bodies it holds relative to it.
+            process.run([*args, scratch.absolute()], step=step, env=env, cwd=data_dir)
         except CommandError as exc:
             too_small(step, plan, exc, ("no space", "enospc", "too small", "size"))
             raise

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
-import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +28,7 @@ from make_disk_image import process
 from make_disk_image.filesystems import scratch, squashfs
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import Entry, PlannedPartition
-from make_disk_image.process import StepError
-from make_disk_image.tarstream import write_tar
+from make_disk_image.tarstream import run_fed as _feed_tar
 
 SOURCE_DATE_EPOCH = "1"
 EXT4_OPTIONS = ("-t", "ext4", "-b", "4096", "-T", "default", "-I", "256", "-O", "has_journal",
@@ -43,33 +41,6 @@ READ_CHUNK = 1 << 20
 FAST_SYMLINK = 60  # targets this long or longer take a block
 FIRST_INODE = 12  # the orphan file's (lost+found is 11); the tree's inodes follow
 FAT_LABEL_BYTES = 11
-
-
-def _feed_tar(argv: Sequence[str], entries: Sequence[Entry], *, step: str,
-              env: dict[str, str]) -> None:
-    """Run `argv` with `entries` as a tar stream on its stdin, written by a thread."""
-    errors: list[BaseException] = []
-    read_fd, write_fd = os.pipe()
-
-    def feed() -> None:
-        try:
-            write_tar(entries, write_fd, what=f"{step}: streamed")
-        except BrokenPipeError:
-            pass  # the tool stopped reading; its own error says why
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-        finally:
-            os.close(write_fd)
-
-    feeder = threading.Thread(target=feed, name="tar-feeder", daemon=True)
-    feeder.start()
-    try:
-        with os.fdopen(read_fd, "rb") as stdin:
-            process.run(argv, step=step, env=env, stdin=stdin)
-    finally:
-        feeder.join()
-    if errors:
-        raise StepError(step, f"could not read the tree: {errors[0]}") from errors[0]
 
 
 def _sized(target: Path, size: int) -> None:
