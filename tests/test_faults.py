@@ -159,15 +159,31 @@ def test_out_filling_during_finish(closure: Closure, engine: Engine, blob_dir: P
     assert_no_output(out)
 
 
-def start_prepare(spec: dict[str, Any], base: Path) -> tuple[subprocess.Popen[str], Path, Path]:
+def start_prepare(spec: dict[str, Any], base: Path,
+                  path_first: Path | None = None) -> tuple[subprocess.Popen[str], Path, Path]:
     build_dir, out = base / "build", base / "out"
     build_dir.mkdir()
     (base / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "out": str(out)}
+    if path_first is not None:
+        env["PATH"] = f"{path_first}:{env['PATH']}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "make_disk_image", "prepare", str(base / "spec.json")],
-        cwd=build_dir, env={**os.environ, "PYTHONPATH": str(REPO), "out": str(out)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=build_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, build_dir, out
+
+
+def slow_mke2fs(bin_dir: Path) -> Path:
+    """mke2fs that waits before it runs: prepare's mke2fs (an almost empty filesystem
+    since the build VM's root holds no closure) would otherwise often end before the
+    test sees it. The waiting process is named mke2fs, as the real one would be."""
+    bin_dir.mkdir()
+    real = shutil.which("mke2fs")
+    assert real is not None
+    wrapper = bin_dir / "mke2fs"
+    wrapper.write_text(f"#!/bin/sh\nsleep 30\nexec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return bin_dir
 
 
 def children(pid: int) -> list[int]:
@@ -197,7 +213,7 @@ def test_signal_during_mke2fs(closure: Closure, blob_dir: Path, tmp_path: Path,
                               signum: signal.Signals) -> None:
     # With the bootloader to install, prepare makes the build VM's root filesystem.
     proc, build_dir, out = start_prepare(blob_spec(closure, blob_dir, installBootLoader=True),
-                                         tmp_path)
+                                         tmp_path, slow_mke2fs(tmp_path / "bin"))
     mke2fs = wait_for_child(proc, "mke2fs")
     # Held in the middle of its work, so the signal surely finds it running.
     os.kill(mke2fs, signal.SIGSTOP)
