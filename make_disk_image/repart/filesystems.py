@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from make_disk_image import process
-from make_disk_image.filesystems import scratch, squashfs
+from make_disk_image.filesystems import erofs, scratch, squashfs
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import Entry, PlannedPartition
 from make_disk_image.tarstream import run_fed as _feed_tar
@@ -208,11 +208,15 @@ def make_read_only(fmt: str, target: Path, entries: Sequence[Entry], *, fs_uuid:
         squashfs.make_squashfs(target, direct, root_mode=entries[0].mode, deterministic=True,
                                step=step, keep_as_directory=len(direct) == 1)
         return target.stat().st_size
+    erofs_args = [*erofs.erofs_command(target, uuid=str(fs_uuid), deterministic=True,
+                                       compression=None), *extra]
+    if fmt == "erofs" and erofs.takes_tar():
+        # erofs-utils >= 1.7 (nixpkgs'): the tar stream, no scratch tree.
+        _feed_tar([*erofs_args, "--tar=f"], entries, step=f"{step}: mkfs.erofs")
+        return target.stat().st_size
     with scratch.materialized(entries, work, step=step, fs_type=fmt) as tree:
         if fmt == "erofs":
-            process.run(["mkfs.erofs", "--all-root", "-x", "-1", "--quiet", "-T1",
-                         f"-U{fs_uuid}", *extra, str(target), str(tree)],
-                        step=f"{step}: mkfs.erofs")
+            process.run([*erofs_args, tree], step=f"{step}: mkfs.erofs")
         else:
             squashfs.make_squashfs(target, [tree], root_mode=entries[0].mode,
                                    deterministic=True, step=step)
