@@ -138,7 +138,7 @@ let
       requireKVM
       ;
   };
-  argumentsChecked = import ./nix/arguments.nix { inherit lib interface; } {
+  checks = import ./nix/arguments.nix { inherit lib interface; } {
     given = args;
     inherit arguments;
   };
@@ -386,21 +386,15 @@ let
   '' + finish + postVM);
 
   # BIOS-only layouts and BIOS GRUB have no meaning where the image's system has no BIOS
-  # (interface.json: platforms), unless no boot loader is installed.
-  biosDevices = lib.filter (device: device != "nodev") (if grub.enable then grub.devices else [ ]);
-  platformChecked =
-    lib.assertMsg (
-      !installBootLoader || builtins.elem partitionTableType platform.bootablePartitionTableTypes
-    ) ("makeDiskImage: argument `partitionTableType`: \"${partitionTableType}\" boots only "
-      + "through BIOS, which ${imageSystem} machines do not have; use \"efi\", \"efixbootldr\" "
-      + "or \"hybrid\" (its EFI part), or installBootLoader = false")
-    && lib.assertMsg (!installBootLoader || platform.bios || biosDevices == [ ]) (
-      "makeDiskImage: argument `grubDevices`: BIOS GRUB on ${lib.concatStringsSep ", " biosDevices} "
-      + "has no meaning on ${imageSystem}: set boot.loader.grub.devices = [ \"nodev\" ] with "
-      + "boot.loader.grub.efiSupport, use systemd-boot, or installBootLoader = false"
-    );
+  # (interface.json: platforms and the `system` row's rules), unless no boot loader is
+  # installed.
+  platformChecked = checks.computed {
+    system = imageSystem;
+    grubDevices = if grub.enable then grub.devices else [ ];
+    ovmfSystemManagementModeRequired = firmwareOVMF.systemManagementModeRequired or false;
+  };
 in
-assert argumentsChecked;
+assert checks.arguments;
 assert platformChecked;
 if onlyNixStore then
   pkgs.runCommand name {

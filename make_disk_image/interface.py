@@ -39,6 +39,7 @@ class PartitionTableInfo:
     name: str
     origin: Origin
     efi_variables: bool  # touchEFIVars is allowed with it
+    boot_start_mib: int | None  # where the partition that ends at bootSize starts
     description: str
 
 
@@ -66,17 +67,46 @@ class FsTypeInfo:
 
 
 @dataclass(frozen=True)
-class Argument:
-    """A makeDiskImage argument. `type` names its kind (default.nix's and the module's
-    type checks); "context" marks pkgs, lib and config, which have no option."""
+class ArgumentType:
+    """What a value of an argument type must be: the end of its message, the pattern
+    (POSIX ERE that Python reads alike) a string of it matches whole, or the type of
+    its elements."""
 
     name: str
-    origin: Origin
+    expected: str
+    pattern: str | None = None
+    elements: str | None = None  # a list of values of this type
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named check of an argument, implemented by nix/arguments.nix and
+    make_disk_image/arguments.py alike; `message` is a template (interface.json)."""
+
+    name: str
+    message: str
+    argument: str | None = None  # the argument the message names, if not the row's
+    table: str | None = None  # oneOf: the table of choices
+    pattern: str | None = None  # matches: the pattern
+    checked_by: str | None = None  # "engine": about what default.nix computes itself
+
+
+@dataclass(frozen=True)
+class Argument:
+    """A makeDiskImage argument, or (origin "computed") a value default.nix computes
+    for the spec. `type` names one of ARGUMENT_TYPES; "context" marks pkgs, lib and
+    config, which have no option."""
+
+    name: str
+    origin: str  # "reference", "extension" or "computed"
     type: str
     description: str
     has_default: bool  # a constant default, in `default`
     default: Any
-    default_text: str | None  # a default computed from other arguments
+    default_rule: str | None  # a default computed from other arguments, by this rule
+    default_text: str | None  # what that default is, for people
+    rules: tuple[Rule, ...]
+    in_spec: bool  # the engine's spec carries it
 
 
 @dataclass(frozen=True)
@@ -87,7 +117,9 @@ class Interface:
     partition_table_types: dict[str, PartitionTableInfo]
     fs_types: dict[str, FsTypeInfo]
     disk_size_words: dict[str, str]  # word -> description
-    arguments: dict[str, Argument]
+    argument_types: dict[str, ArgumentType]
+    arguments: dict[str, Argument]  # the caller's, in the order they are checked
+    computed: dict[str, Argument]  # what default.nix adds to the spec
     reference_messages: dict[str, str]  # argument -> the reference's assert message
 
 
@@ -102,6 +134,8 @@ _FIELDS = {
     "kernelModule": "kernel_module",
     "hardLinks": "hard_links",
     "defaultCompression": "default_compression",
+    "bootStartMiB": "boot_start_mib",
+    "checkedBy": "checked_by",
 }
 
 
@@ -110,24 +144,48 @@ def _table(entries: list[dict[str, Any]], kind: Callable[..., T]) -> dict[str, T
                                for k, v in e.items()}) for e in entries}
 
 
+def _rows(table: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(name, row) for name, row in table.items() if name != "_about"]
+
+
+def _argument(row: dict[str, Any]) -> Argument:
+    return Argument(
+        name=row["name"],
+        origin=row["origin"],
+        type=row["type"],
+        description=row["description"],
+        has_default="default" in row,
+        default=row.get("default"),
+        default_rule=row.get("defaultRule"),
+        default_text=row.get("defaultText"),
+        rules=tuple(
+            Rule(**{_FIELDS.get(k, k): v for k, v in {"name": r["rule"], **r}.items()
+                    if k != "rule"})
+            for r in row.get("rules", ())
+        ),
+        in_spec=row.get("spec", True) and row["type"] != "context",
+    )
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """A message template with its @name@ placeholders filled in (as nix/arguments.nix
+    does with builtins.replaceStrings)."""
+    for name, value in values.items():
+        template = template.replace(f"@{name}@", value)
+    return template
+
+
 def parse(data: dict[str, Any]) -> Interface:
     return Interface(
         formats=_table(data["formats"], FormatInfo),
         partition_table_types=_table(data["partitionTableTypes"], PartitionTableInfo),
         fs_types=_table(data["fsTypes"], FsTypeInfo),
         disk_size_words={w["name"]: w["description"] for w in data["diskSizeWords"]},
-        arguments={
-            name: Argument(
-                name=name,
-                origin=a["origin"],
-                type=a["type"],
-                description=a["description"],
-                has_default="default" in a,
-                default=a.get("default"),
-                default_text=a.get("defaultText"),
-            )
-            for name, a in data["arguments"].items()
+        argument_types={
+            name: ArgumentType(name=name, **t) for name, t in _rows(data["argumentTypes"])
         },
+        arguments={a["name"]: _argument(a) for a in data["arguments"]},
+        computed={a["name"]: _argument({"origin": "computed", **a}) for a in data["computed"]},
         reference_messages={
             name: text for name, text in data["referenceMessages"].items() if name != "_about"
         },
@@ -143,5 +201,7 @@ FORMATS = INTERFACE.formats
 PARTITION_TABLE_TYPES = INTERFACE.partition_table_types
 FS_TYPES = INTERFACE.fs_types
 DISK_SIZE_WORDS = INTERFACE.disk_size_words
+ARGUMENT_TYPES = INTERFACE.argument_types
 ARGUMENTS = INTERFACE.arguments
+COMPUTED = INTERFACE.computed
 REFERENCE_MESSAGES = INTERFACE.reference_messages

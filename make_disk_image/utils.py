@@ -8,9 +8,11 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from make_disk_image.interface import ARGUMENT_TYPES
 from make_disk_image.process import StepError
 
-_IEC_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([kKMGTPEZY]?)\s*$")
+# interface.json's, which nix/arguments.nix matches too: groups 1 (number) and 3 (suffix).
+_IEC_RE = re.compile(ARGUMENT_TYPES["size"].pattern or "")
 # "k" as "K": numfmt of coreutils 9.7 (nixpkgs', Debian 13's) reads it; 9.1 (Debian 12) does not.
 _IEC_POWER = {"": 0, "k": 1, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7, "Y": 8}
 # The largest size any argument may have: ext4's limit with 4 KiB blocks (2^48 blocks),
@@ -29,27 +31,37 @@ def parse_iec(value: str | int) -> int:
         if value > MAX_SIZE:
             raise ValueError(f"{value} bytes is more than the 1E (2^60 bytes) a disk image can be")
         return value
-    match = _IEC_RE.match(value)
+    match = _IEC_RE.fullmatch(value)
     if not match:
         raise ValueError(
             f'"{value}" is not a size numfmt --from=iec reads; write it like "512M" or "2G" '
             "(suffixes K, M, G, T; no 'i', no lower case but k)"
         )
-    number, suffix = match.groups()
-    factor: int = 1024 ** _IEC_POWER[suffix]
-    scaled: int
-    if "." in number:
-        whole, _, fraction = number.partition(".")
-        # Exact arithmetic: a float loses digits (and overflows) for long inputs.
-        scaled = int(whole or "0") * factor - (-int(fraction) * factor // 10 ** len(fraction))
-    else:
-        scaled = int(number) * factor
+    scaled = _scaled(match[1], match[3])
     if scaled > MAX_SIZE:
         raise ValueError(
             f'"{value.strip()}" is {scaled} bytes, more than the 1E (2^60 bytes) an ext4 '
             'filesystem or a disk image can be; write a smaller size such as "512M"'
         )
     return scaled
+
+
+def _scaled(number: str, suffix: str) -> int:
+    factor: int = 1024 ** _IEC_POWER[suffix]
+    if "." not in number:
+        return int(number) * factor
+    whole, _, fraction = number.partition(".")
+    # Exact arithmetic: a float loses digits (and overflows) for long inputs.
+    scaled: int = int(whole or "0") * factor - (-int(fraction) * factor // 10 ** len(fraction))
+    return scaled
+
+
+def iec_bytes(value: str | int) -> int | None:
+    """Bytes for a size numfmt reads, however large; None for what it does not read."""
+    if isinstance(value, int):
+        return value
+    match = _IEC_RE.fullmatch(value)
+    return _scaled(match[1], match[3]) if match else None
 
 
 def round_up_one_unit(value: int, unit: int) -> int:

@@ -57,15 +57,21 @@ let
   };
 
   choices = table: types.enum (map (entry: entry.name) table);
-  formats = lib.listToAttrs (map (format: lib.nameValuePair format.name format) interface.formats);
+  named = table: lib.listToAttrs (map (entry: lib.nameValuePair entry.name entry) table);
+  formats = named interface.formats;
+  # A string matching an interface.json type's pattern (default.nix checks the rest).
+  matching = type: types.strMatching interface.argumentTypes.${type}.pattern;
+  # The choices of an argument whose values are one of interface.json's tables: its
+  # oneOf rule names the table.
+  choiceTable =
+    argument:
+    interface.${(lib.findFirst (rule: rule.rule == "oneOf") null argument.rules).table};
   # An interface.json argument type as an option type.
-  optionTypes = {
-    diskSize = types.either (choices interface.diskSizeWords) types.ints.positive;
-    size = types.either types.str types.ints.unsigned;
+  optionTypes = argument: {
+    diskSize = types.either (types.either (choices interface.diskSizeWords) (matching "diskSize")) types.ints.positive;
+    size = types.either (matching "size") types.ints.unsigned;
     contents = types.listOf contentsEntry;
-    partitionTableType = choices interface.partitionTableTypes;
-    fsType = choices interface.fsTypes;
-    format = choices interface.formats;
+    choice = choices (choiceTable argument);
     bool = types.bool;
     package = types.package;
     path = types.path;
@@ -73,23 +79,17 @@ let
     lines = types.lines;
     nullOrPath = types.nullOr types.path;
     positiveInt = types.ints.positive;
-    guid = types.str;
-    nullOrGuid = types.nullOr types.str;
+    guid = matching "guid";
+    nullOrGuid = types.nullOr (matching "nullOrGuid");
     storePaths = types.listOf types.package;
     compression = types.nullOr (
       types.enum (lib.unique (lib.concatMap (fs: fs.compressions) interface.fsTypes))
     );
-  };
+  }.${argument.type};
   # A constant default is the option's default; a default computed from other
   # arguments is only shown (defaultText), and default.nix computes it.
   # The choices of an argument whose values are one of interface.json's tables, listed
   # with what each is, in the option's description.
-  choiceTables = {
-    partitionTableType = interface.partitionTableTypes;
-    fsType = interface.fsTypes;
-    format = interface.formats;
-    diskSize = interface.diskSizeWords;
-  };
   describeChoices =
     table:
     lib.concatMapStrings (
@@ -100,12 +100,11 @@ let
     argument:
     mkOption (
       {
-        type = optionTypes.${argument.type};
+        type = optionTypes argument;
         description =
           argument.description
-          + lib.optionalString (choiceTables ? ${argument.type}) (
-            "\n" + describeChoices choiceTables.${argument.type}
-          );
+          + lib.optionalString (argument.type == "choice") ("\n" + describeChoices (choiceTable argument))
+          + lib.optionalString (argument.type == "diskSize") ("\n" + describeChoices interface.diskSizeWords);
       }
       // (
         if argument ? default then
@@ -115,7 +114,7 @@ let
       )
     );
   # pkgs, lib and config are the system's own.
-  optionArguments = lib.filterAttrs (_: argument: argument.type != "context") interface.arguments;
+  optionArguments = named (builtins.filter (argument: argument.type != "context") interface.arguments);
 
   # What the user defined (or the constant defaults), as makeDiskImage's arguments.
   arguments =

@@ -11,15 +11,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import NEEDS_NIX
 
 from make_disk_image import interface
+from make_disk_image.arguments import ROWS, with_defaults
 from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.layouts import LAYOUTS
 from make_disk_image.models import Format
-from make_disk_image.spec import FIELDS
+from make_disk_image.spec import SpecError, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +42,8 @@ def test_every_spec_argument_is_an_interface_argument() -> None:
                 "limineBiosDevice", "ovmfSystemManagementModeRequired",
                 "system"}  # fmt: skip
     nix_only = {"pkgs", "lib", "config", "OVMF", "requireKVM"}
-    assert set(FIELDS) - computed == set(interface.ARGUMENTS) - nix_only
+    assert set(interface.COMPUTED) == computed
+    assert set(ROWS) - computed == set(interface.ARGUMENTS) - nix_only
 
 
 def test_reference_messages_list_what_the_tables_allow() -> None:
@@ -109,79 +112,141 @@ import REPO/default.nix ({
 } // ARGS)
 """
 
-BAD_ARGUMENTS: list[tuple[str, str, str, str]] = [
-    # id, Nix arguments, argument named, fragment of the message
-    ("partitionTableType-gpt", 'partitionTableType = "gpt";', "partitionTableType",
-     'must be one of [\n         "legacy"'),
-    ("format-ova", 'format = "ova";', "format", '"vmdk"'),
-    ("fsType-zfs", 'fsType = "zfs"; partitionTableType = "none";', "fsType", '"xfs"'),
-    ("fsType-ext3-in-table", 'fsType = "ext3";', "fsType",
+class NixPath(str):
+    """A path literal in the Nix call (`./x`); the engine's spec has its store path."""
+
+
+X = NixPath("x")
+STORE_X = "/nix/store/" + "0" * 32 + "-x"
+
+
+def nix(value: Any) -> str:
+    """A Python value as the Nix expression of the same value."""
+    if isinstance(value, NixPath):
+        return f"./{value}"
+    if value is None or isinstance(value, (bool, int)):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return json.dumps(value).replace("${", "\\${")
+    if isinstance(value, list):
+        return "[ " + " ".join(f"({nix(v)})" for v in value) + " ]"
+    return "{ " + " ".join(f"{k} = {nix(v)};" for k, v in value.items()) + " }"
+
+
+def in_spec(value: Any) -> Any:
+    """A Python value as default.nix's builtins.toJSON writes it into the spec."""
+    if isinstance(value, NixPath):
+        return STORE_X
+    if isinstance(value, list):
+        return [in_spec(v) for v in value]
+    if isinstance(value, dict):
+        return {k: in_spec(v) for k, v in value.items()}
+    return value
+
+
+STORE_IMAGE = {"onlyNixStore": True, "installBootLoader": False, "partitionTableType": "none"}
+# id, arguments, the argument named, a fragment of the message. Each goes through Nix's
+# evaluation and, but for OVMF and requireKVM (only Nix uses them), through the engine.
+BAD_ARGUMENTS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("partitionTableType-gpt", {"partitionTableType": "gpt"}, "partitionTableType",
+     'must be one of "legacy", "legacy+boot"'),
+    ("format-ova", {"format": "ova"}, "format", '"vmdk"'),
+    ("fsType-zfs", {"fsType": "zfs", "partitionTableType": "none"}, "fsType", '"xfs"'),
+    ("fsType-ext3-in-table", {"fsType": "ext3"}, "fsType",
      "to produce a partition table, we need to use -E offset flag which is support only "
      "for fsType = ext4"),
-    ("fsType-read-only-root", 'fsType = "squashfs"; partitionTableType = "none";', "fsType",
-     "read-only"),
-    ("read-only-in-table",
-     'fsType = "erofs"; onlyNixStore = true; installBootLoader = false;',
-     "partitionTableType", "whole image"),
-    ("touchEFIVars-legacy", "touchEFIVars = true;", "touchEFIVars",
+    ("fsType-read-only-root", {"fsType": "squashfs", "partitionTableType": "none"}, "fsType",
+     'use one of "ext2", "ext3", "ext4", "btrfs", "xfs"'),
+    ("read-only-in-table", {"fsType": "erofs", "onlyNixStore": True,
+                            "installBootLoader": False}, "partitionTableType", "whole image"),
+    ("touchEFIVars-legacy", {"touchEFIVars": True}, "touchEFIVars",
      "EFI variables can be used only with a partition table of type: hybrid, efi, "
      "efixbootldr, or legacy+gpt."),
-    ("onlyNixStore-bootloader", 'onlyNixStore = true; partitionTableType = "none";',
+    ("onlyNixStore-bootloader", {"onlyNixStore": True, "partitionTableType": "none"},
      "onlyNixStore", "In a only Nix store image, the contents must be empty, no "
      "configuration must be provided and no bootloader should be installed."),
-    ("onlyNixStore-contents",
-     'onlyNixStore = true; installBootLoader = false; contents = [ { source = ./x; '
-     'target = "/x"; } ];', "onlyNixStore", "contents must be empty"),
-    ("onlyNixStore-configFile",
-     "onlyNixStore = true; installBootLoader = false; configFile = ./configuration.nix;",
+    ("onlyNixStore-contents", {"onlyNixStore": True, "installBootLoader": False,
+                               "contents": [{"source": X, "target": "/x"}]},
+     "onlyNixStore", "contents must be empty"),
+    ("onlyNixStore-configFile", {"onlyNixStore": True, "installBootLoader": False,
+                                 "configFile": X},
      "onlyNixStore", "no configuration must be provided"),
-    ("contents-user-only", 'contents = [ { source = ./x; target = "/x"; user = "bob"; } ];',
-     "contents", "Contents of the disk image should set none of {user, group} or both at "
+    ("contents-user-only", {"contents": [{"source": X, "target": "/x", "user": "bob"}]},
+     "contents[0]", "Contents of the disk image should set none of {user, group} or both at "
      "the same time."),
     ("contents-group-only",
-     'contents = [ { source = ./x; target = "/x"; user = null; group = "users"; } ];',
-     "contents", "should set none of {user, group}"),
-    ("rootFSUID-null", "rootFSUID = null;", "rootFSUID",
+     {"contents": [{"source": X, "target": "/x"},
+                   {"source": X, "target": "/y", "user": None, "group": "users"}]},
+     "contents[1]", "should set none of {user, group}"),
+    ("rootFSUID-null", {"rootFSUID": None}, "rootFSUID",
      "In deterministic mode with a ext4 partition, rootFSUID must be non-null, by default, "
      "it is equal to rootGPUID."),
-    ("label-too-long", 'label = "a-label-that-is-too-long";', "label", "16 bytes"),
-    ("deduplicate-xfs", 'fsType = "xfs"; deduplicate = true;', "deduplicate",
-     "ext4 or btrfs"),
-    ("deduplicate-string", 'deduplicate = "yes";', "deduplicate", "true or false"),
-    ("compression-ext4", 'compression = "xz";', "compression", "is not compressed"),
-    ("compression-squashfs-brotli",
-     'fsType = "squashfs"; onlyNixStore = true; installBootLoader = false; '
-     'partitionTableType = "none"; compression = "brotli";', "compression",
-     'null or one of "none"'),
-    ("compression-erofs-gzip",
-     'fsType = "erofs"; onlyNixStore = true; installBootLoader = false; '
-     'partitionTableType = "none"; compression = "gzip";', "compression",
-     '"none", "lz4", "lz4hc"'),
-    ("diskSize-word", 'diskSize = "big";', "diskSize", '"auto", "minimal"'),
-    ("diskSize-negative", "diskSize = -1;", "diskSize", "but is: -1"),
-    ("requireKVM-string", 'requireKVM = "no";', "requireKVM", "true or false"),
-    ("memSize-string", 'memSize = "1G";', "memSize", "a positive integer"),
-    ("installBootLoader-string", 'installBootLoader = "yes";', "installBootLoader",
+    ("rootFSUID-squashfs", {"fsType": "squashfs", "onlyNixStore": True,
+                            "installBootLoader": False, "partitionTableType": "none",
+                            "rootFSUID": "F222513B-DED1-49FA-B591-20CE86A2FE7F"},
+     "rootFSUID", "squashfs has no filesystem UUID"),
+    ("label-too-long", {"label": "a-label-that-is-too-long"}, "label", "16 bytes"),
+    ("label-xfs", {"label": "thirteen-char", "fsType": "xfs"}, "label", "12 bytes a xfs"),
+    ("deduplicate-xfs", {"fsType": "xfs", "deduplicate": True}, "deduplicate",
+     '"ext4", "btrfs"'),
+    ("deduplicate-string", {"deduplicate": "yes"}, "deduplicate", "true or false"),
+    ("compression-ext4", {"compression": "xz"}, "compression", "is not compressed"),
+    ("compression-squashfs-brotli", {**STORE_IMAGE, "fsType": "squashfs",
+                                     "compression": "brotli"},
+     "compression", 'null or one of "none"'),
+    ("compression-erofs-gzip", {**STORE_IMAGE, "fsType": "erofs", "compression": "gzip"},
+     "compression", '"none", "lz4", "lz4hc"'),
+    ("diskSize-word", {"diskSize": "big"}, "diskSize", '"auto", "minimal"'),
+    ("diskSize-negative", {"diskSize": -1}, "diskSize", "-1 MiB leaves no room"),
+    ("diskSize-zero", {"diskSize": "0"}, "diskSize", "give a positive number of MiB"),
+    ("diskSize-zero-int", {"diskSize": 0}, "diskSize", "give a positive number of MiB"),
+    ("diskSize-huge", {"diskSize": "99999999999999"}, "diskSize", "1E (2^60 bytes)"),
+    ("additionalSpace-negative", {"additionalSpace": "-5G"}, "additionalSpace",
+     'numfmt --from=iec reads, such as "512M"'),
+    ("additionalSpace-negative-int", {"additionalSpace": -5}, "additionalSpace", "but is: -5"),
+    ("additionalSpace-huge", {"additionalSpace": "2Y"}, "additionalSpace", "1E (2^60 bytes)"),
+    ("bootSize-1M-efi", {"bootSize": "1M", "partitionTableType": "efi"}, "bootSize",
+     "at least 8M"),
+    ("bootSize-7.5M-hybrid", {"bootSize": "7.5M", "partitionTableType": "hybrid"},
+     "bootSize", "at least 8M"),
+    ("bootSize-xbootldr", {"bootSize": "64M", "partitionTableType": "efixbootldr"},
+     "bootSize", "at least 100M"),
+    ("bootSize-iec-i", {"bootSize": "1Gi"}, "bootSize", "no 'i'"),
+    ("requireKVM-string", {"requireKVM": "no"}, "requireKVM", "true or false"),
+    ("memSize-string", {"memSize": "1G"}, "memSize", "a positive integer"),
+    ("memSize-small", {"memSize": 128}, "memSize", "at least 256"),
+    ("installBootLoader-string", {"installBootLoader": "yes"}, "installBootLoader",
      "true or false"),
-    ("deterministic-int", "deterministic = 1;", "deterministic", "but is: 1"),
-    ("copyChannel-null", "copyChannel = null;", "copyChannel", "but is: null"),
-    ("rootGPUID-short", 'rootGPUID = "F222513B-DED1-49FA-B591";', "rootGPUID", "GUID"),
-    ("rootFSUID-word", 'rootFSUID = "root";', "rootFSUID", "UUID"),
-    ("label-int", "label = 5;", "label", "a string"),
-    ("name-list", 'name = [ "image" ];', "name", "but is: a list"),
-    ("baseName-int", "baseName = 1;", "baseName", "a string"),
-    ("postVM-list", "postVM = [ ];", "postVM", "a string"),
-    ("bootSize-bool", "bootSize = true;", "bootSize", "512M"),
-    ("additionalSpace-list", 'additionalSpace = [ "1G" ];', "additionalSpace", "512M"),
-    ("contents-string", 'contents = "/etc/motd";', "contents", "a list of"),
-    ("contents-no-target", "contents = [ { source = ./x; } ];", "contents", "a list of"),
-    ("configFile-int", "configFile = 3;", "configFile", "null, a path"),
-    ("additionalPaths-string", 'additionalPaths = "/nix/store/x";', "additionalPaths",
+    ("deterministic-int", {"deterministic": 1}, "deterministic", "but is: 1"),
+    ("copyChannel-null", {"copyChannel": None}, "copyChannel", "but is: null"),
+    ("rootGPUID-short", {"rootGPUID": "F222513B-DED1-49FA-B591"}, "rootGPUID", "GUID"),
+    ("rootFSUID-word", {"rootFSUID": "root"}, "rootFSUID", "UUID"),
+    ("label-int", {"label": 5}, "label", "a string"),
+    ("name-list", {"name": ["image"]}, "name", "but is: a list"),
+    ("name-space", {"name": "my image"}, "name", "not a derivation name"),
+    ("baseName-int", {"baseName": 1}, "baseName", "a string"),
+    ("baseName-slash", {"baseName": "a/b"}, "baseName", 'without "/"'),
+    ("baseName-empty", {"baseName": ""}, "baseName", "not empty"),
+    ("postVM-list", {"postVM": []}, "postVM", "a string"),
+    ("bootSize-bool", {"bootSize": True}, "bootSize", "512M"),
+    ("additionalSpace-list", {"additionalSpace": ["1G"]}, "additionalSpace", "512M"),
+    ("contents-string", {"contents": "/etc/motd"}, "contents", "a list of"),
+    ("contents-no-target", {"contents": [{"source": X, "target": "/x"}, {"source": X}]},
+     "contents[1]", "an attribute set { source; target;"),
+    ("additionalPaths-empty", {"additionalPaths": [X, ""]}, "additionalPaths[1]",
+     "a store path (a derivation or a path), not empty"),
+    ("configFile-int", {"configFile": 3}, "configFile", "null, a path"),
+    ("configFile-empty", {"configFile": ""}, "configFile", "null, a path"),
+    ("additionalPaths-string", {"additionalPaths": "/nix/store/x"}, "additionalPaths",
      "a list of store paths"),
-    ("efiFirmware-int", 'partitionTableType = "efi"; touchEFIVars = true; efiFirmware = 1;',
+    ("efiFirmware-int", {"partitionTableType": "efi", "touchEFIVars": True, "efiFirmware": 1},
      "efiFirmware", "a path"),
-    ("OVMF-string", 'OVMF = "ovmf";', "OVMF", "a derivation"),
+    ("two-faults-type-first", {"fsType": "zfs", "memSize": "1G"}, "memSize",
+     "a positive integer"),
+    ("two-faults-table-order", {"fsType": "zfs", "bootSize": "1M",
+                                "partitionTableType": "efi"}, "bootSize", "at least 8M"),
 ]  # fmt: skip
+NIX_ONLY = {"requireKVM", "OVMF"}
 
 
 def instantiate(arguments: str) -> subprocess.CompletedProcess[str]:
@@ -191,20 +256,52 @@ def instantiate(arguments: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=False)  # fmt: skip
 
 
+def nix_message(arguments: dict[str, Any]) -> str:
+    """The message Nix's evaluation of default.nix stops with (without "makeDiskImage: ")."""
+    call = " ".join(f"{key} = {nix(value)};" for key, value in arguments.items())
+    proc = instantiate(call)
+    assert proc.returncode != 0, proc.stdout
+    # Nothing was looked at but the arguments.
+    assert "was forced" not in proc.stderr, proc.stderr
+    found = re.search(r"error: makeDiskImage: (.*)", proc.stderr, re.DOTALL)
+    assert found, proc.stderr
+    lines = [line.strip() for line in found[1].splitlines() if not line.startswith("(use")]
+    return " ".join(line for line in lines if line)
+
+
+def engine_message(arguments: dict[str, Any]) -> str:
+    """The message the engine's spec validation stops with for the same arguments."""
+    spec = {"toplevel": STORE_X, "closureInfo": STORE_X, "channelSources": STORE_X,
+            **in_spec(arguments)}  # fmt: skip
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec)
+    return str(err.value)
+
+
 @pytest.mark.nix
 @needs_nix
 @pytest.mark.parametrize(("arguments", "argument", "fragment"),
                          [case[1:] for case in BAD_ARGUMENTS],
                          ids=[case[0] for case in BAD_ARGUMENTS])  # fmt: skip
-def test_default_nix_refuses_a_wrong_argument_at_evaluation(
-    arguments: str, argument: str, fragment: str
+def test_nix_and_the_engine_refuse_a_wrong_argument_alike(
+    arguments: dict[str, Any], argument: str, fragment: str
 ) -> None:
-    proc = instantiate(arguments)
-    assert proc.returncode != 0, proc.stdout
-    assert f"error: makeDiskImage: argument `{argument}`" in proc.stderr, proc.stderr
-    assert fragment in proc.stderr, proc.stderr
-    # Nothing was looked at but the arguments.
-    assert "was forced" not in proc.stderr, proc.stderr
+    """default.nix refuses it at evaluation; the engine refuses the spec default.nix
+    would have written for it with the same message, word for word."""
+    message = nix_message(arguments)
+    assert message.startswith(f"argument `{argument}`: "), message
+    assert fragment in message, message
+    if not NIX_ONLY & set(arguments):
+        assert engine_message(arguments) == message
+
+
+def test_the_comparison_covers_every_rule_and_type() -> None:
+    """Every rule Nix checks, and every argument type, is met by a case above."""
+    named = {case[2] for case in BAD_ARGUMENTS}
+    ruled = {rule.argument or name for name, row in interface.ARGUMENTS.items()
+             for rule in row.rules if rule.checked_by != "engine"}  # fmt: skip
+    assert ruled - {"contents"} <= named
+    assert len(BAD_ARGUMENTS) >= 50
 
 
 @pytest.mark.nix
@@ -262,3 +359,86 @@ def test_build_vm_gets_the_root_filesystem_s_kernel_module() -> None:
     ext4, ext3, btrfs, xfs = json.loads(proc.stdout)
     assert ext4 is None and ext3 is None
     assert btrfs[-1] == "btrfs" and xfs[-1] == "xfs" and "ext4" in btrfs
+
+
+# --- default.nix's literal defaults are the table's, value by value ----------------------
+
+# default.nix with stand-ins for pkgs and config that give every derivation a fixed store
+# path, and runCommand its passthru at the top (as nixpkgs' does): its result's `spec` is
+# the JSON the engine would get. Nothing is built or written.
+SPEC_OF_CALL = """
+let
+  lib = import REPO/tests/nixpkgs/selected-lib.nix;
+  drv = name: { type = "derivation"; name = name;
+                outPath = "/nix/store/00000000000000000000000000000000-${name}"; };
+  pkgs = {
+    inherit lib;
+    path = REPO/tests/nixpkgs;
+    stdenv.hostPlatform.system = "x86_64-linux";
+    writeText = name: text: text;
+    runCommand = name: attrs: script: drv name // attrs // (attrs.passthru or { });
+    callPackage = f: args: drv "make-disk-image";
+    closureInfo = args: drv "closure-info";
+    OVMF.fd = drv "OVMF" // { firmware = drv "OVMF_CODE.fd"; variables = drv "OVMF_VARS.fd"; };
+    vmTools.runInLinuxVM = d: d;
+  };
+  config = {
+    system.build.toplevel = drv "toplevel";
+    system.nixos = { version = "1"; versionSuffix = ""; };
+    boot.loader.grub = { enable = false; devices = [ ]; };
+    nixpkgs.hostPlatform.system = "x86_64-linux";
+  };
+in builtins.fromJSON (import REPO/default.nix ({ inherit pkgs lib config; } // ARGS)).spec
+"""
+
+# Argument sets whose defaults differ: the constants, and each default rule's cases.
+DEFAULT_CASES: list[dict[str, Any]] = [
+    {},
+    {"onlyNixStore": True, "installBootLoader": False, "partitionTableType": "none"},
+    {"fsType": "xfs"},
+    {"fsType": "ext2", "partitionTableType": "none", "deterministic": False},
+    {"rootGPUID": "01234567-89AB-CDEF-0123-456789ABCDEF"},
+    {"partitionTableType": "efi", "touchEFIVars": True},
+]
+
+
+def spec_of_call(arguments: dict[str, Any]) -> dict[str, Any]:
+    expr = SPEC_OF_CALL.replace("REPO", str(REPO)).replace("ARGS", nix(arguments))
+    proc = subprocess.run(["nix-instantiate", "--readonly-mode", "--eval", "--strict",
+                           "--json", "-E", expr],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    spec: dict[str, Any] = json.loads(proc.stdout)
+    return spec
+
+
+@pytest.mark.nix
+@needs_nix
+def test_default_nix_defaults_are_the_table_s() -> None:
+    """Every constant default default.nix's formals write is the table's `default`."""
+    spec = spec_of_call({})
+    constants = {name: row.default for name, row in ROWS.items() if row.has_default}
+    arguments = {name for name, row in ROWS.items() if row.origin != "computed"}
+    for name in arguments & set(constants):
+        assert spec[name] == constants[name], name
+    # All but label and rootFSUID (default rules, below), OVMF, efiFirmware and
+    # efiVariables (pkgs'), requireKVM (only Nix reads it) and pkgs, lib and config.
+    assert len(arguments & set(constants)) >= 19
+
+
+@pytest.mark.nix
+@needs_nix
+@pytest.mark.parametrize("arguments", DEFAULT_CASES, ids=lambda a: ",".join(a) or "none")
+def test_default_nix_and_the_engine_apply_the_same_defaults(arguments: dict[str, Any]) -> None:
+    """Value by value: the spec default.nix writes for a call, and the engine's values for
+    a spec with only what default.nix computes and what the caller gave."""
+    spec = spec_of_call(arguments)
+    computed = {name: spec[name] for name in interface.COMPUTED if name in spec}
+    given = {**computed, **arguments}
+    # default.nix writes the firmware only with touchEFIVars: the engine has no OVMF.
+    for name in ("efiFirmware", "efiVariables"):
+        if spec[name] is not None:
+            given[name] = spec[name]
+    engine = with_defaults(given)
+    assert {name: engine[name] for name in spec} == spec
+    assert set(spec) == set(ROWS) - ({"system"} - set(spec))

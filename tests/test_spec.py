@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from make_disk_image.models import MIB, Format
+from make_disk_image import platforms
+from make_disk_image.models import MIB, Format, Spec
 from make_disk_image.spec import SpecError, load_spec, parse_spec
 
 BASE: dict[str, Any] = {"toplevel": "/nix/store/x-system", "closureInfo": "/nix/store/y-ci",
@@ -59,7 +60,7 @@ def test_filenames(fmt: str, filename: str) -> None:
      "contents[1].target", "duplicate entry"),
     ({"contents": [{"source": "/a", "target": "/b", "mode": "rwx"}]}, "contents[0].mode",
      "octal"),
-    ({"contents": [{"source": "/a"}]}, "contents[0].target", "required"),
+    ({"contents": [{"source": "/a"}]}, "contents[0]", "an attribute set { source; target;"),
     ({"contents": [{"source": "/a", "target": "/b", "owner": "x"}]}, "contents[0]", "owner"),
     ({"format": "ova"}, "format", '"raw-zstd"'),
     ({"diskSize": "big"}, "diskSize", '"auto"'),
@@ -72,7 +73,7 @@ def test_filenames(fmt: str, filename: str) -> None:
     ({"label": "a-label-that-is-too-long"}, "label", "16 bytes"),
     ({"copyChannel": True, "channelSources": None}, "channelSources", "copyChannel"),
     ({"memSize": "1024"}, "memSize", "integer"),
-    ({"installBootLoader": "yes"}, "installBootLoader", "boolean"),
+    ({"installBootLoader": "yes"}, "installBootLoader", "true or false"),
     ({"additionalPaths": "/nix/store/a"}, "additionalPaths", "list"),
     ({"baseName": "a/b"}, "baseName", "/"),
     ({"colour": "blue"}, "colour", "unknown argument"),
@@ -109,3 +110,32 @@ def test_load_spec_reports_bad_json(tmp_path: Path) -> None:
         load_spec(bad)
     bad.write_text(json.dumps(spec(diskSize=2048)))
     assert load_spec(bad).diskSize == 2048
+
+
+def test_a_spec_without_system_is_checked_against_the_builder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No `system` means the builder's (default.nix names only another one), and the
+    builder's platform is checked too: a BIOS layout on a native aarch64 builder fails."""
+    monkeypatch.setattr(platforms._platform, "machine", lambda: "aarch64")
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec())  # legacy, installBootLoader
+    assert err.value.argument == "partitionTableType" and "aarch64-linux" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec(partitionTableType="efi", grubDevices=["/dev/vda"]))
+    assert err.value.argument == "grubDevices"
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec(partitionTableType="efi", ovmfSystemManagementModeRequired=True))
+    assert err.value.argument == "ovmfSystemManagementModeRequired"
+    assert parse_spec(spec(partitionTableType="efi")).system is None
+    assert parse_spec(spec(installBootLoader=False)).system is None
+    # A builder of no known system builds no image, whatever the spec.
+    monkeypatch.setattr(platforms._platform, "machine", lambda: "riscv64")
+    with pytest.raises(SpecError, match='"riscv64-linux" is not a system'):
+        parse_spec(spec(partitionTableType="efi"))
+
+
+def test_spec_defaults_are_the_argument_table_s() -> None:
+    """models.Spec's defaults are what the table's defaults parse to (the rules' defaults,
+    label and rootFSUID, are the table's for ext4 without onlyNixStore)."""
+    assert parse_spec(spec()) == Spec(**spec(), rootFSUID=Spec.rootGPUID)
