@@ -304,4 +304,4 @@ def test_xfs_refuses_deduplication_before_work(stores: Stores, engine: Engine) -
     result = engine.run("prepare", _store_spec(stores.plain, "xfs", deduplicate=True))
     assert result.returncode != 0
     assert "argument `deduplicate`" in result.stderr, result.stderr
-    assert "ext4 or btrfs" in result.stderr
+    assert '"ext4", "btrfs"' in result.stderr
