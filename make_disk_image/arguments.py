@@ -66,8 +66,7 @@ def quoted(names: Any) -> str:
     return ", ".join(f'"{name}"' for name in names)
 
 
-COMPRESSIONS = tuple(dict.fromkeys(c for fs in FS_TYPES.values() for c in fs.compressions))
-COMMON = {"diskSizeWords": quoted(DISK_SIZE_WORDS), "compressions": quoted(COMPRESSIONS)}
+COMMON = {"diskSizeWords": quoted(DISK_SIZE_WORDS)}
 
 
 def _matches(type_name: str, value: str) -> bool:
@@ -113,7 +112,7 @@ TYPES: Mapping[str, Callable[[Any], bool]] = {
     "positiveInt": lambda v: _is_int(v) and v > 0,
     "guid": lambda v: isinstance(v, str) and _matches("guid", v),
     "nullOrGuid": lambda v: v is None or (isinstance(v, str) and _matches("nullOrGuid", v)),
-    "compression": lambda v: v is None or v in COMPRESSIONS,
+    "compression": lambda v: v is None or isinstance(v, str),
     "storePaths": lambda v: isinstance(v, list),
     "storePath": _text,
     "strList": lambda v: isinstance(v, list),

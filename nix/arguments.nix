@@ -26,11 +26,7 @@ let
     formats = named interface.formats;
   };
   quoted = list: lib.concatMapStringsSep ", " (name: "\"${name}\"") list;
-  compressions = lib.unique (lib.concatMap (fs: fs.compressions) interface.fsTypes);
-  common = {
-    diskSizeWords = quoted (names interface.diskSizeWords);
-    compressions = quoted compressions;
-  };
+  common.diskSizeWords = quoted (names interface.diskSizeWords);
   render =
     template: values:
     builtins.replaceStrings (map (name: "@${name}@") (builtins.attrNames values)) (
@@ -89,7 +85,7 @@ let
     positiveInt = value: builtins.isInt value && value > 0;
     guid = value: builtins.isString value && typeMatches "guid" value;
     nullOrGuid = value: value == null || (builtins.isString value && typeMatches "nullOrGuid" value);
-    compression = value: value == null || builtins.elem value compressions;
+    compression = value: value == null || builtins.isString value;
     storePaths = builtins.isList;
     storePath = isPathLike;
     strList = builtins.isList;

@@ -193,7 +193,7 @@ BAD_ARGUMENTS: list[tuple[str, dict[str, Any], str, str]] = [
     ("compression-ext4", {"compression": "xz"}, "compression", "is not compressed"),
     ("compression-squashfs-brotli", {**STORE_IMAGE, "fsType": "squashfs",
                                      "compression": "brotli"},
-     "compression", 'null or one of "none"'),
+     "compression", '"brotli" is not a squashfs compression; use one of "none", "gzip"'),
     ("compression-erofs-gzip", {**STORE_IMAGE, "fsType": "erofs", "compression": "gzip"},
      "compression", '"none", "lz4", "lz4hc"'),
     ("diskSize-word", {"diskSize": "big"}, "diskSize", '"auto", "minimal"'),
