@@ -49,6 +49,7 @@ class Case:
     format: str
     touch_efi_vars: bool = False
     grub_device: str = "/dev/sda"
+    deduplicate: bool = False
 
 
 CASES = {
@@ -59,7 +60,9 @@ CASES = {
     "efi": Case("efi", ("uefi",), "raw", touch_efi_vars=True),
     "efixbootldr": Case("efixbootldr", ("uefi",), "qcow2-compressed", touch_efi_vars=True),
     # No EFI variables: OVMF must find systemd-boot as the removable-media fallback.
-    "hybrid": Case("hybrid", ("bios", "uefi"), "raw", grub_device="/dev/vda"),
+    # Deduplicated: hard links in the store, through the guest and finish, boot.
+    "hybrid": Case("hybrid", ("bios", "uefi"), "raw", grub_device="/dev/vda",
+                   deduplicate=True),
 }
 BOOTS = [(name, firmware) for name, case in CASES.items() for firmware in case.firmwares]
 
@@ -118,6 +121,7 @@ class Images:
             additionalSpace="16M",
             contents=contents(self.sources),
             touchEFIVars=case.touch_efi_vars,
+            deduplicate=case.deduplicate,
         )
         if case.touch_efi_vars:
             spec.update(efiFirmware=str(boot.OVMF_CODE), efiVariables=str(boot.OVMF_VARS))
