@@ -1,4 +1,5 @@
-"""The VM runner's initramfs: a newc cpio of a static busybox, modules and an init script."""
+"""The VM runner's initramfs: a newc cpio of busybox (with the interpreter and libraries a
+dynamically linked one loads), modules and an init script."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cache import cache_dir, write_atomically
+from .elfdeps import runtime_files
 from .guestinit import GUEST_CONTROL, GUEST_ROOT
 from .kernel import Kernel, module_bytes, module_paths, plain_module_name
 from .process import StepError
@@ -21,7 +23,7 @@ logger = logging.getLogger("make_disk_image")
 STEP = "vm"
 
 # Bump when the initramfs layout changes, so cached images are rebuilt.
-_INITRAMFS_FORMAT = "1"
+_INITRAMFS_FORMAT = "2"
 
 
 class NewcArchive:
@@ -72,16 +74,12 @@ def is_static_elf(path: Path) -> bool:
     return all(struct.unpack_from("<I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
 
 
-def check_busybox(busybox: Path) -> None:
-    """Refuse a busybox the initramfs cannot run: it has no C library to link against."""
+def check_busybox(busybox: Path) -> list[Path]:
+    """The files busybox needs beside itself in the initramfs: none for a static one, its
+    interpreter and libraries for a dynamically linked one (make_disk_image/elfdeps.py)."""
     if not busybox.is_file():
         raise StepError(STEP, f"busybox {busybox} is not a file")
-    if not is_static_elf(busybox):
-        raise StepError(
-            STEP,
-            f"busybox {busybox} is not a statically linked 64-bit program; the initramfs "
-            "has no C library (give a static busybox)",
-        )
+    return runtime_files(busybox)
 
 
 def build_initramfs(
@@ -91,9 +89,10 @@ def build_initramfs(
 
     Modules sit under /lib/modules/KVER/ in load order, listed in /lib/modules/load-order
     (one file name a line), so an init script can `insmod` them in sequence. The archive
-    is cached by a hash of all its inputs.
+    is cached by a hash of all its inputs. A dynamically linked busybox's interpreter and
+    libraries go in at their own absolute paths.
     """
-    check_busybox(busybox)
+    runtime = check_busybox(busybox)
     busybox_bytes = busybox.read_bytes()
     modules_in_order = module_paths(kernel, modules)
     digest = hashlib.sha256()
@@ -102,6 +101,7 @@ def build_initramfs(
         ("init", init_script.encode()),
         ("kernel", kernel.version.encode()),
         ("busybox", busybox_bytes),
+        *((f"runtime {p}", p.read_bytes()) for p in runtime),
         *((f"module {p.relative_to(kernel.modules)}", p.read_bytes()) for p in modules_in_order),
     ):
         digest.update(b"%d:%s:%d:" % (len(label), label.encode(), len(data)))
@@ -111,14 +111,18 @@ def build_initramfs(
         logger.debug("initramfs cached at %s", target)
         return target
     logger.info("[%s] building initramfs %s", STEP, target)
-    archive = _archive(init_script, kernel.version, busybox_bytes, modules_in_order)
+    archive = _archive(init_script, kernel.version, busybox_bytes, modules_in_order, runtime)
     # mtime=0: the same inputs give the same bytes.
     write_atomically(target, gzip.compress(archive, compresslevel=6, mtime=0))
     return target
 
 
 def _archive(
-    init_script: str, kernel_version: str, busybox_bytes: bytes, modules_in_order: Sequence[Path]
+    init_script: str,
+    kernel_version: str,
+    busybox_bytes: bytes,
+    modules_in_order: Sequence[Path],
+    runtime: Sequence[Path],
 ) -> bytes:
     archive = NewcArchive()
     for directory in (
@@ -127,6 +131,13 @@ def _archive(
     ):  # fmt: skip
         archive.directory(directory)
     archive.file("bin/busybox", busybox_bytes, 0o755)
+    made: set[str] = set()
+    for path in runtime:
+        for parent in reversed(path.parents[:-1]):
+            if str(parent) not in made:
+                archive.directory(str(parent)[1:])
+                made.add(str(parent))
+        archive.file(str(path)[1:], path.read_bytes(), 0o755)
     for applet in busybox_applets(busybox_bytes):
         if applet != "busybox" and "/" not in applet:
             archive.symlink(f"bin/{applet}", "busybox")

@@ -1,6 +1,7 @@
 """Run one command as root inside a throw-away qemu guest, and return its exit status.
 
-Given a kernel, its modules, a static busybox, a root directory, shares and a disk, the
+Given a kernel, its modules, a busybox (static, or dynamically linked with its
+interpreter and libraries readable at their paths), a root directory, shares and a disk, the
 guest boots the kernel with a small busybox initramfs, mounts the root directory
 read-only over 9p (in a tmpfs, so that shares can be mounted anywhere), puts fresh
 devtmpfs/proc/sysfs/tmpfs mounts inside it, chroots there and runs the command. The

@@ -99,7 +99,8 @@ def main(args: Iterable[str] | None = None) -> int:
     parser.add_argument("--modules", type=Path, required=True, metavar="DIR",
                         help="the kernel's lib/modules/VERSION (with modules.dep)")  # fmt: skip
     parser.add_argument("--busybox", type=Path, required=True, metavar="PATH",
-                        help="a static busybox of the guest's architecture")  # fmt: skip
+                        help="a busybox of the guest's architecture (static, or dynamically "
+                        "linked: its interpreter and libraries go along)")  # fmt: skip
     parser.add_argument("--root", type=Path, required=True, metavar="DIR",
                         help="the guest's programs, seen read-only as its root")  # fmt: skip
     add_run_arguments(parser)

@@ -46,16 +46,18 @@ rec {
   '';
 
   # The build VM's root for make_disk_image.vm --root, with boot/vmlinuz-VERSION and
-  # lib/modules/VERSION (the kernel it boots) and a static busybox (its initramfs), which
+  # lib/modules/VERSION (the kernel it boots) and busybox (its initramfs), which
   # default.nix passes as --kernel, --modules and --busybox, and the tools on the usual
-  # paths. The store is shared into the guest, so links suffice.
+  # paths. The store is shared into the guest, so links suffice. busybox is the set's
+  # dynamically linked one, which Hydra builds for every system (pkgsStatic.busybox it
+  # does not: docs/aarch64.md); the initramfs carries its interpreter and libraries.
   root = pkgs.runCommand "make-disk-image-guest-root-${system}" { } ''
     mkdir -p $out/boot $out/lib $out/bin $out/usr/bin
     for version in $(ls ${kernel}/lib/modules); do
       ln -s ${kernel}/${platform.kernelFile} $out/boot/vmlinuz-$version
     done
     ln -s ${kernel}/lib/modules $out/lib/modules
-    ln -s ${guestPkgs.pkgsStatic.busybox}/bin/busybox $out/bin/busybox
+    ln -s ${guestPkgs.busybox}/bin/busybox $out/bin/busybox
     for dir in ${lib.concatMapStringsSep " " (p: "${p}/bin") tools}; do
       for tool in "$dir"/*; do
         ln -sf "$tool" $out/usr/bin/

@@ -132,6 +132,11 @@ def test_aarch64_image_runs_on_the_builder_with_the_guest_from_aarch64_packages(
         debs = [d for d in graph[path]["inputDrvs"] if d.endswith("_arm64.deb.drv")]
         assert debs and all(graph[d]["outputs"]["out"].get("hash") for d in debs), name
     assert any(d.endswith("-nixos-enter.drv") for d in root["inputDrvs"])
+    # nixpkgs' busybox (dynamically linked, a Hydra job), not pkgsStatic's (no job).
+    _, busybox = named(graph, "busybox-debian-arm64")
+    assert [d.split("-", 1)[1] for d in busybox["inputDrvs"] if d.endswith(".deb.drv")] == [
+        "busybox_arm64.deb.drv"
+    ]
 
     # The spec tells the engine the image's system.
     _, spec = named(graph, "nixos-disk-image-spec.json")

@@ -54,6 +54,9 @@ PACKAGES: tuple[str, ...] = (
     # the test system: busybox, boot loaders (EFI binaries and GRUB's modules)
     "busybox-static", "systemd-boot-efi", "grub-efi-arm64-bin",
 )  # fmt: skip
+# Only in the stand-in's package list (--lock), not in the tree: Debian's dynamically
+# linked busybox, as nixpkgs' `busybox` is (its /bin/busybox would replace the static one).
+LOCK_ONLY: tuple[str, ...] = ("busybox",)
 # Bump when the tree's fix-ups change, so cached trees are rebuilt.
 _FORMAT = "1"
 
@@ -92,9 +95,9 @@ def python_packages(arch: str) -> list[str]:
     return [minimal, f"lib{version}-minimal", f"lib{version}-stdlib"]
 
 
-def _package_files(arch: str) -> list[tuple[str, str, str]]:
+def _package_files(arch: str, extra: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
     """(uri, file name, checksum) of each package apt would download, without downloading."""
-    names = [*PACKAGES, *python_packages(arch), kernel_package(arch)]
+    names = [*PACKAGES, *python_packages(arch), kernel_package(arch), *extra]
     out = _apt(arch, "--print-uris", "download", *names)
     files = []
     for line in out.splitlines():
@@ -113,7 +116,7 @@ def package_lock(arch: str = "arm64") -> dict[str, object]:
     download cache when the file is there, else with `apt-get download`.
     """
     packages: dict[str, dict[str, str]] = {}
-    for _, name, checksum in _package_files(arch):
+    for _, name, checksum in _package_files(arch, LOCK_ONLY):
         package, version, _ = unquote(name).split("_")
         algorithm, _, digest = checksum.partition(":")
         if algorithm != "SHA256":

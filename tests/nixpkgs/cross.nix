@@ -162,7 +162,9 @@ let
     };
   };
 
-  busybox = package "busybox" [ "busybox-static" ] { };
+  # nixpkgs' busybox is dynamically linked (Debian's busybox package); pkgsStatic's is
+  # Debian's busybox-static.
+  busybox = package "busybox" [ "busybox" ] { };
 in
 {
   inherit
@@ -171,7 +173,7 @@ in
     python3Packages
     busybox
     ;
-  pkgsStatic = { inherit busybox; };
+  pkgsStatic.busybox = package "busybox-static" [ "busybox-static" ] { };
   bash = package "bash" [ "bash" ] { };
   coreutils = package "coreutils" [ "coreutils" ] { };
   util-linux = package "util-linux" [ "util-linux" "mount" "fdisk" ] { };
