@@ -17,6 +17,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,7 +30,7 @@ STEP = "deduplicate"
 # ext2/3/4 allow at most 65,000 names for one inode (EXT4_LINK_MAX); a group with more
 # identical files starts a new inode after that many (the other filesystems allow more).
 MAX_LINKS = 65000
-HASH_CHUNK = 1 << 20
+HASH_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -79,16 +80,20 @@ def link_identical(entries: dict[str, Entry], roots: Iterable[str]) -> Deduplica
             continue
         files += 1
         by_shape.setdefault((entry.size, entry.mode, entry.uid, entry.gid), []).append(entry)
-    hashed = linked = saved = 0
+    # Read in a few threads: most of the time is opening and reading small files, and
+    # hashlib lets go of the GIL while it hashes. Empty files are all the same.
+    candidates = [e.source for (size, *_), group in by_shape.items()
+                  if size and len(group) > 1 for e in group if e.source is not None]
+    with ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool:
+        digests = dict(zip(candidates, pool.map(_digest, candidates), strict=True))
+    hashed, linked, saved = len(digests), 0, 0
     for (size, *_), group in by_shape.items():
         if len(group) < 2:
             continue
         by_digest: dict[bytes, list[Entry]] = {}
         for entry in group:
             assert entry.source is not None
-            # Empty files are all the same; nothing to read.
-            key = _digest(entry.source) if size else b""
-            hashed += 1 if size else 0
+            key = digests[entry.source] if size else b""
             by_digest.setdefault(key, []).append(entry)
         for same in by_digest.values():
             for i, entry in enumerate(same):
