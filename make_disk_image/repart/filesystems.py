@@ -17,17 +17,20 @@ No fakeroot and no user namespace: owners come from the tar stream or `--all-roo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from make_disk_image import process
 from make_disk_image.filesystems import erofs, scratch, squashfs
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import Entry, PlannedPartition
+from make_disk_image.process import StepError
 from make_disk_image.tarstream import run_fed as _feed_tar
 
 SOURCE_DATE_EPOCH = "1"
@@ -198,6 +201,49 @@ def make_swap(target: Path, size: int, *, fs_uuid: uuid.UUID, label: str, step: 
                 step=f"{step}: mkswap")
 
 
+@contextlib.contextmanager
+def linked_tree(entries: Sequence[Entry], work: Path, *, step: str) -> Iterator[Path]:
+    """The tree for erofs-utils 1.5 (which reads only a directory), its files hard links
+    to their sources where the kernel allows it (root, or the files' owner), copies
+    otherwise: no copy of the closure where it can be avoided. A linked file is never
+    chmod'ed or touched (that would change its source): its mode is the source's, which
+    is what the entry holds; mkfs.erofs -T1 --all-root sets times and owners."""
+    with tempfile.TemporaryDirectory(prefix="erofs-", dir=work) as tmp:
+        tree = Path(tmp) / "root"
+        tree.mkdir(mode=0o700)
+        copied: list[tuple[Path, int]] = []
+        for entry in entries:
+            path = tree / entry.path if entry.path else tree
+            if entry.kind == "dir":
+                if entry.path:
+                    path.mkdir(mode=0o700)
+                copied.append((path, entry.mode))
+            elif entry.kind == "symlink":
+                os.symlink(entry.link or "", path)
+            elif entry.kind == "file" and entry.source is not None:
+                try:
+                    os.link(entry.source, path)
+                except OSError as exc:
+                    if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EACCES):
+                        raise
+                    shutil.copyfile(entry.source, path)
+                    copied.append((path, entry.mode))
+            elif entry.kind == "file":
+                path.write_bytes(entry.data or b"")
+                copied.append((path, entry.mode))
+            else:
+                raise StepError(step, f"/{entry.path}: a {entry.kind} cannot go into this "
+                                "erofs tree; leave it out of the partition")
+        for path, mode in reversed(copied):
+            os.chmod(path, mode & 0o7777)
+        try:
+            yield tree
+        finally:
+            for directory, _, _ in os.walk(tree):
+                os.chmod(directory, 0o700)
+            shutil.rmtree(tree)
+
+
 def make_read_only(fmt: str, target: Path, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
                    label: str, work: Path, step: str, extra: Sequence[str] = ()) -> int:
     """erofs or squashfs of `entries` as the whole of `target`; returns its size. Neither
@@ -214,10 +260,11 @@ def make_read_only(fmt: str, target: Path, entries: Sequence[Entry], *, fs_uuid:
         # erofs-utils >= 1.7 (nixpkgs'): the tar stream, no scratch tree.
         _feed_tar([*erofs_args, "--tar=f"], entries, step=f"{step}: mkfs.erofs")
         return target.stat().st_size
-    with scratch.materialized(entries, work, step=step, fs_type=fmt) as tree:
-        if fmt == "erofs":
+    if fmt == "erofs":
+        with linked_tree(entries, work, step=step) as tree:
             process.run([*erofs_args, tree], step=f"{step}: mkfs.erofs")
-        else:
-            squashfs.make_squashfs(target, [tree], root_mode=entries[0].mode,
-                                   deterministic=True, step=step)
+        return target.stat().st_size
+    with scratch.materialized(entries, work, step=step, fs_type=fmt) as tree:
+        squashfs.make_squashfs(target, [tree], root_mode=entries[0].mode, deterministic=True,
+                               step=step)
     return target.stat().st_size
