@@ -3,7 +3,7 @@
 spread over 100 directories, through the engine and through plain `mke2fs -d`.
 
     python3 bench/ext4dirs.py [--entries 40000] [--engine REPO] [--also-engine REPO]
-                              [--repeat N] [--no-plain] [--workdir DIR]
+                              [--repeat N] [--no-plain] [--closure-mb MB] [--workdir DIR]
 
 Each tree is one store path of N small files (or N/100 in each of 100 directories). It
 prints, in one run, for each shape:
@@ -13,6 +13,8 @@ prints, in one run, for each shape:
     without it (the engine's first step);
 and the ratios one directory / spread. `--engine REPO` runs another checkout's engine,
 `--also-engine REPO` one more (an older commit: before and after in one run).
+`--closure-mb MB` first builds a synthetic closure of that size (efi, no bootloader)
+through each engine: the common case, which must not get slower.
 Asserts nothing. Run as root (Debian's Nix is single-user here).
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench import FS_UUID, add_closure, write_spec  # noqa: E402
+from bench import FS_UUID, MIB, add_closure, make_closure, write_spec  # noqa: E402
 
 SPREAD_DIRS = 100
 LOG_LINES = re.compile(r".*(?:mke2fs took|metadata checksums in|fill).*")
@@ -114,6 +116,32 @@ def measure(work: Path, entries: int, spread: bool, engines: dict[str, Path], re
     return figures
 
 
+def measure_closure(work: Path, size_mb: int, engines: dict[str, Path],
+                    repeat: int) -> None:
+    """The common case: a synthetic closure of `size_mb` (bench.make_closure), efi, no
+    bootloader, through each engine; each engine's best, runs interleaved."""
+    work.mkdir()
+    closure = make_closure(work, size_mb * MIB, packages=80)
+    print(f"synthetic closure: {len(closure.store_paths)} store paths, "
+          f"{closure.entries:,} entries, {closure.apparent_bytes / MIB:,.0f} MiB", flush=True)
+    spec = write_spec(work / "spec.json", closure, "efi")
+    runs: dict[str, list[float]] = {name: [] for name in engines}
+    lines: dict[str, list[str]] = {}
+    for _ in range(repeat):
+        for name, repo in engines.items():
+            seconds, lines[name] = engine_build(work, spec, repo)
+            runs[name].append(seconds)
+            for left in ("out", "xchg", "nixos.raw"):
+                path = work / left
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for name, times in runs.items():
+        print(f"  {name + ' (prepare + finish)':<40} {min(times):7.1f} s   (runs: "
+              f"{', '.join(f'{t:.1f}' for t in times)})")
+        for line in lines[name]:
+            print(f"      {line}")
+    shutil.rmtree(work)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=40000)
@@ -126,6 +154,8 @@ def main() -> int:
                         help="another checkout's engine (an older commit), in the same run")
     parser.add_argument("--repeat", type=int, default=1,
                         help="engine builds per shape; the best counts")
+    parser.add_argument("--closure-mb", type=int, default=0,
+                        help="also a synthetic closure of this size (the common case)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mdi-ext4dirs-", dir=args.workdir))
     try:
@@ -137,6 +167,8 @@ def main() -> int:
         engines = {"engine": args.engine}
         if args.also_engine is not None:
             engines[f"engine at {args.also_engine}"] = args.also_engine
+        if args.closure_mb:
+            measure_closure(work / "closure", args.closure_mb, engines, args.repeat)
         flat = measure(work, args.entries, False, engines, args.repeat, not args.no_plain)
         spread = measure(work, args.entries, True, engines, args.repeat, not args.no_plain)
         print("one directory / spread:")
