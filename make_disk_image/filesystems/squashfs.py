@@ -1,6 +1,6 @@
 """squashfs, read-only: a store image (onlyNixStore), every file owned by root, every
 time fixed when deterministic. mksquashfs reads the store paths themselves when the
-tree is only them (no copy); otherwise a materialized tree."""
+tree is only them; otherwise the engine's tar stream (`-tar`). Neither copies the tree."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 from make_disk_image import process
 from make_disk_image.filesystems import Filesystem
-from make_disk_image.filesystems.scratch import FIXED_TIME, materialized, store_image
+from make_disk_image.filesystems.scratch import FIXED_TIME, store_image
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
+from make_disk_image.tarstream import run_fed
 
 
 def compression_args(compression: str | None) -> list[str]:
@@ -26,13 +27,17 @@ def compression_args(compression: str | None) -> list[str]:
 
 def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, deterministic: bool,
                   step: str, keep_as_directory: bool = False, links: bool = True,
-                  compression: str | None = None) -> None:
+                  compression: str | None = None,
+                  streamed: Sequence[Entry] | None = None) -> None:
     """mksquashfs of `sources`, each placed at the image's root under its own name.
 
     `links` false: files the sources hard-link are stored as separate files (the store
     itself is read: its links are the builder's, e.g. `nix-store --optimise`'s).
+    `streamed`: the tree as the engine's tar stream on stdin instead (`-tar`, with its
+    hard links: `deduplicate`'s), no copy of it; `sources` is then empty.
     """
-    args: list[str | Path] = ["mksquashfs", *sources, dest, "-noappend", "-all-root",
+    inputs: list[str | Path] = ["-"] if streamed is not None else [*sources]
+    args: list[str | Path] = ["mksquashfs", *inputs, dest, "-noappend", "-all-root",
                               "-no-xattrs", "-no-progress", "-quiet",
                               "-root-mode", f"{root_mode:o}",
                               "-processors", str(os.cpu_count() or 1),
@@ -46,6 +51,9 @@ def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, determ
     # mksquashfs refuses both at once. It is the creation time, and every later file
     # time is clamped to it.
     env = {"SOURCE_DATE_EPOCH": str(FIXED_TIME)} if deterministic else {}
+    if streamed is not None:
+        run_fed([*args, "-tar"], streamed, step=step, env=env)
+        return
     process.run(args, step=step, env=env)
 
 
@@ -85,10 +93,9 @@ class Squashfs(Filesystem):
                               step=step, keep_as_directory=len(direct) == 1, links=False,
                               compression=plan.compression)
                 return
-            with materialized(entries, target.parent, step=step, fs_type=self.name) as tree:
-                make_squashfs(target, [tree], root_mode=root_mode,
-                              deterministic=deterministic, step=step,
-                              compression=plan.compression)
+            # Anything else (`deduplicate`'s hard links): the tar stream, no copy.
+            make_squashfs(target, [], root_mode=root_mode, deterministic=deterministic,
+                          step=step, compression=plan.compression, streamed=entries)
 
         store_image(target, plan, fs_type=self.name, write=write, step=step)
 
