@@ -90,10 +90,7 @@ def _premade(spec: RepartSpec, d: Definition, entries: list[Entry], fs_uuid: UUI
         size = filesystems.make_read_only(d.format, target, entries, fs_uuid=fs_uuid,
                                           label=label, work=work, step=step, extra=extra)
         return size, target
-    if d.minimize == "guess":
-        if d.format != "ext4":
-            raise StepError(step, f"{definitions.option(d.name, 'Minimize')}: guess is built "
-                            "for ext4 here; give this partition a SizeMinBytes instead")
+    if d.minimize == "guess":  # ext4: _check_buildable refused the others
         return filesystems.guess_ext4_size(work, entries, fs_uuid=fs_uuid, label=label,
                                            step=step, extra=extra), None
     return None, None
@@ -118,19 +115,31 @@ def _make(spec: RepartSpec, p: Partition, entries: list[Entry], work: Path,
         filesystems.make_vfat(target, size, entries, volume_id=uuids.vfat_volume_id(p.fs_uuid),
                               label=p.label, sector_size=spec.sector_size, work=work,
                               step=step, extra=extra)
-    elif d.format == "swap":
+    else:  # swap: _check_buildable refused the others
         filesystems.make_swap(target, size, fs_uuid=p.fs_uuid, label=p.label, step=step,
                               extra=extra)
-    else:
-        raise StepError(step, f"{definitions.option(d.name, 'Format')}: {d.format} is not "
-                        "built by this engine yet; use ext4, vfat, swap, erofs or squashfs")
     return target
+
+
+BUILT_FORMATS = ("ext4", "vfat", "swap", "erofs", "squashfs")
+
+
+def _check_buildable(defs: Sequence[Definition]) -> None:
+    """What repart accepts but this engine does not build yet: refused before any work."""
+    for d in defs:
+        if d.format is not None and d.format not in BUILT_FORMATS:
+            raise StepError(STEP, f"{definitions.option(d.name, 'Format')}: {d.format} is not "
+                            "built by this engine yet; use " + ", ".join(BUILT_FORMATS))
+        if d.minimize == "guess" and d.format != "ext4":
+            raise StepError(STEP, f"{definitions.option(d.name, 'Minimize')}: guess is built "
+                            "for ext4 here; give this partition a SizeMinBytes instead")
 
 
 def build(spec: RepartSpec, work: Path) -> Built:
     started = time.monotonic()
     defs = definitions.parse_all(
         {n: p.repart_config for n, p in spec.partitions.items()}, spec.architecture)
+    _check_buildable(defs)
     seed = spec.seed or uuid4()
     part_uuids = uuids.partition_uuids(seed, defs)
     labels = uuids.labels(defs)
