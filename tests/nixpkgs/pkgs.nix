@@ -20,11 +20,13 @@ let
   # derivations of this system that unpack binary packages of that one.
   buildSystem = builtins.currentSystem;
   kernelFile = if lib.hasPrefix "aarch64-" system then "Image" else "bzImage";
-  foreignPackages = lib.optionalAttrs (system != buildSystem) (
+  # Without the package list (config.foreignDebianPackages) such a set is what it was
+  # before: derivations of that system, evaluated (flake checks, drvPaths), never built.
+  foreignPackages = lib.optionalAttrs (system != buildSystem && config ? foreignDebianPackages) (
     import ./cross.nix {
       inherit lib buildSystem hostPath;
       platform = { inherit system kernelFile; };
-      lockFile = config.foreignDebianPackages or null;
+      lockFile = config.foreignDebianPackages;
     }
   );
 
@@ -649,8 +651,15 @@ let
     _type = "pkgs";
   };
 
-  # The packages of another system replace the builder's.
-  pkgs' = pkgs // foreignPackages;
+  # The packages of another system replace the builder's. Its python3Packages keeps the
+  # attributes cross.nix does not give (buildPythonApplication, ...): evaluable, as in
+  # nixpkgs (flake.nix's aarch64-linux checks evaluate the engine's package).
+  pkgs' =
+    pkgs
+    // foreignPackages
+    // lib.optionalAttrs (foreignPackages ? python3Packages) {
+      python3Packages = pkgs.python3Packages // foreignPackages.python3Packages;
+    };
 
   # The overlays, as nixpkgs applies them: each sees the final set and the one before.
   # (Unlike nixpkgs, the stand-in's own packages do not see what an overlay replaces.)
