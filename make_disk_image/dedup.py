@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -131,3 +131,24 @@ def unlink_orphans(entries: list[Entry], holders: set[str]) -> list[Entry]:
                 entry = replace(entry, link=holder)
         out.append(entry)
     return out
+
+
+def links_of(entries: dict[str, Entry]) -> tuple[tuple[str, str], ...]:
+    """`link_identical`'s result as (name, the name holding its inode) pairs, in tree
+    order: what prepare hands finish, which then need not read the files again."""
+    return tuple((e.path, e.link) for e in sorted(entries.values(), key=lambda e: e.path.split("/"))
+                 if e.kind == "hardlink" and e.source is not None and e.link is not None)
+
+
+def apply_links(entries: dict[str, Entry], links: Sequence[tuple[str, str]]) -> bool:
+    """Make the `links_of` pairs hard links again in the same tree; False (and nothing
+    changed) if the tree does not have them as plain files of one size and mode."""
+    for name, holder in links:
+        member, first = entries.get(name), entries.get(holder)
+        if member is None or first is None or member.kind != "file" or first.kind != "file" \
+                or (member.size, member.mode, member.uid, member.gid) != \
+                (first.size, first.mode, first.uid, first.gid):
+            return False
+    for name, holder in links:
+        entries[name] = replace(entries[name], kind="hardlink", link=holder)
+    return True

@@ -121,7 +121,7 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
     check_sources(spec)
     db_files = {name: xchg / rel for name, rel in handoff.nix_db_files.items()}
     # The same tree as prepare's: the same spec and Nix database files.
-    tree = build_tree(spec, db_files)
+    tree = build_tree(spec, db_files, links=handoff.store_links)
     entries = final_entries(tree, record)
     logger.info("finish: %d entries (%d from the guest's record) in %.1f s", len(entries),
                 len(record.entries), time.monotonic() - started)

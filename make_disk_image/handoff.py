@@ -123,6 +123,7 @@ def write_handoff(xchg: Path, handoff: Handoff) -> Path:
             "outside_store": [entry_to_json(e) for e in handoff.outside_store],
             "store_names": list(handoff.store_names),
             "prepared_until_ns": handoff.prepared_until_ns,
+            "store_links": [list(pair) for pair in handoff.store_links],
         },
     )
     return path
@@ -140,6 +141,7 @@ def read_handoff(path: Path, *, step: str) -> Handoff:
         outside_store=tuple(entry_from_json(e, base) for e in data["outside_store"]),
         store_names=tuple(data["store_names"]),
         prepared_until_ns=data["prepared_until_ns"],
+        store_links=tuple((name, holder) for name, holder in data.get("store_links", [])),
     )
 
 

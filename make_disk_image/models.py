@@ -351,6 +351,9 @@ class Handoff:
     # their own clock (xfs, btrfs' ctime) the moment after prepare made it. Whatever the
     # guest changes gets a later time (make_disk_image.changes).
     prepared_until_ns: int = 1_000_000_000
+    # `deduplicate`'s hard links as prepare found them (name, first name): finish applies
+    # them to its tree instead of reading every file again.
+    store_links: tuple[tuple[str, str], ...] = ()
 
 
 Origin = Literal["prepare", "guest"]

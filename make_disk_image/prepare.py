@@ -20,6 +20,7 @@ from pathlib import Path
 
 from make_disk_image import nixdb, rootfs
 from make_disk_image.compression import check_available
+from make_disk_image.dedup import links_of
 from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.handoff import (
@@ -180,6 +181,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
             },
             guest_mounts=mounts,
             nix_db_files={name: str(path.relative_to(xchg)) for name, path in db_files.items()},
+            store_links=links_of(tree.entries) if spec.deduplicate else (),
         )
         if mounts:
             outside, names = split_store(tree)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import glob
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
-from make_disk_image.dedup import link_identical
+from make_disk_image.dedup import apply_links, link_identical
 from make_disk_image.models import Entry, Kind, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import TreeUsage
@@ -251,8 +252,16 @@ def stage_contents(spec: Spec, tree: Tree) -> None:
     tree.adding = None
 
 
-def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
-    """The whole root filesystem as the reference's nixos-install + cptofs leave it."""
+def _deduplicate(tree: Tree, roots: list[str], links: Sequence[tuple[str, str]] | None) -> None:
+    """`deduplicate`: the links prepare found (handed to finish), else found anew."""
+    if links is None or not apply_links(tree.entries, links):
+        link_identical(tree.entries, roots)
+
+
+def build_tree(spec: Spec, db_files: dict[str, Path],
+               links: Sequence[tuple[str, str]] | None = None) -> Tree:
+    """The whole root filesystem as the reference's nixos-install + cptofs leave it.
+    `links`: with `deduplicate`, the hard links an earlier run of this found."""
     tree = Tree()
     store_paths = read_store_paths(Path(spec.closureInfo))
     if spec.onlyNixStore:
@@ -260,7 +269,7 @@ def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
         for path in store_paths:
             tree.add_host(Path(path), os.path.basename(path))
         if spec.deduplicate:
-            link_identical(tree.entries, [os.path.basename(p) for p in store_paths])
+            _deduplicate(tree, [os.path.basename(p) for p in store_paths], links)
         return tree
 
     stage_contents(spec, tree)
@@ -271,7 +280,7 @@ def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
         tree.adding = f"the store path {path}"
         tree.add_host(Path(path), path.lstrip("/"))
     if spec.deduplicate:
-        link_identical(tree.entries, [p.lstrip("/") for p in store_paths])
+        _deduplicate(tree, [p.lstrip("/") for p in store_paths], links)
     tree.adding = "the Nix database"
     for name, source in sorted(db_files.items()):
         tree.add_host(source, f"nix/var/nix/db/{name}")

@@ -305,3 +305,28 @@ def test_xfs_refuses_deduplication_before_work(stores: Stores, engine: Engine) -
     assert result.returncode != 0
     assert "argument `deduplicate`" in result.stderr, result.stderr
     assert '"ext4", "btrfs"' in result.stderr
+
+
+def test_finish_applies_prepares_links_without_reading_again(
+        stores: Stores, engine: Engine) -> None:
+    result = engine.build_without_vm(_store_spec(stores.plain, "ext4", deduplicate=True,
+                                                 diskSize=64), name="handed")
+    assert result.returncode == 0, result.stderr
+    # Hashing is logged once: by prepare; finish takes the handoff's links.
+    assert result.stderr.count("store files are copies of another") == 1, result.stderr
+
+
+def test_links_hand_over_and_refuse_a_different_tree(stores: Stores) -> None:
+    from make_disk_image.dedup import apply_links, links_of
+
+    found = _tree(stores.plain)
+    link_identical(found.entries, [p.name for p in stores.plain])
+    links = links_of(found.entries)
+    assert ("bbbb-two/share/copy", "aaaa-one/lib/libshared.so") in links
+    again = _tree(stores.plain)
+    assert apply_links(again.entries, links)
+    assert [(e.path, e.kind, e.link) for e in again.ordered()] == \
+        [(e.path, e.kind, e.link) for e in found.ordered()]
+    other = _tree(stores.plain)
+    assert not apply_links(other.entries, [("aaaa-one/bin/tool", "aaaa-one/lib/libshared.so")])
+    assert all(e.kind != "hardlink" for e in other.entries.values())  # nothing changed
