@@ -2,7 +2,6 @@
 """The build at scale: the test system plus a synthetic closure (~2 GB, ~100k entries).
 
     python3 bench/scale.py [--size-mb 2000] [--layout legacy] [--workdir DIR]
-                           [--also-engine OTHER_CHECKOUT]
 
 With default arguments (deterministic, installBootLoader: GRUB on `legacy`), through
 `make-disk-image build` (the guest phase in a TCG VM, as without KVM), it prints:
@@ -50,14 +49,14 @@ DETAIL_LINES = re.compile(
 )
 
 
-def env_for(work: Path, engine: Path = REPO) -> dict[str, str]:
+def env_for(work: Path) -> dict[str, str]:
     scratch = work / "tmp"
     scratch.mkdir(exist_ok=True)
     return dict(
         os.environ,
         PATH=f"{NIXOS_ENTER_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         TMPDIR=str(scratch),
-        PYTHONPATH=str(engine),
+        PYTHONPATH=str(REPO),
     )
 
 
@@ -87,14 +86,13 @@ def wall(argv: list[str], **kwargs: object) -> float:
     return time.monotonic() - started
 
 
-def build(spec: dict[str, object], work: Path, name: str,
-          engine: Path = REPO) -> tuple[float, int, str]:
+def build(spec: dict[str, object], work: Path, name: str) -> tuple[float, int, str]:
     spec_file = work / f"{name}.json"
     spec_file.write_text(json.dumps(spec))
     out = work / name
     return measured(
         [sys.executable, "-m", "make_disk_image", "build", str(spec_file), "--out", str(out)],
-        env=env_for(work, engine),
+        env=env_for(work),
     )
 
 
@@ -146,9 +144,6 @@ def main() -> int:
     parser.add_argument("--packages", type=int, default=80)
     parser.add_argument("--layout", default="legacy")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
-    parser.add_argument("--also-engine", type=Path, default=None,
-                        help="another checkout's make_disk_image (an older commit): the "
-                        "build with the closure again through it, in the same run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mdi-scale-", dir=args.workdir))
     try:
@@ -195,11 +190,6 @@ def main() -> int:
         big_s, big_rss, big_log = build(big.spec(**spec_kw), work, "big")
         big_phases = report_build(f"make-disk-image build, test system + {args.size_mb} MB",
                                   big_s, big_rss, big_log)
-        if args.also_engine is not None:
-            other_s, other_rss, other_log = build(big.spec(**spec_kw), work, "big-other",
-                                                  args.also_engine)
-            report_build(f"the same through {args.also_engine}", other_s, other_rss, other_log)
-            print(f"this engine / {args.also_engine}: {big_s / other_s:.2f}x", flush=True)
         print("phases as Nix runs them (separate processes), test system + closure:")
         for name, t, rss in phases_apart(big.spec(**spec_kw), work):
             print(f"  {name:<24} {t:7.1f} s   peak RSS {rss / 1024:6.0f} MiB")
