@@ -44,10 +44,9 @@ def test_every_row_is_made_by_the_module_interface_json_names() -> None:
 
 
 # Where a filesystem's name may be compared or listed: its own module, the registry,
-# and the table code. repart/ reads systemd-repart's `Format=` values, a vocabulary of
-# its own (swap, no ext2/ext3) with repart's own options and minimum sizes; its makers
-# call the modules here for what they share.
-NAME_HOMES = ("filesystems/", "interface.py", "repart/")
+# and the table code: interface.py (interface.json's rows) and repart's `Format=` table
+# (a vocabulary of its own: swap, no ext2/ext3, repart's own least sizes).
+NAME_HOMES = ("filesystems/", "interface.py", "repart/format_table.py")
 
 
 def filesystem_names() -> set[str]:

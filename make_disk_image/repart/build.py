@@ -16,7 +16,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -26,7 +26,7 @@ from make_disk_image.process import StepError
 from make_disk_image.repart import (
     bootloader,
     definitions,
-    filesystems,
+    format_table,
     gpt,
     output,
     placement,
@@ -74,65 +74,63 @@ def _entries(spec: RepartSpec, defs: Sequence[Definition], work: Path) -> list[l
                                registration_time=REGISTRATION_TIME)
         system = spec.boot_loader.toplevel if spec.boot_loader and \
             d.name == spec.root_partition else None
-        found.append(trees.entries(d, partition, db, system)
-                     if d.format not in (None, "swap") else [])
+        found.append(trees.entries(d, partition, db, system) if d.holds_files else [])
     return found
+
+
+def _job(spec: RepartSpec, d: Definition, entries: list[Entry], fs_uuid: UUID, label: str,
+         work: Path, *, size: int = 0) -> format_table.Job:
+    return format_table.Job(
+        target=work / f"{d.name}.{d.format}", size=size, entries=entries, fs_uuid=fs_uuid,
+        label=label, work=work, sector_size=spec.sector_size, step=f"{STEP}: {d.name}",
+        extra=spec.mkfs_options.get(d.format or "", ()))
 
 
 def _premade(spec: RepartSpec, d: Definition, entries: list[Entry], fs_uuid: UUID,
              label: str, work: Path) -> tuple[int | None, Path | None]:
     """(content size, filesystem file) for what must be made before placement."""
-    extra = spec.mkfs_options.get(d.format or "", ())
-    step = f"{STEP}: {d.name}"
-    if d.read_only_filesystem:
-        assert d.format is not None
-        target = work / f"{d.name}.{d.format}"
-        size = filesystems.make_read_only(d.format, target, entries, fs_uuid=fs_uuid,
-                                          label=label, work=work, step=step, extra=extra)
-        return size, target
-    if d.minimize == "guess":  # ext4: _check_buildable refused the others
-        return filesystems.guess_ext4_size(work, entries, fs_uuid=fs_uuid, label=label,
-                                           step=step, extra=extra), None
+    fs = d.filesystem
+    if fs is None:
+        return None, None
+    job = _job(spec, d, entries, fs_uuid, label, work)
+    if fs.read_only:
+        assert fs.make is not None  # _check_buildable
+        fs.make(job)
+        return job.target.stat().st_size, job.target
+    if d.minimize == "guess":
+        assert fs.guess is not None  # _check_buildable
+        return fs.guess(job), None
     return None, None
 
 
 def _make(spec: RepartSpec, p: Partition, entries: list[Entry], work: Path,
           image: Path) -> Path | None:
-    """The partition's filesystem: ext4 straight into `image` (None returned: nothing
-    to copy), the others into a file of their own."""
+    """The partition's filesystem: in its own file (returned), or, for a format made in
+    place, straight into `image` (None returned: nothing to copy)."""
     d = p.definition
-    if p.filesystem is not None or d.format is None:
+    fs = d.filesystem
+    if p.filesystem is not None or fs is None:
         return p.filesystem
-    extra = spec.mkfs_options.get(d.format, ())
-    target = work / f"{d.name}.{d.format}"
-    step = f"{STEP}: {d.name}"
-    size = p.placed.size
-    if d.format == "ext4":
-        filesystems.make_ext4(image, size, entries, fs_uuid=p.fs_uuid, label=p.label,
-                              step=step, extra=extra, offset=p.placed.offset)
+    assert fs.make is not None  # _check_buildable
+    job = _job(spec, d, entries, p.fs_uuid, p.label, work, size=p.placed.size)
+    if fs.in_place:
+        fs.make(replace(job, target=image, offset=p.placed.offset))
         return None
-    if d.format == "vfat":
-        filesystems.make_vfat(target, size, entries, volume_id=uuids.vfat_volume_id(p.fs_uuid),
-                              label=p.label, sector_size=spec.sector_size, work=work,
-                              step=step, extra=extra)
-    else:  # swap: _check_buildable refused the others
-        filesystems.make_swap(target, size, fs_uuid=p.fs_uuid, label=p.label, step=step,
-                              extra=extra)
-    return target
-
-
-BUILT_FORMATS = ("ext4", "vfat", "swap", "erofs", "squashfs")
+    fs.make(job)
+    return job.target
 
 
 def _check_buildable(defs: Sequence[Definition]) -> None:
     """What repart accepts but this engine does not build yet: refused before any work."""
     for d in defs:
-        if d.format is not None and d.format not in BUILT_FORMATS:
+        fs = d.filesystem
+        if fs is not None and fs.make is None:
             raise StepError(STEP, f"{definitions.option(d.name, 'Format')}: {d.format} is not "
-                            "built by this engine yet; use " + ", ".join(BUILT_FORMATS))
-        if d.minimize == "guess" and d.format != "ext4":
+                            "built by this engine yet; use " + ", ".join(format_table.built()))
+        if d.minimize == "guess" and (fs is None or fs.guess is None):
             raise StepError(STEP, f"{definitions.option(d.name, 'Minimize')}: guess is built "
-                            "for ext4 here; give this partition a SizeMinBytes instead")
+                            f"for {', '.join(format_table.guessed())} here; give this "
+                            "partition a SizeMinBytes instead")
 
 
 def build(spec: RepartSpec, work: Path) -> Built:

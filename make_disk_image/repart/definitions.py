@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from make_disk_image.repart import types
+from make_disk_image.repart.format_table import FORMATS, RepartFormat
 from make_disk_image.repart.types import PartitionType
 
-FORMATS = ("ext4", "btrfs", "xfs", "vfat", "erofs", "squashfs", "swap")
-READ_ONLY_FORMATS = frozenset({"erofs", "squashfs"})
 Minimize = Literal["off", "guess", "best"]
 # Keys this engine implements; SplitName and the flags are accepted as repart reads them.
 SUPPORTED_KEYS = (
@@ -72,8 +71,17 @@ class Definition:
     split_name: str | None = None
 
     @property
+    def filesystem(self) -> RepartFormat | None:
+        """The format's row (format_table.FORMATS); None: no Format=."""
+        return FORMATS[self.format] if self.format is not None else None
+
+    @property
     def read_only_filesystem(self) -> bool:
-        return self.format in READ_ONLY_FORMATS
+        return self.filesystem is not None and self.filesystem.read_only
+
+    @property
+    def holds_files(self) -> bool:
+        return self.filesystem is not None and self.filesystem.holds_files
 
 
 def option(name: str, key: str) -> str:
@@ -223,7 +231,7 @@ def _check_consistency(d: Definition) -> None:
             f"{option(d.name, 'Minimize')}: \"best\" is for erofs and squashfs (repart 254 "
             "refuses it for writable filesystems); use \"guess\""
         )
-    if (d.copy_files or d.make_directories) and d.format in (None, "swap"):
+    if (d.copy_files or d.make_directories) and not d.holds_files:
         raise DefinitionError(
             f"{option(d.name, 'CopyFiles')}: files need a filesystem; set Format= (not swap)"
         )

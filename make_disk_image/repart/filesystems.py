@@ -2,13 +2,16 @@
 
 | Format | made by | owners | deterministic |
 |---|---|---|---|
-| ext4 | `mke2fs -d -` (tar stream, explicit owners) | root | bit-identical (*) |
+| ext4 | `mkfs.ext4 -d -` (tar stream, explicit owners) | root | bit-identical (*) |
 | vfat | `mkfs.vfat -F 32 --invariant`, mtools | - | bit-identical (fixed times) |
 | swap | `mkswap` | - | bit-identical |
 | erofs | `mkfs.erofs --all-root -T1` of the materialized tree | root | bit-identical |
 | squashfs | `mksquashfs -all-root`, SOURCE_DATE_EPOCH | root | bit-identical |
 
 (*) SOURCE_DATE_EPOCH, and the directory hash seed is the filesystem's UUID.
+
+Which maker a `Format=` value gets, and what else it asks of the build, is the table's
+(make_disk_image.repart.format_table).
 
 The options are systemd-repart 254's (mkfs-util.c: `-I 256 -m 0 -O has_journal`, FAT32
 forced, label and UUID) plus what makes the bytes reproducible; `mkfsOptions` go last.
@@ -34,8 +37,8 @@ from make_disk_image.process import StepError
 from make_disk_image.tarstream import run_fed as _feed_tar
 
 SOURCE_DATE_EPOCH = "1"
-EXT4_OPTIONS = ("-t", "ext4", "-b", "4096", "-T", "default", "-I", "256", "-O", "has_journal",
-                "-m", "0")
+# mkfs.ext4 is mke2fs with `-t ext4`.
+EXT4_OPTIONS = ("-b", "4096", "-T", "default", "-I", "256", "-O", "has_journal", "-m", "0")
 # Minimize=guess's trial filesystem, sparse: repart gives it 1 TiB too.
 TRIAL_SIZE = 1 << 40
 BLOCK = 4096
@@ -62,7 +65,7 @@ def make_ext4(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uui
         _sized(target, size)
     else:
         extended += f",offset={offset}"
-    argv = ["mke2fs", "-F", "-q", *EXT4_OPTIONS, "-L", label, "-U", str(fs_uuid),
+    argv = ["mkfs.ext4", "-F", "-q", *EXT4_OPTIONS, "-L", label, "-U", str(fs_uuid),
             "-E", extended]
     if not checksums:
         # uninit_bg keeps the groups uninitialised (as metadata_csum does), so the trial
@@ -181,11 +184,11 @@ def make_vfat(target: Path, size: int, entries: Sequence[Entry], *, volume_id: s
         return
     with tempfile.TemporaryDirectory(prefix="vfat-", dir=work) as tmp:
         copy = Path(tmp) / "tree"
-        scratch.materialize(entries, copy, step=step, fs_type="vfat")
+        scratch.materialize(entries, copy, step=step, fs_type=fat.NAME)
         directories = [e.path for e in entries if e.kind == "dir" and e.path]
         files = [e.path for e in entries if e.kind != "dir"]
         part = PlannedPartition(number=1, role="repart", start=0, end=size // 512 - 1, type="",
-                                guid=None, name=None, flags=(), filesystem="vfat",
+                                guid=None, name=None, flags=(), filesystem=fat.NAME,
                                 label=label, mountpoint=None)
         try:
             fat.fill(target, part, fat.FatContent(tuple(directories), tuple(files), copy),
@@ -244,27 +247,31 @@ def linked_tree(entries: Sequence[Entry], work: Path, *, step: str) -> Iterator[
             shutil.rmtree(tree)
 
 
-def make_read_only(fmt: str, target: Path, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
-                   label: str, work: Path, step: str, extra: Sequence[str] = ()) -> int:
-    """erofs or squashfs of `entries` as the whole of `target`; returns its size. Neither
-    stores `label` (erofs-utils 1.5 has no -L; repart 254 passes none either)."""
+def make_erofs(target: Path, entries: Sequence[Entry], *, fs_uuid: uuid.UUID, work: Path,
+               step: str, extra: Sequence[str] = ()) -> None:
+    """erofs of `entries` as the whole of `target`, at its own size. No label: erofs-utils
+    1.5 has no -L (repart 254 passes none either)."""
     target.unlink(missing_ok=True)
-    direct = squashfs.top_sources(entries) if fmt == "squashfs" else None
+    erofs_args = [*erofs.erofs_command(target, uuid=str(fs_uuid), deterministic=True,
+                                       compression=None), *extra]
+    if erofs.takes_tar():
+        # erofs-utils >= 1.7 (nixpkgs'): the tar stream, no scratch tree.
+        _feed_tar([*erofs_args, "--tar=f"], entries, step=f"{step}: mkfs.erofs")
+        return
+    with linked_tree(entries, work, step=step) as tree:
+        process.run([*erofs_args, tree], step=f"{step}: mkfs.erofs")
+
+
+def make_squashfs(target: Path, entries: Sequence[Entry], *, work: Path, step: str,
+                  fs_type: str) -> None:
+    """squashfs of `entries` as the whole of `target`, at its own size: straight from the
+    store paths when the tree is only those, from a materialized copy otherwise."""
+    target.unlink(missing_ok=True)
+    direct = squashfs.top_sources(entries)
     if direct is not None:
         squashfs.make_squashfs(target, direct, root_mode=entries[0].mode, deterministic=True,
                                step=step, keep_as_directory=len(direct) == 1)
-        return target.stat().st_size
-    erofs_args = [*erofs.erofs_command(target, uuid=str(fs_uuid), deterministic=True,
-                                       compression=None), *extra]
-    if fmt == "erofs" and erofs.takes_tar():
-        # erofs-utils >= 1.7 (nixpkgs'): the tar stream, no scratch tree.
-        _feed_tar([*erofs_args, "--tar=f"], entries, step=f"{step}: mkfs.erofs")
-        return target.stat().st_size
-    if fmt == "erofs":
-        with linked_tree(entries, work, step=step) as tree:
-            process.run([*erofs_args, tree], step=f"{step}: mkfs.erofs")
-        return target.stat().st_size
-    with scratch.materialized(entries, work, step=step, fs_type=fmt) as tree:
+        return
+    with scratch.materialized(entries, work, step=step, fs_type=fs_type) as tree:
         squashfs.make_squashfs(target, [tree], root_mode=entries[0].mode, deterministic=True,
                                step=step)
-    return target.stat().st_size

@@ -3,7 +3,7 @@
 - The grain is 4096 bytes: every start and size is a multiple of it. The first
   partition starts at 1 MiB (libfdisk's first usable LBA for a new GPT).
 - A partition needs at least: its `SizeMinBytes` (10 MiB when unset), its filesystem's
-  least size (ext4 1 MiB, btrfs 256 MiB, xfs 300 MiB), or the size of the filesystem
+  least size (format_table: ext4 1 MiB, btrfs 256 MiB, xfs 300 MiB), or the size of the filesystem
   made for it beforehand (`Minimize=`, erofs, squashfs), rounded up to the grain.
 - `--size=auto` (nixpkgs' builder): the disk is 1044 KiB of GPT room plus these sizes.
 - A larger disk (`imageSize`): the space after the partitions is shared by `Weight=`,
@@ -21,7 +21,6 @@ GRAIN = 4096
 FIRST_PARTITION = 1 << 20
 GPT_ROOM = 1044 * 1024
 DEFAULT_MIN_SIZE = 10 << 20
-FILESYSTEM_MINIMUM = {"ext4": 1 << 20, "btrfs": 256 << 20, "xfs": 300 << 20}
 GPT_ENTRIES_BYTES = 128 * 128
 
 
@@ -59,8 +58,8 @@ def minimum_size(definition: Definition, content_size: int | None) -> int:
     """The least a new partition may have; `content_size`: its filesystem made beforehand."""
     if content_size is not None:
         needed = round_up(content_size)
-    elif definition.format is not None:
-        needed = round_up(FILESYSTEM_MINIMUM.get(definition.format, GRAIN))
+    elif definition.filesystem is not None:
+        needed = round_up(max(definition.filesystem.minimum_size, GRAIN))
     else:
         needed = GRAIN
     wanted = definition.size_min if definition.size_min is not None else DEFAULT_MIN_SIZE
