@@ -1,9 +1,9 @@
 """XFS, made without root: `mkfs.xfs -p PROTOFILE`.
 
-The protofile (make_disk_image.xfsproto) takes every owner and mode explicitly and
-mkfs.xfs reads file bodies from their sources (no copy). Its mode field has no sticky
-bit, so xfs_db sets it afterwards; names and link targets a protofile cannot hold are
-written as placeholders and given their bytes afterwards (make_disk_image.xfsnames).
+The protofile (xfs_proto, beside this module) takes every owner and mode explicitly
+and mkfs.xfs reads file bodies from their sources (no copy). Its mode field has no
+sticky bit, so xfs_db sets it afterwards; names and link targets a protofile cannot
+hold are written as placeholders and given their bytes afterwards (xfs_names).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 from make_disk_image import process
 from make_disk_image.filesystems import Filesystem
 from make_disk_image.filesystems.scratch import FIXED_TIME, in_partition, too_small
+from make_disk_image.filesystems.xfs_names import write_back
+from make_disk_image.filesystems.xfs_proto import write_protofile
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
 from make_disk_image.process import CommandError
-from make_disk_image.xfsnames import write_back
-from make_disk_image.xfsproto import write_protofile
 
 
 def make_xfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image.models import Entry
-from make_disk_image.xfsnames import (
+from make_disk_image.filesystems.xfs_names import (
     PLACEHOLDER_BYTES,
     _unprint,
     da_hash,
@@ -21,6 +20,7 @@ from make_disk_image.xfsnames import (
     printed,
     token_safe,
 )
+from make_disk_image.models import Entry
 
 NAMES = [b"abc", b"a b", b"Librem 5 Devkit.conf", b"$", b"$HOME", b":colon", b"new\nline",
          b"tab\there", b"\xff\xfe not utf-8", b"  ", b"ab ", b"x" * 255, b"a b" * 85]
@@ -125,8 +125,8 @@ def test_xfs_holds_every_name(tmp_path: Path) -> None:
 
 
 def test_long_link_targets_are_refused(tmp_path: Path) -> None:
+    from make_disk_image.filesystems.xfs_proto import write_protofile
     from make_disk_image.process import StepError
-    from make_disk_image.xfsproto import write_protofile
 
     ok = [Entry("", "dir", 0o755), Entry("l", "symlink", 0o777, link="y" * 336)]
     write_protofile(ok, tmp_path / "p1", tmp_path, step="t")

@@ -1,5 +1,5 @@
 """The xfs protofile: owners, modes, hard links as copies, stand-ins for what it cannot
-hold (make_disk_image.xfsproto; the stand-ins' own tests are test_xfsnames.py)."""
+hold (make_disk_image.filesystems.xfs_proto; the stand-ins' own tests are test_xfs_names.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import re
 from pathlib import Path
 
+from make_disk_image.filesystems.xfs_names import da_hash, token_safe
+from make_disk_image.filesystems.xfs_proto import write_protofile
 from make_disk_image.models import Entry
-from make_disk_image.xfsnames import da_hash, token_safe
-from make_disk_image.xfsproto import write_protofile
 
 
 def test_protofile_names_owners_modes(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ A line per entry, in tree order: its name, a mode field (type letter, setuid and
 letters, three octal digits: no sticky bit), owner and group, then what it holds (a
 file's source path, a symlink's target, a device's numbers); "$" ends a directory.
 Tokens are separated by white space and cannot be quoted: a name, target or source path
-that is not a plain token goes in as a stand-in (make_disk_image.xfsnames).
+that is not a plain token goes in as a stand-in (make_disk_image.filesystems.xfs_names).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from make_disk_image.models import Entry
-from make_disk_image.process import StepError
-from make_disk_image.xfsnames import (
+from make_disk_image.filesystems.xfs_names import (
     INLINE_LINK_MAX,
     SEPARATORS,
     Renames,
@@ -23,6 +21,8 @@ from make_disk_image.xfsnames import (
     placeholder,
     token_safe,
 )
+from make_disk_image.models import Entry
+from make_disk_image.process import StepError
 
 # Protofile mode letters by entry kind.
 _PROTO_TYPES = {"file": "-", "hardlink": "-", "dir": "d", "symlink": "l", "chardev": "c",
@@ -37,7 +37,7 @@ def _proto_name(entry: Entry, taken: set[bytes], renames: Renames, step: str) ->
         return name
     stand_in = placeholder(name, taken)
     if stand_in is None:
-        # Only a small directory can take it (xfsnames.write_back checks).
+        # Only a small directory can take it (xfs_names.write_back checks).
         stand_in = any_placeholder(name, taken)
         if stand_in is None:
             raise StepError(
@@ -82,7 +82,7 @@ def _proto_source(source: Path, data_dir: Path) -> bytes:
 def write_protofile(entries: Sequence[Entry], proto: Path, data_dir: Path, *,
                     step: str) -> tuple[list[Entry], Renames]:
     """mkfs.xfs's protofile for `entries`; returns the sticky ones (set afterwards) and
-    the names and link targets to write back (xfsnames.write_back)."""
+    the names and link targets to write back (xfs_names.write_back)."""
     by_path = {e.path: e for e in entries}
     children: dict[str, list[Entry]] = {}
     for entry in entries:
