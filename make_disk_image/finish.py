@@ -4,7 +4,7 @@ From prepare's tree and the guest's record it makes the final image: a new spars
 file that keeps the build VM's disk outside the filesystems (partition tables and the
 boot code GRUB writes there: MBR, the gap after it, the BIOS boot partition), the FAT
 partitions made again and filled with what the bootloader left in them, and the root
-filesystem made by `mke2fs -d -` from prepare's tree with the guest's changes. The
+filesystem made from prepare's tree with the guest's changes (filesystems/). The
 result goes into $out in the asked format, with Hydra's products file.
 """
 

@@ -227,7 +227,7 @@ class SizeComputation:
 class MinimalSize:
     """How a `diskSize = "minimal"` size was reached (make_disk_image.minimal).
 
-    A trial `mke2fs -d -` of the tree into a sparse file of `trial_size` bytes measures
+    A trial filesystem of the tree in a sparse file of `trial_size` bytes measures
     the blocks the tree takes (`content_blocks`: used blocks minus those of the same
     filesystem holding only the root directory); mke2fs runs without `-d` at candidate
     sizes measure the metadata (`overhead_blocks`). The filesystem is the smallest root

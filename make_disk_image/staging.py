@@ -1,9 +1,10 @@
-"""The root filesystem's tree, described once and streamed into mke2fs as tar.
+"""The root filesystem's tree, described once and written into the filesystem.
 
 The reference copies the closure into a staging directory (nixos-install), measures it,
 and copies it again into the image (cptofs). Here the tree is a list of entries that
 point at their sources; the auto size is computed from the list and the same list is
-streamed as a tar archive with explicit owners into `mke2fs -d -`. The closure is read
+written with explicit owners into the filesystem (ext4: make_disk_image.ext4fill;
+others: their tool, often through a tar stream). The closure is read
 once, written once, and no step needs root.
 """
 
