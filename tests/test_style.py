@@ -1,10 +1,13 @@
 """The package stays typed (mypy --strict, setup.cfg); it and the code around it (tests,
-test system, benchmarks) stay lint-clean (ruff, pyproject.toml)."""
+test system, benchmarks) stay lint-clean (ruff, pyproject.toml); the package keeps the
+house limits on module and function length."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -22,3 +25,48 @@ def test_ruff() -> None:
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", *LINTED_TREES], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# The house limits: a module past them holds more than one concern, a function past
+# them more than one step.
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def over_limits(package: Path) -> list[str]:
+    """Every module of `package` longer than MAX_MODULE_LINES and every function
+    (methods and nested ones too) longer than MAX_FUNCTION_LINES, as "path[:line name]:
+    lines"."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package.parent).as_posix()
+        source = path.read_text()
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{rel}: {len(source.splitlines())}")
+        for node in ast.walk(ast.parse(source, rel)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno is not None
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{rel}:{node.lineno} {node.name}: {length}")
+    return found
+
+
+def test_modules_and_functions_stay_within_the_house_limits() -> None:
+    assert over_limits(REPO / "make_disk_image") == []
+
+
+def test_the_limits_check_finds_a_long_module_and_a_long_function(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (package / "long.py").write_text(
+        "class A:\n    def method(self) -> None:\n" + body.replace("    ", "        ")
+        + "\n" * (MAX_MODULE_LINES - MAX_FUNCTION_LINES)
+    )
+    # At the limit exactly: 80 lines.
+    (package / "short.py").write_text("def f() -> None:\n" + body.split("\n", 1)[1])
+    assert over_limits(package) == [
+        f"pkg/long.py: {MAX_MODULE_LINES + 2}",
+        f"pkg/long.py:2 method: {MAX_FUNCTION_LINES + 1}",
+    ]
