@@ -13,6 +13,7 @@ import make_disk_image
 from make_disk_image.filesystems import FILESYSTEMS, needed_bytes
 from make_disk_image.interface import FS_TYPES
 from make_disk_image.models import FS_BLOCK, MIB
+from make_disk_image.process import StepError
 from make_disk_image.spec import SpecError, parse_spec
 
 
@@ -145,3 +146,26 @@ def test_a_row_naming_no_module_fails_at_import(tmp_path: Path) -> None:
                           env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode != 0
     assert "ImportError" in proc.stderr and "['newfs']" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("table", [None, "gpt"])
+def test_a_tool_that_grows_its_file_is_a_too_small_root(tmp_path: Path,
+                                                        table: str | None) -> None:
+    """mkfs.btrfs grows a file too small for the tree instead of failing; the copy into
+    the partition must not cut the filesystem short."""
+    from make_disk_image.filesystems.scratch import in_partition
+    from make_disk_image.models import DiskPlan
+
+    target = tmp_path / "disk.raw"
+    target.write_bytes(bytes(8 * MIB))
+    plan = DiskPlan("efi", table, 8 * MIB, "diskSize", None, 0, None, None, (), 1, MIB,
+                    4 * MIB, "btrfs", "nixos", None)
+
+    def grow(scratch: Path) -> None:
+        with scratch.open("r+b") as fh:
+            fh.truncate(plan.root_size + MIB)
+
+    with pytest.raises(StepError, match=r"root filesystem \(4 MiB\) is too small "
+                       r"for the closure and contents \(tool needed 5 MiB\); raise diskSize"):
+        in_partition(target, plan, tool="tool", fs_type="btrfs", min_size=0, write=grow,
+                     step="test")

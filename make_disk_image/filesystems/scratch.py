@@ -125,6 +125,16 @@ def in_partition(target: Path, plan: DiskPlan, *, tool: str, fs_type: str, min_s
             fh.truncate(plan.root_size)
     try:
         write(scratch)
+        # mkfs.btrfs grows a file too small for the tree instead of failing: copying the
+        # root's size of it would leave a truncated filesystem.
+        made = scratch.stat().st_size
+        if made > plan.root_size:
+            raise StepError(
+                step,
+                f"the root filesystem ({plan.root_size // MIB} MiB) is too small for the "
+                f"closure and contents ({tool} needed {-(-made // MIB)} MiB); raise "
+                'diskSize, or use diskSize = "auto"',
+            )
         if not direct:
             copied_at = time.monotonic()
             copied = copy_data_ranges(scratch, target, [(0, plan.root_size)], step=step,
