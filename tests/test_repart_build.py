@@ -135,3 +135,36 @@ def test_read_only_store_partition(tmp_path: Path, fmt: str) -> None:
     assert found["TYPE"] == fmt
     if fmt == "erofs":
         assert found["UUID"] == "59e4de3a-8bf2-4374-8479-09e750cd279b"
+
+
+@pytest.mark.parametrize(("fmt", "check", "label"), [
+    ("btrfs", ["btrfs", "check", "--readonly"], "a-long-home-label"),
+    ("xfs", ["xfs_repair", "-n", "-f"], "a-long-home-"),  # xfs keeps 12 bytes, as repart
+])
+def test_btrfs_and_xfs_through_the_filesystem_modules(tmp_path: Path, fmt: str,
+                                                      check: list[str], label: str) -> None:
+    """The registry's makers fill a writable partition: label, UUID from the seed, the
+    closure and MakeDirectories, owned by root."""
+    from test_other_filesystems import mounted
+
+    src = _sources(tmp_path)
+    data = {"name": "home", "seed": SEED, "partitions": {
+        "30-home": {"repartConfig": {"Type": "home", "Format": fmt, "Label": "a-long-home-label",
+                                     "MakeDirectories": "/srv"},
+                    "closureInfo": str(src["closure"])}}}
+    out = _build(tmp_path, data)
+    record = json.loads((out / "repart-output.json").read_text())[0]
+    assert record["raw_size"] == {"btrfs": 256 << 20, "xfs": 300 << 20}[fmt]
+    found = _blkid(out / "home.raw", record["offset"])
+    assert (found["TYPE"], found["LABEL"], found["UUID"]) == \
+        (fmt, label, "525dc770-6d1d-4630-8c89-6de20b907469")
+    part = tmp_path / "part"
+    subprocess.run(["dd", f"if={out / 'home.raw'}", f"of={part}", "bs=4096",
+                    f"skip={record['offset'] // 4096}", f"count={record['raw_size'] // 4096}",
+                    "conv=sparse", "status=none"], check=True)
+    subprocess.run([*check, part], check=True, capture_output=True)
+    with mounted(part, fmt) as root:
+        app = root / "nix/store/aaaa-app/bin/app"
+        assert app.read_bytes() == (src["store"] / "aaaa-app/bin/app").read_bytes()
+        assert (app.stat().st_uid, app.stat().st_mode & 0o7777) == (0, 0o555)
+        assert (root / "srv").is_dir()

@@ -29,14 +29,15 @@ def test_needs_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "--out" in capsys.readouterr().err
 
 
-def test_formats_not_built_refused_before_any_work(
+def test_what_is_not_built_is_refused_before_any_work(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"name": "x", "partitions": {
         "10-esp": {"repartConfig": {"Type": "esp", "Format": "vfat"}},
-        "20-home": {"repartConfig": {"Type": "home", "Format": "btrfs"}}}}))
+        "20-home": {"repartConfig": {"Type": "home", "Format": "btrfs",
+                                     "Minimize": "guess"}}}}))
     assert cli.main([str(spec), "--out", str(tmp_path / "out"), "--work",
                      str(tmp_path / "work")]) == 1
-    assert "repartConfig.Format: btrfs is not built by this engine yet" in \
+    assert "repartConfig.Minimize: guess is built for ext4 here" in \
         capsys.readouterr().err
     assert list((tmp_path / "work").iterdir()) == []

@@ -7,7 +7,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from make_disk_image.models import Entry
+from make_disk_image.process import StepError
 from make_disk_image.repart import filesystems
 
 FS_UUID = uuid.UUID("7981aaf4-2a9a-4f86-9f1f-5b42c8f28bbf")
@@ -72,3 +75,13 @@ def test_tree_blocks_count_what_mke2fs_writes(tmp_path: Path) -> None:
         made.append(filesystems.data_bytes(target))
         target.unlink()
     assert made[1] - made[0] == counted * 4096
+
+
+def test_btrfs_too_small_names_the_size_option(tmp_path: Path) -> None:
+    """mkfs.btrfs grows its file to hold the tree rather than failing."""
+    big = b"x" * (40 << 20)
+    entries = [Entry("", "dir", 0o755), Entry("big", "file", 0o644, data=big, size=len(big))]
+    with pytest.raises(StepError, match=r"partition's 32 MiB do not hold its files; raise "
+                       r"its SizeMinBytes \(the filesystem needs \d+ MiB\)"):
+        filesystems.make_btrfs(tmp_path / "small.btrfs", 32 << 20, entries, fs_uuid=FS_UUID,
+                               label="home", step="test")

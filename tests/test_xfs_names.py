@@ -102,7 +102,6 @@ def test_xfs_holds_every_name(tmp_path: Path) -> None:
     from test_other_filesystems import mounted
 
     from make_disk_image.filesystems.xfs import make_xfs
-    from make_disk_image.models import DiskPlan
 
     source = tmp_path / "a file with spaces"
     source.write_bytes(b"content\n")
@@ -111,9 +110,7 @@ def test_xfs_holds_every_name(tmp_path: Path) -> None:
     image.parent.mkdir()
     with image.open("wb") as fh:
         fh.truncate(300 << 20)
-    plan = DiskPlan("none", None, 300 << 20, "diskSize", None, 0, None, None, (), None, 0,
-                    300 << 20, "xfs", "nixos", None)
-    make_xfs(image, plan, entries, uuid=None, deterministic=True, step="t")
+    make_xfs(image, entries, label="nixos", uuid=None, deterministic=True, step="t")
     check = subprocess.run(["xfs_repair", "-n", "-f", str(image)], capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stdout + check.stderr

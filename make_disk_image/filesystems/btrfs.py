@@ -42,23 +42,29 @@ def check_owners(entries: Sequence[Entry], *, step: str) -> None:
             )
 
 
-def make_btrfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
-               step: str, shrink: bool = False) -> None:
+# What mkfs.btrfs says when the tree does not fit.
+FULL_WORDS = ("no space", "enospc", "too small")
+
+
+def make_btrfs(scratch: Path, entries: Sequence[Entry], *, label: str, uuid: str | None,
+               step: str, shrink: bool = False, extra: Sequence[str] = ()) -> None:
+    """btrfs holding `entries` as the whole of the file `scratch` (its size is the
+    filesystem's, or with `shrink`, its upper bound). A tree that does not fit fails with
+    CommandError (FULL_WORDS): the caller names what sized it."""
     check_owners(entries, step=step)
     started = time.monotonic()
     with materialized(entries, scratch.parent, step=step, fs_type="btrfs") as tree:
         logger.info("[%s] the tree for mkfs.btrfs --rootdir, copied in %.1f s", step,
                     time.monotonic() - started)
         args: list[str | Path] = ["unshare", "--map-root-user", "mkfs.btrfs", "-f", "-q",
-                                  "-L", plan.label, "--rootdir", tree]
+                                  "-L", label, "--rootdir", tree]
         if uuid:
             args += ["-U", uuid]
         if shrink:
             args.append("--shrink")
         try:
-            process.run([*args, scratch], step=step)
+            process.run([*args, *extra, scratch], step=step)
         except CommandError as exc:
-            too_small(step, plan, exc, ("no space", "enospc", "too small"))
             if "unshare" in exc.stderr and "operation not permitted" in exc.stderr.lower():
                 raise StepError(
                     step,
@@ -70,6 +76,16 @@ def make_btrfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid:
             raise
 
 
+def make_btrfs_in(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *,
+                  uuid: str | None, step: str, shrink: bool = False) -> None:
+    """make_btrfs for the image's root: its label, and a tree too large names diskSize."""
+    try:
+        make_btrfs(scratch, entries, label=plan.label, uuid=uuid, step=step, shrink=shrink)
+    except CommandError as exc:
+        too_small(step, plan, exc, FULL_WORDS)
+        raise
+
+
 def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
                       trial_size: int, step: str) -> int:
     """Bytes of the smallest btrfs holding `entries`, for "minimal": mkfs.btrfs --shrink
@@ -78,7 +94,7 @@ def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
     with scratch.open("wb") as fh:
         fh.truncate(max(trial_size, 1 << 30))
     try:
-        make_btrfs(scratch, plan, entries, uuid=None, step=step, shrink=True)
+        make_btrfs_in(scratch, plan, entries, uuid=None, step=step, shrink=True)
         return scratch.stat().st_size
     finally:
         scratch.unlink(missing_ok=True)
@@ -89,7 +105,7 @@ class Btrfs(Filesystem):
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
              uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
         def write(scratch: Path) -> None:
-            make_btrfs(scratch, plan, entries, uuid=uuid, step=step)
+            make_btrfs_in(scratch, plan, entries, uuid=uuid, step=step)
 
         in_partition(target, plan, tool=self.tool, fs_type=self.name, min_size=self.min_size,
                      write=write, step=step)

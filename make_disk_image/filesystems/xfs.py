@@ -22,27 +22,28 @@ from make_disk_image.filesystems.xfs_proto import write_protofile
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
 from make_disk_image.process import CommandError
 
+# What mkfs.xfs says when the tree does not fit.
+FULL_WORDS = ("no space", "enospc", "too small", "size")
 
-def make_xfs(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
-             deterministic: bool, step: str) -> None:
+
+def make_xfs(scratch: Path, entries: Sequence[Entry], *, label: str, uuid: str | None,
+             deterministic: bool, step: str, extra: Sequence[str] = ()) -> None:
+    """xfs holding `entries` as the whole of the file `scratch`. A tree that does not fit
+    fails with CommandError (FULL_WORDS): the caller names what sized it."""
     with tempfile.TemporaryDirectory(prefix="xfs-proto-", dir=scratch.parent) as tmp:
         data_dir = Path(tmp) / "data"
         data_dir.mkdir()
         proto = (Path(tmp) / "protofile").absolute()
         sticky, renames = write_protofile(entries, proto, data_dir, step=step)
-        args: list[str | Path] = ["mkfs.xfs", "-f", "-q", "-L", plan.label, "-p", proto]
+        args: list[str | Path] = ["mkfs.xfs", "-f", "-q", "-L", label, "-p", proto]
         if uuid:
             args += ["-m", f"uuid={uuid}"]
         # Newer xfsprogs (>= 6.8) read these for fixed inode times and a fixed UUID;
         # 6.1 ignores them.
         env = {"SOURCE_DATE_EPOCH": str(FIXED_TIME), "DETERMINISTIC_SEED": "1"} \
             if deterministic else {}
-        try:
-            # In data_dir: the protofile names the bodies it holds relative to it.
-            process.run([*args, scratch.absolute()], step=step, env=env, cwd=data_dir)
-        except CommandError as exc:
-            too_small(step, plan, exc, ("no space", "enospc", "too small", "size"))
-            raise
+        # In data_dir: the protofile names the bodies it holds relative to it.
+        process.run([*args, *extra, scratch.absolute()], step=step, env=env, cwd=data_dir)
     # Names and link targets the protofile held as placeholders.
     write_back(scratch, renames, step=f"{step}: names")
     for entry in sticky:
@@ -59,8 +60,12 @@ class Xfs(Filesystem):
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
              uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
         def write(scratch: Path) -> None:
-            make_xfs(scratch, plan, entries, uuid=uuid, deterministic=deterministic,
-                     step=step)
+            try:
+                make_xfs(scratch, entries, label=plan.label, uuid=uuid,
+                         deterministic=deterministic, step=step)
+            except CommandError as exc:
+                too_small(step, plan, exc, FULL_WORDS)
+                raise
 
         in_partition(target, plan, tool=self.tool, fs_type=self.name, min_size=self.min_size,
                      write=write, step=step)

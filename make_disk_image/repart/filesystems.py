@@ -5,6 +5,8 @@
 | ext4 | `mkfs.ext4 -d -` (tar stream, explicit owners) | root | bit-identical (*) |
 | vfat | `mkfs.vfat -F 32 --invariant`, mtools | - | bit-identical (fixed times) |
 | swap | `mkswap` | - | bit-identical |
+| btrfs | `mkfs.btrfs --rootdir` in a user namespace (filesystems/btrfs.py) | root | label, UUID |
+| xfs | `mkfs.xfs -p` protofile (filesystems/xfs.py) | root | label, UUID |
 | erofs | `mkfs.erofs --all-root -T1` of the materialized tree | root | bit-identical |
 | squashfs | `mksquashfs -all-root`, SOURCE_DATE_EPOCH | root | bit-identical |
 
@@ -15,7 +17,8 @@ Which maker a `Format=` value gets, and what else it asks of the build, is the t
 
 The options are systemd-repart 254's (mkfs-util.c: `-I 256 -m 0 -O has_journal`, FAT32
 forced, label and UUID) plus what makes the bytes reproducible; `mkfsOptions` go last.
-No fakeroot and no user namespace: owners come from the tar stream or `--all-root`.
+No fakeroot: owners come from the tar stream, `--all-root` or the protofile; btrfs alone
+needs a user namespace (mkfs.btrfs reads a directory tree), where its files are root's.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from make_disk_image import process
-from make_disk_image.filesystems import erofs, scratch, squashfs
+from make_disk_image.filesystems import btrfs, erofs, scratch, squashfs, xfs
 from make_disk_image.filesystems import vfat as fat
-from make_disk_image.models import Entry, PlannedPartition
-from make_disk_image.process import StepError
+from make_disk_image.models import MIB, Entry, PlannedPartition
+from make_disk_image.process import CommandError, StepError
 from make_disk_image.tarstream import run_fed as _feed_tar
 
 SOURCE_DATE_EPOCH = "1"
@@ -202,6 +205,41 @@ def make_swap(target: Path, size: int, *, fs_uuid: uuid.UUID, label: str, step: 
     _sized(target, size)
     process.run(["mkswap", "-L", label, "-U", str(fs_uuid), *extra, str(target)],
                 step=f"{step}: mkswap")
+
+
+@contextlib.contextmanager
+def _fits(target: Path, size: int, words: Sequence[str], *, step: str) -> Iterator[None]:
+    """A filesystem module's maker into `target` of `size` bytes, whose "does not fit"
+    names the partition's size. mkfs.btrfs grows a file too small instead of failing:
+    a filesystem larger than its partition is that error too, not a truncated copy."""
+    fix = "raise its SizeMinBytes"
+    try:
+        yield
+    except CommandError as exc:
+        if not any(w in exc.stderr.lower() for w in words):
+            raise
+        raise StepError(step, f"the partition's {size // MIB} MiB do not hold its files; "
+                        f"{fix} ({exc.stderr.strip().splitlines()[-1]})") from exc
+    made = target.stat().st_size
+    if made > size:
+        raise StepError(step, f"the partition's {size // MIB} MiB do not hold its files; "
+                        f"{fix} (the filesystem needs {-(-made // MIB)} MiB)")
+
+
+def make_btrfs(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
+               label: str, step: str, extra: Sequence[str] = ()) -> None:
+    _sized(target, size)
+    with _fits(target, size, btrfs.FULL_WORDS, step=step):
+        btrfs.make_btrfs(target, entries, label=label, uuid=str(fs_uuid), step=step,
+                         extra=extra)
+
+
+def make_xfs(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
+             label: str, step: str, extra: Sequence[str] = ()) -> None:
+    _sized(target, size)
+    with _fits(target, size, xfs.FULL_WORDS, step=step):
+        xfs.make_xfs(target, entries, label=label, uuid=str(fs_uuid), deterministic=True,
+                     step=step, extra=extra)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.models import Entry
 from make_disk_image.repart import filesystems
 
@@ -61,6 +62,18 @@ def _ext4_guess(job: Job) -> int:
                                        label=job.label, step=job.step, extra=job.extra)
 
 
+def _btrfs(job: Job) -> None:
+    filesystems.make_btrfs(job.target, job.size, job.entries, fs_uuid=job.fs_uuid,
+                           label=job.label, step=job.step, extra=job.extra)
+
+
+def _xfs(job: Job) -> None:
+    # mkfs.xfs refuses a label longer than xfs keeps; repart 254 shortens it.
+    label = job.label.encode()[:FILESYSTEMS["xfs"].label_bytes].decode(errors="ignore")
+    filesystems.make_xfs(job.target, job.size, job.entries, fs_uuid=job.fs_uuid,
+                         label=label, step=job.step, extra=job.extra)
+
+
 def _vfat(job: Job) -> None:
     from make_disk_image.repart.uuids import vfat_volume_id  # uuids reads the definitions
 
@@ -85,12 +98,10 @@ def _squashfs(job: Job) -> None:
                               fs_type="squashfs")
 
 
-# btrfs and xfs: the filesystem modules' makers fill a root range a DiskPlan describes
-# and word their errors for fsType and diskSize; repart's refusal names the option.
 FORMATS: Mapping[str, RepartFormat] = {f.name: f for f in (
     RepartFormat("ext4", minimum_size=1 << 20, in_place=True, make=_ext4, guess=_ext4_guess),
-    RepartFormat("btrfs", minimum_size=256 << 20),
-    RepartFormat("xfs", minimum_size=300 << 20),
+    RepartFormat("btrfs", minimum_size=256 << 20, make=_btrfs),
+    RepartFormat("xfs", minimum_size=300 << 20, make=_xfs),
     RepartFormat("vfat", make=_vfat),
     RepartFormat("erofs", read_only=True, make=_erofs),
     RepartFormat("squashfs", read_only=True, make=_squashfs),
