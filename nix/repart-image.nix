@@ -87,6 +87,8 @@ let
       pkgs.e2fsprogs
       pkgs.dosfstools
       pkgs.mtools
+      pkgs.btrfs-progs
+      pkgs.xfsprogs
       pkgs.erofs-utils
       pkgs.squashfsTools
       pkgs.qemu-utils
