@@ -21,7 +21,7 @@ from types import FrameType
 from make_disk_image.finish import finish
 from make_disk_image.guest import guest
 from make_disk_image.guestinit import DEFAULT_PATH
-from make_disk_image.handoff import EFI_VARS, HANDOFF, XCHG, read_handoff
+from make_disk_image.handoff import EFI_VARS, HANDOFF, STORE_DIR, XCHG, read_handoff
 from make_disk_image.hostkernel import host_guest, with_system_dirs
 from make_disk_image.models import Spec
 from make_disk_image.platforms import host_system
@@ -174,6 +174,10 @@ def run_guest_vm(
     if vm_guest.root != Path("/"):
         source = Path(__file__).resolve().parent.parent
         shares.append(Share(host=source, guest=str(source)))
+        # The guest binds the closure's store paths into the image's root filesystem
+        # (storebind): the builder's store, at its own path, as runInLinuxVM shares it.
+        store = Path("/") / STORE_DIR
+        shares.append(Share(host=store, guest=str(store)))
         python = "/usr/bin/python3"
         pythonpath = str(source)
         # Only the PATH entries the guest can see: those in the shared tree (nixos-enter's

@@ -38,6 +38,8 @@ class Platform:
     pflash_bytes: int | None
     # The partitionTableTypes its firmware can boot (the others have no ESP).
     bootable_partition_table_types: tuple[str, ...]
+    # Added to the build VM's kernel command line (interface.json says why).
+    vm_kernel_params: tuple[str, ...]
 
 
 # interface.json's keys (as Nix spells them) -> the dataclass' field names.
@@ -50,6 +52,7 @@ _FIELDS = {
     "kernelFile": "kernel_file",
     "pflashBytes": "pflash_bytes",
     "bootablePartitionTableTypes": "bootable_partition_table_types",
+    "vmKernelParams": "vm_kernel_params",
 }
 
 

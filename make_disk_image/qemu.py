@@ -83,8 +83,9 @@ def qemu_command(
         str(initramfs),
         "-append",
         # Kernel messages only at debug level; panics and warnings show regardless.
-        f"console={plat.console} panic=-1 random.trust_cpu=on"
-        + ("" if logger.isEnabledFor(logging.DEBUG) else " quiet"),
+        " ".join([f"console={plat.console}", "panic=-1", "random.trust_cpu=on",
+                  *plat.vm_kernel_params, *([] if logger.isEnabledFor(logging.DEBUG)
+                                            else ["quiet"])]),
         "-device",
         "virtio-rng-pci",
         "-virtfs",
