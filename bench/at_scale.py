@@ -166,14 +166,19 @@ def native_store_tool(log: str, tool: str, copy: Path, work: Path) -> float | No
     argv = shlex.split(logged.group(1))
     while "=" in argv[0]:
         argv.pop(0)
-    options = [a for a in argv[1:] if a.startswith("-") or not a.startswith("/")]
     out = work / f"native-{tool}.img"
     out.unlink(missing_ok=True)
     if tool == "mksquashfs":
-        argv = [tool, str(copy), str(out), *[o for o in options if o != "-"]]
+        # mksquashfs SOURCE... DEST -option [value]...: the options follow the first "-".
+        first = next(i for i, a in enumerate(argv) if a.startswith("-"))
+        argv = [tool, str(copy), str(out), *[a for a in argv[first:] if a != "-tar"]]
     else:
-        argv = [tool, *[o for o in options if not o.startswith("--tar")], str(out), str(copy)]
+        # mkfs.erofs -option[=value]... DEST SOURCE (a tar stream with --tar: the copy).
+        options = [a for a in argv[1:] if a.startswith("-") and not a.startswith("--tar")]
+        argv = [tool, *options, str(out), str(copy)]
     seconds = wall(argv)
+    if not out.is_file():
+        sys.exit(f"{shlex.join(argv)} made no {out}")
     out.unlink()
     return seconds
 
@@ -193,9 +198,13 @@ def prepare_finish(spec: dict[str, object], work: Path, name: str) -> tuple[floa
     return seconds, rss, log
 
 
-def filesystems(closure_spec: Callable[..., dict[str, object]], work: Path, copy: Path) -> None:
+FILESYSTEMS = ("ext4", "btrfs", "xfs", "erofs", "squashfs")
+
+
+def filesystems(closure_spec: Callable[..., dict[str, object]], work: Path, copy: Path,
+                which: tuple[str, ...] = FILESYSTEMS) -> None:
     ext4_s = 0.0
-    for fs in ("ext4", "btrfs", "xfs", "erofs", "squashfs"):
+    for fs in which:
         kw: dict[str, object] = {"fsType": fs, "installBootLoader": False}
         if fs in ("erofs", "squashfs"):
             kw.update(onlyNixStore=True, partitionTableType="none")
@@ -205,7 +214,8 @@ def filesystems(closure_spec: Callable[..., dict[str, object]], work: Path, copy
         if fs == "ext4":
             ext4_s = seconds
         elif fs in ("btrfs", "xfs"):
-            line += f"  {seconds / ext4_s:.2f}x ext4 (goal <= 1.5x)"
+            line += (f"  {seconds / ext4_s:.2f}x ext4 (goal <= 1.5x)" if ext4_s
+                     else "  (ext4 not measured in this run)")
         else:
             tool = "mkfs.erofs" if fs == "erofs" else "mksquashfs"
             native = native_store_tool(log, tool, copy, work)
@@ -230,6 +240,8 @@ def main() -> int:
     parser.add_argument("--source", choices=("usr", "synthetic"), default="usr")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--skip", default="", help="comma list of: fs, dedup, arch, phases")
+    parser.add_argument("--fs", default=",".join(FILESYSTEMS),
+                        help="comma list of the filesystems measured (default: all)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="mdi-at-scale-", dir=args.workdir))
@@ -254,7 +266,8 @@ def main() -> int:
         if "dedup" not in skip:
             dedup_lines(big.spec(**kw), work)
         if "fs" not in skip:
-            filesystems(lambda **o: big.spec(**{**kw, **o}), work, copy)
+            filesystems(lambda **o: big.spec(**{**kw, **o}), work, copy,
+                        tuple(args.fs.split(",")))
         if "arch" not in skip:
             architectures(work, closure, big_s)
     finally:
