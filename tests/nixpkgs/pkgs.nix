@@ -18,11 +18,12 @@ let
   # The system this Nix builds on. A set of another system (an aarch64 image's guest
   # on this x86_64 builder) takes the packages its image needs from ./cross.nix:
   # derivations of this system that unpack binary packages of that one.
-  buildSystem = builtins.currentSystem;
+  # Pure evaluation (flakes) has no currentSystem: the set is then its own builder's.
+  buildSystem = builtins.currentSystem or system;
   kernelFile = if lib.hasPrefix "aarch64-" system then "Image" else "bzImage";
   # Without the package list (config.foreignDebianPackages) such a set is what it was
   # before: derivations of that system, evaluated (flake checks, drvPaths), never built.
-  foreignPackages = lib.optionalAttrs (system != buildSystem && config ? foreignDebianPackages) (
+  foreignPackages = lib.optionalAttrs (config ? foreignDebianPackages && system != buildSystem) (
     import ./cross.nix {
       inherit lib buildSystem hostPath;
       platform = { inherit system kernelFile; };
