@@ -3,9 +3,9 @@
 The reference copies the closure into a staging directory (nixos-install), measures it,
 and copies it again into the image (cptofs). Here the tree is a list of entries that
 point at their sources; the auto size is computed from the list and the same list is
-written with explicit owners into the filesystem (ext4: make_disk_image.ext4fill;
-others: their tool, often through a tar stream). The closure is read
-once, written once, and no step needs root.
+written with explicit owners into the filesystem (ext4: filesystems/ext4_fill.py;
+others: their tool, often through a tar stream). The closure is read once, written
+once, and no step needs root.
 """
 
 from __future__ import annotations

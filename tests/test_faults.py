@@ -116,7 +116,7 @@ def test_build_dir_filling_while_the_root_filesystem_is_made(
         assert list(build_dir.glob("nixos.raw*")) == []
     line = error_line(result.stderr)
     assert result.returncode == 1, result.stderr
-    # ext4: mke2fs makes it empty, the engine's writer fills it (ext4fill).
+    # ext4: mke2fs makes it empty, the engine's writer fills it (ext4_fill).
     assert "root filesystem: writing the tree into " in line, line
     assert "No space left on device" in line
     assert "raise diskSize" not in result.stderr  # a bigger image would not help

@@ -1,6 +1,6 @@
 """ext2, ext3 and ext4, made and filled without root. The three rows differ only by data.
 
-ext4: mke2fs makes it empty and make_disk_image.ext4fill writes the tree into it, in
+ext4: mke2fs makes it empty and make_disk_image.filesystems.ext4_fill writes the tree into it, in
 time linear in the tree (libext2fs's `mke2fs -d` is quadratic in a directory's size);
 it gets metadata checksums after the fill and the reference's final tune2fs, and its
 rootFSUID defaults to rootGPUID. ext2 and ext3 (block maps, no extents): `mke2fs -d -`
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from make_disk_image import ext4fill, process
-from make_disk_image.ext4layout import UnsupportedFilesystem
-from make_disk_image.filesystems import Filesystem
+from make_disk_image import process
+from make_disk_image.filesystems import Filesystem, ext4_fill
+from make_disk_image.filesystems.ext4_layout import UnsupportedFilesystem
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
 from make_disk_image.process import CommandError, StepError
 from make_disk_image.rootfs import SOURCE_DATE_EPOCH, STEP
@@ -192,13 +192,13 @@ def make_filled_ext4(
     process.run(argv, step=step, env=env)
     made = time.monotonic()
     try:
-        times = ext4fill.Times(SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH) if deterministic \
-            else ext4fill.Times(None, int(time.time()))
-        stats = ext4fill.fill(target, plan.root_offset if plan.table is not None else 0,
+        times = ext4_fill.Times(SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH) if deterministic \
+            else ext4_fill.Times(None, int(time.time()))
+        stats = ext4_fill.fill(target, plan.root_offset if plan.table is not None else 0,
                               entries, times)
-    except ext4fill.FilesystemFull as exc:
+    except ext4_fill.FilesystemFull as exc:
         raise too_small(step, plan, f"filling it: {exc}") from exc
-    except ext4fill.FillError as exc:
+    except ext4_fill.FillError as exc:
         raise StepError(step, f"cannot write the tree: {exc}") from exc
     except UnsupportedFilesystem as exc:
         raise StepError(step, f"mke2fs {shlex.join(extra)} made a filesystem with {exc}, "
@@ -284,7 +284,7 @@ class Ext(Filesystem):
     # Metadata checksums (added after the fill: add_checksums) and the reference's
     # final tune2fs: ext4's.
     metadata_csum: bool = False
-    # Filled by make_disk_image.ext4fill into an empty filesystem (extents), not by
+    # Filled by make_disk_image.filesystems.ext4_fill into an empty filesystem (extents), not by
     # `mke2fs -d -`.
     filled_by_engine: bool = False
 
@@ -311,7 +311,7 @@ _DETERMINISM = "bit-identical (e2fsprogs >= 1.47.1)"
 FILESYSTEMS = (
     Ext("ext2", "mke2fs -d -", _DETERMINISM, parted_name="ext4", fixed_times=True),
     Ext("ext3", "mke2fs -d -", _DETERMINISM, parted_name="ext4", fixed_times=True),
-    Ext("ext4", "mke2fs + ext4fill", _DETERMINISM, parted_name="ext4", fixed_times=True,
+    Ext("ext4", "mke2fs + ext4_fill", _DETERMINISM, parted_name="ext4", fixed_times=True,
         uuid_is_root_gpuid=True, metadata_csum=True, filled_by_engine=True),
 )
 ROWS = {fs.name: fs for fs in FILESYSTEMS}

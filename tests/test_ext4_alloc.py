@@ -1,4 +1,4 @@
-"""ext4alloc: runs of free bits, blocks and inodes taken lowest first, never an extent
+"""ext4_alloc: runs of free bits, blocks and inodes taken lowest first, never an extent
 longer than ext4 allows, and the counts per group."""
 
 from __future__ import annotations
@@ -7,9 +7,15 @@ import random
 
 import pytest
 
-from make_disk_image import ext4alloc
-from make_disk_image.ext4alloc import BlockSpace, InodeSpace, NoSpace, set_bits, zero_runs
-from make_disk_image.ext4layout import Geometry
+from make_disk_image.filesystems import ext4_alloc
+from make_disk_image.filesystems.ext4_alloc import (
+    BlockSpace,
+    InodeSpace,
+    NoSpace,
+    set_bits,
+    zero_runs,
+)
+from make_disk_image.filesystems.ext4_layout import Geometry
 
 
 def naive_runs(bitmap: bytes, nbits: int) -> list[tuple[int, int]]:
@@ -45,7 +51,7 @@ def geometry(groups: int = 2, per_group: int = 64) -> Geometry:
 
 
 def test_blocks_lowest_first_across_groups(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ext4alloc, "MAX_EXTENT_BLOCKS", 10)
+    monkeypatch.setattr(ext4_alloc, "MAX_EXTENT_BLOCKS", 10)
     bitmaps = [bytearray(8), bytearray(8)]
     set_bits(bitmaps[0], 0, 4, True)  # group 0's metadata
     set_bits(bitmaps[1], 20, 2, True)

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from make_disk_image import ext4layout as layout
-from make_disk_image.ext4alloc import BlockSpace, InodeSpace
-from make_disk_image.ext4layout import MAX_EXTENT_BLOCKS, Geometry, InodeFields
+from make_disk_image.filesystems import ext4_layout as layout
+from make_disk_image.filesystems.ext4_alloc import BlockSpace, InodeSpace
+from make_disk_image.filesystems.ext4_layout import MAX_EXTENT_BLOCKS, Geometry, InodeFields
 
 # Gathered writes are flushed at this size.
 GATHER = 4 << 20

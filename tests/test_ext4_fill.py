@@ -1,4 +1,4 @@
-"""ext4fill: trees written into filesystems the real mke2fs made, checked with e2fsck -fn
+"""ext4_fill: trees written into filesystems the real mke2fs made, checked with e2fsck -fn
 and read back with debugfs: every kind of entry, owners and modes, hard links, holes,
 large directories, extent trees, determinism, and the errors."""
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from imagecheck import e2fsck_clean, fs_spec
 
-from make_disk_image import ext4alloc, ext4fill, ext4write, rootfs
-from make_disk_image.ext4fill import FilesystemFull, FillError, Times
+from make_disk_image import rootfs
+from make_disk_image.filesystems import ext4_alloc, ext4_fill, ext4_write
+from make_disk_image.filesystems.ext4_fill import FilesystemFull, FillError, Times
 from make_disk_image.layouts import plan_disk
 from make_disk_image.models import MIB, Entry, Spec
 from make_disk_image.process import StepError
@@ -77,7 +78,7 @@ def test_every_kind_of_entry_reads_back(tmp_path: Path) -> None:
     image = tmp_path / "fs.img"
     empty_ext4(image)
     entries = every_kind(tmp_path)
-    ext4fill.fill(image, 0, entries, FIXED)
+    ext4_fill.fill(image, 0, entries, FIXED)
     assert e2fsck_clean(image, 0).returncode == 0, e2fsck_clean(image, 0).stdout
     tool = debugfs(image, "stat /bin/tool")
     assert "Mode:  04755" in tool and "User: 70000   Group: 70001" in tool
@@ -132,7 +133,7 @@ def test_a_large_directory(tmp_path: Path) -> None:
     entries = [Entry("", "dir", 0o755), Entry("big", "dir", 0o755)] + [
         Entry(f"big/{name}", "symlink", 0o777, link=name) for name in names
     ]
-    ext4fill.fill(image, 0, entries, FIXED)
+    ext4_fill.fill(image, 0, entries, FIXED)
     assert e2fsck_clean(image, 0).returncode == 0
     listed = debugfs(image, "ls /big").split()
     assert sum(1 for word in listed if word.startswith("entry-")) == 20000
@@ -142,20 +143,20 @@ def test_a_large_directory(tmp_path: Path) -> None:
 
 def test_many_extents_make_a_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With extents of at most 8 blocks, a 1 MiB file needs 32: a depth-1 tree."""
-    monkeypatch.setattr(ext4alloc, "MAX_EXTENT_BLOCKS", 8)
-    monkeypatch.setattr(ext4write, "MAX_EXTENT_BLOCKS", 8)
+    monkeypatch.setattr(ext4_alloc, "MAX_EXTENT_BLOCKS", 8)
+    monkeypatch.setattr(ext4_write, "MAX_EXTENT_BLOCKS", 8)
     image = tmp_path / "fs.img"
     empty_ext4(image)
     data = os.urandom(1 << 20)
-    ext4fill.fill(image, 0, [Entry("", "dir", 0o755), file_entry("f", data)], FIXED)
+    ext4_fill.fill(image, 0, [Entry("", "dir", 0o755), file_entry("f", data)], FIXED)
     assert e2fsck_clean(image, 0).returncode == 0
     assert "Level Entries" in debugfs(image, "ex /f") and " 1/ 1 " in debugfs(image, "ex /f")
     assert read_back(image, "/f") == data
-    monkeypatch.setattr(ext4alloc, "MAX_EXTENT_BLOCKS", 1)
-    monkeypatch.setattr(ext4write, "MAX_EXTENT_BLOCKS", 1)
+    monkeypatch.setattr(ext4_alloc, "MAX_EXTENT_BLOCKS", 1)
+    monkeypatch.setattr(ext4_write, "MAX_EXTENT_BLOCKS", 1)
     empty_ext4(image)
     with pytest.raises(FillError, match="1430 extents"):
-        ext4fill.fill(image, 0, [Entry("", "dir", 0o755),
+        ext4_fill.fill(image, 0, [Entry("", "dir", 0o755),
                                  file_entry("f", bytes([1]) * 1430 * 4096)], FIXED)
 
 
@@ -167,7 +168,7 @@ def test_inside_a_disk_image_and_lost_found_given(tmp_path: Path) -> None:
     empty_ext4(image, 32 * MIB, MIB)
     entries = [Entry("", "dir", 0o711, 5, 6), Entry("lost+found", "dir", 0o700),
                file_entry("lost+found/kept", b"k")]
-    ext4fill.fill(image, MIB, entries, FIXED)
+    ext4_fill.fill(image, MIB, entries, FIXED)
     assert image.read_bytes()[:MIB] == b"\xa5" * MIB
     assert e2fsck_clean(image, MIB).returncode == 0
     assert "kept" in debugfs(image, "ls /lost+found", MIB)
@@ -178,7 +179,7 @@ def test_only_the_root(tmp_path: Path) -> None:
     """minimal's empty filesystems: the root's block given back and taken again."""
     image = tmp_path / "fs.img"
     empty_ext4(image)
-    ext4fill.fill(image, 0, [Entry("", "dir", 0o700, 1, 2)], FIXED)
+    ext4_fill.fill(image, 0, [Entry("", "dir", 0o700, 1, 2)], FIXED)
     assert e2fsck_clean(image, 0).returncode == 0
     assert "User:     1   Group:     2" in debugfs(image, "stat /")
 
@@ -188,18 +189,18 @@ def test_full_and_faulty_trees(tmp_path: Path) -> None:
     root = Entry("", "dir", 0o755)
     empty_ext4(image, 16 * MIB)
     with pytest.raises(FilesystemFull, match="no free block"):
-        ext4fill.fill(image, 0, [root, file_entry("big", os.urandom(17 * MIB))], FIXED)
+        ext4_fill.fill(image, 0, [root, file_entry("big", os.urandom(17 * MIB))], FIXED)
     empty_ext4(image, 16 * MIB, 0, "-N", "64")
     with pytest.raises(FilesystemFull, match="no free inode"):
-        ext4fill.fill(image, 0, [root] + [file_entry(f"f{n}", b"") for n in range(100)], FIXED)
+        ext4_fill.fill(image, 0, [root] + [file_entry(f"f{n}", b"") for n in range(100)], FIXED)
     empty_ext4(image, 16 * MIB)
     with pytest.raises(FillError, match="hard link to 'missing'"):
-        ext4fill.fill(image, 0, [root, Entry("h", "hardlink", 0o644, link="missing")], FIXED)
+        ext4_fill.fill(image, 0, [root, Entry("h", "hardlink", 0o644, link="missing")], FIXED)
     links = [Entry(f"h{n}", "hardlink", 0o644, link="f") for n in range(65000)]
     with pytest.raises(FillError, match="/f has more than 65000 hard links"):
-        ext4fill.fill(image, 0, [root, file_entry("f", b""), *links], FIXED)
+        ext4_fill.fill(image, 0, [root, file_entry("f", b""), *links], FIXED)
     with pytest.raises(FillError, match="comes before its directory"):
-        ext4fill.fill(image, 0, [root, file_entry("a/b", b"")], FIXED)
+        ext4_fill.fill(image, 0, [root, file_entry("a/b", b"")], FIXED)
 
 
 def test_through_rootfs_too_small_names_the_fix(tmp_path: Path) -> None:

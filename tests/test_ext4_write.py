@@ -1,4 +1,4 @@
-"""ext4write: runs of data between blocks of zeros, extents merged up to ext4's longest,
+"""ext4_write: runs of data between blocks of zeros, extents merged up to ext4's longest,
 and a source that shrinks while it is read."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image import ext4write
-from make_disk_image.ext4write import _add_extent, _nonzero_runs, file_reader
+from make_disk_image.filesystems import ext4_write
+from make_disk_image.filesystems.ext4_write import _add_extent, _nonzero_runs, file_reader
 
 
 def test_blocks_of_zeros_are_holes() -> None:
@@ -27,7 +27,7 @@ def test_extents_merge_when_contiguous(monkeypatch: pytest.MonkeyPatch) -> None:
     _add_extent(extents, 8, 106, 1)  # a hole before it
     _add_extent(extents, 9, 200, 1)  # elsewhere on disk
     assert extents == [(0, 100, 6), (8, 106, 1), (9, 200, 1)]
-    monkeypatch.setattr(ext4write, "MAX_EXTENT_BLOCKS", 7)
+    monkeypatch.setattr(ext4_write, "MAX_EXTENT_BLOCKS", 7)
     _add_extent(extents, 10, 201, 6)  # 7 blocks: merged
     _add_extent(extents, 16, 207, 1)  # 8 would be longer than an extent
     assert extents[-2:] == [(9, 200, 7), (16, 207, 1)]

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from make_disk_image import ext4layout as layout
-from make_disk_image.ext4alloc import BlockSpace, InodeSpace, NoSpace
-from make_disk_image.ext4layout import InodeFields
-from make_disk_image.ext4write import TooFragmented, Writer, file_reader
+from make_disk_image.filesystems import ext4_layout as layout
+from make_disk_image.filesystems.ext4_alloc import BlockSpace, InodeSpace, NoSpace
+from make_disk_image.filesystems.ext4_layout import InodeFields
+from make_disk_image.filesystems.ext4_write import TooFragmented, Writer, file_reader
 from make_disk_image.models import Entry
 
 logger = logging.getLogger("make_disk_image")

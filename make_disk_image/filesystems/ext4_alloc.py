@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from make_disk_image.ext4layout import MAX_EXTENT_BLOCKS, Geometry
+from make_disk_image.filesystems.ext4_layout import MAX_EXTENT_BLOCKS, Geometry
 
 
 class NoSpace(Exception):

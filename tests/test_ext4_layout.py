@@ -1,4 +1,4 @@
-"""ext4layout: the records, parsed back field by field; the superblock of real mke2fs
+"""ext4_layout: the records, parsed back field by field; the superblock of real mke2fs
 filesystems, and the features the filler refuses."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image import ext4layout as layout
-from make_disk_image.ext4layout import InodeFields, UnsupportedFilesystem
+from make_disk_image.filesystems import ext4_layout as layout
+from make_disk_image.filesystems.ext4_layout import InodeFields, UnsupportedFilesystem
 
 
 def superblock(tmp_path: Path, *options: str) -> bytes:

@@ -1,4 +1,4 @@
-"""ext4's on-disk records as make_disk_image.ext4fill writes them: no checksums.
+"""ext4's on-disk records as make_disk_image.filesystems.ext4_fill writes them: no checksums.
 
 The filler writes into a filesystem mke2fs made without metadata_csum (the checksums
 come afterwards, from tune2fs and e2fsck, as filesystems.ext.add_checksums does), so every record
