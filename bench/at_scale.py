@@ -29,7 +29,6 @@ import re
 import shlex
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from scale import build, env_for, measured, phases_apart, wall  # noqa: E402
+from scale import (  # noqa: E402
+    build,
+    env_for,
+    measured,
+    phases_apart,
+    remove_unless_mounted,
+    wall,
+)
 
 from bench import Closure, add_closure, make_closure  # noqa: E402
 from testsys.build import build_image  # noqa: E402
@@ -306,12 +312,7 @@ def main() -> int:
         if "arch" not in skip:
             architectures(work, closure)
     finally:
-        mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True,
-                                text=True).stdout.split()
-        if any(m == str(work) or m.startswith(f"{work}/") for m in mounts):
-            print(f"left {work} in place: something is still mounted under it")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_unless_mounted(work)
     return 0
 
 

@@ -198,14 +198,18 @@ def main() -> int:
             print(f"guest at scale / bare: {big_phases[guest_key] / bare_phases[guest_key]:.2f}x")
         print(f"full build / cp -a: {big_s / cp_s:.1f}x; / mke2fs -d: {big_s / mke2fs_s:.1f}x")
     finally:
-        # Never remove a directory that may still hold mounts.
-        mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True,
-                                text=True).stdout.split()
-        if any(m == str(work) or m.startswith(f"{work}/") for m in mounts):
-            print(f"left {work} in place: something is still mounted under it")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        remove_unless_mounted(work)
     return 0
+
+
+def remove_unless_mounted(work: Path) -> None:
+    """Never remove a directory that may still hold mounts."""
+    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True,
+                            text=True).stdout.split()
+    if any(m == str(work) or m.startswith(f"{work}/") for m in mounts):
+        print(f"left {work} in place: something is still mounted under it")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
