@@ -262,22 +262,8 @@ let
 
   # Every tool a phase runs, named once.
   binPath = lib.makeBinPath (
-    [
-      makeDiskImage
-      pkgs.util-linux
-      pkgs.parted
-      pkgs.e2fsprogs
-      pkgs.dosfstools
-      pkgs.mtools
-      pkgs.btrfs-progs
-      pkgs.xfsprogs
-      pkgs.erofs-utils
-      pkgs.squashfsTools
-      pkgs.gptfdisk
-      pkgs.qemu-utils
-      pkgs.zstd
-      pkgs.nix
-    ]
+    [ makeDiskImage ]
+    ++ import ./nix/engine-tools.nix pkgs
     # A system of another architecture: its nixos-install cannot run on the builder.
     ++ lib.optional (!crossSystem) config.system.build.nixos-install
     ++ [

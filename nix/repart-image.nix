@@ -81,20 +81,9 @@ let
   );
 
   binPath = lib.makeBinPath (
-    [
-      engine
-      pkgs.util-linux
-      pkgs.e2fsprogs
-      pkgs.dosfstools
-      pkgs.mtools
-      pkgs.btrfs-progs
-      pkgs.xfsprogs
-      pkgs.erofs-utils
-      pkgs.squashfsTools
-      pkgs.qemu-utils
-      pkgs.zstd
-      pkgs.xz
-      pkgs.nix
+    [ engine ]
+    ++ import ./engine-tools.nix pkgs
+    ++ [
       # installBootLoader's step in the build VM.
       pkgs.nixos-enter
       pkgs.systemdMinimal
