@@ -10,7 +10,8 @@ engine's own (its log) per phase: prepare (native), the build VM's wall time (it
 guest phase inside: boot loader, chown, record), finish (native), and then a boot of
 the image under qemu TCG. x86_64 is the baseline: its build VM is qemu-system-x86_64
 booting the host's kernel; aarch64's is qemu-system-aarch64 (TCG, `-machine virt
--cpu max`) booting Debian's arm64 kernel with a guest root of Debian's arm64 packages.
+-cpu max,pauth=off,sve=off`) booting Debian's arm64 kernel with a guest root of
+Debian's arm64 packages.
 No KVM and no binfmt either way. Run as root (Debian's Nix is single-user here).
 """
 

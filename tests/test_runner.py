@@ -103,7 +103,7 @@ def test_aarch64_guest_gets_its_qemu_machine_cpu_console_and_root(tmp_path: Path
     arm = argv("aarch64-linux")
     assert arm[0].endswith("qemu-system-aarch64")
     assert arm[arm.index("-machine") + 1] == "virt,gic-version=max"
-    assert arm[arm.index("-cpu") + 1] == "max"
+    assert arm[arm.index("-cpu") + 1] == "max,pauth=off,sve=off"
     assert "console=ttyAMA0" in arm[arm.index("-append") + 1]
     assert any(a.startswith(f"local,path={tmp_path},mount_tag=root,") for a in arm)
     # x86_64 (smm) keeps qemu's default machine, so that QEMU_OPTS may choose q35,smm=on.
