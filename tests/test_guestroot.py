@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import shutil
 import struct
 from pathlib import Path
@@ -62,3 +63,19 @@ def test_tree_holds_what_the_build_vm_boots_and_runs(root: Path) -> None:
     assert list((root / "usr/lib/python3/dist-packages/pyudev").glob("*.py"))
     assert (root / "usr/lib/systemd/boot/efi/systemd-bootaa64.efi").is_file()
     assert (root / "usr/lib/grub/arm64-efi/linux.mod").is_file()
+
+
+def test_guest_python_finds_byte_code_for_its_paths(root: Path) -> None:
+    stdlib = next((root / "usr/lib").glob("python3.*"))
+    if shutil.which(stdlib.name) is None:
+        pytest.skip(f"no {stdlib.name} on this host to write the guest's byte code")
+    tag = f"cpython-{stdlib.name.removeprefix('python').replace('.', '')}"
+    for source in (
+        stdlib / "os.py",
+        root / "usr/lib/python3/dist-packages/pyudev/device/_device.py",
+    ):
+        code = marshal.loads(
+            (source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc").read_bytes()[16:]
+        )
+        # The path the guest sees (tracebacks name it), not this host's.
+        assert code.co_filename == f"/{source.relative_to(root)}"
