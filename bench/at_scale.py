@@ -188,14 +188,13 @@ def dedup_lines(big_spec: dict[str, object], work: Path) -> None:
 
 def native_store_tool(log: str, tool: str, copy: Path, work: Path) -> float | None:
     """The engine's logged mkfs.erofs/mksquashfs, run again natively on the ready copy."""
-    # process.run logs "[step] $ [VAR=value ...] tool args", the environment first.
-    # The last such line: the engine asks the tool for its options (--help) first.
-    logged = re.findall(rf"\$ ((?:\S+=\S* )*{re.escape(tool)} .*)", log)
+    # process.run logs "[step] $ [VAR=value ...] [wrapper ... --] tool args": the
+    # environment, and storeview's namespace that becomes the tool, first. The last such
+    # line: the engine asks the tool for its options (--help) first.
+    logged = re.findall(rf"\$ (?:.* )?({re.escape(tool)} .*)", log)
     if not logged:
         return None
     argv = shlex.split(logged[-1])
-    while "=" in argv[0]:
-        argv.pop(0)
     out = work / f"native-{tool}.img"
     out.unlink(missing_ok=True)
     if tool == "mksquashfs":

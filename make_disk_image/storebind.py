@@ -36,6 +36,7 @@ STEP = "guest: bind the store paths"
 MS_RDONLY = 0x1
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
+MS_REC = 0x4000
 MNT_DETACH = 0x2
 
 
@@ -44,10 +45,41 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(name, use_errno=True)
 
 
-def _fail(call: str, path: Path) -> StepError:
+def _fail(call: str, path: Path, step: str = STEP) -> StepError:
     err = ctypes.get_errno()
     name = errno.errorcode.get(err, str(err))
-    return StepError(STEP, f"{call} {path}: {os.strerror(err)} ({name})")
+    return StepError(step, f"{call} {path}: {os.strerror(err)} ({name})")
+
+
+# statvfs' f_flag bits a read-only remount must repeat: in a user namespace the flags of
+# a mount from a more privileged one are locked, and a remount that drops one fails.
+_KEPT_FLAGS = {os.ST_NOSUID: 0x2, os.ST_NODEV: 0x4, os.ST_NOEXEC: 0x8,
+               os.ST_NOATIME: 0x400, os.ST_NODIRATIME: 0x800, os.ST_RELATIME: 1 << 21}
+
+
+def _kept_flags(target: Path) -> int:
+    found = os.statvfs(target).f_flag
+    return sum(ms for st, ms in _KEPT_FLAGS.items() if found & st)
+
+
+def bind_read_only(pairs: Sequence[tuple[Path, Path]], *, step: str = STEP) -> list[Path]:
+    """Bind each (source, target) read-only, recursively; the targets bound, or none on
+    failure. Recursive: a store path that is a mount of its own (a Nix sandbox's) may
+    hold submounts, and a user namespace refuses to bind it without them."""
+    libc = _libc()
+    bound: list[Path] = []
+    try:
+        for source, target in pairs:
+            if libc.mount(bytes(source), bytes(target), None, MS_BIND | MS_REC, None) != 0:
+                raise _fail("bind", target, step)
+            bound.append(target)
+            flags = MS_BIND | MS_REMOUNT | MS_RDONLY | _kept_flags(target)
+            if libc.mount(None, bytes(target), None, flags, None) != 0:
+                raise _fail("read-only remount of", target, step)
+    except BaseException:
+        unbind(bound)
+        raise
+    return bound
 
 
 def bind_store_paths(
@@ -57,31 +89,21 @@ def bind_store_paths(
 
     A store path that is a symlink needs no binding: prepare wrote the link itself.
     """
-    libc = _libc()
     started = time.monotonic()
-    bound: list[Path] = []
-    try:
-        for name in names:
-            source = store / name
-            target = root / STORE_DIR / name
-            if source.is_symlink():
-                continue
-            if not source.exists():
-                raise StepError(
-                    STEP,
-                    f"{source} is not in the build VM's store; the VM must share the "
-                    "builder's store (runInLinuxVM does) at /nix/store",
-                )
-            if libc.mount(bytes(source), bytes(target), None, MS_BIND, None) != 0:
-                raise _fail("bind", target)
-            bound.append(target)
-            # The guest writes to the image, never to the builder's store.
-            flags = MS_BIND | MS_REMOUNT | MS_RDONLY
-            if libc.mount(None, bytes(target), None, flags, None) != 0:
-                raise _fail("read-only remount of", target)
-    except BaseException:
-        unbind(bound)
-        raise
+    pairs: list[tuple[Path, Path]] = []
+    for name in names:
+        source = store / name
+        if source.is_symlink():
+            continue
+        if not source.exists():
+            raise StepError(
+                STEP,
+                f"{source} is not in the build VM's store; the VM must share the "
+                "builder's store (runInLinuxVM does) at /nix/store",
+            )
+        pairs.append((source, root / STORE_DIR / name))
+    # The guest writes to the image, never to the builder's store.
+    bound = bind_read_only(pairs)
     logger.info("%s: %d bound in %.2f s", STEP, len(bound), time.monotonic() - started)
     return bound
 

@@ -169,3 +169,57 @@ def test_a_tool_that_grows_its_file_is_a_too_small_root(tmp_path: Path,
                        r"for the closure and contents \(tool needed 5 MiB\); raise diskSize"):
         in_partition(target, plan, tool="tool", fs_type="btrfs", min_size=0, write=grow,
                      step="test")
+
+
+def written_disk(tmp_path: Path, name: str, *, root_data: bool) -> tuple[Path, object]:
+    """An 8 MiB disk with table-like bytes outside a 4 MiB root at 1 MiB, and a tool
+    that writes data with holes between (a filesystem's scratch file)."""
+    from make_disk_image.models import DiskPlan
+
+    target = tmp_path / name
+    with target.open("wb") as fh:
+        fh.truncate(8 * MIB)
+        fh.write(b"table" * 100)
+        fh.seek(7 * MIB)
+        fh.write(b"backup table")
+        if root_data:
+            fh.seek(2 * MIB)
+            fh.write(b"stale")
+    target.chmod(0o640)
+    return target, DiskPlan("efi", "gpt", 8 * MIB, "diskSize", None, 0, None, None, (), 1,
+                            MIB, 4 * MIB, "btrfs", "nixos", None)
+
+
+def scratch_writer(scratch: Path) -> None:
+    with scratch.open("r+b") as fh:
+        fh.write(b"superblock")
+        fh.seek(3 * MIB)
+        fh.write(b"z" * 5000)
+
+
+@pytest.mark.parametrize("root_data", [False, True])
+def test_the_filesystem_lands_in_its_partition_moved_or_copied(
+        tmp_path: Path, root_data: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """On ext4 or xfs the scratch file's extents are shifted into place (no copy of the
+    filesystem); where the root range holds data, it is copied. The same bytes, and the
+    holes stay holes."""
+    import logging
+    import subprocess
+
+    from make_disk_image.filesystems.scratch import in_partition
+
+    target, plan = written_disk(tmp_path, "disk.raw", root_data=root_data)
+    expected = bytearray(target.read_bytes())
+    expected[MIB:MIB + 10] = b"superblock"
+    expected[4 * MIB:4 * MIB + 5000] = b"z" * 5000
+    with caplog.at_level(logging.INFO):
+        in_partition(target, plan, tool="tool", fs_type="btrfs", min_size=0,  # type: ignore[arg-type]
+                     write=scratch_writer, step="test")
+    assert target.read_bytes() == bytes(expected)
+    assert target.stat().st_blocks * 512 < 2 * MIB
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+    assert list(tmp_path.iterdir()) == [target]
+    moved = "moved into the partition" in caplog.text
+    host_fs = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert moved == (not root_data and host_fs in ("ext2/ext3", "xfs")), host_fs

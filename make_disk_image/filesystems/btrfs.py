@@ -1,23 +1,23 @@
 """btrfs, made without root: `mkfs.btrfs --rootdir` in a user namespace.
 
 mkfs.btrfs reads a directory with nftw, which fakeroot cannot intercept (glibc's
-internal stat calls). The tree is materialized as the build user and mkfs.btrfs runs in
-a user namespace where that user is root (`unshare --map-root-user`), so every file
-comes out owned by root. Other owners cannot be mapped without root or /etc/subuid,
+internal stat calls). mkfs.btrfs runs in a user namespace where the build user is root
+(`unshare --map-root-user`) and reads filesystems.storeview's tree: the store paths
+bound in place where the build user owns them, the rest materialized as that user, so
+every file comes out owned by root. Other owners cannot be mapped without root or /etc/subuid,
 which a Nix build does not have: an entry owned by anyone else is an error naming it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from make_disk_image import process
 from make_disk_image.filesystems import Filesystem
-from make_disk_image.filesystems.scratch import in_partition, materialized, too_small
+from make_disk_image.filesystems.scratch import in_partition, too_small
+from make_disk_image.filesystems.storeview import run_viewed
 from make_disk_image.models import MIB, ContentEntry, DiskPlan, Entry
 from make_disk_image.process import CommandError, StepError
 
@@ -52,28 +52,30 @@ def make_btrfs(scratch: Path, entries: Sequence[Entry], *, label: str, uuid: str
     filesystem's, or with `shrink`, its upper bound). A tree that does not fit fails with
     CommandError (FULL_WORDS): the caller names what sized it."""
     check_owners(entries, step=step)
-    started = time.monotonic()
-    with materialized(entries, scratch.parent, step=step, fs_type="btrfs") as tree:
-        logger.info("[%s] the tree for mkfs.btrfs --rootdir, copied in %.1f s", step,
-                    time.monotonic() - started)
-        args: list[str | Path] = ["unshare", "--map-root-user", "mkfs.btrfs", "-f", "-q",
-                                  "-L", label, "--rootdir", tree]
+
+    def command(tree: Path) -> list[str | Path]:
+        args: list[str | Path] = ["mkfs.btrfs", "-f", "-q", "-L", label, "--rootdir", tree]
         if uuid:
             args += ["-U", uuid]
         if shrink:
             args.append("--shrink")
-        try:
-            process.run([*args, *extra, scratch], step=step)
-        except CommandError as exc:
-            if "unshare" in exc.stderr and "operation not permitted" in exc.stderr.lower():
-                raise StepError(
-                    step,
-                    "cannot make a user namespace (unshare --map-root-user), which "
-                    "fsType btrfs needs without root; allow unprivileged user "
-                    "namespaces (sysctl kernel.unprivileged_userns_clone=1) or use "
-                    "fsType ext4 or xfs",
-                ) from exc
-            raise
+        return [*args, *extra, scratch]
+
+    try:
+        # The store paths bound where the build user owns them (it is root in the
+        # namespace, and mkfs.btrfs copies owners); the rest copied as that user.
+        run_viewed(entries, scratch.parent, copies_owners=True, step=step, fs_type="btrfs",
+                   command=command, unbound_prefix=("unshare", "--map-root-user"))
+    except CommandError as exc:
+        if "unshare" in exc.stderr and "operation not permitted" in exc.stderr.lower():
+            raise StepError(
+                step,
+                "cannot make a user namespace (unshare --map-root-user), which "
+                "fsType btrfs needs without root; allow unprivileged user "
+                "namespaces (sysctl kernel.unprivileged_userns_clone=1) or use "
+                "fsType ext4 or xfs",
+            ) from exc
+        raise
 
 
 def make_btrfs_in(scratch: Path, plan: DiskPlan, entries: Sequence[Entry], *,

@@ -5,7 +5,7 @@ erofs-utils 1.7 and later (nixpkgs', Debian 13's) read a tar stream (`--tar=f`):
 engine's stream goes from the store into mkfs.erofs, no copy, and the image has the same
 bytes as one made from the materialized tree (checked with erofs-utils 1.8.6, tests/
 test_compression.py where the tool has it). erofs-utils 1.5 (Debian 12) takes one
-directory only: the tree is materialized first.
+directory only: it reads filesystems.storeview's tree, the store paths bound in place.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 from make_disk_image import process
 from make_disk_image.filesystems import Filesystem
-from make_disk_image.filesystems.scratch import FIXED_TIME, materialized, store_image
+from make_disk_image.filesystems.scratch import FIXED_TIME, store_image
+from make_disk_image.filesystems.storeview import run_viewed
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
 from make_disk_image.tarstream import run_fed
 
@@ -62,10 +63,12 @@ class Erofs(Filesystem):
                                         compression=plan.compression), "--tar=f"],
                         entries, step=step)
                 return
-            # erofs-utils 1.5 takes one directory only: the materialized tree.
-            with materialized(entries, target.parent, step=step, fs_type=self.name) as tree:
-                make_erofs(target, tree, uuid=uuid, deterministic=deterministic, step=step,
-                           compression=plan.compression)
+            # erofs-utils 1.5 takes one directory only: storeview's, the store paths bound
+            # in place (--all-root: their owners do not matter), the rest materialized.
+            run_viewed(entries, target.parent, copies_owners=False, step=step, fs_type=self.name,
+                       command=lambda tree: [*erofs_command(
+                           target, uuid=uuid, deterministic=deterministic,
+                           compression=plan.compression), tree])
 
         store_image(target, plan, fs_type=self.name, write=write, step=step)
 

@@ -9,9 +9,13 @@ as the build user.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -136,15 +140,70 @@ def in_partition(target: Path, plan: DiskPlan, *, tool: str, fs_type: str, min_s
                 'diskSize, or use diskSize = "auto"',
             )
         if not direct:
-            copied_at = time.monotonic()
-            copied = copy_data_ranges(scratch, target, [(0, plan.root_size)], step=step,
-                                      dest_offset=plan.root_offset)
-            logger.info("[%s] %d bytes of the filesystem copied into the partition in %.1f s",
-                        step, copied, time.monotonic() - copied_at)
+            placed_at = time.monotonic()
+            if moved_into(scratch, target, plan, step=step):
+                logger.info("[%s] the filesystem moved into the partition (its extents "
+                            "shifted, the rest of the disk copied) in %.1f s", step,
+                            time.monotonic() - placed_at)
+            else:
+                copied = copy_data_ranges(scratch, target, [(0, plan.root_size)], step=step,
+                                          dest_offset=plan.root_offset)
+                logger.info("[%s] %d bytes of the filesystem copied into the partition in "
+                            "%.1f s", step, copied, time.monotonic() - placed_at)
     finally:
         if not direct:
             scratch.unlink(missing_ok=True)
     logger.info("[%s] %s took %.1f s", step, tool, time.monotonic() - started)
+
+
+def moved_into(scratch: Path, target: Path, plan: DiskPlan, *, step: str) -> bool:
+    """Make `scratch` (the filesystem) the disk `target` with it in the root range, without
+    copying it: its extents are shifted by the root's offset (FALLOC_FL_INSERT_RANGE, ext4
+    and xfs), then what `target` holds outside the root range (tables, other partitions,
+    boot code) is copied in, and `scratch` replaces `target`. The same bytes as copying the
+    filesystem into `target`, whose root range must be a hole. False, having changed
+    nothing: the build directory's filesystem cannot shift extents, or the root range of
+    `target` holds data."""
+    root_end = plan.root_offset + plan.root_size
+    disk_size = target.stat().st_size
+    if root_end > disk_size or not _hole(target, plan.root_offset, root_end):
+        return False
+    if plan.root_offset and not insert_hole(scratch, plan.root_offset):
+        return False
+    with scratch.open("r+b") as fh:
+        fh.truncate(disk_size)
+    copy_data_ranges(target, scratch, [(0, plan.root_offset), (root_end, disk_size)],
+                     step=step)
+    os.chmod(scratch, stat.S_IMODE(target.stat().st_mode))
+    os.replace(scratch, target)
+    return True
+
+
+def _hole(path: Path, start: int, end: int) -> bool:
+    with path.open("rb") as fh:
+        try:
+            return os.lseek(fh.fileno(), start, os.SEEK_DATA) >= end
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return True  # nothing but a hole from `start` on
+            raise
+
+
+FALLOC_FL_INSERT_RANGE = 0x20
+
+
+def insert_hole(path: Path, length: int) -> bool:
+    """Shift all of `path` up by `length` bytes, a hole in front; False where the
+    filesystem cannot (not ext4 or xfs, or `length` not a multiple of its block)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    with path.open("r+b") as fh:
+        if libc.fallocate(fh.fileno(), FALLOC_FL_INSERT_RANGE, 0, length) == 0:
+            return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        return False
+    raise OSError(err, f"fallocate(FALLOC_FL_INSERT_RANGE) of {path}: {os.strerror(err)}")
 
 
 def store_image(target: Path, plan: DiskPlan, *, fs_type: str, write: Callable[[], None],

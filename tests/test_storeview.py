@@ -1,0 +1,183 @@
+"""storeview: the store paths a directory-reading tool sees in place, and where a copy
+stays (other owners, hard links, extended attributes, a refused namespace)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from make_disk_image.filesystems.erofs import erofs_command
+from make_disk_image.filesystems.storeview import (
+    plan_view,
+    run_viewed,
+    store_roots,
+    viewable,
+)
+from make_disk_image.models import Entry
+from make_disk_image.process import StepError
+from make_disk_image.staging import Tree
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a store owned by its user")
+
+
+def store_path(store: Path, name: str, files: dict[str, bytes]) -> Path:
+    top = store / name
+    for rel, data in files.items():
+        (top / rel).parent.mkdir(parents=True, exist_ok=True)
+        (top / rel).write_bytes(data)
+    (top / "bin").mkdir(exist_ok=True)
+    (top / "bin" / "link").symlink_to("../" + next(iter(files)))
+    for path in [top, *top.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        os.utime(path, (1, 1), follow_symlinks=False)  # the store's time
+    return top
+
+
+def staged(store: Path, names: list[str]) -> list[Entry]:
+    tree = Tree()
+    tree.add_file("etc/hostname", b"image\n")
+    for name in names:
+        tree.add_host(store / name, f"nix/store/{name}")
+    return tree.ordered()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Path]:
+    store = tmp_path / "store"
+    store_path(store, "aaaa-plain", {"share/a b$\n": b"one\n", "lib/x": b"x" * 9000})
+    store_path(store, "bbbb-other-owner", {"share/f": b"two\n"})
+    os.lchown(store / "bbbb-other-owner/share/f", 1234, 100)
+    store_path(store, "cccc-linked", {"share/f": b"three\n", "share/g": b"four\n"})
+    (store / "cccc-linked/share").chmod(0o755)
+    (store / "cccc-linked/share/g").unlink()
+    os.link(store / "cccc-linked/share/f", store / "cccc-linked/share/g")
+    os.utime(store / "cccc-linked/share", (1, 1))
+    (store / "cccc-linked/share").chmod(0o555)
+    store_path(store, "dddd-xattr", {"share/f": b"five\n"})
+    try:
+        os.setxattr(store / "dddd-xattr/share/f", "user.note", b"kept by btrfs")
+    except OSError:  # the temporary directory takes no user xattrs
+        for directory, _, _ in os.walk(store / "dddd-xattr"):
+            os.chmod(directory, 0o755)
+        shutil.rmtree(store / "dddd-xattr")
+    yield store
+    for directory, _, _ in os.walk(store):
+        os.chmod(directory, 0o755)
+
+
+def test_binds_what_the_tool_would_read_alike_and_says_why_not(
+        store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    names = sorted(p.name for p in store.iterdir())
+    with caplog.at_level(logging.INFO):
+        kept, pairs = plan_view(staged(store, names), copies_owners=True, step="t")
+    assert pairs == [(store / "aaaa-plain", "nix/store/aaaa-plain")]
+    # The bound store path is its mount point only; the others are copied whole.
+    assert "nix/store/aaaa-plain" in {e.path for e in kept}
+    assert not any(e.path.startswith("nix/store/aaaa-plain/") for e in kept)
+    assert "nix/store/cccc-linked/share/g" in {e.path for e in kept}
+    assert "store paths copied, not bound" in caplog.text
+    assert "belongs to 1234:100, not to the build user" in caplog.text
+    if (store / "dddd-xattr").exists():
+        top = "nix/store/dddd-xattr"
+        _, why = viewable(top, store_roots(staged(store, ["dddd-xattr"]))[top],
+                          copies_owners=True)
+        assert why.endswith("dddd-xattr/share/f has extended attributes")
+    # mkfs.erofs --all-root -x -1 reads neither owners nor extended attributes.
+    _, pairs = plan_view(staged(store, names), copies_owners=False, step="t")
+    assert [rel for _, rel in pairs] == [f"nix/store/{n}" for n in names
+                                         if n != "cccc-linked"]
+
+
+def test_a_changed_entry_is_copied(store: Path) -> None:
+    entries = staged(store, ["aaaa-plain"])
+    changed = [Entry(e.path, e.kind, 0o644, source=e.source, size=e.size)
+               if e.path.endswith("lib/x") else e for e in entries]
+    assert plan_view(changed, copies_owners=True, step="t")[1] == []
+    fewer = [e for e in entries if not e.path.endswith("lib/x")]
+    assert plan_view(fewer, copies_owners=True, step="t")[1] == []
+
+
+def erofs(entries: list[Entry], dest: Path, tmp: Path) -> bytes:
+    args = erofs_command(dest, uuid="f222513b-ded1-49fa-b591-20ce86a2fe7f",
+                         deterministic=True, compression=None)
+    run_viewed(entries, tmp, copies_owners=False, step="t", fs_type="erofs",
+               command=lambda tree: [*args, tree])
+    return dest.read_bytes()
+
+
+def test_erofs_of_the_view_is_the_copys_image(store: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    names = sorted(p.name for p in store.iterdir())
+    entries = staged(store, names)
+    with caplog.at_level(logging.INFO):
+        viewed = erofs(entries, tmp_path / "viewed.img", tmp_path)
+    assert f"{len(names) - 1} store paths bound" in caplog.text
+    # Every store path copied: a file with its bytes given is never bound.
+    copied_entries = [Entry(e.path, e.kind, e.mode, e.uid, e.gid, None,
+                            Path(e.source).read_bytes(), e.link, e.device, e.size, e.mtime)
+                      if e.source else e for e in entries]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        copied = erofs(copied_entries, tmp_path / "copied.img", tmp_path)
+    assert "0 store paths bound" in caplog.text
+    assert viewed == copied
+
+
+def fake_unshare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unshare that fails as a kernel without unprivileged user namespaces does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "unshare"
+    script.write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\n"
+                      "exit 1\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_a_refused_namespace_copies_instead(store: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    entries = staged(store, ["aaaa-plain"])
+    expected = erofs(entries, tmp_path / "viewed.img", tmp_path)
+    fake_unshare(tmp_path, monkeypatch)
+    with caplog.at_level(logging.INFO):
+        again = erofs(entries, tmp_path / "fallback.img", tmp_path)
+    assert "the store view was refused" in caplog.text
+    assert "0 store paths bound" in caplog.text
+    assert again == expected
+
+
+def test_btrfs_without_user_namespaces_says_so(store: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from make_disk_image.filesystems.btrfs import make_btrfs
+
+    scratch = tmp_path / "root.btrfs"
+    with scratch.open("wb") as fh:
+        fh.truncate(256 << 20)
+    fake_unshare(tmp_path, monkeypatch)
+    with pytest.raises(StepError, match=r"cannot make a user namespace .* which fsType "
+                       r"btrfs needs without root"):
+        make_btrfs(scratch, staged(store, ["aaaa-plain"]), label="nixos", uuid=None, step="t")
+
+
+def test_a_store_images_store_paths_are_at_its_root(store: Path) -> None:
+    tree = Tree()
+    tree.add_host(store / "aaaa-plain", "aaaa-plain")
+    tree.add_host(store / "cccc-linked", "cccc-linked")
+    _, pairs = plan_view(tree.ordered(), copies_owners=False, step="t")
+    assert pairs == [(store / "aaaa-plain", "aaaa-plain")]
+
+
+def test_deduplicated_links_keep_their_store_paths_copied(store: Path) -> None:
+    entries = staged(store, ["aaaa-plain"])
+    link = Entry("etc/same", "hardlink", 0o444, link="nix/store/aaaa-plain/lib/x")
+    kept, pairs = plan_view([*entries, link], copies_owners=True, step="t")
+    assert pairs == []
+    assert len(kept) == len(entries) + 1
