@@ -181,3 +181,27 @@ def test_deduplicated_links_keep_their_store_paths_copied(store: Path) -> None:
     kept, pairs = plan_view([*entries, link], copies_owners=True, step="t")
     assert pairs == []
     assert len(kept) == len(entries) + 1
+
+
+def test_btrfs_of_the_view_too_large_for_the_root_names_disksize(store: Path,
+                                                                   tmp_path: Path) -> None:
+    """mkfs.btrfs grows its file instead of failing; read through the view, the tree
+    still ends in the "too small" error, and the disk is left as it was."""
+    from make_disk_image.filesystems import FILESYSTEMS
+    from make_disk_image.models import MIB, DiskPlan
+
+    store_path(store, "eeee-big", {"share/big": b"\x5a" * (200 * MIB)})
+    entries = staged(store, ["aaaa-plain", "eeee-big"])
+    assert plan_view(entries, copies_owners=True, step="t")[1]  # bound, not copied
+    target = tmp_path / "disk.raw"
+    with target.open("wb") as fh:
+        fh.truncate(170 * MIB)
+    plan = DiskPlan("efi", "gpt", 170 * MIB, "diskSize", None, 0, None, None, (), 1, MIB,
+                    160 * MIB, "btrfs", "nixos", None)
+    with pytest.raises(StepError, match=r"root filesystem \(160 MiB\) is too small for the "
+                       r"closure and contents \(mkfs.btrfs .* needed \d+ MiB\); raise diskSize"):
+        FILESYSTEMS["btrfs"].make(target, plan, entries, uuid=None, deterministic=True,
+                                  checksums=False, step="t")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("disk")) == [
+        "disk.raw"]
+    assert target.stat().st_size == 170 * MIB and target.stat().st_blocks == 0
