@@ -32,9 +32,17 @@ rec {
 
   # The engine for the guest: the same pure-Python source, run by the image system's
   # python3 with its pyudev.
+  # Its byte code is written by the builder's python3 when that is the guest's version
+  # (byte code depends on nothing else); otherwise the guest compiles the engine at every
+  # start, under TCG where the systems differ. Hash-checked: the store resets file times.
   engine = pkgs.runCommand "make-disk-image-guest-${system}" { } ''
     mkdir -p $out/bin $out/lib
     cp -r ${source} $out/lib/make_disk_image
+    chmod -R u+w $out/lib/make_disk_image
+    ${lib.optionalString (pkgs.python3.pythonVersion == python3.pythonVersion) ''
+      ${pkgs.python3.interpreter} -m compileall -q --invalidation-mode checked-hash \
+        $out/lib/make_disk_image
+    ''}
     cat > $out/bin/make-disk-image <<EOF
     #!${python3}/bin/python3
     import sys

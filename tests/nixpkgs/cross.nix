@@ -117,7 +117,18 @@ let
   pythonVersion = lib.removePrefix "python" python;
   sitePackages = "lib/${python}/site-packages";
 
+  # nixpkgs' python3 and its packages carry byte code, which Debian's maintainer scripts
+  # (py3compile) would write; the host's interpreter of the same version writes it here.
+  # Hash-checked: the store resets every file's time. Exit status 1 is the standard
+  # library's test files that do not compile on purpose.
+  compilePython = dir: ''
+    if command -v ${python} >/dev/null; then
+      ${python} -m compileall -q --invalidation-mode checked-hash "${dir}" || [ $? = 1 ]
+    fi
+  '';
+
   python3 = package "python3" [ "${python}-minimal" "lib${python}-minimal" "lib${python}-stdlib" "python3-minimal" ] {
+    postUnpack = compilePython "$out/lib/${python}";
     passthru = {
       inherit pythonVersion sitePackages;
       interpreter = "${python3}/bin/python3";
@@ -135,6 +146,7 @@ let
       utils="$out/${sitePackages}/pyudev/_ctypeslib/utils.py"
       grep -q 'library_name = find_library(name)$' "$utils"
       sed -i "s|library_name = find_library(name)$|&\n        if name == \"udev\" and not library_name:\n            library_name = \"$(echo ${libs}/lib/*-linux-gnu/libudev.so.1)\"|" "$utils"
+      ${compilePython "$out/${sitePackages}"}
     '';
   };
   python3Packages = {
