@@ -81,9 +81,10 @@ def _host_root(top: str, subtree: Sequence[Entry]) -> Path | None:
     return None
 
 
-def _differs(entry: Entry, host: str, *, copies_owners: bool) -> str | None:
-    """Why `host` is not what the tool would read for `entry` in a copy; None: it is."""
-    st = os.lstat(host)
+def _differs(entry: Entry, host: str, st: os.stat_result,
+             owner: tuple[int, int] | None) -> str | None:
+    """Why `host` (`st`) is not what the tool would read for `entry` in a copy; None: it
+    is. `owner`: the owner it must have, where the tool copies owners and xattrs."""
     is_kind = _KIND.get(entry.kind)
     if is_kind is None or not is_kind(st.st_mode):
         return f"{host} is not a {entry.kind}"
@@ -92,9 +93,9 @@ def _differs(entry: Entry, host: str, *, copies_owners: bool) -> str | None:
         return f"{host} has another time"
     if entry.kind != "symlink" and stat.S_IMODE(st.st_mode) != entry.mode & 0o7777:
         return f"{host} has other permissions"
-    if copies_owners and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+    if owner is not None and (st.st_uid, st.st_gid) != owner:
         return (f"{host} belongs to {st.st_uid}:{st.st_gid}, not to the build user "
-                f"{os.geteuid()}:{os.getegid()} (a Nix sandbox's overflow uid)")
+                f"{owner[0]}:{owner[1]} (a Nix sandbox's overflow uid)")
     if entry.kind == "file" and (entry.data is not None or entry.source is None
                                  or os.fspath(entry.source) != host):
         return f"{host} is not the file's source"
@@ -102,7 +103,7 @@ def _differs(entry: Entry, host: str, *, copies_owners: bool) -> str | None:
         return f"{host} has {st.st_nlink} links (an optimised store)"
     if entry.kind == "symlink" and os.readlink(host) != entry.link:
         return f"{host} links elsewhere"
-    if copies_owners and os.listxattr(host, follow_symlinks=False):
+    if owner is not None and os.listxattr(host, follow_symlinks=False):
         return f"{host} has extended attributes"
     return None
 
@@ -114,24 +115,29 @@ def viewable(top: str, subtree: Sequence[Entry], *,
     if root is None:
         return None, "no file of it names its source"
     expected = {e.path[len(top):].lstrip("/"): e for e in subtree}
-    # Strings, not Paths: this visits every file of the closure.
+    owner = (os.geteuid(), os.getegid()) if copies_owners else None
+    # Strings and scandir's entries, not Paths: this visits every file of the closure.
     top_dir = os.fspath(root)
     try:
-        why = _differs(expected[""], top_dir, copies_owners=copies_owners)
+        why = _differs(expected[""], top_dir, os.lstat(top_dir), owner)
         if why:
             return None, why
         found = 1
-        for directory, dirs, files in os.walk(top_dir):
-            rel_dir = directory[len(top_dir) + 1:]
-            for name in [*dirs, *files]:
-                host = f"{directory}/{name}"
-                entry = expected.get(f"{rel_dir}/{name}" if rel_dir else name)
-                if entry is None:
-                    return None, f"{host} is not in the tree"
-                why = _differs(entry, host, copies_owners=copies_owners)
-                if why:
-                    return None, why
-                found += 1
+        pending = [(top_dir, "")]
+        while pending:
+            directory, rel_dir = pending.pop()
+            with os.scandir(directory) as listing:
+                for item in listing:
+                    rel = f"{rel_dir}/{item.name}" if rel_dir else item.name
+                    entry = expected.get(rel)
+                    if entry is None:
+                        return None, f"{item.path} is not in the tree"
+                    why = _differs(entry, item.path, item.stat(follow_symlinks=False), owner)
+                    if why:
+                        return None, why
+                    if entry.kind == "dir":
+                        pending.append((item.path, rel))
+                    found += 1
     except OSError as exc:
         return None, f"{exc.filename}: {exc.strerror}"
     if found != len(expected):
