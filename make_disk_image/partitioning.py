@@ -1,11 +1,18 @@
-"""Writing the partition table: libparted through pyparted, identities through sgdisk/sfdisk.
+"""Writing the partition table: libparted through pyparted, identities written directly
+(GPT) or through sfdisk (MBR).
 
 libparted is what the reference's `parted --script` runs; calling it directly with the
-planned geometries (exact constraints) gives the same table without a shell script.
+planned geometries (exact constraints) gives the same table without a shell script. The
+reference then sets the GPT's GUIDs with sgdisk, which sleeps a second after every write
+(for the kernel to reread a disk's table, even of a file): the same fields are patched
+here, with both headers' CRCs, the same bytes as sgdisk's (tests/test_partitioning.py).
 """
 
 from __future__ import annotations
 
+import struct
+import uuid
+import zlib
 from pathlib import Path
 
 from make_disk_image import process
@@ -21,9 +28,8 @@ def write_partition_table(image: Path, plan: DiskPlan) -> None:
         return
     _write_with_libparted(image, plan)
     if plan.disk_guid is not None:
-        args = [f"--disk-guid={plan.disk_guid}"]
-        args += [f"--partition-guid={p.number}:{p.guid}" for p in plan.partitions if p.guid]
-        process.run(["sgdisk", *args, image], step=STEP)
+        set_gpt_guids(image, plan.disk_guid,
+                      {p.number: p.guid for p in plan.partitions if p.guid})
     if plan.mbr_disk_id is not None:
         process.run(["sfdisk", "--disk-id", image, plan.mbr_disk_id], step=STEP)
 
@@ -66,3 +72,35 @@ def _write_with_libparted(image: Path, plan: DiskPlan) -> None:
         if "device" in locals():
             device.removeFromCache()
 
+
+SECTOR = 512
+
+
+def set_gpt_guids(image: Path, disk_guid: str, partition_guids: dict[int, str]) -> None:
+    """Set the disk's GUID and partitions' unique GUIDs (by number) in both GPT headers and
+    entry arrays of `image`, with their CRC32s: what `sgdisk --disk-guid
+    --partition-guid` changes in a table libparted wrote."""
+    with image.open("r+b") as disk:
+        disk.seek(SECTOR)
+        primary = disk.read(SECTOR)
+        if primary[:8] != b"EFI PART":
+            raise StepError(STEP, f"{image} has no GPT header at LBA 1 after libparted wrote it")
+        backup_lba = struct.unpack_from("<Q", primary, 32)[0]
+        for lba in (1, backup_lba):
+            disk.seek(lba * SECTOR)
+            header = bytearray(disk.read(SECTOR))
+            size, = struct.unpack_from("<I", header, 12)
+            entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+            disk.seek(entries_lba * SECTOR)
+            entries = bytearray(disk.read(count * entry_size))
+            for number, guid in partition_guids.items():
+                at = (number - 1) * entry_size + 16
+                entries[at:at + 16] = uuid.UUID(guid).bytes_le
+            header[56:72] = uuid.UUID(disk_guid).bytes_le
+            struct.pack_into("<I", header, 88, zlib.crc32(entries))
+            struct.pack_into("<I", header, 16, 0)
+            struct.pack_into("<I", header, 16, zlib.crc32(header[:size]))
+            disk.seek(entries_lba * SECTOR)
+            disk.write(entries)
+            disk.seek(lba * SECTOR)
+            disk.write(header)

@@ -10,7 +10,6 @@ pkgs: [
   pkgs.xfsprogs
   pkgs.erofs-utils
   pkgs.squashfsTools
-  pkgs.gptfdisk
   pkgs.qemu-utils
   pkgs.zstd
   pkgs.xz
