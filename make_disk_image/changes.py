@@ -49,9 +49,9 @@ def _same_bytes(path: Path, prepared: Entry) -> bool:
     with path.open("rb") as have:
         if prepared.data is not None:
             return have.read() == prepared.data
-        if prepared.source is None or not prepared.source.is_file():
+        if prepared.source is None or not os.path.isfile(prepared.source):
             return False  # a source the VM cannot see: keep the image's bytes
-        with prepared.source.open("rb") as want:
+        with open(prepared.source, "rb") as want:
             while True:
                 a, b = have.read(1 << 20), want.read(1 << 20)
                 if a != b:
@@ -194,7 +194,7 @@ class Recorder:
             raise
         self.copied += 1
         self.copied_bytes += st.st_size
-        entry = Entry(rel, "file", mode, uid, gid, source=Path(self.files_rel) / name,
+        entry = Entry(rel, "file", mode, uid, gid, source=f"{self.files_rel}/{name}",
                       size=st.st_size, mtime=mtime)
         self.entries.append((entry, "guest"))
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from make_disk_image.models import Entry
 from make_disk_image.process import StepError
@@ -43,9 +42,9 @@ class Deduplicated:
     bytes_saved: int  # apparent bytes no longer stored twice
 
 
-def _digest(source: Path) -> bytes:
+def _digest(source: str) -> bytes:
     try:
-        with source.open("rb") as fh:
+        with open(source, "rb") as fh:
             return hashlib.file_digest(fh, "blake2b").digest()
     except OSError as exc:
         raise StepError(
@@ -131,24 +130,3 @@ def unlink_orphans(entries: list[Entry], holders: set[str]) -> list[Entry]:
                 entry = replace(entry, link=holder)
         out.append(entry)
     return out
-
-
-def links_of(entries: dict[str, Entry]) -> tuple[tuple[str, str], ...]:
-    """`link_identical`'s result as (name, the name holding its inode) pairs, in tree
-    order: what prepare hands finish, which then need not read the files again."""
-    return tuple((e.path, e.link) for e in sorted(entries.values(), key=lambda e: e.path.split("/"))
-                 if e.kind == "hardlink" and e.source is not None and e.link is not None)
-
-
-def apply_links(entries: dict[str, Entry], links: Sequence[tuple[str, str]]) -> bool:
-    """Make the `links_of` pairs hard links again in the same tree; False (and nothing
-    changed) if the tree does not have them as plain files of one size and mode."""
-    for name, holder in links:
-        member, first = entries.get(name), entries.get(holder)
-        if member is None or first is None or member.kind != "file" or first.kind != "file" \
-                or (member.size, member.mode, member.uid, member.gid) != \
-                (first.size, first.mode, first.uid, first.gid):
-            return False
-    for name, holder in links:
-        entries[name] = replace(entries[name], kind="hardlink", link=holder)
-    return True

@@ -24,14 +24,16 @@ from make_disk_image.handoff import (
     HANDOFF,
     RECORD,
     STORE_PREFIX,
+    TREE,
     VM_DISK,
     read_handoff,
     read_record,
+    read_tree,
     xchg_dir,
 )
 from make_disk_image.models import DiskPlan, Entry, Format, GuestRecord, Handoff, Spec
 from make_disk_image.process import StepError
-from make_disk_image.staging import Tree, build_tree, check_sources
+from make_disk_image.staging import check_sources, tree_inputs
 from make_disk_image.utils import allocate_file, copy_data_ranges
 
 logger = logging.getLogger("make_disk_image")
@@ -55,16 +57,17 @@ def load_record(handoff: Handoff, xchg: Path) -> GuestRecord:
     return record
 
 
-def final_entries(tree: Tree, record: GuestRecord) -> list[Entry]:
-    """prepare's tree with what the guest left outside the store and in store paths it
-    entered; every other store path as prepare staged it."""
+def final_entries(prepared: list[Entry], record: GuestRecord) -> list[Entry]:
+    """prepare's tree (in tree order) with what the guest left outside the store and in
+    store paths it entered; every other store path as prepare staged it."""
     if not record.mounted:
-        return tree.ordered()
+        return prepared
+    by_path = {entry.path: entry for entry in prepared}
     walked = set(record.store_walked)
     entries: list[Entry] = []
     for entry, origin in record.entries:
         if origin == "prepare":
-            before = tree.entries.get(entry.path)
+            before = by_path.get(entry.path)
             if before is None or before.kind != "file":
                 raise StepError(
                     STEP,
@@ -74,7 +77,7 @@ def final_entries(tree: Tree, record: GuestRecord) -> list[Entry]:
             entry = replace(entry, source=before.source, data=before.data)
         entries.append(entry)
     kept: set[str] = set()
-    for entry in tree.entries.values():
+    for entry in prepared:
         if entry.path.startswith(STORE_PREFIX):
             name = entry.path[len(STORE_PREFIX):].split("/", 1)[0]
             if name not in walked:
@@ -119,10 +122,8 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
         raise StepError(STEP, f"{vm_disk} does not exist; run `make-disk-image prepare` first")
     started = time.monotonic()
     check_sources(spec)
-    db_files = {name: xchg / rel for name, rel in handoff.nix_db_files.items()}
-    # The same tree as prepare's: the same spec and Nix database files.
-    tree = build_tree(spec, db_files, links=handoff.store_links)
-    entries = final_entries(tree, record)
+    # prepare's tree, as it described it: the closure is not walked a second time.
+    entries = final_entries(read_tree(xchg / TREE, tree_inputs(spec), step=STEP), record)
     logger.info("finish: %d entries (%d from the guest's record) in %.1f s", len(entries),
                 len(record.entries), time.monotonic() - started)
     allocate_file(dest, plan.disk_size, step=STEP)

@@ -21,11 +21,13 @@ from make_disk_image.process import StepError
 XCHG = "xchg"
 HANDOFF = "make-disk-image.json"
 RECORD = "guest-record.json"
+# prepare's whole tree, so that finish need not describe it again (a stat of every entry).
+TREE = "tree.json"
 # prepare's Nix database files: in the image tree, and read again by finish.
 NIX_DB_DIR = "nix-db"
 # Bytes the guest wrote on the root filesystem, named in the record.
 GUEST_FILES = "guest-files"
-VERSION = 3
+VERSION = 4
 # The disk the build VM sees (runInLinuxVM's $diskImage), in the build directory:
 # prepare writes it, the guest changes it, finish keeps what lies outside its filesystems.
 VM_DISK = "nixos.raw"
@@ -45,7 +47,7 @@ def entry_to_json(entry: Entry) -> dict[str, Any]:
     if entry.uid or entry.gid:
         data["uid"], data["gid"] = entry.uid, entry.gid
     if entry.source is not None:
-        data["source"] = str(entry.source)
+        data["source"] = entry.source
     if entry.data is not None:
         data["data"] = base64.b64encode(entry.data).decode()
     if entry.link is not None:
@@ -62,11 +64,9 @@ def entry_to_json(entry: Entry) -> dict[str, Any]:
 def entry_from_json(data: dict[str, Any], base: Path | None = None) -> Entry:
     """`base`: relative sources are resolved against it (the record's xchg/)."""
     source = data.get("source")
-    source_path = None
-    if source is not None:
-        source_path = Path(source)
-        if base is not None and not source_path.is_absolute():
-            source_path = base / source_path
+    source_path = source
+    if source is not None and base is not None and not source.startswith("/"):
+        source_path = f"{base}/{source}"
     device = data.get("device")
     return Entry(
         path=data["path"],
@@ -81,6 +81,53 @@ def entry_from_json(data: dict[str, Any], base: Path | None = None) -> Entry:
         size=data.get("size", 0),
         mtime=data.get("mtime"),
     )
+
+
+def _tree_row(entry: Entry, xchg_prefix: str) -> list[Any]:
+    """An entry as a compact row; sources in xchg/ relative to it."""
+    source = entry.source
+    if source is not None and source.startswith(xchg_prefix):
+        source = source[len(xchg_prefix):]
+    return [entry.path, entry.kind, entry.mode, entry.uid, entry.gid, entry.size, source,
+            entry.link, None if entry.data is None else base64.b64encode(entry.data).decode(),
+            None if entry.device is None else list(entry.device), entry.mtime]
+
+
+def _tree_entry(row: list[Any], base: Path) -> Entry:
+    path, kind, mode, uid, gid, size, source, link, data, device, mtime = row
+    return Entry(
+        path=path, kind=kind, mode=mode, uid=uid, gid=gid,
+        source=None if source is None else source if source[:1] == "/" else f"{base}/{source}",
+        data=None if data is None else base64.b64decode(data),
+        link=link, device=None if device is None else (device[0], device[1]),
+        size=size, mtime=mtime,
+    )
+
+
+def write_tree(xchg: Path, entries: list[Entry], inputs: str) -> Path:
+    """prepare's tree in order; `inputs` names what it was made from (staging.tree_inputs)."""
+    prefix = str(xchg) + "/"
+    path = xchg / TREE
+    partial = path.with_name(path.name + ".partial")
+    # dumps, not dump: only the one-shot encoder is the C one.
+    partial.write_text(json.dumps({"version": VERSION, "inputs": inputs,
+                                   "entries": [_tree_row(e, prefix) for e in entries]},
+                                  separators=(",", ":")))
+    partial.replace(path)
+    return path
+
+
+def read_tree(path: Path, inputs: str, *, step: str) -> list[Entry]:
+    """prepare's tree, if it was made from the same `inputs` as finish's spec would."""
+    data = _read(path, step, "prepare")
+    if data["inputs"] != inputs:
+        raise StepError(
+            step,
+            f"{path} was staged from another spec (its closureInfo, contents or another "
+            "argument that makes the tree differs); run prepare and finish with the same spec",
+        )
+    base = path.parent
+    return [_tree_entry(row, base) for row in data["entries"]]
 
 
 def _read(path: Path, what: str, writer: str) -> dict[str, Any]:
@@ -123,7 +170,6 @@ def write_handoff(xchg: Path, handoff: Handoff) -> Path:
             "outside_store": [entry_to_json(e) for e in handoff.outside_store],
             "store_names": list(handoff.store_names),
             "prepared_until_ns": handoff.prepared_until_ns,
-            "store_links": [list(pair) for pair in handoff.store_links],
         },
     )
     return path
@@ -141,7 +187,6 @@ def read_handoff(path: Path, *, step: str) -> Handoff:
         outside_store=tuple(entry_from_json(e, base) for e in data["outside_store"]),
         store_names=tuple(data["store_names"]),
         prepared_until_ns=data["prepared_until_ns"],
-        store_links=tuple((name, holder) for name, holder in data.get("store_links", [])),
     )
 
 

@@ -320,7 +320,9 @@ class Entry:
     mode: int  # permission bits
     uid: int = 0
     gid: int = 0
-    source: Path | None = None  # file contents come from here ...
+    # A host path (a str: prepare and finish handle 10^5 of them, pathlib would cost
+    # seconds): file contents come from here ...
+    source: str | None = None
     data: bytes | None = None  # ... or from here
     link: str | None = None  # symlink target; for a hardlink, the path it shares an inode with
     device: tuple[int, int] | None = None  # (major, minor) of a chardev or blockdev
@@ -351,9 +353,6 @@ class Handoff:
     # their own clock (xfs, btrfs' ctime) the moment after prepare made it. Whatever the
     # guest changes gets a later time (make_disk_image.changes).
     prepared_until_ns: int = 1_000_000_000
-    # `deduplicate`'s hard links as prepare found them (name, first name): finish applies
-    # them to its tree instead of reading every file again.
-    store_links: tuple[tuple[str, str], ...] = ()
 
 
 Origin = Literal["prepare", "guest"]

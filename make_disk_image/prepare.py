@@ -20,7 +20,6 @@ from pathlib import Path
 
 from make_disk_image import nixdb, rootfs
 from make_disk_image.compression import check_available
-from make_disk_image.dedup import links_of
 from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.handoff import (
@@ -29,8 +28,10 @@ from make_disk_image.handoff import (
     NIX_DB_DIR,
     RECORD,
     STORE_PREFIX,
+    TREE,
     VM_DISK,
     write_handoff,
+    write_tree,
     xchg_dir,
 )
 from make_disk_image.layouts import check_fits, plan_disk
@@ -38,7 +39,7 @@ from make_disk_image.minimal import minimal_plan
 from make_disk_image.models import MIB, DiskPlan, Entry, Handoff, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import auto_disk_size
-from make_disk_image.staging import Tree, build_tree, check_sources
+from make_disk_image.staging import Tree, build_tree, check_sources, tree_inputs
 from make_disk_image.utils import allocate_file
 
 logger = logging.getLogger("make_disk_image")
@@ -126,12 +127,12 @@ def root_uuid(spec: Spec, plan: DiskPlan) -> str | None:
     return str(uuid_module.uuid4())
 
 
-def split_store(tree: Tree) -> tuple[tuple[Entry, ...], tuple[str, ...]]:
+def split_store(ordered: list[Entry]) -> tuple[tuple[Entry, ...], tuple[str, ...]]:
     """Entries outside the store's paths, relative to xchg where sources lie in it, and
     the store paths' names: what the guest compares the root filesystem against."""
     outside: list[Entry] = []
     names: list[str] = []
-    for entry in tree.ordered():
+    for entry in ordered:
         if entry.path.startswith(STORE_PREFIX):
             rest = entry.path[len(STORE_PREFIX):]
             if "/" not in rest:
@@ -144,9 +145,10 @@ def split_store(tree: Tree) -> tuple[tuple[Entry, ...], tuple[str, ...]]:
 def relative_to_xchg(entries: tuple[Entry, ...], xchg: Path) -> tuple[Entry, ...]:
     """Sources prepare made in xchg/ (the Nix database) as paths the guest can resolve."""
     out = []
+    prefix = f"{xchg}/"
     for entry in entries:
-        if entry.source is not None and entry.source.is_relative_to(xchg):
-            entry = replace(entry, source=entry.source.relative_to(xchg))
+        if entry.source is not None and entry.source.startswith(prefix):
+            entry = replace(entry, source=entry.source[len(prefix):])
         out.append(entry)
     return tuple(out)
 
@@ -169,6 +171,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
         (xchg / RECORD).unlink(missing_ok=True)
         db_files = nix_db_files(spec, xchg)
         tree = build_tree(spec, db_files)
+        ordered = tree.ordered()  # parents first, siblings by name: sorted once
         plan = compute_plan(spec, tree)
         log_auto_size(plan)
         mounts = guest_mounts_root(spec)
@@ -181,10 +184,9 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
             },
             guest_mounts=mounts,
             nix_db_files={name: str(path.relative_to(xchg)) for name, path in db_files.items()},
-            store_links=links_of(tree.entries) if spec.deduplicate else (),
         )
         if mounts:
-            outside, names = split_store(tree)
+            outside, names = split_store(ordered)
             handoff = replace(
                 handoff, outside_store=relative_to_xchg(outside, xchg), store_names=names
             )
@@ -198,10 +200,11 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
                      disk_size=plan.disk_size)
         write_partition_table(partial, plan)
         if mounts:
-            make_vm_root(partial, handoff, tree)
+            make_vm_root(partial, handoff, ordered)
             if not FILESYSTEMS[plan.fs_type].fixed_times:
                 handoff = replace(handoff, prepared_until_ns=time.time_ns())
         partial.replace(image)
+        write_tree(xchg, ordered, tree_inputs(spec))
         write_handoff(xchg, handoff)
         out.mkdir(parents=True, exist_ok=True)
         if spec.touchEFIVars:
@@ -217,6 +220,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
             shutil.rmtree(xchg, ignore_errors=True)
         else:
             (xchg / HANDOFF).unlink(missing_ok=True)
+            (xchg / TREE).unlink(missing_ok=True)
             shutil.rmtree(xchg / NIX_DB_DIR, ignore_errors=True)
         efi_vars.unlink(missing_ok=True)
         if created_out and out.is_dir() and not any(out.iterdir()):
@@ -226,7 +230,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
     return handoff
 
 
-def vm_root_entries(tree: Tree) -> list[Entry]:
+def vm_root_entries(ordered: list[Entry]) -> list[Entry]:
     """The build VM's root filesystem: everything but the store paths' contents.
 
     Each store path is only its mount point (an empty directory, or an empty file for a
@@ -236,7 +240,7 @@ def vm_root_entries(tree: Tree) -> list[Entry]:
     once, from the whole tree.
     """
     out: list[Entry] = []
-    for entry in tree.ordered():
+    for entry in ordered:
         if not entry.path.startswith(STORE_PREFIX):
             out.append(entry)
         elif "/" not in entry.path[len(STORE_PREFIX):]:
@@ -246,7 +250,7 @@ def vm_root_entries(tree: Tree) -> list[Entry]:
     return out
 
 
-def make_vm_root(image: Path, handoff: Handoff, tree: Tree) -> None:
+def make_vm_root(image: Path, handoff: Handoff, ordered: list[Entry]) -> None:
     """The build VM's root filesystem, without the closure's bytes.
 
     It always has deterministic times (every inode at 1 s): the guest tells what it
@@ -256,7 +260,7 @@ def make_vm_root(image: Path, handoff: Handoff, tree: Tree) -> None:
     rootfs.make_root_filesystem(
         image,
         plan,
-        vm_root_entries(tree),
+        vm_root_entries(ordered),
         uuid=handoff.root_uuid,
         deterministic=True,
         checksums=False,

@@ -11,12 +11,12 @@ once, and no step needs root.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import stat
-from collections.abc import Sequence
 from pathlib import Path
 
-from make_disk_image.dedup import apply_links, link_identical
+from make_disk_image.dedup import link_identical
 from make_disk_image.models import Entry, Kind, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import TreeUsage
@@ -81,7 +81,10 @@ class Tree:
 
     def add(self, entry: Entry) -> None:
         parent = entry.path.rsplit("/", 1)[0] if "/" in entry.path else ""
-        self.mkdir_p(parent)
+        known = self.entries.get(parent)
+        # Most entries go into the directory added just before them: no walk up.
+        if known is None or known.kind != "dir":
+            self.mkdir_p(parent)
         self._claim(entry.path, self.entries.get(entry.path), entry.kind)
         self.entries[entry.path] = entry
 
@@ -92,13 +95,15 @@ class Tree:
         self.add(Entry(path.strip("/"), "symlink", 0o777, link=target, size=len(target.encode())))
 
     def add_host(
-        self, source: Path, dest: str, chmod: int | None = None, owner: tuple[int, int] = (0, 0)
+        self, source: str | os.PathLike[str], dest: str, chmod: int | None = None,
+        owner: tuple[int, int] = (0, 0),
     ) -> None:
         """Copy a host file system object like `rsync -a --no-o --no-g [--chmod]`.
 
         Symlinks stay symlinks; owners become `owner` (root unless numeric ids were
         given; names are resolved by the guest against the image's own users).
         """
+        source = os.fspath(source)
         dest = dest.strip("/")
         try:
             st = os.lstat(source)
@@ -112,8 +117,9 @@ class Tree:
             link = os.readlink(source)
             self.add(Entry(dest, "symlink", 0o777, uid, gid, link=link, size=len(link.encode())))
         elif stat.S_ISREG(st.st_mode):
-            # Checked now, not when mke2fs is half-way through the image.
-            if not os.access(source, os.R_OK):
+            # Checked now, not when mke2fs is half-way through the image (r--r--r--, as
+            # the store's files have, lets any user read: no access call needed).
+            if st.st_mode & 0o444 != 0o444 and not os.access(source, os.R_OK):
                 raise self._unreadable(source, PermissionError(13, "Permission denied"))
             self.add(Entry(dest, "file", mode, uid, gid, source=source, size=st.st_size))
         elif stat.S_ISFIFO(st.st_mode):
@@ -133,7 +139,7 @@ class Tree:
     def _where(self) -> str:
         return f"{self.adding}.source: " if self.adding and not self.adding_system else ""
 
-    def _unreadable(self, source: Path, exc: OSError) -> StepError:
+    def _unreadable(self, source: str, exc: OSError) -> StepError:
         return StepError(
             STEP,
             f"{self._where()}cannot read {source}: {exc.strerror}; make it readable by the "
@@ -141,7 +147,7 @@ class Tree:
         )
 
     def _merge_dir(
-        self, source: Path, dest: str, st: os.stat_result, chmod: int | None, owner: tuple[int, int]
+        self, source: str, dest: str, st: os.stat_result, chmod: int | None, owner: tuple[int, int]
     ) -> None:
         mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
         entry = Entry(dest, "dir", mode, *owner)
@@ -157,7 +163,7 @@ class Tree:
             raise self._unreadable(source, exc) from exc
         for child in children:
             self.add_host(
-                Path(child.path), f"{dest}/{child.name}" if dest else child.name, chmod, owner
+                child.path, f"{dest}/{child.name}" if dest else child.name, chmod, owner
             )
 
     def usage(self) -> TreeUsage:
@@ -240,7 +246,7 @@ def stage_contents(spec: Spec, tree: Tree) -> None:
             tree.mkdir_p(target)
             for match in sorted(glob.glob(entry.source)):
                 name = os.path.basename(match.rstrip("/"))
-                tree.add_host(Path(match), f"{target}/{name}" if target else name, chmod, owner)
+                tree.add_host(match, f"{target}/{name}" if target else name, chmod, owner)
             continue
         if target in tree:
             raise StepError(
@@ -249,28 +255,28 @@ def stage_contents(spec: Spec, tree: Tree) -> None:
                 + ("" if target else " (the image's root is there already)"),
             )
         # A directory source is copied *to* the target, not inside it (rsync's source/).
-        tree.add_host(Path(entry.source), target, chmod, owner)
+        tree.add_host(entry.source, target, chmod, owner)
     tree.adding = None
 
 
-def _deduplicate(tree: Tree, roots: list[str], links: Sequence[tuple[str, str]] | None) -> None:
-    """`deduplicate`: the links prepare found (handed to finish), else found anew."""
-    if links is None or not apply_links(tree.entries, links):
-        link_identical(tree.entries, roots)
+def tree_inputs(spec: Spec) -> str:
+    """A digest of what build_tree reads from the spec: finish takes prepare's tree only
+    when its own spec would make the same one."""
+    inputs = (spec.closureInfo, spec.onlyNixStore, spec.contents, spec.deduplicate,
+              spec.toplevel, spec.copyChannel, spec.channelSources, spec.configFile)
+    return hashlib.sha256(repr(inputs).encode()).hexdigest()
 
 
-def build_tree(spec: Spec, db_files: dict[str, Path],
-               links: Sequence[tuple[str, str]] | None = None) -> Tree:
-    """The whole root filesystem as the reference's nixos-install + cptofs leave it.
-    `links`: with `deduplicate`, the hard links an earlier run of this found."""
+def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:
+    """The whole root filesystem as the reference's nixos-install + cptofs leave it."""
     tree = Tree()
     store_paths = read_store_paths(Path(spec.closureInfo))
     if spec.onlyNixStore:
         # The reference copies only the store's contents to the filesystem root.
         for path in store_paths:
-            tree.add_host(Path(path), os.path.basename(path))
+            tree.add_host(path, os.path.basename(path))
         if spec.deduplicate:
-            _deduplicate(tree, [os.path.basename(p) for p in store_paths], links)
+            link_identical(tree.entries, [os.path.basename(p) for p in store_paths])
         return tree
 
     stage_contents(spec, tree)
@@ -279,12 +285,12 @@ def build_tree(spec: Spec, db_files: dict[str, Path],
     tree.adding_system = True
     for path in store_paths:
         tree.adding = f"the store path {path}"
-        tree.add_host(Path(path), path.lstrip("/"))
+        tree.add_host(path, path.lstrip("/"))
     if spec.deduplicate:
-        _deduplicate(tree, [p.lstrip("/") for p in store_paths], links)
+        link_identical(tree.entries, [p.lstrip("/") for p in store_paths])
     tree.adding = "the Nix database"
     for name, source in sorted(db_files.items()):
-        tree.add_host(source, f"nix/var/nix/db/{name}")
+        tree.add_host(str(source), f"nix/var/nix/db/{name}")
     tree.adding = "the system profile"
     tree.mkdir_p("nix/var/nix/gcroots")
     tree.add_symlink(f"{PROFILES}/system-1-link", spec.toplevel)

@@ -138,9 +138,9 @@ def _copy_through_memory(in_fd: int, out_fd: int, start: int, end: int, dest: in
     return done
 
 
-def copy_file(source: Path, dest: Path) -> None:
+def copy_file(source: str | Path, dest: Path) -> None:
     """`source`'s bytes into a new file `dest` (mode 0600 until the caller sets it)."""
-    with source.open("rb") as fin:
+    with open(source, "rb") as fin:
         size = os.fstat(fin.fileno()).st_size
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:

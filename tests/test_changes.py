@@ -49,17 +49,17 @@ def sources(tmp_path: Path) -> Path:
 
 def tree_for(sources: Path) -> Tree:
     tree = Tree()
-    tree.add_host(sources / "lib", "nix/store/aaaa-lib")
-    tree.add_host(sources / "other", "nix/store/bbbb-other")
-    tree.add_host(sources / "big.dat", "srv/big.dat")
-    tree.add_host(sources / "owned", "etc/owned")
+    tree.add_host(str(sources / "lib"), "nix/store/aaaa-lib")
+    tree.add_host(str(sources / "other"), "nix/store/bbbb-other")
+    tree.add_host(str(sources / "big.dat"), "srv/big.dat")
+    tree.add_host(str(sources / "owned"), "etc/owned")
     tree.add_file("etc/NIXOS", b"")
     return tree
 
 
 def handoff_for(tree: Tree) -> Handoff:
     spec = Spec(toplevel="/nix/store/x", closureInfo="/nix/store/y")
-    outside, names = split_store(tree)
+    outside, names = split_store(tree.ordered())
     return Handoff(plan_disk(spec, 64 * MIB, None), None, {}, True, {}, outside, names)
 
 
@@ -135,10 +135,10 @@ def test_store_paths_are_entered_only_when_their_top_changed(
 
 def test_removed_store_paths_are_named(sources: Path, image_root: Path, tmp_path: Path) -> None:
     tree = tree_for(sources)
-    tree.add_host(sources / "lib", "nix/store/dddd-gone")
+    tree.add_host(str(sources / "lib"), "nix/store/dddd-gone")
     record = record_changes(image_root, handoff_for(tree), tmp_path / "xchg")
     assert "dddd-gone" in record.store_walked
-    merged = [e.path for e in final_entries(tree, record)]
+    merged = [e.path for e in final_entries(tree.ordered(), record)]
     assert not any(p.startswith("nix/store/dddd-gone") for p in merged)
 
 
@@ -159,14 +159,14 @@ def test_finish_merges_the_record_into_prepares_tree(
     tree = tree_for(sources)
     written = write_record(xchg, record_changes(image_root, handoff_for(tree), xchg))
     record = read_record(written, step="test")
-    merged = {e.path: e for e in final_entries(tree, record)}
+    merged = {e.path: e for e in final_entries(tree.ordered(), record)}
     # prepare's bytes from prepare's sources, with the guest's owner and mode.
     owned = merged["etc/owned"]
-    assert owned.source == sources / "owned" and (owned.uid, owned.mode) == (1000, 0o600)
+    assert owned.source == str(sources / "owned") and (owned.uid, owned.mode) == (1000, 0o600)
     assert merged["etc/NIXOS"].data == b""
     # The guest's bytes from xchg/, resolved against the record's directory.
     passwd = merged["etc/passwd"].source
-    assert passwd is not None and passwd.read_text() == "root:x:0:0::/root:/bin/sh\n"
+    assert passwd is not None and Path(passwd).read_text() == "root:x:0:0::/root:/bin/sh\n"
     # Deleted by the guest: gone. Store paths not entered: prepare's entries.
     assert merged["nix/store/aaaa-lib/libtest.txt"].kind == "file"
     paths = list(merged)
@@ -176,4 +176,4 @@ def test_finish_merges_the_record_into_prepares_tree(
 def test_a_prepare_entry_prepare_never_had_is_refused(sources: Path) -> None:
     record = GuestRecord(True, ((Entry("etc/ghost", "file", 0o644), "prepare"),))
     with pytest.raises(StepError, match="prepare's tree has none"):
-        final_entries(tree_for(sources), record)
+        final_entries(tree_for(sources).ordered(), record)

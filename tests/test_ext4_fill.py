@@ -58,7 +58,7 @@ def every_kind(tmp_path: Path) -> list[Entry]:
         Entry("bin", "dir", 0o755),
         file_entry("bin/tool", b"#!/bin/sh\n", 0o4755, 70000, 70001),
         file_entry("bin/empty", b""),
-        Entry("bin/big", "file", 0o444, source=source, size=source.stat().st_size),
+        Entry("bin/big", "file", 0o444, source=str(source), size=source.stat().st_size),
         Entry("bin/same", "hardlink", 0o4755, link="bin/tool"),
         Entry("bin/short", "symlink", 0o777, link="tool"),
         Entry("bin/long", "symlink", 0o777, link="/" + "x" * 200),

@@ -196,3 +196,29 @@ def test_finish_takes_nothing_from_prepare() -> None:
     for phase in PHASES:
         imported = engine_modules_imported((REPO / PACKAGE / f"{phase}.py").read_text())
         assert not (imported & (PHASES - {phase})), (phase, imported & PHASES)
+
+
+def test_finish_takes_prepares_tree_and_refuses_another_spec(closure: Closure,
+                                                               engine: Engine) -> None:
+    from conftest import world_readable_dir
+    from imagecheck import ls
+
+    src = world_readable_dir("mdi-handed-")
+    (src / "first").write_text("1\n")
+    (src / "first").chmod(0o644)
+    contents = [{"source": str(src), "target": "/srv/app"}]
+    build_dir, out, spec = prepared(engine, closure, contents=contents)
+    # Written after prepare: finish does not describe the tree again, so it is not in
+    # the image (a store path cannot change; this is the only way to see it).
+    (src / "later").write_text("2\n")
+    (src / "later").chmod(0o644)
+    other = dict(spec, contents=[*contents, {"source": str(src / "later"), "target": "/x"}])
+    refused = engine.run("finish", other, build_dir=build_dir, out=out)
+    assert refused.returncode == 1
+    assert "staged from another spec" in refused.stderr, refused.stderr
+    assert not (out / "nixos.img").exists()
+    result = engine.run("finish", spec, build_dir=build_dir, out=out)
+    assert result.returncode == 0, result.stderr
+    image = out / "nixos.img"
+    root = sfdisk_json(image)["partitions"][1]
+    assert ls(image, root["start"] * 512, "/srv/app") == ["first"]

@@ -29,11 +29,11 @@ def test_entries(tmp_path: Path) -> None:
     db.write_text("db")
     paths = {e.path: e for e in trees.entries(d, partition, {"db.sqlite": db},
                                                 system="/nix/store/zzzz-system")}
-    assert paths["nix/store/aaaa-pkg/bin/x"].source == store / "aaaa-pkg/bin/x"
+    assert paths["nix/store/aaaa-pkg/bin/x"].source == str(store / "aaaa-pkg/bin/x")
     assert paths["etc/motd"].kind == "file"  # a symlink source is followed
     assert paths["etc/extra/motd"].kind == "file"
     assert paths["var/lib"].kind == "dir"
-    assert paths["nix/var/nix/db/db.sqlite"].source == db
+    assert paths["nix/var/nix/db/db.sqlite"].source == str(db)
     assert paths["nix/var/nix/profiles/system-1-link"].link == "/nix/store/zzzz-system"
     assert "etc/NIXOS" in paths
     assert trees.takes_nix_database(d, partition)

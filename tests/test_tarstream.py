@@ -21,7 +21,7 @@ def entries(tmp_path: Path) -> list[Entry]:
     return [
         Entry("", "dir", 0o755),
         Entry("bin", "dir", 0o755),
-        Entry("bin/big", "file", 0o555, source=big, size=big.stat().st_size),
+        Entry("bin/big", "file", 0o555, source=str(big), size=big.stat().st_size),
         Entry("bin/empty", "file", 0o644, data=b""),
         Entry("etc", "dir", 0o755, 1000, 100, mtime=1234),
         Entry("etc/data", "file", 0o600, 1000, 100, data=b"abc", size=3),
@@ -80,7 +80,7 @@ def test_tar_readers_see_every_entry_as_written(tmp_path: Path) -> None:
 def test_a_source_that_shrinks_is_an_error(tmp_path: Path) -> None:
     src = tmp_path / "f"
     src.write_bytes(b"12345")
-    item = Entry("f", "file", 0o644, source=src, size=5)
+    item = Entry("f", "file", 0o644, source=str(src), size=5)
     read_fd, write_fd = os.pipe()
     # The header says 5 bytes; the file is empty by the time its body is sent.
     src.write_bytes(b"")

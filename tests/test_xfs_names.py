@@ -81,7 +81,7 @@ def _tree(source: Path) -> list[Entry]:
 
     def add(path: str, kind: str = "file", **kw: object) -> None:
         entries.append(Entry(path, kind, 0o755 if kind == "dir" else 0o644,  # type: ignore[arg-type]
-                             source=source if kind == "file" else None, **kw))  # type: ignore[arg-type]
+                             source=str(source) if kind == "file" else None, **kw))  # type: ignore[arg-type]
 
     add("dir with space", "dir")
     add("dir with space/$HOME")

@@ -16,7 +16,7 @@ def test_protofile_names_owners_modes(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.write_text("x")
     entries = [Entry("", "dir", 0o755), Entry("tmp", "dir", 0o1777),
-               Entry("tmp/f", "file", 0o4755, 1000, 100, source=source),
+               Entry("tmp/f", "file", 0o4755, 1000, 100, source=str(source)),
                Entry("tmp/h", "hardlink", 0o4755, 1000, 100, link="tmp/f"),
                Entry("l", "symlink", 0o777, link="/nix/store/x"),
                Entry("d", "file", 0o600, data=b"inline")]
@@ -39,9 +39,9 @@ def test_what_a_token_cannot_hold_goes_in_as_a_stand_in(tmp_path: Path) -> None:
     source.parent.mkdir()
     source.write_text("x")
     entries = [Entry("", "dir", 0o755), Entry("a b", "dir", 0o755),
-               Entry("a b/$HOME", "file", 0o644, source=source),
+               Entry("a b/$HOME", "file", 0o644, source=str(source)),
                Entry("a b/:c", "symlink", 0o777, link="to a b"),
-               Entry(os.fsdecode(b"\xff z"), "file", 0o644, source=source)]
+               Entry(os.fsdecode(b"\xff z"), "file", 0o644, source=str(source))]
     data = tmp_path / "data"
     data.mkdir()
     _, renames = write_protofile(entries, tmp_path / "proto", data, step="t")

@@ -69,9 +69,10 @@ def top_sources(entries: Sequence[Entry]) -> list[Path] | None:
             continue
         top, _, rest = entry.path.partition("/")
         depth = rest.count("/") + 1 if rest else 0
-        if len(entry.source.parents) <= depth:
+        source = Path(entry.source)
+        if len(source.parents) <= depth:
             return None
-        origin = entry.source.parents[depth - 1] if depth else entry.source
+        origin = source.parents[depth - 1] if depth else source
         if origin.name != top or found.setdefault(top, origin) != origin:
             return None
     tops = [e.path for e in entries if e.path and "/" not in e.path]

@@ -68,7 +68,7 @@ def _proto_link(entry: Entry, renames: Renames, step: str) -> bytes:
     return b"x" + stand_in[1:] if not token_safe(stand_in) else stand_in
 
 
-def _proto_source(source: Path, data_dir: Path) -> bytes:
+def _proto_source(source: str, data_dir: Path) -> bytes:
     """A file's path as a token: its own, or a symlink to it with a plain name."""
     token = os.fsencode(str(source))
     if token_safe(token):

@@ -103,7 +103,7 @@ def _file_blocks(entry: Entry) -> int:
         return sum(1 for i in range(0, len(data), BLOCK) if data[i:i + BLOCK].strip(b"\0"))
     assert entry.source is not None
     used = 0
-    with entry.source.open("rb") as f:
+    with open(entry.source, "rb") as f:
         while chunk := f.read(READ_CHUNK):
             if not chunk.strip(b"\0"):
                 continue

@@ -36,20 +36,20 @@ def entries(definition: Definition, partition: PartitionInput,
         for path in read_store_paths(Path(partition.closure_info)):
             tree.adding = f"image.repart.partitions.{definition.name}.storePaths ({path})"
             name = os.path.basename(path)
-            tree.add_host(Path(path), f"{prefix}/{name}" if prefix else name)
+            tree.add_host(str(path), f"{prefix}/{name}" if prefix else name)
     for target, source in sorted(partition.contents.items()):
         tree.adding = f"image.repart.partitions.{definition.name}.contents.\"{target}\""
         # A contents source is often a store symlink: its target is what is meant.
-        tree.add_host(Path(os.path.realpath(source)), target)
+        tree.add_host(os.path.realpath(source), target)
     for copy in definition.copy_files:
         tree.adding = f"image.repart.partitions.{definition.name}.repartConfig.CopyFiles"
-        tree.add_host(Path(copy.source), copy.target)
+        tree.add_host(str(copy.source), copy.target)
     tree.adding = None
     for directory in definition.make_directories:
         tree.mkdir_p(directory)
     if db_files:
         for name, db_file in sorted(db_files.items()):
-            tree.add_host(db_file, f"nix/var/nix/db/{name}")
+            tree.add_host(str(db_file), f"nix/var/nix/db/{name}")
     if system is not None:
         tree.add_symlink(f"{PROFILES}/system-1-link", system)
         tree.add_symlink(f"{PROFILES}/system", "system-1-link")
