@@ -203,3 +203,20 @@ def test_store_image_sources_are_the_store_paths(tmp_path: Path) -> None:
                                                                   "ccc-file")]
     tree.add_file("etc/NIXOS", b"")  # not copied from a host path: materialize instead
     assert top_sources(tree.ordered()) is None
+
+
+def test_squashfs_memory_bound_keeps_the_bytes(closure: Closure, tmp_path: Path) -> None:
+    """mksquashfs -mem (the engine bounds its caches) gives the bytes it gives without."""
+    from make_disk_image.filesystems.squashfs import SQUASHFS_MEMORY, make_squashfs
+
+    sources = [Path(closure.lib), Path(closure.app)]
+    bounded = tmp_path / "bounded.img"
+    make_squashfs(bounded, sources, root_mode=0o755, deterministic=True, step="t",
+                  links=False, compression="lz4")
+    unbounded = tmp_path / "unbounded.img"
+    subprocess.run(["mksquashfs", *map(str, sources), str(unbounded), "-noappend",
+                    "-all-root", "-no-xattrs", "-no-progress", "-quiet", "-root-mode", "755",
+                    "-processors", str(os.cpu_count() or 1), "-comp", "lz4",
+                    "-no-hardlinks"], check=True, env={**os.environ, "SOURCE_DATE_EPOCH": "1"})
+    assert SQUASHFS_MEMORY
+    assert bounded.read_bytes() == unbounded.read_bytes()
