@@ -299,8 +299,9 @@ def qemu_command(
         plat.qemu_binary,
         "-accel",
         "tcg",
+        # The build VM's cpu (interface.json's platforms say why aarch64's is not plain max).
         "-cpu",
-        "max",
+        plat.qemu_cpu,
         "-m",
         str(memory_mib),
         "-nodefaults",
