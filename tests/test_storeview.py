@@ -205,3 +205,17 @@ def test_btrfs_of_the_view_too_large_for_the_root_names_disksize(store: Path,
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("disk")) == [
         "disk.raw"]
     assert target.stat().st_size == 170 * MIB and target.stat().st_blocks == 0
+
+
+def test_btrfs_refuses_an_owner_other_than_root_before_any_work(store: Path,
+                                                                 tmp_path: Path) -> None:
+    """An entry the guest gave another owner cannot be made unprivileged: named, with
+    the fix, before the tree is viewed or copied."""
+    from make_disk_image.filesystems.btrfs import make_btrfs
+
+    entries = [*staged(store, ["aaaa-plain"]),
+               Entry("home/alice", "dir", 0o700, uid=1000, gid=100)]
+    with pytest.raises(StepError, match=r"/home/alice is owned by 1000:100, but fsType btrfs "
+                       r"is made in a user namespace .* or use fsType ext4 or xfs"):
+        make_btrfs(tmp_path / "root.btrfs", entries, label="nixos", uuid=None, step="t")
+    assert list(tmp_path.iterdir()) == [tmp_path / "store"]
