@@ -76,13 +76,15 @@ def test_binds_what_the_tool_would_read_alike_and_says_why_not(
         store: Path, caplog: pytest.LogCaptureFixture) -> None:
     names = sorted(p.name for p in store.iterdir())
     with caplog.at_level(logging.INFO):
-        kept, pairs = plan_view(staged(store, names), copies_owners=True, step="t")
+        plan = plan_view(staged(store, names), copies_owners=True, step="t")
+    kept, pairs = plan.kept, plan.pairs
+    assert plan.unbound == len(names) - 1
     assert pairs == [(store / "aaaa-plain", "nix/store/aaaa-plain")]
     # The bound store path is its mount point only; the others are copied whole.
     assert "nix/store/aaaa-plain" in {e.path for e in kept}
     assert not any(e.path.startswith("nix/store/aaaa-plain/") for e in kept)
     assert "nix/store/cccc-linked/share/g" in {e.path for e in kept}
-    assert "store paths copied, not bound" in caplog.text
+    assert "store paths not bound" in caplog.text
     assert "belongs to 1234:100, not to the build user" in caplog.text
     if (store / "dddd-xattr").exists():
         top = "nix/store/dddd-xattr"
@@ -90,7 +92,7 @@ def test_binds_what_the_tool_would_read_alike_and_says_why_not(
                           copies_owners=True)
         assert why.endswith("dddd-xattr/share/f has extended attributes")
     # mkfs.erofs --all-root -x -1 reads neither owners nor extended attributes.
-    _, pairs = plan_view(staged(store, names), copies_owners=False, step="t")
+    pairs = plan_view(staged(store, names), copies_owners=False, step="t").pairs
     assert [rel for _, rel in pairs] == [f"nix/store/{n}" for n in names
                                          if n != "cccc-linked"]
 
@@ -99,9 +101,9 @@ def test_a_changed_entry_is_copied(store: Path) -> None:
     entries = staged(store, ["aaaa-plain"])
     changed = [Entry(e.path, e.kind, 0o644, source=e.source, size=e.size)
                if e.path.endswith("lib/x") else e for e in entries]
-    assert plan_view(changed, copies_owners=True, step="t")[1] == []
+    assert plan_view(changed, copies_owners=True, step="t").pairs == []
     fewer = [e for e in entries if not e.path.endswith("lib/x")]
-    assert plan_view(fewer, copies_owners=True, step="t")[1] == []
+    assert plan_view(fewer, copies_owners=True, step="t").pairs == []
 
 
 def erofs(entries: list[Entry], dest: Path, tmp: Path) -> bytes:
@@ -118,7 +120,7 @@ def test_erofs_of_the_view_is_the_copys_image(store: Path, tmp_path: Path,
     entries = staged(store, names)
     with caplog.at_level(logging.INFO):
         viewed = erofs(entries, tmp_path / "viewed.img", tmp_path)
-    assert f"{len(names) - 1} store paths bound" in caplog.text
+    assert f"{len(names) - 1} store paths checked and bound" in caplog.text
     # Every store path copied: a file with its bytes given is never bound.
     copied_entries = [Entry(e.path, e.kind, e.mode, e.uid, e.gid, None,
                             Path(e.source).read_bytes(), e.link, e.device, e.size, e.mtime)
@@ -126,7 +128,7 @@ def test_erofs_of_the_view_is_the_copys_image(store: Path, tmp_path: Path,
     caplog.clear()
     with caplog.at_level(logging.INFO):
         copied = erofs(copied_entries, tmp_path / "copied.img", tmp_path)
-    assert "0 store paths bound" in caplog.text
+    assert "0 store paths checked and bound" in caplog.text
     assert viewed == copied
 
 
@@ -150,7 +152,7 @@ def test_a_refused_namespace_copies_instead(store: Path, tmp_path: Path,
     with caplog.at_level(logging.INFO):
         again = erofs(entries, tmp_path / "fallback.img", tmp_path)
     assert "the store view was refused" in caplog.text
-    assert "0 store paths bound" in caplog.text
+    assert "0 store paths checked and bound" in caplog.text
     assert again == expected
 
 
@@ -171,16 +173,16 @@ def test_a_store_images_store_paths_are_at_its_root(store: Path) -> None:
     tree = Tree()
     tree.add_host(store / "aaaa-plain", "aaaa-plain")
     tree.add_host(store / "cccc-linked", "cccc-linked")
-    _, pairs = plan_view(tree.ordered(), copies_owners=False, step="t")
+    pairs = plan_view(tree.ordered(), copies_owners=False, step="t").pairs
     assert pairs == [(store / "aaaa-plain", "aaaa-plain")]
 
 
 def test_deduplicated_links_keep_their_store_paths_copied(store: Path) -> None:
     entries = staged(store, ["aaaa-plain"])
     link = Entry("etc/same", "hardlink", 0o444, link="nix/store/aaaa-plain/lib/x")
-    kept, pairs = plan_view([*entries, link], copies_owners=True, step="t")
-    assert pairs == []
-    assert len(kept) == len(entries) + 1
+    plan = plan_view([*entries, link], copies_owners=True, step="t")
+    assert plan.pairs == [] and plan.unbound == 1
+    assert len(plan.kept) == len(entries) + 1
 
 
 def test_btrfs_of_the_view_too_large_for_the_root_names_disksize(store: Path,
@@ -192,7 +194,7 @@ def test_btrfs_of_the_view_too_large_for_the_root_names_disksize(store: Path,
 
     store_path(store, "eeee-big", {"share/big": b"\x5a" * (200 * MIB)})
     entries = staged(store, ["aaaa-plain", "eeee-big"])
-    assert plan_view(entries, copies_owners=True, step="t")[1]  # bound, not copied
+    assert plan_view(entries, copies_owners=True, step="t").pairs  # bound, not copied
     target = tmp_path / "disk.raw"
     with target.open("wb") as fh:
         fh.truncate(170 * MIB)
@@ -219,3 +221,40 @@ def test_btrfs_refuses_an_owner_other_than_root_before_any_work(store: Path,
                        r"is made in a user namespace .* or use fsType ext4 or xfs"):
         make_btrfs(tmp_path / "root.btrfs", entries, label="nixos", uuid=None, step="t")
     assert list(tmp_path.iterdir()) == [tmp_path / "store"]
+
+
+def test_instead_of_a_copy_the_stream(store: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `instead` (mkfs.erofs >= 1.7's tar stream), no store path is ever copied:
+    an unbound one, or a refused namespace, runs it rather than the tool on a copy."""
+    calls: list[str] = []
+
+    def run(names: list[str]) -> None:
+        run_viewed(staged(store, names), tmp_path, copies_owners=True, step="t",
+                   fs_type="erofs", command=lambda tree: ["true", tree],
+                   instead=lambda: calls.append("stream"))
+
+    run(["aaaa-plain"])
+    assert calls == []  # bound: the tool read the view
+    run(["aaaa-plain", "bbbb-other-owner"])
+    assert calls == ["stream"]
+    fake_unshare(tmp_path, monkeypatch)
+    run(["aaaa-plain"])
+    assert calls == ["stream", "stream"]
+
+
+def test_erofs_of_the_view_is_the_tar_streams_image(store: Path, tmp_path: Path) -> None:
+    """erofs-utils >= 1.7 reads both: the view and the engine's tar stream give the same
+    bytes (with 1.8.6: 2.5x faster from the view on a 2 GB closure)."""
+    from make_disk_image.filesystems.erofs import takes_tar
+    from make_disk_image.tarstream import run_fed
+
+    if not takes_tar():
+        pytest.skip("this mkfs.erofs (erofs-utils < 1.7) reads no tar stream")
+    entries = staged(store, sorted(p.name for p in store.iterdir()))
+    viewed = erofs(entries, tmp_path / "viewed.img", tmp_path)
+    streamed = tmp_path / "streamed.img"
+    run_fed([*erofs_command(streamed, uuid="f222513b-ded1-49fa-b591-20ce86a2fe7f",
+                            deterministic=True, compression=None), "--tar=f"],
+            entries, step="t")
+    assert streamed.read_bytes() == viewed

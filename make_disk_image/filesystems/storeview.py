@@ -145,9 +145,18 @@ def viewable(top: str, subtree: Sequence[Entry], *,
     return root, ""
 
 
-def plan_view(entries: Sequence[Entry], *, copies_owners: bool,
-              step: str) -> tuple[list[Entry], list[tuple[Path, str]]]:
-    """The entries to materialize, and the (host store path, tree path) pairs to bind."""
+@dataclass(frozen=True)
+class ViewPlan:
+    """The entries to materialize, the (host store path, tree path) pairs to bind, and
+    how many store paths stay copied."""
+
+    kept: list[Entry]
+    pairs: list[tuple[Path, str]]
+    unbound: int
+
+
+def plan_view(entries: Sequence[Entry], *, copies_owners: bool, step: str) -> ViewPlan:
+    """Which store paths of `entries` the tool may read in place."""
     roots = store_roots(entries)
     linked = {top for e in entries if e.kind == "hardlink"
               for top in _tops(roots, e.path, e.link or "")}
@@ -156,7 +165,8 @@ def plan_view(entries: Sequence[Entry], *, copies_owners: bool,
     refused: list[str] = []
     for top, subtree in roots.items():
         if top in linked:
-            continue  # `deduplicate`'s links reach into it: the copy holds them
+            refused.append(f"/{top}: `deduplicate` links into it")
+            continue
         root, why = viewable(top, subtree, copies_owners=copies_owners)
         if root is None:
             refused.append(f"/{top}: {why}")
@@ -164,9 +174,9 @@ def plan_view(entries: Sequence[Entry], *, copies_owners: bool,
         pairs.append((root, top))
         skipped.update(e.path for e in subtree[1:])
     if refused:
-        logger.info("[%s] %d store paths copied, not bound (the first: %s)", step,
-                    len(refused), refused[0])
-    return [e for e in entries if e.path not in skipped], pairs
+        logger.info("[%s] %d store paths not bound (the first: %s)", step, len(refused),
+                    refused[0])
+    return ViewPlan([e for e in entries if e.path not in skipped], pairs, len(refused))
 
 
 def _tops(roots: dict[str, list[Entry]], *paths: str) -> list[str]:
@@ -177,17 +187,13 @@ def _tops(roots: dict[str, list[Entry]], *paths: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def viewed(entries: Sequence[Entry], parent: Path, *, copies_owners: bool, step: str,
-           fs_type: str, bind: bool = True) -> Iterator[View]:
-    """`entries` as a View in a temporary directory in `parent`; `bind` false, or no
-    store path to bind: all of it materialized, as before."""
-    kept, pairs = (plan_view(entries, copies_owners=copies_owners, step=step) if bind
-                   else ([*entries], []))
+def viewed(plan: ViewPlan, parent: Path, *, step: str, fs_type: str) -> Iterator[View]:
+    """The View `plan` gives, in a temporary directory in `parent`."""
     with tempfile.TemporaryDirectory(prefix=f"{fs_type}-root-", dir=parent) as tmp:
         tree = Path(tmp) / "root"
         try:
-            materialize(kept, tree, step=step, fs_type=fs_type)
-            bindings = tuple((source, tree / rel) for source, rel in pairs)
+            materialize(plan.kept, tree, step=step, fs_type=fs_type)
+            bindings = tuple((source, tree / rel) for source, rel in plan.pairs)
             listing = Path(tmp) / "bindings"
             listing.write_bytes(b"".join(bytes(s) + b"\0" + bytes(t) + b"\0"
                                          for s, t in bindings))
@@ -200,15 +206,24 @@ def viewed(entries: Sequence[Entry], parent: Path, *, copies_owners: bool, step:
 
 def run_viewed(entries: Sequence[Entry], parent: Path, *, copies_owners: bool, step: str,
                fs_type: str, command: Callable[[Path], Sequence[str | Path]],
-               unbound_prefix: Sequence[str] = ()) -> None:
+               unbound_prefix: Sequence[str] = (),
+               instead: Callable[[], None] | None = None) -> None:
     """Run `command(tree)` on the View of `entries` (`unbound_prefix` first when nothing
-    is bound); where the namespace refuses the bindings, once more on a full copy."""
-    for bind in (True, False):
-        started = time.monotonic()
-        with viewed(entries, parent, copies_owners=copies_owners, step=step, fs_type=fs_type,
-                    bind=bind) as view:
-            logger.info("[%s] the tree for %s: %d store paths bound, the rest copied in "
-                        "%.1f s", step, fs_type, len(view.bindings), time.monotonic() - started)
+    is bound); where the namespace refuses the bindings, once more on a full copy.
+    `instead`: what runs rather than copying any store path (mkfs.erofs >= 1.7's tar
+    stream), where one cannot be bound or the namespace is refused."""
+    started = time.monotonic()
+    plan = plan_view(entries, copies_owners=copies_owners, step=step)
+    if instead is not None and plan.unbound:
+        logger.info("[%s] %s: not every store path can be bound; no copy", step, fs_type)
+        instead()
+        return
+    full_copy = ViewPlan([*entries], [], len(store_roots(entries)))
+    for attempt in (plan, full_copy):
+        with viewed(attempt, parent, step=step, fs_type=fs_type) as view:
+            logger.info("[%s] the tree for %s: %d store paths checked and bound, the rest "
+                        "copied, in %.1f s", step, fs_type, len(view.bindings),
+                        time.monotonic() - started)
             env = None
             if view.prefix:
                 found = os.environ.get("PYTHONPATH")
@@ -220,8 +235,14 @@ def run_viewed(entries: Sequence[Entry], parent: Path, *, copies_owners: bool, s
             except CommandError as exc:
                 if not view.bindings or not refused(exc):
                     raise
+                reason = exc.stderr.strip().splitlines()[-1:]
+                if instead is not None:
+                    logger.info("[%s] the store view was refused (%s): no copy", step, reason)
+                    instead()
+                    return
                 logger.info("[%s] the store view was refused (%s): the store paths are "
-                            "copied instead", step, exc.stderr.strip().splitlines()[-1:])
+                            "copied instead", step, reason)
+                started = time.monotonic()
 
 
 def refused(exc: CommandError) -> bool:
