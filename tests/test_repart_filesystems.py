@@ -8,10 +8,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from imagecheck import Inode, cat, dumpe2fs, e2fsck_clean, ls, run, stat
 
 from make_disk_image.models import Entry
 from make_disk_image.process import StepError
 from make_disk_image.repart import filesystems
+from make_disk_image.tarstream import run_fed
 
 FS_UUID = uuid.UUID("7981aaf4-2a9a-4f86-9f1f-5b42c8f28bbf")
 
@@ -31,8 +33,10 @@ def test_fat_label() -> None:
 
 
 def test_ext4_twice_the_same_bytes(tmp_path: Path) -> None:
+    """The engine's writer fills repart's ext4: the same bytes twice, clean, with
+    metadata checksums, the entries' owners and modes, repart's label and UUID."""
     entries = [Entry("", "dir", 0o755), Entry("etc", "dir", 0o755),
-               Entry("etc/hello", "file", 0o644, data=b"hello\n", size=6)]
+               Entry("etc/hello", "file", 0o640, 1000, 100, data=b"hello\n", size=6)]
     digests = []
     for name in ("a", "b"):
         target = tmp_path / f"{name}.ext4"
@@ -40,12 +44,56 @@ def test_ext4_twice_the_same_bytes(tmp_path: Path) -> None:
                               step="test")
         digests.append(hashlib.sha256(target.read_bytes()).hexdigest())
     assert digests[0] == digests[1]
-    out = subprocess.run(["debugfs", "-R", "cat /etc/hello", tmp_path / "a.ext4"],
-                         capture_output=True, text=True, check=True).stdout
-    assert out == "hello\n"
+    image = tmp_path / "a.ext4"
+    assert e2fsck_clean(image, 0).returncode == 0
+    fields = dumpe2fs(image, 0)
+    assert "metadata_csum" in fields["Filesystem features"].split()
+    assert (fields["Filesystem volume name"], fields["Filesystem UUID"]) == ("root", str(FS_UUID))
+    assert (fields["Inode size"], fields["Reserved block count"]) == ("256", "0")
+    assert cat(image, 0, "/etc/hello") == "hello\n"
+    assert stat(image, 0, "/etc/hello") == Inode(0o100640, 1000, 100, 6)
     guess = filesystems.guess_ext4_size(tmp_path, entries, fs_uuid=FS_UUID, label="root",
                                         step="test")
     assert 1 << 20 < guess < 64 << 20
+
+
+def test_ext4_in_place_leaves_the_rest_of_the_image(tmp_path: Path) -> None:
+    """Made at an offset inside the image: nothing written before or after it."""
+    image, offset, size = tmp_path / "disk.raw", 1 << 20, 8 << 20
+    marker = b"not the filesystem's" * 50
+    with image.open("wb") as f:
+        f.write(marker)
+        f.seek(offset + size)
+        f.write(marker)
+    entries = [Entry("", "dir", 0o755), Entry("a", "file", 0o644, data=b"x" * 9000, size=9000)]
+    filesystems.make_ext4(image, size, entries, fs_uuid=FS_UUID, label="root", step="test",
+                          offset=offset)
+    data = image.read_bytes()
+    assert data[:len(marker)] == marker and data[len(marker):offset].strip(b"\0") == b""
+    assert data[offset + size:] == marker
+    assert e2fsck_clean(image, offset).returncode == 0
+    assert cat(image, offset, "/a") == "x" * 9000
+
+
+def one_directory(entries: int) -> list[Entry]:
+    return [Entry("", "dir", 0o755), Entry("d", "dir", 0o755),
+            *[Entry(f"d/entry-{n:06}.conf", "file", 0o644, data=b"%d\n" % n, size=len(b"%d\n" % n))
+              for n in range(entries)]]
+
+
+def test_a_large_directory_is_written_once_then_indexed(tmp_path: Path) -> None:
+    """`mke2fs -d` adds each entry by scanning its directory (quadratic: 40,000 entries
+    in one directory took 110 s) and leaves it linear, unindexed. The engine's writer
+    writes it once, and e2fsck -D indexes it: an htree directory with every entry."""
+    target = tmp_path / "big.ext4"
+    filesystems.make_ext4(target, 64 << 20, one_directory(3000), fs_uuid=FS_UUID,
+                          label="root", step="test")
+    assert e2fsck_clean(target, 0).returncode == 0
+    assert "Flags: 0x81000" in run("debugfs", "-R", "stat /d", str(target))  # extents, index
+    htree = run("debugfs", "-R", "htree /d", str(target))
+    assert "Root node dump:" in htree and "Number of entries (count):" in htree
+    assert len(ls(target, 0, "/d")) == 3000
+    assert cat(target, 0, "/d/entry-002999.conf") == "2999\n"
 
 
 def test_swap(tmp_path: Path) -> None:
@@ -57,8 +105,9 @@ def test_swap(tmp_path: Path) -> None:
 
 
 def test_tree_blocks_count_what_mke2fs_writes(tmp_path: Path) -> None:
-    """Minimize=guess counts instead of filling: the count must be what `mke2fs -d`
-    writes (zero blocks left as holes, long symlinks, directories, inode table)."""
+    """Minimize=guess counts instead of filling: the count must be what repart 254's
+    trial, `mkfs.ext4 -d`, writes (zero blocks left as holes, long symlinks,
+    directories, inode table), over the empty filesystem the guess makes."""
     entries = [Entry("", "dir", 0o755), Entry("etc", "dir", 0o755),
                Entry("etc/hello", "file", 0o644, data=b"x\n", size=2),
                Entry("etc/zeros", "file", 0o644, data=bytes(3 * 4096) + b"end", size=12291),
@@ -66,22 +115,37 @@ def test_tree_blocks_count_what_mke2fs_writes(tmp_path: Path) -> None:
                Entry("etc/short", "symlink", 0o777, link="hello", size=5),
                *[Entry(f"etc/d{i:03}-{'n' * 40}", "dir", 0o755) for i in range(200)]]
     counted = filesystems.tree_blocks(entries)
-    made = []
-    for tree in (entries[:1], entries):
+    made = {}
+    for name, features, tree in [("empty", "^metadata_csum,uninit_bg", None),
+                                 ("root only", "^metadata_csum,uninit_bg", entries[:1]),
+                                 ("csum root only", "metadata_csum", entries[:1]),
+                                 ("csum filled", "metadata_csum", entries)]:
         target = tmp_path / "trial.ext4"
-        # With metadata checksums, as repart 254's trial (directory blocks keep a tail).
-        filesystems.make_ext4(target, filesystems.TRIAL_SIZE, tree, fs_uuid=FS_UUID,
-                              label="root", step="test")
-        made.append(filesystems.data_bytes(target))
+        fill = ("-d", "-") if tree is not None else ()
+        argv = filesystems.mkfs_ext4_command(target, filesystems.TRIAL_SIZE, fs_uuid=FS_UUID,
+                                             label="root", features=features, extra=fill,
+                                             offset=None)
+        run_fed(argv, tree or [], step="test", env={"SOURCE_DATE_EPOCH": "1"})
+        made[name] = filesystems.data_bytes(target)
         target.unlink()
-    assert made[1] - made[0] == counted * 4096
+    # The guess's empty trial holds what repart's trial of the root alone holds.
+    assert made["empty"] == made["root only"]
+    # With metadata checksums, directory blocks keep a tail: the count allows for it.
+    assert made["csum filled"] - made["csum root only"] == counted * 4096
 
 
-def test_btrfs_too_small_names_the_size_option(tmp_path: Path) -> None:
-    """mkfs.btrfs grows its file to hold the tree rather than failing."""
-    big = b"x" * (40 << 20)
+@pytest.mark.parametrize(("fmt", "size", "detail"), [
+    # The engine's writer runs out of blocks.
+    ("ext4", 8, r"filling it: .*"),
+    # mkfs.btrfs grows its file to hold the tree rather than failing.
+    ("btrfs", 32, r"the filesystem needs \d+ MiB"),
+])
+def test_too_small_names_the_size_option(tmp_path: Path, fmt: str, size: int,
+                                         detail: str) -> None:
+    big = b"x" * ((size + 8) << 20)
     entries = [Entry("", "dir", 0o755), Entry("big", "file", 0o644, data=big, size=len(big))]
-    with pytest.raises(StepError, match=r"partition's 32 MiB do not hold its files; raise "
-                       r"its SizeMinBytes \(the filesystem needs \d+ MiB\)"):
-        filesystems.make_btrfs(tmp_path / "small.btrfs", 32 << 20, entries, fs_uuid=FS_UUID,
-                               label="home", step="test")
+    make = {"ext4": filesystems.make_ext4, "btrfs": filesystems.make_btrfs}[fmt]
+    with pytest.raises(StepError, match=rf"partition's {size} MiB do not hold its files; "
+                       rf"raise its SizeMinBytes \({detail}\)"):
+        make(tmp_path / f"small.{fmt}", size << 20, entries, fs_uuid=FS_UUID, label="home",
+             step="test")

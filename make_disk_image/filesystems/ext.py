@@ -18,7 +18,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -187,21 +187,41 @@ def make_filled_ext4(
     """An empty ext4 from mke2fs (no checksums: `add_checksums` adds them), then filled."""
     argv = mkfs_command(target, plan, uuid=uuid, deterministic=deterministic,
                         checksums=False, extra=extra, tree_on_stdin=False)
+    make_and_fill(argv, target, plan.root_offset if plan.table is not None else 0, entries,
+                  deterministic=deterministic, step=step, options=extra,
+                  too_full=lambda detail: too_small(step, plan, detail))
+
+
+def make_and_fill(
+    mkfs_argv: Sequence[str],
+    target: Path,
+    offset: int,
+    entries: Sequence[Entry],
+    *,
+    deterministic: bool,
+    step: str,
+    too_full: Callable[[str], StepError],
+    options: Sequence[str] = (),
+) -> None:
+    """`mkfs_argv` (an mke2fs making an empty ext4 without metadata_csum at `offset` in
+    `target`), then `entries` written into it by ext4_fill. The checksums are the
+    caller's (`add_checksums_at`). `too_full`: the error for a filesystem the entries do
+    not fit; `options`: the caller's extra mke2fs options, named if the filler cannot
+    fill what they made."""
     env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)} if deterministic else {}
     started = time.monotonic()
-    process.run(argv, step=step, env=env)
+    process.run(mkfs_argv, step=step, env=env)
     made = time.monotonic()
     try:
         times = ext4_fill.Times(SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH) if deterministic \
             else ext4_fill.Times(None, int(time.time()))
-        stats = ext4_fill.fill(target, plan.root_offset if plan.table is not None else 0,
-                              entries, times)
+        stats = ext4_fill.fill(target, offset, entries, times)
     except ext4_fill.FilesystemFull as exc:
-        raise too_small(step, plan, f"filling it: {exc}") from exc
+        raise too_full(f"filling it: {exc}") from exc
     except ext4_fill.FillError as exc:
         raise StepError(step, f"cannot write the tree: {exc}") from exc
     except UnsupportedFilesystem as exc:
-        raise StepError(step, f"mke2fs {shlex.join(extra)} made a filesystem with {exc}, "
+        raise StepError(step, f"mke2fs {shlex.join(options)} made a filesystem with {exc}, "
                         "which the engine's ext4 writer does not fill; drop that option") \
             from exc
     except OSError as exc:
@@ -217,11 +237,22 @@ def make_filled_ext4(
 
 def device_spec(target: Path, plan: DiskPlan) -> str:
     """How e2fsprogs' tools name the filesystem inside the image."""
-    return f"{target}?offset={plan.root_offset}" if plan.table is not None else str(target)
+    return offset_spec(target, plan.root_offset if plan.table is not None else 0)
+
+
+def offset_spec(target: Path, offset: int) -> str:
+    """How e2fsprogs' tools name the filesystem at `offset` in `target`."""
+    return f"{target}?offset={offset}" if offset else str(target)
 
 
 def add_checksums(target: Path, plan: DiskPlan, *, deterministic: bool, step: str) -> None:
-    """metadata_csum on a filesystem made without it: tune2fs, then e2fsck -fD.
+    """metadata_csum on the plan's root filesystem, made without it (`add_checksums_at`)."""
+    add_checksums_at(device_spec(target, plan), deterministic=deterministic, step=step)
+
+
+def add_checksums_at(spec: str, *, deterministic: bool, step: str) -> None:
+    """metadata_csum on a filesystem made without it: tune2fs, then e2fsck -fD. `spec`
+    names it as e2fsprogs does (`offset_spec`).
 
     mke2fs -d computes the checksums again each time it updates a block while it fills
     the filesystem; turning them on afterwards computes each once. The result has the
@@ -230,7 +261,6 @@ def add_checksums(target: Path, plan: DiskPlan, *, deterministic: bool, step: st
     """
     started = time.monotonic()
     env = FIXED_TIME_ENV if deterministic else {}
-    spec = device_spec(target, plan)
     process.run(["tune2fs", "-O", "metadata_csum", spec], step=f"{step}: checksums", env=env)
     # mke2fs -U with metadata_csum also sets metadata_csum_seed (the seed kept in the
     # superblock, from the UUID); so does the reference's tune2fs -U. Turned on after
@@ -247,8 +277,8 @@ def add_checksums(target: Path, plan: DiskPlan, *, deterministic: bool, step: st
     if unexpected:
         raise StepError(
             f"{step}: checksums",
-            f"e2fsck -fyD found and fixed errors in the root filesystem mke2fs just made "
-            f"in {target}: " + " / ".join(unexpected)
+            f"e2fsck -fyD found and fixed errors in the filesystem mke2fs just made "
+            f"in {spec}: " + " / ".join(unexpected)
             + "; the filesystem cannot be trusted (a fault of the disk or of e2fsprogs)",
         )
     logger.info("[%s] metadata checksums in %.1f s", step, time.monotonic() - started)

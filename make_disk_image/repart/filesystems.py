@@ -2,7 +2,7 @@
 
 | Format | made by | owners | deterministic |
 |---|---|---|---|
-| ext4 | `mkfs.ext4 -d -` (tar stream, explicit owners) | root | bit-identical (*) |
+| ext4 | `mkfs.ext4`, then the engine's writer (filesystems/ext.py) | root | bit-identical (*) |
 | vfat | `mkfs.vfat -F 32 --invariant`, mtools | - | bit-identical (fixed times) |
 | swap | `mkswap` | - | bit-identical |
 | btrfs | `mkfs.btrfs --rootdir` in a user namespace (filesystems/btrfs.py) | root | label, UUID |
@@ -17,7 +17,7 @@ Which maker a `Format=` value gets, and what else it asks of the build, is the t
 
 The options are systemd-repart 254's (mkfs-util.c: `-I 256 -m 0 -O has_journal`, FAT32
 forced, label and UUID) plus what makes the bytes reproducible; `mkfsOptions` go last.
-No fakeroot: owners come from the tar stream, `--all-root` or the protofile; btrfs alone
+No fakeroot: owners come from the entries, `--all-root` or the protofile; btrfs alone
 needs a user namespace (mkfs.btrfs reads a directory tree), where its files are root's.
 """
 
@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from make_disk_image import process
-from make_disk_image.filesystems import btrfs, erofs, scratch, squashfs, xfs
+from make_disk_image.filesystems import btrfs, erofs, ext, scratch, squashfs, xfs
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import MIB, Entry, PlannedPartition
 from make_disk_image.process import CommandError, StepError
@@ -58,24 +58,33 @@ def _sized(target: Path, size: int) -> None:
         f.truncate(size)
 
 
-def make_ext4(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
-              label: str, step: str, extra: Sequence[str] = (), checksums: bool = True,
-              offset: int | None = None) -> None:
-    """ext4 of `size` bytes: the whole of a new `target`, or, with `offset`, inside the
-    existing image `target` (no copy of the filesystem afterwards)."""
+def mkfs_ext4_command(target: Path, size: int, *, fs_uuid: uuid.UUID, label: str,
+                      features: str, extra: Sequence[str], offset: int | None) -> list[str]:
+    """repart 254's mkfs.ext4 (without its `-d`) of `size` bytes: the whole of a new
+    `target`, made here, or, with `offset`, inside the existing image `target`."""
     extended = f"lazy_itable_init=1,discard,hash_seed={fs_uuid}"
     if offset is None:
         _sized(target, size)
     else:
         extended += f",offset={offset}"
-    argv = ["mkfs.ext4", "-F", "-q", *EXT4_OPTIONS, "-L", label, "-U", str(fs_uuid),
-            "-E", extended]
-    if not checksums:
-        # uninit_bg keeps the groups uninitialised (as metadata_csum does), so the trial
-        # allocates what the real filesystem would.
-        argv += ["-O", "^metadata_csum,uninit_bg"]
-    argv += [*extra, "-d", "-", str(target), f"{size // 1024}K"]
-    _feed_tar(argv, entries, step=step, env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
+    return ["mkfs.ext4", "-F", "-q", *EXT4_OPTIONS, "-L", label, "-U", str(fs_uuid),
+            "-E", extended, "-O", features, *extra, str(target), f"{size // 1024}K"]
+
+
+def make_ext4(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
+              label: str, step: str, extra: Sequence[str] = (),
+              offset: int | None = None) -> None:
+    """ext4 of `size` bytes holding `entries`: the whole of a new `target`, or, with
+    `offset`, inside the existing image `target` (no copy of the filesystem afterwards).
+    Made empty without metadata_csum, filled by the engine's writer, then given its
+    checksums, as the main path's ext4 (filesystems/ext.py)."""
+    argv = mkfs_ext4_command(target, size, fs_uuid=fs_uuid, label=label,
+                             features="^metadata_csum", extra=extra, offset=offset)
+
+    ext.make_and_fill(argv, target, offset or 0, entries, deterministic=True, step=step,
+                      too_full=lambda detail: _does_not_fit(step, size, detail),
+                      options=extra)
+    ext.add_checksums_at(ext.offset_spec(target, offset or 0), deterministic=True, step=step)
 
 
 def data_bytes(path: Path) -> int:
@@ -162,8 +171,13 @@ def guess_ext4_size(work: Path, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
     the closure once more."""
     with tempfile.TemporaryDirectory(prefix="minimize-", dir=work) as tmp:
         trial = Path(tmp) / "trial.ext4"
-        make_ext4(trial, TRIAL_SIZE, entries[:1], fs_uuid=fs_uuid, label=label,
-                  step=f"{step}: Minimize=guess trial", extra=extra, checksums=False)
+        # uninit_bg keeps the groups uninitialised (as metadata_csum does), so the trial
+        # allocates what the real filesystem would.
+        argv = mkfs_ext4_command(trial, TRIAL_SIZE, fs_uuid=fs_uuid, label=label,
+                                 features="^metadata_csum,uninit_bg", extra=extra,
+                                 offset=None)
+        process.run(argv, step=f"{step}: Minimize=guess trial",
+                    env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
         used = data_bytes(trial) + BLOCK * tree_blocks(entries)
     return used + used // 2
 
@@ -212,18 +226,20 @@ def _fits(target: Path, size: int, words: Sequence[str], *, step: str) -> Iterat
     """A filesystem module's maker into `target` of `size` bytes, whose "does not fit"
     names the partition's size. mkfs.btrfs grows a file too small instead of failing:
     a filesystem larger than its partition is that error too, not a truncated copy."""
-    fix = "raise its SizeMinBytes"
     try:
         yield
     except CommandError as exc:
         if not any(w in exc.stderr.lower() for w in words):
             raise
-        raise StepError(step, f"the partition's {size // MIB} MiB do not hold its files; "
-                        f"{fix} ({exc.stderr.strip().splitlines()[-1]})") from exc
+        raise _does_not_fit(step, size, exc.stderr.strip().splitlines()[-1]) from exc
     made = target.stat().st_size
     if made > size:
-        raise StepError(step, f"the partition's {size // MIB} MiB do not hold its files; "
-                        f"{fix} (the filesystem needs {-(-made // MIB)} MiB)")
+        raise _does_not_fit(step, size, f"the filesystem needs {-(-made // MIB)} MiB")
+
+
+def _does_not_fit(step: str, size: int, detail: str) -> StepError:
+    return StepError(step, f"the partition's {size // MIB} MiB do not hold its files; "
+                     f"raise its SizeMinBytes ({detail})")
 
 
 def make_btrfs(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
