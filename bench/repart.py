@@ -2,7 +2,7 @@
 """image.repart definitions built by the engine and by systemd-repart, in the same run.
 
     python3 bench/repart.py [--size-mb 2000] [--packages 80] [--workdir /var/tmp]
-                            [--layouts appliance,store]
+                            [--layouts appliance,store] [--also-engine REPO] [--no-peer]
 
 On one synthetic closure of --size-mb (bench.make_closure, in the Nix store), for
 each layout (the definitions of tests/test_repart_compare.py: nixpkgs' appliance test
@@ -13,8 +13,10 @@ verity, an erofs store Minimize=best), it times:
   - systemd-repart 254 as nixpkgs' builder runs it (`unshare --map-root-user fakeroot
     systemd-repart --size=auto --seed=... --empty=create`, one CopyFiles= per store
     path), from testsys.repart;
-and prints both, their ratio, and the image sizes. Asserts nothing. Run as root; needs
-about 5x --size-mb free under --workdir.
+and prints both, their ratio, and the image sizes. `--also-engine REPO` also times
+another checkout's engine (an older commit: before and after in one run); `--no-peer`
+leaves systemd-repart out. Asserts nothing. Run as root; needs about 5x --size-mb free
+under --workdir.
 """
 
 from __future__ import annotations
@@ -62,11 +64,11 @@ def layouts(closure_info: Path, esp_file: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def engine(spec: dict[str, Any], work: Path) -> tuple[float, int]:
+def engine(spec: dict[str, Any], work: Path, repo: Path = REPO) -> tuple[float, int]:
     spec_file = work / "spec.json"
     spec_file.write_text(json.dumps(spec))
     out = work / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(work))
+    env = dict(os.environ, PYTHONPATH=str(repo), TMPDIR=str(work))
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "make_disk_image.repart", spec_file, "--out", out],
                    check=True, env=env, stderr=subprocess.DEVNULL)
@@ -85,6 +87,8 @@ def main() -> int:
     parser.add_argument("--closure-info", type=Path,
                         help="an existing closureInfo (store-paths, registration) to use "
                         "instead of making a synthetic closure")
+    parser.add_argument("--also-engine", type=Path, help="another checkout to time too")
+    parser.add_argument("--no-peer", action="store_true", help="leave systemd-repart out")
     args = parser.parse_args()
     peer = repart.find_peer()
     if peer is None:
@@ -113,7 +117,14 @@ def main() -> int:
             if name not in args.layouts.split(","):
                 continue
             (work / name).mkdir()
+            if args.also_engine is not None:
+                other, _ = engine(spec, work / name, args.also_engine)
+                print(f"{name:10} {other:9.1f} ({args.also_engine})", flush=True)
             ours, our_size = engine(spec, work / name)
+            if args.no_peer:
+                print(f"{name:10} {ours:9.1f} {'-':>9} {'-':>6} {our_size / 2**20:11.0f}",
+                      flush=True)
+                continue
             theirs_image, theirs = repart.run_peer(peer, spec, work / name)
             their_size = theirs_image.stat().st_size
             theirs_image.unlink()
