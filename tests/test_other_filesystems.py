@@ -199,8 +199,13 @@ def test_store_image_sources_are_the_store_paths(tmp_path: Path) -> None:
     tree = Tree()
     for name in ("aaa-one", "bbb-two", "ccc-file"):
         tree.add_host(tmp_path / name, name)
-    assert top_sources(tree.ordered()) == [tmp_path / n for n in ("aaa-one", "bbb-two",
-                                                                  "ccc-file")]
+    assert top_sources(tree.ordered()) == [str(tmp_path / n) for n in ("aaa-one", "bbb-two",
+                                                                       "ccc-file")]
+    # A file placed under another name than its source's: the source is not the image.
+    renamed = Tree()
+    renamed.add_host(tmp_path / "aaa-one", "aaa-one")
+    renamed.add_host(tmp_path / "aaa-one" / "bin" / "x", "aaa-one/lib/y")
+    assert top_sources(renamed.ordered()) is None
     tree.add_file("etc/NIXOS", b"")  # not copied from a host path: materialize instead
     assert top_sources(tree.ordered()) is None
 

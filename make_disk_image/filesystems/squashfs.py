@@ -30,7 +30,7 @@ def compression_args(compression: str | None) -> list[str]:
     return ["-comp", compression]
 
 
-def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, deterministic: bool,
+def make_squashfs(dest: Path, sources: Sequence[str | Path], *, root_mode: int, deterministic: bool,
                   step: str, keep_as_directory: bool = False, links: bool = True,
                   compression: str | None = None,
                   streamed: Sequence[Entry] | None = None) -> None:
@@ -62,23 +62,25 @@ def make_squashfs(dest: Path, sources: Sequence[Path], *, root_mode: int, determ
     process.run(args, step=step, env=env)
 
 
-def top_sources(entries: Sequence[Entry]) -> list[Path] | None:
+def top_sources(entries: Sequence[Entry]) -> list[str] | None:
     """The host paths the root's children were copied from whole (a store image:
     onlyNixStore), found from their files' sources; None when the tree needs
-    materializing (a child with no file whose source names it)."""
-    found: dict[str, Path] = {}
+    materializing (a child with no file whose source names it, or a file whose source
+    does not end in its own path below the child). String operations: 60k entries
+    through pathlib took half a second."""
+    found: dict[str, str] = {}
     if any(e.kind == "hardlink" for e in entries):
         return None  # `deduplicate`'s links are the tree's, not the store's
     for entry in entries:
         if entry.kind != "file" or entry.source is None or not entry.path:
             continue
         top, _, rest = entry.path.partition("/")
-        depth = rest.count("/") + 1 if rest else 0
-        source = Path(entry.source)
-        if len(source.parents) <= depth:
-            return None
-        origin = source.parents[depth - 1] if depth else source
-        if origin.name != top or found.setdefault(top, origin) != origin:
+        origin = entry.source
+        if rest:
+            if not origin.endswith("/" + rest):
+                return None
+            origin = origin[:-len(rest) - 1]
+        if os.path.basename(origin) != top or found.setdefault(top, origin) != origin:
             return None
     tops = [e.path for e in entries if e.path and "/" not in e.path]
     if any(top not in found for top in tops):
