@@ -54,26 +54,29 @@ def make_erofs(dest: Path, tree: Path, *, uuid: str | None, deterministic: bool,
     process.run([*args, tree], step=step)
 
 
+def write_erofs(args: Sequence[str | Path], entries: Sequence[Entry], work: Path, *,
+                step: str) -> None:
+    """mkfs.erofs `args` (erofs_command's) of `entries`, for the main path and repart.
+
+    The store paths bound in place (storeview; --all-root: their owners do not matter),
+    the rest materialized. erofs-utils >= 1.7 read the engine's tar stream where a store
+    path cannot be bound, never a copy: the same bytes, but mkfs.erofs 1.8.6 took 2.5x
+    longer on it than on the view (2 GB closure)."""
+    def stream() -> None:
+        run_fed([*args, "--tar=f"], entries, step=step)
+
+    run_viewed(entries, work, copies_owners=False, step=step, fs_type="erofs",
+               command=lambda tree: [*args, tree], instead=stream if takes_tar() else None)
+
+
 @dataclass(frozen=True)
 class Erofs(Filesystem):
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
              uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
         args = erofs_command(target, uuid=uuid, deterministic=deterministic,
                              compression=plan.compression)
-
-        def stream() -> None:
-            run_fed([*args, "--tar=f"], entries, step=step)
-
-        def write() -> None:
-            # The store paths bound in place (storeview; --all-root: their owners do not
-            # matter), the rest materialized. erofs-utils >= 1.7 read the engine's tar
-            # stream where a store path cannot be bound, never a copy: the same bytes,
-            # but mkfs.erofs 1.8.6 took 2.5x longer on it than on the view (2 GB closure).
-            run_viewed(entries, target.parent, copies_owners=False, step=step,
-                       fs_type=self.name, command=lambda tree: [*args, tree],
-                       instead=stream if takes_tar() else None)
-
-        store_image(target, plan, fs_type=self.name, write=write, step=step)
+        store_image(target, plan, fs_type=self.name, step=step,
+                    write=lambda: write_erofs(args, entries, target.parent, step=step))
 
 
 FILESYSTEMS = (

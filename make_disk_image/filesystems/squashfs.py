@@ -88,24 +88,30 @@ def top_sources(entries: Sequence[Entry]) -> list[str] | None:
     return [found[top] for top in tops]
 
 
+def write_squashfs(target: Path, entries: Sequence[Entry], *, deterministic: bool, step: str,
+                   compression: str | None) -> None:
+    """squashfs of `entries` as `target`, for the main path and repart: straight from the
+    store paths when the tree is only those (their hard links, the builder's, not kept),
+    anything else (`deduplicate`'s hard links, other files) through the tar stream; never
+    a copy."""
+    direct = top_sources(entries)
+    root_mode = entries[0].mode
+    if direct is not None:
+        make_squashfs(target, direct, root_mode=root_mode, deterministic=deterministic,
+                      step=step, keep_as_directory=len(direct) == 1, links=False,
+                      compression=compression)
+        return
+    make_squashfs(target, [], root_mode=root_mode, deterministic=deterministic, step=step,
+                  compression=compression, streamed=entries)
+
+
 @dataclass(frozen=True)
 class Squashfs(Filesystem):
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
              uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
-        direct = top_sources(entries)
-        root_mode = entries[0].mode
-
-        def write() -> None:
-            if direct is not None:
-                make_squashfs(target, direct, root_mode=root_mode, deterministic=deterministic,
-                              step=step, keep_as_directory=len(direct) == 1, links=False,
-                              compression=plan.compression)
-                return
-            # Anything else (`deduplicate`'s hard links): the tar stream, no copy.
-            make_squashfs(target, [], root_mode=root_mode, deterministic=deterministic,
-                          step=step, compression=plan.compression, streamed=entries)
-
-        store_image(target, plan, fs_type=self.name, write=write, step=step)
+        store_image(target, plan, fs_type=self.name, step=step,
+                    write=lambda: write_squashfs(target, entries, deterministic=deterministic,
+                                                 step=step, compression=plan.compression))
 
 
 FILESYSTEMS = (

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -37,7 +36,6 @@ from make_disk_image.filesystems import btrfs, erofs, ext, scratch, squashfs, xf
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import MIB, Entry, PlannedPartition
 from make_disk_image.process import CommandError, StepError
-from make_disk_image.tarstream import run_fed as _feed_tar
 
 SOURCE_DATE_EPOCH = "1"
 # mkfs.ext4 is mke2fs with `-t ext4`.
@@ -258,74 +256,19 @@ def make_xfs(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid
                      step=step, extra=extra)
 
 
-@contextlib.contextmanager
-def linked_tree(entries: Sequence[Entry], work: Path, *, step: str) -> Iterator[Path]:
-    """The tree for erofs-utils 1.5 (which reads only a directory), its files hard links
-    to their sources where the kernel allows it (root, or the files' owner), copies
-    otherwise: no copy of the closure where it can be avoided. A linked file is never
-    chmod'ed or touched (that would change its source): its mode is the source's, which
-    is what the entry holds; mkfs.erofs -T1 --all-root sets times and owners."""
-    with tempfile.TemporaryDirectory(prefix="erofs-", dir=work) as tmp:
-        tree = Path(tmp) / "root"
-        tree.mkdir(mode=0o700)
-        copied: list[tuple[Path, int]] = []
-        for entry in entries:
-            path = tree / entry.path if entry.path else tree
-            if entry.kind == "dir":
-                if entry.path:
-                    path.mkdir(mode=0o700)
-                copied.append((path, entry.mode))
-            elif entry.kind == "symlink":
-                os.symlink(entry.link or "", path)
-            elif entry.kind == "file" and entry.source is not None:
-                try:
-                    os.link(entry.source, path)
-                except OSError as exc:
-                    if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EACCES):
-                        raise
-                    shutil.copyfile(entry.source, path)
-                    copied.append((path, entry.mode))
-            elif entry.kind == "file":
-                path.write_bytes(entry.data or b"")
-                copied.append((path, entry.mode))
-            else:
-                raise StepError(step, f"/{entry.path}: a {entry.kind} cannot go into this "
-                                "erofs tree; leave it out of the partition")
-        for path, mode in reversed(copied):
-            os.chmod(path, mode & 0o7777)
-        try:
-            yield tree
-        finally:
-            for directory, _, _ in os.walk(tree):
-                os.chmod(directory, 0o700)
-            shutil.rmtree(tree)
-
-
 def make_erofs(target: Path, entries: Sequence[Entry], *, fs_uuid: uuid.UUID, work: Path,
                step: str, extra: Sequence[str] = ()) -> None:
-    """erofs of `entries` as the whole of `target`, at its own size. No label: erofs-utils
-    1.5 has no -L (repart 254 passes none either)."""
+    """erofs of `entries` as the whole of `target`, at its own size, as the main path
+    makes it (filesystems/erofs.py: the store bound in place, or the tar stream). No
+    label: erofs-utils 1.5 has no -L (repart 254 passes none either)."""
     target.unlink(missing_ok=True)
-    erofs_args = [*erofs.erofs_command(target, uuid=str(fs_uuid), deterministic=True,
-                                       compression=None), *extra]
-    if erofs.takes_tar():
-        # erofs-utils >= 1.7 (nixpkgs'): the tar stream, no scratch tree.
-        _feed_tar([*erofs_args, "--tar=f"], entries, step=f"{step}: mkfs.erofs")
-        return
-    with linked_tree(entries, work, step=step) as tree:
-        process.run([*erofs_args, tree], step=f"{step}: mkfs.erofs")
+    args = [*erofs.erofs_command(target, uuid=str(fs_uuid), deterministic=True,
+                                 compression=None), *extra]
+    erofs.write_erofs(args, entries, work, step=f"{step}: mkfs.erofs")
 
 
-def make_squashfs(target: Path, entries: Sequence[Entry], *, work: Path, step: str,
-                  fs_type: str) -> None:
-    """squashfs of `entries` as the whole of `target`, at its own size: straight from the
-    store paths when the tree is only those, from a materialized copy otherwise."""
+def make_squashfs(target: Path, entries: Sequence[Entry], *, step: str) -> None:
+    """squashfs of `entries` as the whole of `target`, at its own size, as the main path
+    makes it (filesystems/squashfs.py: from the store paths, or the tar stream)."""
     target.unlink(missing_ok=True)
-    direct = squashfs.top_sources(entries)
-    if direct is not None:
-        squashfs.make_squashfs(target, direct, root_mode=entries[0].mode, deterministic=True,
-                               step=step, keep_as_directory=len(direct) == 1)
-        return
-    with scratch.materialized(entries, work, step=step, fs_type=fs_type) as tree:
-        squashfs.make_squashfs(target, [tree], root_mode=entries[0].mode, deterministic=True,
-                               step=step)
+    squashfs.write_squashfs(target, entries, deterministic=True, step=step, compression=None)

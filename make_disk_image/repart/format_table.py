@@ -94,8 +94,7 @@ def _erofs(job: Job) -> None:
 
 
 def _squashfs(job: Job) -> None:
-    filesystems.make_squashfs(job.target, job.entries, work=job.work, step=job.step,
-                              fs_type="squashfs")
+    filesystems.make_squashfs(job.target, job.entries, step=job.step)
 
 
 FORMATS: Mapping[str, RepartFormat] = {f.name: f for f in (
