@@ -33,7 +33,7 @@ from make_disk_image.handoff import (
 )
 from make_disk_image.models import DiskPlan, Entry, Format, GuestRecord, Handoff, Spec
 from make_disk_image.process import StepError
-from make_disk_image.staging import check_sources, tree_inputs
+from make_disk_image.staging import check_sources, store_image_paths, tree_inputs
 from make_disk_image.utils import allocate_file, copy_data_ranges
 
 logger = logging.getLogger("make_disk_image")
@@ -122,6 +122,9 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
         raise StepError(STEP, f"{vm_disk} does not exist; run `make-disk-image prepare` first")
     started = time.monotonic()
     check_sources(spec)
+    if handoff.store_image_paths:
+        make_from_store(spec, handoff, dest)
+        return
     # prepare's tree, as it described it: the closure is not walked a second time.
     entries = final_entries(read_tree(xchg / TREE, tree_inputs(spec), step=STEP), record)
     logger.info("finish: %d entries (%d from the guest's record) in %.1f s", len(entries),
@@ -148,6 +151,19 @@ def make_image(spec: Spec, handoff: Handoff, record: GuestRecord, build_dir: Pat
         checksums=False, step="finish: root filesystem",
     )
     rootfs.tune(dest, plan, deterministic=spec.deterministic, step="finish: root filesystem")
+
+
+def make_from_store(spec: Spec, handoff: Handoff, dest: Path) -> None:
+    """A store image its tool reads from the store paths themselves: prepare staged no
+    tree, so the spec's store paths must be those prepare saw."""
+    if store_image_paths(spec) != handoff.store_image_paths:
+        raise StepError(
+            STEP,
+            "prepare handed over a store image of other store paths (another closureInfo "
+            "or argument); run prepare and finish with the same spec",
+        )
+    rootfs.make_from_store(dest, handoff.plan, handoff.store_image_paths,
+                           deterministic=spec.deterministic, step="finish: root filesystem")
 
 
 def finish(spec: Spec, build_dir: Path, out: Path) -> Path:

@@ -27,7 +27,7 @@ TREE = "tree.json"
 NIX_DB_DIR = "nix-db"
 # Bytes the guest wrote on the root filesystem, named in the record.
 GUEST_FILES = "guest-files"
-VERSION = 4
+VERSION = 5
 # The disk the build VM sees (runInLinuxVM's $diskImage), in the build directory:
 # prepare writes it, the guest changes it, finish keeps what lies outside its filesystems.
 VM_DISK = "nixos.raw"
@@ -169,6 +169,7 @@ def write_handoff(xchg: Path, handoff: Handoff) -> Path:
             "nix_db_files": handoff.nix_db_files,
             "outside_store": [entry_to_json(e) for e in handoff.outside_store],
             "store_names": list(handoff.store_names),
+            "store_image_paths": list(handoff.store_image_paths),
             "prepared_until_ns": handoff.prepared_until_ns,
         },
     )
@@ -186,6 +187,7 @@ def read_handoff(path: Path, *, step: str) -> Handoff:
         nix_db_files=dict(data["nix_db_files"]),
         outside_store=tuple(entry_from_json(e, base) for e in data["outside_store"]),
         store_names=tuple(data["store_names"]),
+        store_image_paths=tuple(data["store_image_paths"]),
         prepared_until_ns=data["prepared_until_ns"],
     )
 

@@ -13,6 +13,8 @@ from make_disk_image.interface import FORMATS
 SECTOR = 512
 MIB = 1024 * 1024
 FS_BLOCK = 4096  # ext4 block size, as the reference uses
+# The root directory's mode in every image tree (staging.Tree, store images).
+ROOT_MODE = 0o755
 
 
 class Format(enum.Enum):
@@ -255,7 +257,9 @@ class DiskPlan:
     partition_table_type: str
     table: str | None
     disk_size: int  # bytes
-    size_source: str  # "diskSize", "auto" or "minimal"
+    # "diskSize", "auto", "minimal", or "tool": a store image its tool reads straight
+    # from the store, as large as the tool makes it (disk_size is then nominal).
+    size_source: str
     auto: SizeComputation | None
     boot_size: int  # bytes, after the reference's rounding
     disk_guid: str | None
@@ -348,6 +352,9 @@ class Handoff:
     # prepare's entries outside the store's paths, and the store paths' names.
     outside_store: tuple[Entry, ...] = ()
     store_names: tuple[str, ...] = ()
+    # A store image whose tool reads these store paths itself (a filesystem with
+    # `reads_store_paths`): prepare described no tree, finish hands the tool the paths.
+    store_image_paths: tuple[str, ...] = ()
     # Every inode of the build VM's root filesystem has its mtime and ctime at most this
     # (ns since the epoch): mke2fs' fixed 1 s, or for the filesystems whose tools write
     # their own clock (xfs, btrfs' ctime) the moment after prepare made it. Whatever the

@@ -39,7 +39,13 @@ from make_disk_image.minimal import minimal_plan
 from make_disk_image.models import MIB, DiskPlan, Entry, Handoff, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import auto_disk_size
-from make_disk_image.staging import Tree, build_tree, check_sources, tree_inputs
+from make_disk_image.staging import (
+    Tree,
+    build_tree,
+    check_sources,
+    store_image_paths,
+    tree_inputs,
+)
 from make_disk_image.utils import allocate_file
 
 logger = logging.getLogger("make_disk_image")
@@ -53,8 +59,14 @@ def guest_mounts_root(spec: Spec) -> bool:
     return spec.installBootLoader or any(c.needs_guest_chown for c in spec.contents)
 
 
-def compute_plan(spec: Spec, tree: Tree | None) -> DiskPlan:
-    """The disk plan; an automatic size needs the tree (None: size it from diskSize only)."""
+def compute_plan(spec: Spec, tree: Tree | None, *, tool_sized: bool = False) -> DiskPlan:
+    """The disk plan; an automatic size needs the tree (None: size it from diskSize only).
+
+    `tool_sized`: a store image its tool reads from the store itself
+    (staging.store_image_paths); an automatic size is then the size the tool makes.
+    """
+    if tool_sized and spec.diskSize is None:
+        return replace(plan_disk(spec, MIB, None), size_source="tool")
     if spec.diskSize is not None:
         plan = plan_disk(spec, spec.diskSize * MIB, None)
     elif spec.diskSizeMinimal:
@@ -153,6 +165,29 @@ def relative_to_xchg(entries: tuple[Entry, ...], xchg: Path) -> tuple[Entry, ...
     return tuple(out)
 
 
+def new_handoff(spec: Spec, plan: DiskPlan, xchg: Path, db_files: dict[str, Path],
+                ordered: list[Entry], store_image: tuple[str, ...]) -> Handoff:
+    """What prepare decided, for the guest and finish (its disk not yet made)."""
+    mounts = guest_mounts_root(spec)
+    handoff = Handoff(
+        plan=plan,
+        root_uuid=root_uuid(spec, plan),
+        fat_volume_ids={
+            p.number: fat.volume_id(p, deterministic=spec.deterministic)
+            for p in fat.partitions(plan)
+        },
+        guest_mounts=mounts,
+        nix_db_files={name: str(path.relative_to(xchg)) for name, path in db_files.items()},
+        store_image_paths=store_image,
+    )
+    if mounts:
+        outside, names = split_store(ordered)
+        handoff = replace(
+            handoff, outside_store=relative_to_xchg(outside, xchg), store_names=names
+        )
+    return handoff
+
+
 def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
     """Write ./nixos.raw for the build VM, the handoff in xchg/, and $out/efi-vars.fd."""
     from make_disk_image.partitioning import write_partition_table
@@ -170,28 +205,21 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
         xchg.mkdir(parents=True, exist_ok=True)
         (xchg / RECORD).unlink(missing_ok=True)
         db_files = nix_db_files(spec, xchg)
-        tree = build_tree(spec, db_files)
-        ordered = tree.ordered()  # parents first, siblings by name: sorted once
-        plan = compute_plan(spec, tree)
+        direct = store_image_paths(spec)
+        tree = None if direct else build_tree(spec, db_files)
+        # Parents first, siblings by name: sorted once.
+        ordered = [] if tree is None else tree.ordered()
+        plan = compute_plan(spec, tree, tool_sized=bool(direct))
         log_auto_size(plan)
-        mounts = guest_mounts_root(spec)
-        handoff = Handoff(
-            plan=plan,
-            root_uuid=root_uuid(spec, plan),
-            fat_volume_ids={
-                p.number: fat.volume_id(p, deterministic=spec.deterministic)
-                for p in fat.partitions(plan)
-            },
-            guest_mounts=mounts,
-            nix_db_files={name: str(path.relative_to(xchg)) for name, path in db_files.items()},
-        )
-        if mounts:
-            outside, names = split_store(ordered)
-            handoff = replace(
-                handoff, outside_store=relative_to_xchg(outside, xchg), store_names=names
-            )
-        logger.info("prepare: staged %d entries in %.1f s", len(tree.entries),
-                    time.monotonic() - started)
+        handoff = new_handoff(spec, plan, xchg, db_files, ordered, direct)
+        mounts = handoff.guest_mounts
+        if tree is None:
+            logger.info("prepare: the %s image is read by %s from the %d store paths "
+                        "themselves: no tree staged", plan.fs_type,
+                        FILESYSTEMS[plan.fs_type].tool, len(direct))
+        else:
+            logger.info("prepare: staged %d entries in %.1f s", len(tree.entries),
+                        time.monotonic() - started)
         partial.unlink(missing_ok=True)
         allocate_file(partial, plan.disk_size, step="disk image")
         fat_parts = fat.partitions(plan) if mounts else []
@@ -204,7 +232,10 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
             if not FILESYSTEMS[plan.fs_type].fixed_times:
                 handoff = replace(handoff, prepared_until_ns=time.time_ns())
         partial.replace(image)
-        write_tree(xchg, ordered, tree_inputs(spec))
+        if tree is None:
+            (xchg / TREE).unlink(missing_ok=True)  # finish must not read an older one
+        else:
+            write_tree(xchg, ordered, tree_inputs(spec))
         write_handoff(xchg, handoff)
         out.mkdir(parents=True, exist_ok=True)
         if spec.touchEFIVars:

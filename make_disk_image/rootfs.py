@@ -31,6 +31,14 @@ def make_root_filesystem(target: Path, plan: DiskPlan, entries: Sequence[Entry],
                                    deterministic=deterministic, checksums=checksums, step=step)
 
 
+def make_from_store(target: Path, plan: DiskPlan, store_paths: Sequence[str], *,
+                    deterministic: bool, step: str = STEP) -> None:
+    """The plan's store image of `store_paths`, read by its tool from the store itself
+    (staging.store_image_paths), as the whole of `target`."""
+    FILESYSTEMS[plan.fs_type].make_from_store(target, plan, store_paths,
+                                              deterministic=deterministic, step=step)
+
+
 def tune(target: Path, plan: DiskPlan, *, deterministic: bool, step: str = STEP) -> None:
     """What the image's own root filesystem needs after it is filled."""
     FILESYSTEMS[plan.fs_type].tune(target, plan, deterministic=deterministic, step=step)

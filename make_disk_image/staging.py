@@ -17,7 +17,8 @@ import stat
 from pathlib import Path
 
 from make_disk_image.dedup import link_identical
-from make_disk_image.models import Entry, Kind, Spec
+from make_disk_image.filesystems import FILESYSTEMS
+from make_disk_image.models import ROOT_MODE, Entry, Kind, Spec
 from make_disk_image.process import StepError
 from make_disk_image.sizing import TreeUsage
 
@@ -37,7 +38,7 @@ class Tree:
     """An ordered map of image paths to entries; parents are created like `mkdir -p`."""
 
     def __init__(self) -> None:
-        self.entries: dict[str, Entry] = {"": Entry("", "dir", 0o755)}
+        self.entries: dict[str, Entry] = {"": Entry("", "dir", ROOT_MODE)}
         # Which `contents` element placed a path ("contents[3]"), for messages, and what
         # is being added now: a contents element, or what the system needs (a store path,
         # the Nix database), which no contents element may take the place of.
@@ -265,6 +266,27 @@ def tree_inputs(spec: Spec) -> str:
     inputs = (spec.closureInfo, spec.onlyNixStore, spec.contents, spec.deduplicate,
               spec.toplevel, spec.copyChannel, spec.channelSources, spec.configFile)
     return hashlib.sha256(repr(inputs).encode()).hexdigest()
+
+
+def store_image_paths(spec: Spec) -> tuple[str, ...]:
+    """The store paths a store image's tool reads itself, its row having
+    `reads_store_paths`; () where the image is made from the staged tree.
+
+    Only for an image that is exactly the store paths (onlyNixStore), without
+    `deduplicate` (its links are the tree's), without "minimal" (it measures the tree),
+    and with every store path a directory or a file (a tool follows a symlink given as a
+    source). Then prepare does not walk the closure and finish reads no tree back.
+    """
+    if not spec.onlyNixStore or spec.deduplicate or spec.diskSizeMinimal:
+        return ()
+    if not FILESYSTEMS[spec.fsType].reads_store_paths:
+        return ()
+    paths = read_store_paths(Path(spec.closureInfo))
+    for path in paths:
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            return ()
+    return tuple(paths)
 
 
 def build_tree(spec: Spec, db_files: dict[str, Path]) -> Tree:

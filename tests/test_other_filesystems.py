@@ -225,3 +225,79 @@ def test_squashfs_memory_bound_keeps_the_bytes(closure: Closure, tmp_path: Path)
                     "-no-hardlinks"], check=True, env={**os.environ, "SOURCE_DATE_EPOCH": "1"})
     assert SQUASHFS_MEMORY
     assert bounded.read_bytes() == unbounded.read_bytes()
+
+
+def test_squashfs_read_from_the_store_is_the_staged_trees_image(
+        closure: Closure, engine: Engine, tmp_path: Path) -> None:
+    """A squashfs store image: prepare stages no tree, mksquashfs reads the store paths
+    themselves, and the bytes are those of the image made from the staged tree."""
+    from make_disk_image.filesystems.squashfs import write_squashfs
+    from make_disk_image.spec import parse_spec
+    from make_disk_image.staging import build_tree
+
+    spec = base_spec(closure, fsType="squashfs", partitionTableType="none", onlyNixStore=True,
+                     installBootLoader=False, copyChannel=False)
+    result = engine.build_without_vm(spec, name="sq-direct")
+    assert result.returncode == 0, result.stderr
+    assert "no tree staged" in result.stderr
+    assert not (result.build_dir / "xchg/tree.json").exists()
+    assert plan_of(result)["size_source"] == "tool"
+    staged = tmp_path / "staged.img"
+    write_squashfs(staged, build_tree(parse_spec(spec), {}).ordered(), deterministic=True,
+                   step="t", compression="lz4")
+    assert image_of(result).read_bytes() == staged.read_bytes()
+
+
+def test_squashfs_from_the_store_refuses_another_spec(closure: Closure,
+                                                      engine: Engine) -> None:
+    """finish with other store paths than prepare's fails, and leaves nothing in $out."""
+    spec = base_spec(closure, fsType="squashfs", partitionTableType="none", onlyNixStore=True,
+                     installBootLoader=False, copyChannel=False)
+    build_dir, out = engine.new_build("sq-other")
+    assert engine.run("prepare", spec, build_dir=build_dir, out=out).returncode == 0
+    info = world_readable_dir("mdi-closure-info-")  # the build user reads it
+    paths = (Path(spec["closureInfo"]) / "store-paths").read_text().split()
+    (info / "store-paths").write_text("\n".join(paths[:-1]) + "\n")
+    (info / "store-paths").chmod(0o644)
+    finished = engine.run("finish", {**spec, "closureInfo": str(info)}, build_dir=build_dir,
+                          out=out)
+    assert finished.returncode != 0
+    assert "other store paths" in finished.stderr, finished.stderr
+    assert not (out / "nixos.img").exists()
+    shutil.rmtree(info)
+
+
+@pytest.mark.parametrize(("overrides", "direct"), [
+    ({}, True),
+    ({"deduplicate": True}, False),  # its links are the tree's
+    ({"diskSize": "minimal"}, False),  # it measures the tree
+    ({"fsType": "erofs"}, False),  # mkfs.erofs reads a view of the tree (storeview)
+    ({"onlyNixStore": False, "fsType": "ext4", "partitionTableType": "legacy"}, False),
+])
+def test_which_store_images_skip_the_tree(closure: Closure, overrides: dict,  # type: ignore[type-arg]
+                                          direct: bool) -> None:
+    from make_disk_image.spec import parse_spec
+    from make_disk_image.staging import store_image_paths
+
+    spec = parse_spec({**base_spec(closure, fsType="squashfs", partitionTableType="none",
+                                   onlyNixStore=True, installBootLoader=False,
+                                   copyChannel=False), **overrides})
+    paths = (Path(spec.closureInfo) / "store-paths").read_text().split()
+    assert store_image_paths(spec) == (tuple(sorted(paths)) if direct else ())
+
+
+def test_a_symlink_store_path_takes_the_staged_tree(tmp_path: Path) -> None:
+    """mksquashfs would follow a store path that is a symlink given as a source."""
+    from make_disk_image.models import Spec
+    from make_disk_image.staging import store_image_paths
+
+    (tmp_path / "aaa-dir").mkdir()
+    (tmp_path / "bbb-link").symlink_to("aaa-dir")
+    info = tmp_path / "info"
+    info.mkdir()
+    (info / "store-paths").write_text(f"{tmp_path}/aaa-dir\n")
+    spec = Spec(toplevel=str(tmp_path / "aaa-dir"), closureInfo=str(info), fsType="squashfs",
+                onlyNixStore=True, partitionTableType="none")
+    assert store_image_paths(spec) == (f"{tmp_path}/aaa-dir",)
+    (info / "store-paths").write_text(f"{tmp_path}/aaa-dir\n{tmp_path}/bbb-link\n")
+    assert store_image_paths(spec) == ()

@@ -59,6 +59,10 @@ class Filesystem(ABC):
     # A store image's tool: the help command whose output lists the compressors it was
     # built with, and the words the list follows (make_disk_image.compression).
     compressor_help: tuple[tuple[str, ...], str] | None = None
+    # A store image's tool that reads the store paths themselves as its sources when
+    # the image is only them (onlyNixStore, no `deduplicate`): prepare then need not
+    # walk the closure, nor finish read the tree back (make_from_store).
+    reads_store_paths: bool = False
 
     @abstractmethod
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
@@ -66,6 +70,12 @@ class Filesystem(ABC):
         """Make the filesystem holding `entries` at the plan's root range of `target`
         (or as the whole of it, without a table). `checksums` false: the build VM's copy,
         which only the bootloader reads, may leave out what costs time and nothing else."""
+
+    def make_from_store(self, target: Path, plan: DiskPlan, store_paths: Sequence[str], *,
+                        deterministic: bool, step: str) -> None:
+        """Make the store image of `store_paths` (each at the root under its own name) as
+        the whole of `target`; only for a row with `reads_store_paths`."""
+        raise NotImplementedError(f"{self.name} is made from the staged tree only")
 
     def tune(self, target: Path, plan: DiskPlan, *, deterministic: bool, step: str) -> None:
         """After `make` of the image's own filesystem: what the image needs on top."""

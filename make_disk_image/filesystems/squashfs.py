@@ -12,7 +12,7 @@ from pathlib import Path
 from make_disk_image import process
 from make_disk_image.filesystems import Filesystem
 from make_disk_image.filesystems.scratch import FIXED_TIME, store_image
-from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
+from make_disk_image.models import FS_BLOCK, MIB, ROOT_MODE, DiskPlan, Entry
 from make_disk_image.tarstream import run_fed
 
 # mksquashfs' caches and queues: by default a quarter of the host's memory, which they
@@ -113,9 +113,19 @@ class Squashfs(Filesystem):
                     write=lambda: write_squashfs(target, entries, deterministic=deterministic,
                                                  step=step, compression=plan.compression))
 
+    def make_from_store(self, target: Path, plan: DiskPlan, store_paths: Sequence[str], *,
+                        deterministic: bool, step: str) -> None:
+        # The same mksquashfs run write_squashfs makes when top_sources finds the tree
+        # is only these store paths, so the same bytes.
+        store_image(target, plan, fs_type=self.name, step=step,
+                    write=lambda: make_squashfs(
+                        target, store_paths, root_mode=ROOT_MODE, deterministic=deterministic,
+                        step=step, keep_as_directory=len(store_paths) == 1, links=False,
+                        compression=plan.compression))
+
 
 FILESYSTEMS = (
     Squashfs("squashfs", "mksquashfs", "bit-identical", bytes_per_entry=2 * FS_BLOCK,
-             data_per_mille=1052, fixed=MIB,
+             data_per_mille=1052, fixed=MIB, reads_store_paths=True,
              compressor_help=(("mksquashfs", "-help"), "compressors available")),
 )
