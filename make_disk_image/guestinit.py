@@ -22,8 +22,12 @@ BUSYBOX_IN_ROOT = "/run/make-disk-image/busybox"
 ROOT_TAG = "root"
 
 # Larger 9p messages make big reads (python's stdlib, mkfs binaries) much faster; the
-# kernel caps it at what the virtio transport allows.
-_9P_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000"
+# kernel caps it at what the virtio transport allows. nosuid: qemu reports owners as it
+# sees them, and from inside a Nix sandbox with build users a setuid-root program of the
+# root directory (util-linux's mount) belongs to the overflow uid; executed, it would
+# drop the guest's root to that uid ("must be superuser to use mount"). The guest runs
+# everything as root, so no setuid bit is needed there.
+_9P_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000,nosuid"
 
 
 # The init run by the guest kernel. It reads what to do from the control share:
