@@ -1,0 +1,203 @@
+"""default.nix built inside a real Nix sandbox, as NixOS builds it (`sandbox = true`).
+
+This machine's Nix runs unsandboxed for the rest of the suite (/etc/nix/nix.conf). Here
+each build runs with `--option sandbox true` and `sandbox-fallback = false` (no silent
+unsandboxed build), as a build user of its own group (`mdi-nixbld`, made by .ci/setup),
+so the builder sees the store as a NixOS builder does: owned by the overflow uid. The
+stand-in nixpkgs' packages are links to Debian's binaries, which the sandbox shows only
+through `extra-sandbox-paths`: the merged-/usr tree and its links (`/bin`, `/lib`,
+`/lib64`: the loader behind /lib64 links into /lib), and for the build VM `/sbin`
+(modprobe) and `/boot` (the host kernel the stand-in's VM boots). Nothing else of the
+host: no /etc beyond Nix's own, no /var; /dev/kvm only where the derivation requires the
+`kvm` feature (Nix adds it; it belongs to nobody there, and the stand-in's VM is TCG).
+
+Each sandboxed build carries a fresh `postVM` (a nonce), so it runs rather than coming
+from the store; the same arguments without the nonce, built unsandboxed (or taken from
+the store, where an earlier unsandboxed build left them), are the reference.
+"""
+
+from __future__ import annotations
+
+import grp
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import NEEDS_NIX
+from test_nix import (  # noqa: F401
+    BuildResult,
+    check_ext4,
+    checked,
+    checkout,
+    ext4_header,
+    nix_build_image,
+    partition_table,
+)
+
+pytestmark = [pytest.mark.nix, NEEDS_NIX]
+
+BUILD_USERS_GROUP = "mdi-nixbld"
+# What the stand-in's links to Debian's binaries need: /usr, and the merged-/usr links
+# through which its packages and the ELF loader (/lib64 -> /lib/...) are named.
+HOST_PATHS = ("/usr", "/bin", "/lib", "/lib64")
+# The stand-in's build VM also runs modprobe (/sbin) and boots the host's kernel (/boot).
+VM_HOST_PATHS = (*HOST_PATHS, "/sbin", "/boot")
+# What a build records of its own root, in $out: the proof it ran in the sandbox.
+RECORD_ROOT = "ls -A / > $out/build-root"
+
+STORE_IMAGE = {"onlyNixStore": True, "installBootLoader": False,
+               "partitionTableType": "none", "copyChannel": False, "fsType": "erofs"}
+BTRFS_ROOT = {"fsType": "btrfs", "partitionTableType": "efi", "installBootLoader": False,
+              "copyChannel": False}
+
+
+def sandbox_options(host_paths: tuple[str, ...], *, build_users: bool = True) -> list[str]:
+    options = ["--option", "sandbox", "true", "--option", "sandbox-fallback", "false",
+               "--option", "extra-sandbox-paths", " ".join(host_paths)]
+    if build_users:
+        options += ["--option", "build-users-group", BUILD_USERS_GROUP]
+    return options
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sandbox_available(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: F811
+    """Skip where this machine cannot run a Nix sandbox at all: a trivial derivation,
+    sandboxed, with nothing of the host. Anything else failing later is the product's."""
+    try:
+        members = grp.getgrnam(BUILD_USERS_GROUP).gr_mem
+    except KeyError:
+        members = []
+    assert members, f"no build users: group {BUILD_USERS_GROUP} with members (run .ci/setup)"
+    tmp = tmp_path_factory.mktemp("probe")
+    nonce = uuid.uuid4().hex
+    expr = (f'derivation {{ name = "sandbox-probe"; system = builtins.currentSystem; '
+            f'builder = "/bin/sh"; args = [ "-c" "echo {nonce} > $out" ]; }}')
+    proc = subprocess.run(
+        ["nix-build", "-E", expr, "--out-link", str(tmp / "result"),
+         *sandbox_options(("/bin", "/usr", "/lib", "/lib64"))],
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"this machine cannot run a Nix sandbox: {proc.stderr.strip()[-500:]}")
+
+
+def build(checkout: Path, tmp_path: Path, args: dict[str, Any],  # noqa: F811
+          options: list[str]) -> BuildResult:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = nix_build_image(checkout, tmp_path, args, extra_args=options)
+    assert proc.returncode == 0, f"nix-build failed:\n{proc.stderr[-6000:]}"
+    return BuildResult(out=Path(proc.stdout.strip().splitlines()[-1]), log=proc.stderr)
+
+
+def build_sandboxed(checkout: Path, tmp_path: Path, args: dict[str, Any],  # noqa: F811
+                    host_paths: tuple[str, ...], *, build_users: bool = True) -> BuildResult:
+    """A fresh build in the sandbox: its root is the sandbox's, not the host's."""
+    nonce = {"postVM": f"{RECORD_ROOT}; echo {uuid.uuid4().hex} > $out/nonce"}
+    result = build(checkout, tmp_path / "sandboxed", args | nonce,
+                   sandbox_options(host_paths, build_users=build_users))
+    root = set((result.out / "build-root").read_text().split())
+    assert root <= {"bin", "build", "dev", "etc", "nix", "proc", "tmp", *(
+        p.strip("/") for p in host_paths)}, root
+    return result
+
+
+def build_reference(checkout: Path, tmp_path: Path, args: dict[str, Any]) -> BuildResult:  # noqa: F811
+    """The same arguments unsandboxed (the suite's nix.conf), nonce aside."""
+    result = build(checkout, tmp_path / "reference", args | {"postVM": RECORD_ROOT}, [])
+    assert "var" in (result.out / "build-root").read_text().split()
+    return result
+
+
+def storeview_lines(log: str) -> list[str]:
+    """The engine's lines saying how the tool's tree was made."""
+    return [line for line in log.splitlines()
+            if "store paths not bound" in line or "store paths checked and bound" in line
+            or "store view was refused" in line]
+
+
+def same_bytes(one: Path, other: Path) -> bool:
+    return subprocess.run(["cmp", "-s", str(one), str(other)], check=False).returncode == 0
+
+
+def test_erofs_store_image_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+    """mkfs.erofs reads the store in place: erofs-utils runs with --all-root, so the
+    overflow uid does not matter, and the nested user namespace is allowed."""
+    sandboxed = build_sandboxed(checkout, tmp_path, STORE_IMAGE, HOST_PATHS)
+    lines = storeview_lines(sandboxed.log)
+    assert any("the tree for erofs: 4 store paths checked and bound" in line
+               for line in lines), sandboxed.log[-4000:]
+    assert not any("not bound" in line or "refused" in line for line in lines), lines
+    image = sandboxed.out / "nixos.img"
+    checked(["fsck.erofs", str(image)])
+    reference = build_reference(checkout, tmp_path, STORE_IMAGE)
+    assert same_bytes(image, reference.out / "nixos.img")
+
+
+def btrfs_root(result: BuildResult, tmp_path: Path) -> Path:
+    """The image's root partition as a file of its own (btrfs check takes no offset)."""
+    image = result.out / "nixos.img"
+    _, parts = partition_table(image)
+    part = tmp_path / f"root-{result.out.name}.btrfs"
+    with image.open("rb") as src, part.open("wb") as dst:
+        src.seek(parts[-1].offset)
+        dst.write(src.read(parts[-1].size * 512))
+    checked(["btrfs", "check", "--readonly", str(part)])
+    return part
+
+
+@pytest.mark.vm
+def test_btrfs_root_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+    """As a build user, the store belongs to the overflow uid: mkfs.btrfs --rootdir
+    records owners, so every store path is copied, and the log says why. As root
+    without build users, the store is the builder's own and is read in place."""
+    copied = build_sandboxed(checkout, tmp_path, BTRFS_ROOT, VM_HOST_PATHS)
+    lines = storeview_lines(copied.log)
+    assert any("4 store paths not bound" in line and "belongs to 65534:65534" in line
+               and "overflow uid" in line for line in lines), copied.log[-4000:]
+    assert any("the tree for btrfs: 0 store paths checked and bound" in line
+               for line in lines), lines
+
+    bound = build_sandboxed(checkout, tmp_path / "as-root", BTRFS_ROOT, VM_HOST_PATHS,
+                            build_users=False)
+    lines = storeview_lines(bound.log)
+    assert any("the tree for btrfs: 4 store paths checked and bound" in line
+               for line in lines), bound.log[-4000:]
+    assert not any("not bound" in line for line in lines), lines
+
+    reference = build_reference(checkout, tmp_path, BTRFS_ROOT)
+    parts = [btrfs_root(result, tmp_path) for result in (copied, bound, reference)]
+    # mkfs.btrfs has no reproducible mode: compare what the filesystems hold instead.
+    listings = [checked(["btrfs", "inspect-internal", "dump-tree", "-t", "fs", str(part)])
+                for part in parts]
+    assert listings[0].count("INODE_ITEM") == listings[2].count("INODE_ITEM")
+    assert listings[1].count("INODE_ITEM") == listings[2].count("INODE_ITEM")
+
+
+@pytest.mark.vm
+def test_default_image_through_the_build_vm_in_the_sandbox(
+    checkout: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """The default arguments: the stand-in's build VM (TCG, the store over 9p, qemu
+    run by the build user) installs the boot loader; the image is the unsandboxed one."""
+    sandboxed = build_sandboxed(checkout, tmp_path, {}, VM_HOST_PATHS)
+    assert "guest: done in" in sandboxed.log, sandboxed.log[-4000:]
+    image = sandboxed.out / "nixos.img"
+    _, parts = partition_table(image)
+    root = f"{image}?offset={parts[0].offset}"
+    check_ext4(root)
+    assert ext4_header(root)["Filesystem volume name"] == "nixos"
+    reference = build_reference(checkout, tmp_path, {})
+    assert same_bytes(image, reference.out / "nixos.img")
+
+
+def test_without_the_host_paths_the_sandbox_hides_the_stand_in(
+    checkout: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """The sandbox is real: without extra-sandbox-paths, the stand-in's links to
+    Debian's binaries lead nowhere."""
+    proc = nix_build_image(checkout, tmp_path, STORE_IMAGE | {"postVM": f"echo {uuid.uuid4().hex}"},
+                           extra_args=sandbox_options(()))
+    assert proc.returncode != 0
+    assert "No such file or directory" in proc.stderr, proc.stderr[-3000:]
+
