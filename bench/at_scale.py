@@ -101,6 +101,18 @@ def _tree_size(top: Path) -> tuple[int, int, bool]:
     return size, count, True
 
 
+COST = re.compile(r"\[[^\]]+\] (\S+) ran ([0-9.]+) s(?:, peak RSS ([0-9]+) MiB)?")
+
+
+def costliest_tool(log: str) -> str:
+    """The longest command the engine logged (process.log_cost), with its peak RSS."""
+    costs = [(float(m.group(2)), m.group(1), m.group(3)) for m in COST.finditer(log)]
+    if not costs:
+        return ""
+    seconds, name, rss = max(costs)
+    return f"; of it {name} {seconds:.1f} s" + (f", {rss} MiB" if rss else "")
+
+
 def phases_of(log: str) -> dict[str, float]:
     found = {}
     for name, pattern in PHASE.items():
@@ -253,7 +265,8 @@ def filesystems(closure_spec: Callable[..., dict[str, object]], work: Path, copy
             kw.update(onlyNixStore=True, partitionTableType="none")
         seconds, rss, log = prepare_finish(closure_spec(**kw), work, f"fs-{fs}")
         (work / f"fs-{fs}.log").write_text(log)
-        line = f"{fs:<9} prepare+finish {seconds:6.1f} s, peak RSS {rss / 1024:4.0f} MiB"
+        line = (f"{fs:<9} prepare+finish {seconds:6.1f} s, peak RSS {rss / 1024:4.0f} MiB"
+                f"{costliest_tool(log)}")
         if fs == "ext4":
             ext4_s, ext4_pass = seconds, longest_pass(log)[1]
         elif fs in ("btrfs", "xfs"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shlex
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -64,6 +66,8 @@ def run(
         full_env.update(env)
     prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
     logger.info("[%s] $ %s%s", step, prefix + " " if prefix else "", shlex.join(args))
+    peak_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
     try:
         proc = subprocess.run(
             args,
@@ -81,9 +85,26 @@ def run(
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
         raise CommandError(step, args, -1, f"timed out after {timeout} s\n{err}") from exc
+    # A wrapper's own command follows its last "--" (storeview, namespaces).
+    program = args[len(args) - args[::-1].index("--")] if "--" in args[:-1] else args[0]
+    log_cost(step, program, time.monotonic() - started, peak_before)
     stderr = proc.stderr.decode(errors="replace") if proc.stderr else ""
     if stderr.strip():
         logger.debug("[%s] stderr: %s", step, stderr.strip())
     if proc.returncode not in ok_returncodes:
         raise CommandError(step, args, proc.returncode, stderr)
     return proc
+
+
+# Commands shorter than this are not worth a line of their own.
+COST_LOG_SECONDS = 1.0
+
+
+def log_cost(step: str, program: str, seconds: float, peak_before_kib: int) -> None:
+    """A long command's time and, where it set a new high for this process's children,
+    its peak RSS: what a phase's figures owe to the tools it ran."""
+    if seconds < COST_LOG_SECONDS:
+        return
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rss = f", peak RSS {peak // 1024} MiB" if peak > peak_before_kib else ""
+    logger.info("[%s] %s ran %.1f s%s", step, os.path.basename(program), seconds, rss)

@@ -38,3 +38,28 @@ def test_timeout_is_a_command_error() -> None:
 
 def test_input_reaches_stdin() -> None:
     assert run(["cat"], step="cat", input=b"abc").stdout == b"abc"
+
+
+def test_a_long_command_logs_its_time_and_peak_rss() -> None:
+    """In a fresh process (ru_maxrss of children is a high-water mark for the process):
+    a 1.2 s command holding 300 MiB, run behind a wrapper's `--`, is logged by its own
+    name with both; a short one is not logged at all."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, sys\n"
+        "from make_disk_image.process import run\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        "run(['true'], step='short')\n"
+        "run(['env', '--', sys.executable, '-c', 'import time; b = bytearray(300 << 20); "
+        "b[::4096] = b\"x\" * len(b[::4096]); time.sleep(1.2)'], step='long')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    lines = [line for line in out.splitlines() if " ran " in line]
+    assert len(lines) == 1, out
+    name = sys.executable.rsplit("/", 1)[-1]
+    assert lines[0].startswith(f"[long] {name} ran 1."), lines
+    rss = int(lines[0].split("peak RSS ")[1].split()[0])
+    assert 300 <= rss < 400, lines
