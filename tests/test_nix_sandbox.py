@@ -19,6 +19,7 @@ the store, where an earlier unsandboxed build left them), are the reference.
 from __future__ import annotations
 
 import grp
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -146,6 +147,20 @@ def btrfs_root(result: BuildResult, tmp_path: Path) -> Path:
     return part
 
 
+# A btrfs INODE_ITEM as `btrfs inspect-internal dump-tree` prints it, and an INODE_REF's
+# name: size, mode, links, uid, gid, mtime; the name.
+BTRFS_INODE = re.compile(r"INODE_ITEM 0\) itemoff \d+ itemsize \d+\n\s+generation \d+ "
+                         r"transid \d+ size (\d+) nbytes \d+\n\s+block group \d+ mode (\d+) "
+                         r"links (\d+) uid (\d+) gid (\d+) rdev \d+\n(?:.*\n){3}\s+mtime (\d+)")
+BTRFS_NAME = re.compile(r"^\s+index \d+ namelen \d+ name: (.*)$", re.M)
+
+
+def btrfs_inodes(part: Path) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Every inode's (size, mode, links, uid, gid, mtime) and every name, sorted."""
+    dump = checked(["btrfs", "inspect-internal", "dump-tree", "-t", "fs", str(part)])
+    return sorted(BTRFS_INODE.findall(dump)), sorted(BTRFS_NAME.findall(dump))
+
+
 @pytest.mark.vm
 def test_btrfs_root_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
     """As a build user, the store belongs to the overflow uid: mkfs.btrfs --rootdir
@@ -166,12 +181,13 @@ def test_btrfs_root_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:  # n
     assert not any("not bound" in line for line in lines), lines
 
     reference = build_reference(checkout, tmp_path, BTRFS_ROOT)
-    parts = [btrfs_root(result, tmp_path) for result in (copied, bound, reference)]
-    # mkfs.btrfs has no reproducible mode: compare what the filesystems hold instead.
-    listings = [checked(["btrfs", "inspect-internal", "dump-tree", "-t", "fs", str(part)])
-                for part in parts]
-    assert listings[0].count("INODE_ITEM") == listings[2].count("INODE_ITEM")
-    assert listings[1].count("INODE_ITEM") == listings[2].count("INODE_ITEM")
+    # mkfs.btrfs has no reproducible mode (atime, ctime): compare what the filesystems
+    # hold instead, inode by inode, owners included.
+    copied_fs, bound_fs, reference_fs = (btrfs_inodes(btrfs_root(result, tmp_path))
+                                         for result in (copied, bound, reference))
+    assert len(reference_fs[0]) > 500 and {i[3:5] for i in reference_fs[0]} == {("0", "0")}
+    assert copied_fs == reference_fs
+    assert bound_fs == reference_fs
 
 
 @pytest.mark.vm
