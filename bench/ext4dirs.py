@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""ext4 and large directories: one directory of N entries against the same N entries
+"""ext2/3/4 and large directories: one directory of N entries against the same N entries
 spread over 100 directories, through the engine and through plain `mke2fs -d`.
 
     python3 bench/ext4dirs.py [--entries 40000] [--engine REPO] [--also-engine REPO]
                               [--repeat N] [--no-plain] [--closure-mb MB] [--workdir DIR]
+                              [--fs-type ext4|ext3|ext2]
 
 Each tree is one store path of N small files (or N/100 in each of 100 directories). It
 prints, in one run, for each shape:
-  - the engine's build as Nix runs it without a guest (prepare, then finish: ext4, no
-    partition table, no bootloader), with the root filesystem lines of its log;
-  - plain `mke2fs -d` of the store path, with metadata_csum (mke2fs's default) and
-    without it (the engine's first step);
+  - the engine's build as Nix runs it without a guest (prepare, then finish: the
+    `--fs-type`, ext4 by default, no partition table, no bootloader), with the root
+    filesystem lines of its log;
+  - plain `mke2fs -d` of the store path; for ext4 with metadata_csum (mke2fs's default)
+    and without it (the engine's first step);
 and the ratios one directory / spread. `--engine REPO` runs another checkout's engine,
 `--also-engine REPO` one more (an older commit: before and after in one run).
 `--closure-mb MB` first builds a synthetic closure of that size (efi, no bootloader)
@@ -36,7 +38,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench import FS_UUID, MIB, add_closure, make_closure, write_spec  # noqa: E402
 
 SPREAD_DIRS = 100
-LOG_LINES = re.compile(r".*(?:mke2fs took|metadata checksums in|fill).*")
+LOG_LINES = re.compile(r".*(?:mke2fs took|metadata checksums in|fill|indexed).*")
 
 
 def make_tree(root: Path, entries: int, spread: bool) -> None:
@@ -65,11 +67,11 @@ def engine_build(work: Path, spec: Path, engine_repo: Path) -> tuple[float, list
     return time.monotonic() - started, lines
 
 
-def plain_mke2fs(tree: str, image: Path, size_kib: int, *options: str) -> float:
+def plain_mke2fs(tree: str, image: Path, size_kib: int, fs_type: str, *options: str) -> float:
     image.unlink(missing_ok=True)
     started = time.monotonic()
     subprocess.run(
-        ["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-F", "-U", FS_UUID, *options,
+        ["mke2fs", "-q", "-t", fs_type, "-b", "4096", "-F", "-U", FS_UUID, *options,
          "-d", tree, str(image), f"{size_kib}K"],
         check=True, env=dict(os.environ, SOURCE_DATE_EPOCH="1"),
     )  # fmt: skip
@@ -79,15 +81,15 @@ def plain_mke2fs(tree: str, image: Path, size_kib: int, *options: str) -> float:
 
 
 def measure(work: Path, entries: int, spread: bool, engines: dict[str, Path], repeat: int,
-            plain: bool) -> dict[str, float]:
+            plain: bool, fs_type: str) -> dict[str, float]:
     shape = f"{SPREAD_DIRS} directories" if spread else "one directory"
-    print(f"{entries:,} entries in {shape}:", flush=True)
+    print(f"{entries:,} entries in {shape}, {fs_type}:", flush=True)
     package = work / "src" / ("bench-spread" if spread else "bench-flat")
     make_tree(package, entries, spread)
     closure = add_closure(work, [package], 0, entries)
     shutil.rmtree(package.parent)
     store_path = next(p for p in closure.store_paths if p != closure.toplevel)
-    spec = write_spec(work / "spec.json", closure, "none", onlyNixStore=True)
+    spec = write_spec(work / "spec.json", closure, "none", onlyNixStore=True, fsType=fs_type)
     figures = {}
     for name, repo in engines.items():
         runs = []
@@ -102,11 +104,14 @@ def measure(work: Path, entries: int, spread: bool, engines: dict[str, Path], re
             print(f"      {line}")
     if plain:
         size_kib = 1024 * 1024  # 1 GiB, sparse: ample for the files' blocks and inodes
-        csum = plain_mke2fs(store_path, work / "plain.img", size_kib)
-        print(f"  {'mke2fs -d (metadata_csum)':<40} {csum:7.1f} s")
-        bare = plain_mke2fs(store_path, work / "plain.img", size_kib, "-O", "^metadata_csum")
-        print(f"  {'mke2fs -d -O ^metadata_csum':<40} {bare:7.1f} s", flush=True)
-        figures.update({"mke2fs -d": csum, "mke2fs -d, no csum": bare})
+        csum = plain_mke2fs(store_path, work / "plain.img", size_kib, fs_type)
+        print(f"  {'mke2fs -t ' + fs_type + ' -d':<40} {csum:7.1f} s", flush=True)
+        figures["mke2fs -d"] = csum
+        if fs_type == "ext4":  # the others have no metadata_csum by default
+            bare = plain_mke2fs(store_path, work / "plain.img", size_kib, fs_type,
+                                "-O", "^metadata_csum")
+            print(f"  {'mke2fs -d -O ^metadata_csum':<40} {bare:7.1f} s", flush=True)
+            figures["mke2fs -d, no csum"] = bare
     for name in ("out", "closure-info", "spec.json", "xchg", "nixos.raw"):
         path = work / name
         if path.is_dir():
@@ -156,6 +161,8 @@ def main() -> int:
                         help="engine builds per shape; the best counts")
     parser.add_argument("--closure-mb", type=int, default=0,
                         help="also a synthetic closure of this size (the common case)")
+    parser.add_argument("--fs-type", choices=("ext4", "ext3", "ext2"), default="ext4",
+                        help="the image's fsType (ext2 and ext3: no partition table)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mdi-ext4dirs-", dir=args.workdir))
     try:
@@ -169,8 +176,10 @@ def main() -> int:
             engines[f"engine at {args.also_engine}"] = args.also_engine
         if args.closure_mb:
             measure_closure(work / "closure", args.closure_mb, engines, args.repeat)
-        flat = measure(work, args.entries, False, engines, args.repeat, not args.no_plain)
-        spread = measure(work, args.entries, True, engines, args.repeat, not args.no_plain)
+        flat = measure(work, args.entries, False, engines, args.repeat, not args.no_plain,
+                       args.fs_type)
+        spread = measure(work, args.entries, True, engines, args.repeat, not args.no_plain,
+                         args.fs_type)
         print("one directory / spread:")
         for key in flat:
             print(f"  {key:<40} {flat[key] / spread[key]:6.2f}x")
