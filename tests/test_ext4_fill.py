@@ -23,12 +23,14 @@ UUID = "4a2c8b3e-0c1d-4e2f-9a8b-7c6d5e4f3a2b"
 FIXED = Times(clamp=1, created=1)
 
 
-def empty_ext4(image: Path, size: int = 64 * MIB, offset: int = 0, *extra: str) -> None:
+def empty_ext4(image: Path, size: int = 64 * MIB, offset: int = 0, *extra: str,
+               fs_type: str = "ext4", block_size: int = 4096) -> None:
     with image.open("ab") as fh:
         fh.truncate(offset + size)
     options = [f"hash_seed={UUID}"] + ([f"offset={offset}"] if offset else [])
     subprocess.run(
-        ["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-F", "-U", UUID, "-O", "^metadata_csum",
+        ["mke2fs", "-q", "-t", fs_type, "-b", str(block_size), "-F", "-U", UUID,
+         "-O", "^metadata_csum",
          *extra, "-E", ",".join(options), image, f"{size // 1024}K"],
         check=True, env={**os.environ, "SOURCE_DATE_EPOCH": "1"},
     )  # fmt: skip
@@ -231,3 +233,20 @@ def test_ext2_and_ext3_stay_on_mke2fs_d(tmp_path: Path, fs_type: str) -> None:
         .splitlines()[0]
     assert read_back(image, "/etc/hostname") == b"nixos\n"
     assert "User:     3   Group:     4" in debugfs(image, "stat /etc/hostname")
+
+
+def test_triple_indirect_blocks(tmp_path: Path) -> None:
+    """With 1 KiB blocks (256 numbers an indirect block) a file of 64 MiB reaches the
+    triple indirect block; lost+found (16 blocks: a single indirect one) is rebuilt."""
+    image = tmp_path / "fs.img"
+    empty_ext4(image, 32 * MIB, fs_type="ext2", block_size=1024)
+    tail = os.urandom(3000)
+    data = bytes((12 + 256 + 256 * 256) * 1024) + tail
+    entries = [Entry("", "dir", 0o755), Entry("lost+found", "dir", 0o700),
+               file_entry("far", data), file_entry("near", tail)]
+    ext4_fill.fill(image, 0, entries, FIXED)
+    assert e2fsck_clean(image, 0).returncode == 0, e2fsck_clean(image, 0).stdout
+    stat = debugfs(image, "stat /far")
+    # 3 data blocks, the triple, double and single indirect blocks: 6 KiB, 12 sectors.
+    assert "(TIND)" in stat and "Blockcount: 12" in stat, stat
+    assert read_back(image, "/far") == data and read_back(image, "/near") == tail

@@ -14,12 +14,12 @@ from make_disk_image.filesystems import ext4_layout as layout
 from make_disk_image.filesystems.ext4_layout import InodeFields, UnsupportedFilesystem
 
 
-def superblock(tmp_path: Path, *options: str) -> bytes:
+def superblock(tmp_path: Path, *options: str, fs_type: str = "ext4") -> bytes:
     image = tmp_path / "fs.img"
     image.unlink(missing_ok=True)
     with image.open("wb") as fh:
         fh.truncate(256 << 20)
-    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", *options, image], check=True,
+    subprocess.run(["mke2fs", "-q", "-t", fs_type, "-b", "4096", *options, image], check=True,
                    env={**os.environ, "SOURCE_DATE_EPOCH": "1"})
     with image.open("rb") as fh:
         fh.seek(layout.SUPERBLOCK_OFFSET)
@@ -31,6 +31,14 @@ def test_geometry_of_a_real_filesystem(tmp_path: Path) -> None:
     assert (geo.block_size, geo.blocks_count, geo.groups) == (4096, 65536, 2)
     assert (geo.desc_size, geo.inode_size, geo.first_data_block) == (64, 256, 0)
     assert geo.free_blocks < geo.blocks_count and geo.free_inodes == geo.inodes_count - 12
+    assert geo.extents and geo.dir_nlink
+
+
+@pytest.mark.parametrize("fs_type", ["ext2", "ext3"])
+def test_geometry_without_extents(tmp_path: Path, fs_type: str) -> None:
+    """ext2 and ext3 (mke2fs.conf's features): block maps, a link count per subdirectory."""
+    geo = layout.parse_superblock(superblock(tmp_path, fs_type=fs_type))
+    assert (geo.desc_size, geo.extents, geo.dir_nlink) == (32, False, False)
 
 
 @pytest.mark.parametrize("options, named", [
@@ -38,7 +46,7 @@ def test_geometry_of_a_real_filesystem(tmp_path: Path) -> None:
     (("-O", "^metadata_csum,uninit_bg"), "ro_compat features 0x10"),
     (("-O", "^metadata_csum,quota"), "ro_compat features 0x100"),
     (("-O", "^metadata_csum,sparse_super2"), "sparse_super2"),
-    (("-O", "^metadata_csum,^extent,^64bit"), "no extent feature"),
+    (("-O", "^metadata_csum,^filetype"), "no filetype feature"),
 ])  # fmt: skip
 def test_features_it_does_not_fill(tmp_path: Path, options: tuple[str, ...], named: str) -> None:
     with pytest.raises(UnsupportedFilesystem, match=named):

@@ -1,4 +1,4 @@
-"""Filling an empty ext4 filesystem from the staged entries, in one linear pass.
+"""Filling an empty ext2/3/4 filesystem from the staged entries, in one linear pass.
 
 `mke2fs -d` (e2fsprogs 1.47.2) adds each entry through libext2fs's ext2fs_link, which
 reads the whole directory to find room for it: a directory of n entries costs n^2/2
@@ -8,8 +8,10 @@ journal, orphan file, lost+found: its layout, untouched), and the filler writes 
 tree into it: inodes numbered in the entries' order, each directory written once as
 linear blocks, file data copied to blocks taken in order from the free space.
 Nothing depends on the clock or on the order of system calls, so the same entries give
-the same bytes. Directories stay unindexed, as mke2fs -d leaves them; e2fsck -D indexes
-them when filesystems.ext.add_checksums runs.
+the same bytes. Without the `extent` feature (ext2, ext3) files get block maps
+(ext_blockmap). Directories stay unindexed, as mke2fs -d leaves them; e2fsck -D indexes
+them where the filesystem has dir_index, when filesystems.ext.add_checksums (ext4) or
+filesystems.ext.index_directories (ext2, ext3) runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from make_disk_image.filesystems import ext4_layout as layout
 from make_disk_image.filesystems.ext4_alloc import BlockSpace, InodeSpace, NoSpace
 from make_disk_image.filesystems.ext4_layout import InodeFields
 from make_disk_image.filesystems.ext4_write import TooFragmented, Writer, file_reader
+from make_disk_image.filesystems.ext_blockmap import TooLarge, blocks_in_block_map
 from make_disk_image.models import Entry
 
 logger = logging.getLogger("make_disk_image")
@@ -145,7 +148,7 @@ def fill(image: Path, offset: int, entries: Sequence[Entry], times: Times) -> St
         try:
             plan = plan_inodes(entries, inodes)
             for ino in plan.rebuilt:
-                blocks.release(layout.extents_in_block_map(writer.read_inode(ino)[40:100]))
+                blocks.release(_blocks_of(writer, ino))
             for entry, ino in zip(entries, plan.inodes, strict=True):
                 if entry.kind == "hardlink":
                     continue
@@ -154,10 +157,20 @@ def fill(image: Path, offset: int, entries: Sequence[Entry], times: Times) -> St
             raise FilesystemFull(str(exc)) from exc
         except TooFragmented as exc:
             raise FillError(f"{exc}: more than a depth-1 extent tree holds") from exc
+        except TooLarge as exc:
+            raise FillError(f"a file too large for a block map: {exc}") from exc
         writer.finish(blocks, inodes, dirs_added=[i for i in plan.subdirs
                                                   if i not in plan.rebuilt])
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _blocks_of(writer: Writer, ino: int) -> list[tuple[int, int]]:
+    """(first block, count) of what one of mke2fs's directories holds."""
+    i_block = writer.read_inode(ino)[40:100]
+    if writer.geometry.extents:
+        return layout.extents_in_block_map(i_block)
+    return blocks_in_block_map(i_block, writer.read_block, writer.geometry.block_size)
 
 
 def _write_entry(writer: Writer, blocks: BlockSpace, plan: Plan, entry: Entry,
@@ -165,11 +178,15 @@ def _write_entry(writer: Writer, blocks: BlockSpace, plan: Plan, entry: Entry,
     """Write one entry's blocks and inode; return the file bytes it wrote."""
     mode = layout.S_IFMT_BITS[entry.kind] | (entry.mode & 0o7777)
     links = plan.links.get(ino, 1)
-    flags, size, used, data = layout.EXTENTS_FL, 0, 0, 0
+    mapped = layout.EXTENTS_FL if writer.geometry.extents else 0
+    flags, size, used, data = mapped, 0, 0, 0
     if entry.kind == "dir":
         content = layout.directory_blocks(plan.children[ino], writer.geometry.block_size)
         size = len(content) * writer.geometry.block_size
         block_map, used = writer.write_blocks(blocks, b"".join(content))
+        if plan.subdirs[ino] + 2 > layout.LINK_MAX and not writer.geometry.dir_nlink:
+            raise FillError(f"/{entry.path} has more than {layout.LINK_MAX - 2} "
+                            "subdirectories, the most a filesystem without dir_nlink holds")
         links = _dir_links(plan.subdirs[ino])
     elif entry.kind == "file":
         size, block_map, used = _write_file(writer, blocks, entry)

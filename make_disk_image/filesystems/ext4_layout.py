@@ -1,4 +1,5 @@
 """ext4's on-disk records as make_disk_image.filesystems.ext4_fill writes them: no checksums.
+ext2 and ext3 share them, less the extent records (their block maps: ext_blockmap).
 
 The filler writes into a filesystem mke2fs made without metadata_csum (the checksums
 come afterwards, from tune2fs and e2fsck, as filesystems.ext.add_checksums does), so every record
@@ -39,7 +40,9 @@ FILE_TYPES = {"file": FT_REG, "dir": FT_DIR, "symlink": FT_SYMLINK,
 # write (meta_bg, bigalloc, sparse_super2), needs accounting it does not do (quota), or
 # needs checksums it does not compute (gdt_csum, metadata_csum).
 COMPAT_UNSUPPORTED = {0x200: "sparse_super2"}
-INCOMPAT_REQUIRED = {0x2: "filetype", 0x40: "extent"}
+INCOMPAT_REQUIRED = {0x2: "filetype"}
+INCOMPAT_EXTENT = 0x40
+RO_COMPAT_DIR_NLINK = 0x20
 INCOMPAT_SUPPORTED = 0x2 | 0x40 | 0x80 | 0x200 | 0x2000 | 0x4000 | 0x8000 | 0x20000
 RO_COMPAT_SUPPORTED = 0x1 | 0x2 | 0x8 | 0x20 | 0x40 | 0x10000
 INCOMPAT_64BIT = 0x80
@@ -71,6 +74,10 @@ class Geometry:
     sparse_super: bool
     free_blocks: int
     free_inodes: int
+    # Files mapped by extents; without, by block maps (ext2, ext3).
+    extents: bool = True
+    # A directory with more than LINK_MAX - 2 subdirectories counts 1 link.
+    dir_nlink: bool = True
 
     @property
     def groups(self) -> int:
@@ -123,6 +130,8 @@ def parse_superblock(raw: bytes | bytearray) -> Geometry:
         sparse_super=bool(ro_compat & RO_COMPAT_SPARSE_SUPER),
         free_blocks=free_lo | (free_hi << 32 if wide else 0),
         free_inodes=free_inodes,
+        extents=bool(incompat & INCOMPAT_EXTENT),
+        dir_nlink=bool(ro_compat & RO_COMPAT_DIR_NLINK),
     )
 
 

@@ -1,4 +1,7 @@
-"""Reading an empty ext4's metadata, and writing blocks, inodes and metadata back.
+"""Reading an empty ext2/3/4's metadata, and writing blocks, inodes and metadata back.
+
+A file's blocks are recorded as extents, or as a block map (ext_blockmap) where the
+filesystem has no `extent` feature.
 
 Data is written in the order blocks are taken, so consecutive small writes are gathered
 into one. Files are read, not copied by the kernel, because blocks of zeros become
@@ -18,6 +21,7 @@ from pathlib import Path
 from make_disk_image.filesystems import ext4_layout as layout
 from make_disk_image.filesystems.ext4_alloc import BlockSpace, InodeSpace
 from make_disk_image.filesystems.ext4_layout import MAX_EXTENT_BLOCKS, Geometry, InodeFields
+from make_disk_image.filesystems.ext_blockmap import BlockMap
 
 # Gathered writes are flushed at this size.
 GATHER = 4 << 20
@@ -28,6 +32,19 @@ LEAF_EXTENTS_MAX_LEAVES = layout.IN_INODE_EXTENTS
 
 class TooFragmented(Exception):
     """A file needs more extents than a depth-1 tree holds."""
+
+
+@dataclass
+class ExtentList:
+    """A file's extents as (logical, physical, length), built in logical order."""
+
+    extents: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def room(self, logical: int, count: int) -> int:
+        return count  # extents need no block before the data
+
+    def add(self, logical: int, first: int, count: int) -> None:
+        _add_extent(self.extents, logical, first, count)
 
 
 @dataclass
@@ -74,6 +91,10 @@ class Writer:
     def read_inode(self, ino: int) -> bytes:
         return os.pread(self.fd, self.geometry.inode_size, self._inode_at(ino))
 
+    def read_block(self, block: int) -> bytes:
+        bs = self.geometry.block_size
+        return os.pread(self.fd, bs, self.offset + block * bs)
+
     def put_inode(self, ino: int, fields: InodeFields) -> None:
         geo = self.geometry
         self.inodes[ino] = layout.pack_inode(fields, geo.inode_size, geo.block_size)
@@ -101,18 +122,10 @@ class Writer:
     def write_blocks(self, space: BlockSpace, data: bytes) -> tuple[bytes, int]:
         """Metadata-like `data` (a directory, a symlink target) in new blocks."""
         bs = self.geometry.block_size
-        count = -(-len(data) // bs)
-        runs = space.take(count) if count else []
-        view = memoryview(data + bytes(-len(data) % bs))
-        extents = []
-        logical = 0
-        for start, length in runs:
-            self._write(start, view[: length * bs])
-            view = view[length * bs :]
-            extents.append((logical, start, length))
-            logical += length
-        block_map, extra = self.extent_tree(space, extents)
-        return block_map, count + extra
+        file_map = self._new_map(space)
+        used = self._place(space, file_map, 0, memoryview(data + bytes(-len(data) % bs)))
+        block_map, extra = self._close(space, file_map)
+        return block_map, used + extra
 
     def write_file(self, space: BlockSpace, read: Callable[[int, int], bytes],
                    size: int) -> tuple[bytes, int]:
@@ -121,21 +134,47 @@ class Writer:
         Blocks of zeros are left as holes, as mke2fs -d leaves them.
         """
         bs = self.geometry.block_size
-        extents: list[tuple[int, int, int]] = []
+        file_map = self._new_map(space)
         used = 0
         for at in range(0, size, CHUNK):
             chunk = read(at, min(CHUNK, size - at))
             chunk += bytes(-len(chunk) % bs)
             for first, data in _nonzero_runs(chunk, bs):
-                logical = at // bs + first
-                for start, length in space.take(len(data) // bs):
-                    self._write(start, data[: length * bs])
-                    data = data[length * bs :]
-                    _add_extent(extents, logical, start, length)
-                    logical += length
-                    used += length
-        block_map, extra = self.extent_tree(space, extents)
+                used += self._place(space, file_map, at // bs + first, data)
+        block_map, extra = self._close(space, file_map)
         return block_map, used + extra
+
+    def _new_map(self, space: BlockSpace) -> ExtentList | BlockMap:
+        """Where a new file's blocks are recorded: extents, or a block map where the
+        filesystem has no `extent` feature (ext2, ext3)."""
+        if self.geometry.extents:
+            return ExtentList()
+        return BlockMap(self.geometry.block_size, lambda: space.take(1)[0][0])
+
+    def _place(self, space: BlockSpace, file_map: ExtentList | BlockMap, logical: int,
+               data: memoryview) -> int:
+        """Whole blocks of `data`, from block `logical` of a file, in new blocks; how
+        many it took (indirect blocks aside: `_close` counts them)."""
+        bs = self.geometry.block_size
+        count = len(data) // bs
+        taken = count
+        while count:
+            span = file_map.room(logical, count)
+            for start, length in space.take(span):
+                self._write(start, data[: length * bs])
+                data = data[length * bs :]
+                file_map.add(logical, start, length)
+                logical += length
+            count -= span
+        return taken
+
+    def _close(self, space: BlockSpace, file_map: ExtentList | BlockMap) -> tuple[bytes, int]:
+        """i_block for a written file, and the blocks its map holds beyond the data."""
+        if isinstance(file_map, ExtentList):
+            return self.extent_tree(space, file_map.extents)
+        for block, numbers in file_map.indirect.values():
+            self._write(block, numbers)
+        return file_map.i_block(), len(file_map.indirect)
 
     def extent_tree(self, space: BlockSpace,
                     extents: list[tuple[int, int, int]]) -> tuple[bytes, int]:
