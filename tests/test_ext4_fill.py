@@ -1,6 +1,6 @@
 """ext4_fill: trees written into filesystems the real mke2fs made, checked with e2fsck -fn
 and read back with debugfs: every kind of entry, owners and modes, hard links, holes,
-large directories, extent trees, determinism, and the errors."""
+large directories, extent trees and block maps (ext2, ext3), determinism, and the errors."""
 
 from __future__ import annotations
 
@@ -216,23 +216,88 @@ def test_through_rootfs_too_small_names_the_fix(tmp_path: Path) -> None:
                                     uuid=UUID, deterministic=True)
 
 
-@pytest.mark.parametrize("fs_type", ["ext2", "ext3"])
-def test_ext2_and_ext3_stay_on_mke2fs_d(tmp_path: Path, fs_type: str) -> None:
-    """Without extents the writer has nothing to write: rootfs streams them into
-    `mke2fs -d -` as before, and they hold the tree."""
+def block_mapped(tmp_path: Path) -> list[Entry]:
+    """every_kind, files that cross each level of a block map (4096-byte blocks: 12
+    direct blocks, 1024 more through the single indirect block, then the double), a
+    sparse file, a hard link to a large file, and a directory of 3,000 entries."""
+    block = 4096
+    data = os.urandom(1040 * block)
+    sizes = {"b0": 0, "b1": 1, "b12": 12 * block, "b13": 12 * block + 1,
+             "b1036": 1036 * block, "b1037": 1036 * block + 5, "b1040": 1040 * block}
+    files = [file_entry(f"maps/{name}", data[:size]) for name, size in sizes.items()]
+    # Holes: one before any data, over the whole single indirect range, at the end.
+    sparse = bytes(5 * block) + data[:block] + bytes(1100 * block) + data[:3 * block] \
+        + bytes(2 * block)
+    return every_kind(tmp_path) + [
+        Entry("maps", "dir", 0o755), *files,
+        file_entry("maps/sparse", sparse),
+        Entry("maps/again", "hardlink", 0o644, link="maps/b1040"),
+        Entry("many", "dir", 0o755),
+        *(file_entry(f"many/{n:05d}", str(n).encode()) for n in range(3000)),
+    ]
+
+
+def block_mapped_image(tmp_path: Path, fs_type: str, name: str,
+                       entries: list[Entry]) -> Path:
     spec = Spec(toplevel="/nix/store/x", closureInfo="/nix/store/y", partitionTableType="none",
                 fsType=fs_type)
-    plan = plan_disk(spec, 32 * MIB, None)
-    image = tmp_path / "fs.img"
+    plan = plan_disk(spec, 64 * MIB, None)
+    image = tmp_path / name
     image.write_bytes(b"")
-    entries = [Entry("", "dir", 0o755), Entry("etc", "dir", 0o755),
-               file_entry("etc/hostname", b"nixos\n", 0o640, 3, 4)]
     rootfs.make_root_filesystem(image, plan, entries, uuid=UUID, deterministic=True)
-    assert e2fsck_clean(image, 0).returncode == 0
-    assert "extent" not in debugfs(image, "stats -h").split("Filesystem features:")[1] \
-        .splitlines()[0]
-    assert read_back(image, "/etc/hostname") == b"nixos\n"
-    assert "User:     3   Group:     4" in debugfs(image, "stat /etc/hostname")
+    return image
+
+
+def dumped_matches(image: Path, entries: list[Entry], into: Path) -> None:
+    """`debugfs rdump` of the image gives back every file's bytes and every symlink's
+    target (it dumps no devices), and nothing else."""
+    into.mkdir()
+    subprocess.run(["debugfs", "-R", f"rdump / {into}", image], capture_output=True,
+                   check=True)
+    for entry in entries[1:]:
+        path = into / entry.path
+        if entry.kind == "file":
+            expected = entry.data if entry.data is not None \
+                else Path(entry.source or "").read_bytes()
+            assert path.read_bytes() == expected, entry.path
+        elif entry.kind == "symlink":
+            assert os.readlink(path) == entry.link, entry.path
+    dumped = {str(p.relative_to(into)) for p in into.rglob("*")}
+    assert dumped == {e.path for e in entries[1:] if e.kind in ("file", "dir", "symlink",
+                                                                "hardlink")} | {"lost+found"}
+
+
+@pytest.mark.parametrize("fs_type", ["ext2", "ext3"])
+def test_ext2_and_ext3_block_maps(tmp_path: Path, fs_type: str) -> None:
+    """Without extents the writer writes block maps: the filesystem is clean, gives the
+    tree back, holds the same bytes from the same entries, and its large directory is
+    indexed (`mke2fs -d` leaves it linear)."""
+    entries = block_mapped(tmp_path)
+    images = [block_mapped_image(tmp_path, fs_type, name, entries)
+              for name in ("a.img", "b.img")]
+    assert images[0].read_bytes() == images[1].read_bytes()
+    image = images[0]
+    assert e2fsck_clean(image, 0).returncode == 0, e2fsck_clean(image, 0).stdout
+    features = debugfs(image, "stats -h").split("Filesystem features:")[1].splitlines()[0]
+    assert "extent" not in features and ("has_journal" in features) == (fs_type == "ext3")
+    dumped_matches(image, entries, tmp_path / "dump")
+    big = debugfs(image, "stat /maps/b1037")
+    # 1037 data blocks, the single indirect block, the double and one below it: each
+    # indirect block just before the first data block it maps, all in one run.
+    assert "Flags: 0x0" in big and "Blockcount: 8320" in big, big
+    runs = re.findall(r"\(([A-Z]+|[\d-]+)\):(\d+)(?:-(\d+))?", big.split("BLOCKS:")[1])
+    assert [what for what, _, _ in runs] == ["0-11", "IND", "12-1035", "DIND", "IND",
+                                             "1036"], big
+    firsts = [int(first) for _, first, _ in runs]
+    assert firsts == [firsts[0] + n for n in (0, 12, 13, 1037, 1038, 1039)], big
+    sparse = debugfs(image, "stat /maps/sparse")
+    # 4 data blocks, the double indirect block and one below it; the single indirect
+    # block's whole range is a hole, so it has none.
+    assert "Blockcount: 48" in sparse and "(DIND)" in sparse and "(IND)" in sparse, sparse
+    assert "Links: 2" in debugfs(image, "stat /maps/b1040")
+    assert "Device major/minor number: 04:01" in debugfs(image, "stat /dev/tty")
+    assert "New-style) Device major/minor number: 259:70000" in debugfs(image, "stat /dev/wide")
+    assert "Flags: 0x1000" in debugfs(image, "stat /many")  # indexed, no extents
 
 
 def test_triple_indirect_blocks(tmp_path: Path) -> None:

@@ -1,22 +1,20 @@
 """ext2, ext3 and ext4, made and filled without root. The three rows differ only by data.
 
-ext4: mke2fs makes it empty and make_disk_image.filesystems.ext4_fill writes the tree into it, in
-time linear in the tree (libext2fs's `mke2fs -d` is quadratic in a directory's size);
-it gets metadata checksums after the fill and the reference's final tune2fs, and its
-rootFSUID defaults to rootGPUID. ext2 and ext3 (block maps, no extents): `mke2fs -d -`
-fed a tar stream.
+mke2fs makes the filesystem empty and make_disk_image.filesystems.ext4_fill writes the
+tree into it, in time linear in the tree (libext2fs's `mke2fs -d` is quadratic in a
+directory's size): extents for ext4, block maps for ext2 and ext3, which have no
+`extent` feature. ext4 gets metadata checksums after the fill (tune2fs, then e2fsck -fD,
+which also indexes its directories) and the reference's final tune2fs, and its
+rootFSUID defaults to rootGPUID; ext2 and ext3 get e2fsck -fD alone, which indexes
+their directories (dir_index, in mke2fs.conf's defaults).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import logging
-import os
 import re
 import shlex
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,9 +25,8 @@ from make_disk_image import process
 from make_disk_image.filesystems import Filesystem, ext4_fill
 from make_disk_image.filesystems.ext4_layout import UnsupportedFilesystem
 from make_disk_image.models import FS_BLOCK, MIB, DiskPlan, Entry
-from make_disk_image.process import CommandError, StepError
+from make_disk_image.process import StepError
 from make_disk_image.rootfs import SOURCE_DATE_EPOCH, STEP
-from make_disk_image.tarstream import write_tar
 
 if TYPE_CHECKING:
     from make_disk_image.models import Spec
@@ -58,9 +55,6 @@ _E2FSCK_PROGRESS = re.compile(
     r"Pass \d+[A-Z]?: .*|.*\*\*\*\*\* FILE SYSTEM WAS MODIFIED \*\*\*\*\*|"
     r".*: \d+/\d+ files \(.*\), \d+/\d+ blocks|e2fsck \d.*"
 )
-# A bigger pipe lets the tar writer run ahead of mke2fs in larger slices.
-PIPE_SIZE = 1 << 20
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 def mkfs_command(
@@ -71,7 +65,6 @@ def mkfs_command(
     deterministic: bool,
     checksums: bool = True,
     extra: tuple[str, ...] = (),
-    tree_on_stdin: bool = True,
 ) -> list[str]:
     """mke2fs for the root filesystem at the plan's root offset in `target`.
 
@@ -80,7 +73,7 @@ def mkfs_command(
     build VM's copy (only the bootloader installation reads it), or for a filesystem
     that gets them afterwards (`add_checksums`).
     `extra`: more mke2fs options (make_disk_image.minimal's trial runs).
-    `tree_on_stdin`: mke2fs fills it from a tar stream (`-d -`); else it stays empty.
+    The filesystem stays empty: ext4_fill fills it.
     """
     args = ["mke2fs", "-t", plan.fs_type, "-b", str(FS_BLOCK), "-F", "-L", plan.label, *extra]
     if plan.root_inodes is not None:
@@ -97,8 +90,7 @@ def mkfs_command(
         args += ["-E", ",".join(extended)]
     # Always give the size: with an offset and no size, mke2fs runs to the end of the file
     # and destroys the backup GPT.
-    fill = ["-d", "-"] if tree_on_stdin else []
-    return [*args, *fill, str(target), f"{plan.root_size // 1024}K"]
+    return [*args, str(target), f"{plan.root_size // 1024}K"]
 
 
 def make_filesystem(
@@ -112,52 +104,15 @@ def make_filesystem(
     step: str = STEP,
     extra: tuple[str, ...] = (),
 ) -> None:
-    if ROWS[plan.fs_type].filled_by_engine:
-        make_filled_ext4(target, plan, entries, uuid=uuid, deterministic=deterministic,
-                         step=step, extra=extra)
-        if checksums:
-            add_checksums(target, plan, deterministic=deterministic, step=step)
-        return
-    argv = mkfs_command(
-        target, plan, uuid=uuid, deterministic=deterministic, checksums=checksums, extra=extra
-    )
-    env = {"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH)} if deterministic else {}
-    # The tar writer runs in a thread feeding mke2fs's stdin, so the tree is streamed
-    # straight from the store into the image.
-    errors: list[BaseException] = []
-    read_fd, write_fd = os.pipe()
-    # Above /proc/sys/fs/pipe-max-size the default size works too.
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(write_fd, F_SETPIPE_SZ, PIPE_SIZE)
-
-    def feed() -> None:
-        try:
-            write_tar(entries, write_fd, what=f"{step}: streamed")
-        except BrokenPipeError:
-            pass  # mke2fs stopped reading; its own error explains why
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            errors.append(exc)
-        finally:
-            os.close(write_fd)
-
-    started = time.monotonic()
-    feeder = threading.Thread(target=feed, name="tar-feeder", daemon=True)
-    feeder.start()
-    try:
-        with os.fdopen(read_fd, "rb") as stdin:
-            process.run(argv, step=step, env=env, stdin=stdin)
-    except CommandError as exc:
-        feeder.join(timeout=60)
-        # "Could not allocate block/inode" is the image's filesystem running out; "No
-        # space left on device" is the build directory's, which a larger image won't fix.
-        if "Could not allocate" in exc.stderr:
-            raise too_small(step, plan, f"mke2fs: {exc.stderr.strip().splitlines()[-1]}") \
-                from exc
-        raise
-    feeder.join()
-    if errors:
-        raise StepError(step, f"could not read the tree: {errors[0]}") from errors[0]
-    logger.info("[%s] mke2fs took %.1f s", step, time.monotonic() - started)
+    """The plan's root filesystem, made empty by mke2fs and filled by ext4_fill; then
+    ext4's checksums (unless `checksums` is false: `Ext.tune` adds them), or ext2's and
+    ext3's directories indexed."""
+    make_filled(target, plan, entries, uuid=uuid, deterministic=deterministic, step=step,
+                extra=extra)
+    if not ROWS[plan.fs_type].metadata_csum:
+        index_directories(device_spec(target, plan), deterministic=deterministic, step=step)
+    elif checksums:
+        add_checksums(target, plan, deterministic=deterministic, step=step)
 
 
 def too_small(step: str, plan: DiskPlan, detail: str) -> StepError:
@@ -174,7 +129,7 @@ def too_small(step: str, plan: DiskPlan, detail: str) -> StepError:
     )
 
 
-def make_filled_ext4(
+def make_filled(
     target: Path,
     plan: DiskPlan,
     entries: Sequence[Entry],
@@ -184,9 +139,10 @@ def make_filled_ext4(
     step: str,
     extra: tuple[str, ...] = (),
 ) -> None:
-    """An empty ext4 from mke2fs (no checksums: `add_checksums` adds them), then filled."""
+    """An empty filesystem from mke2fs (ext4 without checksums: `add_checksums` adds
+    them), then filled."""
     argv = mkfs_command(target, plan, uuid=uuid, deterministic=deterministic,
-                        checksums=False, extra=extra, tree_on_stdin=False)
+                        checksums=False, extra=extra)
     make_and_fill(argv, target, plan.root_offset if plan.table is not None else 0, entries,
                   deterministic=deterministic, step=step, options=extra,
                   too_full=lambda detail: too_small(step, plan, detail))
@@ -267,8 +223,25 @@ def add_checksums_at(spec: str, *, deterministic: bool, step: str) -> None:
     # the checksums, tune2fs stores that seed (together it would store 0).
     process.run(["tune2fs", "-O", "metadata_csum_seed", spec], step=f"{step}: checksums",
                 env=env)
-    # 1: "errors corrected". Only the fixes a new filesystem needs are accepted.
-    checked = process.run(["e2fsck", "-fyD", spec], step=f"{step}: checksums", env=env,
+    optimize_directories(spec, env=env, step=f"{step}: checksums",
+                         what="the filesystem mke2fs just made")
+    logger.info("[%s] metadata checksums in %.1f s", step, time.monotonic() - started)
+
+
+def index_directories(spec: str, *, deterministic: bool, step: str) -> None:
+    """e2fsck -fD on a filled ext2 or ext3: their directories indexed (where the
+    filesystem has dir_index), as add_checksums leaves ext4's. `spec`: `offset_spec`."""
+    started = time.monotonic()
+    env = FIXED_TIME_ENV if deterministic else {}
+    optimize_directories(spec, env=env, step=f"{step}: directories",
+                         what="the filesystem just filled")
+    logger.info("[%s] directories indexed in %.1f s", step, time.monotonic() - started)
+
+
+def optimize_directories(spec: str, *, env: dict[str, str], step: str, what: str) -> None:
+    """e2fsck -fyD: every directory rebuilt, sorted by hash (indexed with dir_index).
+    Status 1 is "errors corrected": only the fixes a new filesystem needs are accepted."""
+    checked = process.run(["e2fsck", "-fyD", spec], step=step, env=env,
                           ok_returncodes=(0, 1))
     fixes = e2fsck_fixes(checked.stdout.decode(errors="replace"))
     if fixes:
@@ -276,12 +249,11 @@ def add_checksums_at(spec: str, *, deterministic: bool, step: str) -> None:
     unexpected = [line for line in fixes if not any(p.fullmatch(line) for p in EXPECTED_FIXES)]
     if unexpected:
         raise StepError(
-            f"{step}: checksums",
-            f"e2fsck -fyD found and fixed errors in the filesystem mke2fs just made "
-            f"in {spec}: " + " / ".join(unexpected)
+            step,
+            f"e2fsck -fyD found and fixed errors in {what} in {spec}: "
+            + " / ".join(unexpected)
             + "; the filesystem cannot be trusted (a fault of the disk or of e2fsprogs)",
         )
-    logger.info("[%s] metadata checksums in %.1f s", step, time.monotonic() - started)
 
 
 def e2fsck_fixes(output: str) -> list[str]:
@@ -314,9 +286,6 @@ class Ext(Filesystem):
     # Metadata checksums (added after the fill: add_checksums) and the reference's
     # final tune2fs: ext4's.
     metadata_csum: bool = False
-    # Filled by make_disk_image.filesystems.ext4_fill into an empty filesystem (extents), not by
-    # `mke2fs -d -`.
-    filled_by_engine: bool = False
 
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
              uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
@@ -339,9 +308,9 @@ class Ext(Filesystem):
 
 _DETERMINISM = "bit-identical (e2fsprogs >= 1.47.1)"
 FILESYSTEMS = (
-    Ext("ext2", "mke2fs -d -", _DETERMINISM, parted_name="ext4", fixed_times=True),
-    Ext("ext3", "mke2fs -d -", _DETERMINISM, parted_name="ext4", fixed_times=True),
+    Ext("ext2", "mke2fs + ext4_fill", _DETERMINISM, parted_name="ext4", fixed_times=True),
+    Ext("ext3", "mke2fs + ext4_fill", _DETERMINISM, parted_name="ext4", fixed_times=True),
     Ext("ext4", "mke2fs + ext4_fill", _DETERMINISM, parted_name="ext4", fixed_times=True,
-        uuid_is_root_gpuid=True, metadata_csum=True, filled_by_engine=True),
+        uuid_is_root_gpuid=True, metadata_csum=True),
 )
 ROWS = {fs.name: fs for fs in FILESYSTEMS}
