@@ -132,41 +132,55 @@ def test_erofs_of_the_view_is_the_copys_image(store: Path, tmp_path: Path,
     assert viewed == copied
 
 
-def fake_unshare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An unshare that fails as a kernel without unprivileged user namespaces does."""
+# How unshare fails where the namespace is refused: no unprivileged (or, in a Nix
+# sandbox, nested) user namespaces, seccomp or an LSM; user.max_user_namespaces reached.
+UNSHARE_FAILURES = ["Operation not permitted", "No space left on device"]
+
+
+def fake_unshare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 failure: str = UNSHARE_FAILURES[0]) -> None:
+    """An unshare that fails as a kernel refusing the user namespace does."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     script = bin_dir / "unshare"
-    script.write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\n"
-                      "exit 1\n")
+    script.write_text(f"#!/bin/sh\necho 'unshare: unshare failed: {failure}' >&2\nexit 1\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
+@pytest.mark.parametrize("failure", UNSHARE_FAILURES)
 def test_a_refused_namespace_copies_instead(store: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+                                            caplog: pytest.LogCaptureFixture,
+                                            failure: str) -> None:
     entries = staged(store, ["aaaa-plain"])
     expected = erofs(entries, tmp_path / "viewed.img", tmp_path)
-    fake_unshare(tmp_path, monkeypatch)
+    fake_unshare(tmp_path, monkeypatch, failure)
     with caplog.at_level(logging.INFO):
         again = erofs(entries, tmp_path / "fallback.img", tmp_path)
-    assert "the store view was refused" in caplog.text
+    assert f"the store view was refused (unshare: unshare failed: {failure})" in caplog.text
     assert "0 store paths checked and bound" in caplog.text
     assert again == expected
 
 
+@pytest.mark.parametrize("failure", UNSHARE_FAILURES)
 def test_btrfs_without_user_namespaces_says_so(store: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture,
+                                               failure: str) -> None:
+    """At once (no copy made first to run under the same refused unshare), and not
+    mistaken for a full filesystem ("No space left")."""
     from make_disk_image.filesystems.btrfs import make_btrfs
 
     scratch = tmp_path / "root.btrfs"
     with scratch.open("wb") as fh:
         fh.truncate(256 << 20)
-    fake_unshare(tmp_path, monkeypatch)
-    with pytest.raises(StepError, match=r"cannot make a user namespace .* which fsType "
-                       r"btrfs needs without root"):
+    fake_unshare(tmp_path, monkeypatch, failure)
+    with caplog.at_level(logging.INFO), pytest.raises(
+            StepError, match=rf"cannot make a user namespace \(unshare: unshare failed: "
+                             rf"{failure}\), which fsType btrfs needs without root"):
         make_btrfs(scratch, staged(store, ["aaaa-plain"]), label="nixos", uuid=None, step="t")
+    assert "copied instead" not in caplog.text
 
 
 def test_a_store_images_store_paths_are_at_its_root(store: Path) -> None:

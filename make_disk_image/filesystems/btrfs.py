@@ -17,7 +17,7 @@ from pathlib import Path
 
 from make_disk_image.filesystems import Filesystem
 from make_disk_image.filesystems.scratch import in_partition, too_small
-from make_disk_image.filesystems.storeview import run_viewed
+from make_disk_image.filesystems.storeview import run_viewed, unshare_failure
 from make_disk_image.models import MIB, ContentEntry, DiskPlan, Entry
 from make_disk_image.process import CommandError, StepError
 
@@ -67,13 +67,15 @@ def make_btrfs(scratch: Path, entries: Sequence[Entry], *, label: str, uuid: str
         run_viewed(entries, scratch.parent, copies_owners=True, step=step, fs_type="btrfs",
                    command=command, unbound_prefix=("unshare", "--map-root-user"))
     except CommandError as exc:
-        if "unshare" in exc.stderr and "operation not permitted" in exc.stderr.lower():
+        failure = unshare_failure(exc.stderr)
+        if failure:
             raise StepError(
                 step,
-                "cannot make a user namespace (unshare --map-root-user), which "
-                "fsType btrfs needs without root; allow unprivileged user "
-                "namespaces (sysctl kernel.unprivileged_userns_clone=1) or use "
-                "fsType ext4 or xfs",
+                f"cannot make a user namespace ({failure}), which fsType btrfs needs "
+                "without root (mkfs.btrfs --rootdir records the owners it reads); allow "
+                "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
+                "user.max_user_namespaces; in a Nix sandbox, nested ones) or use fsType "
+                "ext4 or xfs",
             ) from exc
         raise
 

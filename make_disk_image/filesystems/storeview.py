@@ -233,9 +233,11 @@ def run_viewed(entries: Sequence[Entry], parent: Path, *, copies_owners: bool, s
                             step=step, env=env)
                 return
             except CommandError as exc:
-                if not view.bindings or not refused(exc):
+                # Where unshare itself failed, a copy run under unshare would fail alike.
+                if (not view.bindings or not refused(exc)
+                        or (unshare_failure(exc.stderr) and unbound_prefix[:1] == ("unshare",))):
                     raise
-                reason = exc.stderr.strip().splitlines()[-1:]
+                reason = (exc.stderr.strip().splitlines() or ["no message"])[-1]
                 if instead is not None:
                     logger.info("[%s] the store view was refused (%s): no copy", step, reason)
                     instead()
@@ -247,9 +249,16 @@ def run_viewed(entries: Sequence[Entry], parent: Path, *, copies_owners: bool, s
 
 def refused(exc: CommandError) -> bool:
     """The namespace or its bindings were refused, not the tool's work."""
-    text = exc.stderr.lower()
-    return ((exc.returncode == REFUSED and "store view refused" in text)
-            or ("unshare" in text and "operation not permitted" in text))
+    return ((exc.returncode == REFUSED and "store view refused" in exc.stderr.lower())
+            or unshare_failure(exc.stderr) is not None)
+
+
+def unshare_failure(stderr: str) -> str | None:
+    """util-linux unshare's own complaint, made before it runs the tool, or None. Its
+    errno varies with what refuses the namespace: EPERM (seccomp, an LSM, a sandbox
+    without nested user namespaces), ENOSPC (user.max_user_namespaces reached or 0),
+    EINVAL; the tool never writes an "unshare: " line."""
+    return next((line for line in stderr.splitlines() if line.startswith("unshare: ")), None)
 
 
 def package_path() -> str:
