@@ -130,7 +130,9 @@ def nix_build_image(
     image_args: Mapping[str, Any],
     config_module: Mapping[str, Any] | None = None,
     extra_args: list[str] | None = None,
+    **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
+    """nix-build of IMAGE_NIX; `kwargs` go to subprocess.run."""
     expr = tmp_path / "image.nix"
     expr.write_text(IMAGE_NIX)
     return run(
@@ -150,7 +152,8 @@ def nix_build_image(
             "--out-link",
             str(tmp_path / "result"),
             *(extra_args or []),
-        ]
+        ],
+        **kwargs,
     )
 
 

@@ -18,8 +18,11 @@ the store, where an earlier unsandboxed build left them), are the reference.
 
 from __future__ import annotations
 
+import ctypes
 import grp
+import platform
 import re
+import struct
 import subprocess
 import uuid
 from pathlib import Path
@@ -83,20 +86,56 @@ def sandbox_available(checkout: Path, tmp_path_factory: pytest.TempPathFactory) 
         pytest.skip(f"this machine cannot run a Nix sandbox: {proc.stderr.strip()[-500:]}")
 
 
+# A seccomp filter failing unshare(2) with CLONE_NEWUSER with EPERM: what a host that
+# refuses the build user a user namespace (an LSM, a container's seccomp profile) does
+# to the builder. Nix makes its sandbox with clone(2), which the filter leaves alone.
+# Per machine: the audit architecture and unshare's syscall number.
+_UNSHARE_SYSCALL = {"x86_64": (0xC000003E, 272), "aarch64": (0xC00000B7, 97)}
+_LD, _JEQ, _JSET, _RET = 0x20, 0x15, 0x45, 0x06  # classic BPF: ld abs, jeq, jset, ret
+NEEDS_FILTER = pytest.mark.skipif(platform.machine() not in _UNSHARE_SYSCALL,
+                                  reason="unshare's syscall number is not known here")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def refuse_user_namespaces() -> None:
+    """In the child before exec: install the filter (prctl PR_SET_SECCOMP, mode filter;
+    root needs no no_new_privs). It is inherited by nix-build and its builders."""
+    arch, unshare_nr = _UNSHARE_SYSCALL[platform.machine()]
+    # struct sock_filter (code, jt, jf, k); jumps count from the next instruction.
+    program = [
+        (_LD, 0, 0, 4), (_JEQ, 0, 4, arch),         # seccomp_data.arch, else allow
+        (_LD, 0, 0, 0), (_JEQ, 0, 2, unshare_nr),   # .nr: unshare, else allow
+        (_LD, 0, 0, 16), (_JSET, 1, 0, 0x10000000),  # .args[0] & CLONE_NEWUSER: refuse
+        (_RET, 0, 0, 0x7FFF0000),                   # SECCOMP_RET_ALLOW
+        (_RET, 0, 0, 0x00050000 | 1),               # SECCOMP_RET_ERRNO | EPERM
+    ]
+    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = _SockFprog(len(program), ctypes.addressof(buffer))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
 def build(checkout: Path, tmp_path: Path, args: dict[str, Any],  # noqa: F811
-          options: list[str]) -> BuildResult:
+          options: list[str], *, refused: bool = False) -> BuildResult:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = nix_build_image(checkout, tmp_path, args, extra_args=options)
+    proc = nix_build_image(checkout, tmp_path, args, extra_args=options,
+                           preexec_fn=refuse_user_namespaces if refused else None)
     assert proc.returncode == 0, f"nix-build failed:\n{proc.stderr[-6000:]}"
     return BuildResult(out=Path(proc.stdout.strip().splitlines()[-1]), log=proc.stderr)
 
 
 def build_sandboxed(checkout: Path, tmp_path: Path, args: dict[str, Any],  # noqa: F811
-                    host_paths: tuple[str, ...], *, build_users: bool = True) -> BuildResult:
+                    host_paths: tuple[str, ...], *, build_users: bool = True,
+                    refused: bool = False) -> BuildResult:
     """A fresh build in the sandbox: its root is the sandbox's, not the host's."""
     nonce = {"postVM": f"{RECORD_ROOT}; echo {uuid.uuid4().hex} > $out/nonce"}
     result = build(checkout, tmp_path / "sandboxed", args | nonce,
-                   sandbox_options(host_paths, build_users=build_users))
+                   sandbox_options(host_paths, build_users=build_users), refused=refused)
     root = set((result.out / "build-root").read_text().split())
     assert root <= {"bin", "build", "dev", "etc", "nix", "proc", "tmp", *(
         p.strip("/") for p in host_paths)}, root
@@ -205,6 +244,47 @@ def test_default_image_through_the_build_vm_in_the_sandbox(
     assert ext4_header(root)["Filesystem volume name"] == "nixos"
     reference = build_reference(checkout, tmp_path, {})
     assert same_bytes(image, reference.out / "nixos.img")
+
+
+@NEEDS_FILTER
+def test_erofs_copies_where_the_sandbox_refuses_nested_user_namespaces(
+    checkout: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """No namespace to bind the store in: the store paths are copied, the log says why,
+    and the image is the one bound in place."""
+    sandboxed = build_sandboxed(checkout, tmp_path, STORE_IMAGE, HOST_PATHS, refused=True)
+    lines = storeview_lines(sandboxed.log)
+    assert any("the store view was refused (unshare: unshare failed: Operation not "
+               "permitted): the store paths are copied instead" in line
+               for line in lines), sandboxed.log[-4000:]
+    assert any("the tree for erofs: 0 store paths checked and bound" in line
+               for line in lines), lines
+    image = sandboxed.out / "nixos.img"
+    checked(["fsck.erofs", str(image)])
+    reference = build_reference(checkout, tmp_path, STORE_IMAGE)
+    assert same_bytes(image, reference.out / "nixos.img")
+
+
+@NEEDS_FILTER
+@pytest.mark.vm
+def test_btrfs_says_why_where_the_sandbox_refuses_nested_user_namespaces(
+    checkout: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """mkfs.btrfs records owners, so it needs the namespace even for a copy: the build
+    fails with the reason and the way out, not with a full filesystem."""
+    proc = nix_build_image(checkout, tmp_path,
+                           BTRFS_ROOT | {"postVM": f"echo {uuid.uuid4().hex}"},
+                           extra_args=sandbox_options(VM_HOST_PATHS),
+                           preexec_fn=refuse_user_namespaces)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: finish")]
+    assert errors == [
+        "error: finish: root filesystem: cannot make a user namespace (unshare: unshare "
+        "failed: Operation not permitted), which fsType btrfs needs without root "
+        "(mkfs.btrfs --rootdir records the owners it reads); allow unprivileged user "
+        "namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces; "
+        "in a Nix sandbox, nested ones) or use fsType ext4 or xfs"], proc.stderr[-4000:]
+    assert "copied instead" not in proc.stderr
 
 
 def test_without_the_host_paths_the_sandbox_hides_the_stand_in(
