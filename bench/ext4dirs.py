@@ -15,8 +15,9 @@ prints, in one run, for each shape:
     and without it (the engine's first step);
 and the ratios one directory / spread. `--engine REPO` runs another checkout's engine,
 `--also-engine REPO` one more (an older commit: before and after in one run).
-`--closure-mb MB` first builds a synthetic closure of that size (efi, no bootloader)
-through each engine: the common case, which must not get slower.
+`--closure-mb MB` first builds a synthetic closure of that size (efi, or no partition
+table for ext2 and ext3; no bootloader) through each engine: the common case, which
+must not get slower.
 Asserts nothing. Run as root (Debian's Nix is single-user here).
 """
 
@@ -122,14 +123,17 @@ def measure(work: Path, entries: int, spread: bool, engines: dict[str, Path], re
 
 
 def measure_closure(work: Path, size_mb: int, engines: dict[str, Path],
-                    repeat: int) -> None:
-    """The common case: a synthetic closure of `size_mb` (bench.make_closure), efi, no
-    bootloader, through each engine; each engine's best, runs interleaved."""
+                    repeat: int, fs_type: str) -> None:
+    """The common case: a synthetic closure of `size_mb` (bench.make_closure), efi (ext2,
+    ext3: no table), no bootloader, through each engine; each engine's best, runs
+    interleaved."""
     work.mkdir()
     closure = make_closure(work, size_mb * MIB, packages=80)
     print(f"synthetic closure: {len(closure.store_paths)} store paths, "
           f"{closure.entries:,} entries, {closure.apparent_bytes / MIB:,.0f} MiB", flush=True)
-    spec = write_spec(work / "spec.json", closure, "efi")
+    # ext2 and ext3 only without a partition table, as in the reference.
+    layout = "efi" if fs_type == "ext4" else "none"
+    spec = write_spec(work / "spec.json", closure, layout, fsType=fs_type)
     runs: dict[str, list[float]] = {name: [] for name in engines}
     lines: dict[str, list[str]] = {}
     for _ in range(repeat):
@@ -175,7 +179,8 @@ def main() -> int:
         if args.also_engine is not None:
             engines[f"engine at {args.also_engine}"] = args.also_engine
         if args.closure_mb:
-            measure_closure(work / "closure", args.closure_mb, engines, args.repeat)
+            measure_closure(work / "closure", args.closure_mb, engines, args.repeat,
+                            args.fs_type)
         flat = measure(work, args.entries, False, engines, args.repeat, not args.no_plain,
                        args.fs_type)
         spread = measure(work, args.entries, True, engines, args.repeat, not args.no_plain,
