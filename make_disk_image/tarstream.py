@@ -1,9 +1,10 @@
-"""The image tree as a tar stream on a file descriptor, the input of `mke2fs -d -`.
+"""The image tree as a tar stream on a file descriptor: the input of mksquashfs -tar and
+mkfs.erofs --tar (ext2/3/4 are filled by the engine's writer, filesystems/ext4_fill).
 
 Headers come from Python's tarfile (PAX format, explicit owners, no lookup of names);
 file bodies go from the source file to the pipe with os.sendfile, which the kernel
 does by splicing page-cache pages: the bytes are never copied through Python. This is
-what closes most of the gap to `mke2fs -d DIR` (README, Measurements). Progress is
+what closed most of the gap to `mke2fs -d DIR` when ext4 took it (README, Measurements). Progress is
 logged at most every PROGRESS_SECONDS, with entries and bytes against the totals.
 """
 

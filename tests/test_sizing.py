@@ -124,7 +124,7 @@ def test_plan_shows_how_the_minimal_size_was_computed(closure: Closure,
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["size_source"] == "minimal"
-    assert plan["minimal"]["method"].startswith("trial mke2fs -d -")
+    assert plan["minimal"]["method"].startswith("trial fill (mke2fs, then the writer)")
     assert plan["minimal"]["content_blocks"] > 0
     assert plan["root_inodes"] == plan["minimal"]["inodes"]
     assert not (result.out / "nixos.img").exists()
