@@ -173,7 +173,8 @@ def trial_minimal_plan(spec: Spec, tree: Tree, work: Path | None = None) -> Disk
         disk_image_size=disk,
         method=(
             f"trial fill (mke2fs, then the writer) {' '.join(TRIAL_OPTIONS)} -N {inodes} "
-            f"into a sparse {trial_blocks * FS_BLOCK // MIB} MiB file: {trial_used} - {trial_empty} (empty) "
+            f"into a sparse {trial_blocks * FS_BLOCK // MIB} MiB file: "
+            f"{trial_used} - {trial_empty} (empty) "
             f"= {content} blocks; empty mke2fs at the root partition's {blocks} blocks: "
             f"{overhead} blocks of metadata; + {margin} blocks margin + additionalSpace + "
             f"{SLACK / MIB:g} MiB free; smallest {spec.partitionTableType} disk in whole MiB"
