@@ -330,7 +330,9 @@ let
         passthru = { inherit spec makeDiskImage; };
       }
       ''
-        export PATH=${binPath}:$PATH
+        # kmod: a VM whose rootModules lack the root filesystem's driver (a vmTools
+        # without `override`, the stand-in's) loads it with modprobe (guest.py).
+        export PATH=${binPath}:${lib.makeBinPath [ pkgs.kmod ]}:$PATH
         make-disk-image guest ${spec}
       ''
   );

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 from conftest import NEEDS_NIX
-from test_nix import build_image, checked, checkout, partition_table  # noqa: F401
+from test_nix import (  # noqa: F401
+    BOOTLOADER_MARKER,
+    build_image,
+    checked,
+    checkout,
+    fat_read,
+    partition_table,
+)
 
 pytestmark = [pytest.mark.nix, NEEDS_NIX]
 
@@ -48,6 +55,24 @@ def test_nix_xfs_root(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
     assert proc.returncode == 0, proc.stdout + proc.stderr
     blkid = checked(["blkid", "-p", "-o", "export", str(part)])
     assert "TYPE=xfs" in blkid and "LABEL=nixos" in blkid
+
+
+@pytest.mark.vm
+def test_nix_btrfs_root_with_the_boot_loader(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The stand-in's build VM has no btrfs driver loaded: the guest phase loads it with
+    modprobe (kmod on its PATH), mounts the root and installs the boot loader."""
+    result = build_image(checkout, tmp_path, {"fsType": "btrfs", "partitionTableType": "efi",
+                                              "copyChannel": False})
+    assert "$ modprobe btrfs" in result.log, result.log[-3000:]
+    image = result.out / "nixos.img"
+    _, parts = partition_table(image)
+    part = tmp_path / "root.btrfs"
+    with image.open("rb") as src, part.open("wb") as dst:
+        src.seek(parts[-1].offset)
+        dst.write(src.read(parts[-1].size * 512))
+    checked(["btrfs", "check", "--readonly", str(part)])
+    marker = fat_read(image, parts[0], f"/{BOOTLOADER_MARKER}")
+    assert "install=1" in marker.splitlines(), marker
 
 
 def test_nixpkgs_vm_gets_the_root_filesystem_driver(checkout: Path) -> None:  # noqa: F811
