@@ -5,9 +5,9 @@ each build runs with `--option sandbox true` and `sandbox-fallback = false` (no 
 unsandboxed build), as a build user of its own group (`mdi-nixbld`, made by .ci/setup),
 so the builder sees the store as a NixOS builder does: owned by the overflow uid. The
 stand-in nixpkgs' packages are links to Debian's binaries, which the sandbox shows only
-through `extra-sandbox-paths`: the merged-/usr tree and its links (`/bin`, `/lib`,
-`/lib64`: the loader behind /lib64 links into /lib), and for the build VM `/sbin`
-(modprobe) and `/boot` (the host kernel the stand-in's VM boots). Nothing else of the
+through `extra-sandbox-paths`: the merged-/usr tree and the links its packages are named
+by (`/bin`, `/sbin`, `/lib`, `/lib64`: the loader behind /lib64 links into /lib), and for
+the build VM `/boot` (the host kernel the stand-in's VM boots). Nothing else of the
 host: no /etc beyond Nix's own, no /var; /dev/kvm only where the derivation requires the
 `kvm` feature (Nix adds it; it belongs to nobody there, and the stand-in's VM is TCG).
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_repart_nix
 from conftest import NEEDS_NIX
 from test_nix import (  # noqa: F401
     BuildResult,
@@ -44,10 +45,11 @@ pytestmark = [pytest.mark.nix, NEEDS_NIX]
 
 BUILD_USERS_GROUP = "mdi-nixbld"
 # What the stand-in's links to Debian's binaries need: /usr, and the merged-/usr links
-# through which its packages and the ELF loader (/lib64 -> /lib/...) are named.
-HOST_PATHS = ("/usr", "/bin", "/lib", "/lib64")
-# The stand-in's build VM also runs modprobe (/sbin) and boots the host's kernel (/boot).
-VM_HOST_PATHS = (*HOST_PATHS, "/sbin", "/boot")
+# through which its packages (/bin/bash, /sbin/mkfs.ext4, /sbin/modprobe) and the ELF
+# loader (/lib64/ld-linux-x86-64.so.2 -> /lib/...) are named.
+HOST_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib64")
+# The stand-in's build VM also boots the host's kernel.
+VM_HOST_PATHS = (*HOST_PATHS, "/boot")
 # What a build records of its own root, in $out: the proof it ran in the sandbox.
 RECORD_ROOT = "ls -A / > $out/build-root"
 
@@ -80,7 +82,7 @@ def sandbox_available(checkout: Path, tmp_path_factory: pytest.TempPathFactory) 
             f'builder = "/bin/sh"; args = [ "-c" "echo {nonce} > $out" ]; }}')
     proc = subprocess.run(
         ["nix-build", "-E", expr, "--out-link", str(tmp / "result"),
-         *sandbox_options(("/bin", "/usr", "/lib", "/lib64"))],
+         *sandbox_options(HOST_PATHS)],
         capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         pytest.skip(f"this machine cannot run a Nix sandbox: {proc.stderr.strip()[-500:]}")
@@ -285,6 +287,28 @@ def test_btrfs_says_why_where_the_sandbox_refuses_nested_user_namespaces(
         "namespaces (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces; "
         "in a Nix sandbox, nested ones) or use fsType ext4 or xfs"], proc.stderr[-4000:]
     assert "copied instead" not in proc.stderr
+
+
+def test_repart_image_in_the_sandbox() -> None:
+    """makeDiskImage.repart (tests/test_repart_nix.py's appliance: ESP with contents,
+    ext4 root of the closure, Minimize=guess, split): the sandboxed build, named apart
+    by its version, is byte for byte the unsandboxed one."""
+    nonce = uuid.uuid4().hex[:12]
+    reference_expr = test_repart_nix._expr()
+    sandboxed_expr = reference_expr.replace('version = "1";', f'version = "{nonce}";')
+    assert sandboxed_expr != reference_expr
+    procs = [subprocess.run(["nix-build", "--no-out-link", "-E", expr, *options],
+                            capture_output=True, text=True, check=False)
+             for expr, options in ((sandboxed_expr, sandbox_options(HOST_PATHS)),
+                                   (reference_expr, []))]
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    # Built here, in the sandbox (sandbox-fallback = false), not taken from the store.
+    assert f"-appliance-{nonce}.drv'..." in procs[0].stderr, procs[0].stderr[-2000:]
+    builds = [Path(proc.stdout.strip().splitlines()[-1]) for proc in procs]
+    for suffix in ("raw", "esp.raw", "root-x86-64.raw"):
+        assert same_bytes(builds[0] / f"appliance_{nonce}.{suffix}",
+                          builds[1] / f"appliance_1.{suffix}"), suffix
 
 
 def test_without_the_host_paths_the_sandbox_hides_the_stand_in(
