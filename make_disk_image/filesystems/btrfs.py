@@ -1,21 +1,28 @@
-"""btrfs, made without root: `mkfs.btrfs --rootdir` in a user namespace.
+"""btrfs: written by the engine (filesystems.btrfs_write), or by mkfs.btrfs --rootdir.
 
-mkfs.btrfs reads a directory with nftw, which fakeroot cannot intercept (glibc's
-internal stat calls). mkfs.btrfs runs in a user namespace where the build user is root
+The engine's own writer lays out the whole filesystem at the root partition's offset in
+one pass, owners the entries' own, the same bytes for the same entries, UUID and label;
+it needs a CRC-32C in C (filesystems.btrfs_crc: the kernel's AF_ALG or libext2fs).
+Where there is none, and for diskSize = "minimal"'s trial (`--shrink`), mkfs.btrfs
+makes it: it reads a directory with nftw, which fakeroot cannot intercept (glibc's
+internal stat calls), so it runs in a user namespace where the build user is root
 (`unshare --map-root-user`) and reads filesystems.storeview's tree: the store paths
 bound in place where the build user owns them, the rest materialized as that user, so
-every file comes out owned by root. Other owners cannot be mapped without root or /etc/subuid,
-which a Nix build does not have: an entry owned by anyone else is an error naming it.
+every file comes out owned by root. Other owners cannot be mapped without root or
+/etc/subuid, which a Nix build does not have: there, an entry owned by anyone else is
+an error naming it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from make_disk_image.filesystems import Filesystem
+from make_disk_image.filesystems import Filesystem, btrfs_crc, btrfs_fstree, btrfs_write
 from make_disk_image.filesystems.scratch import in_partition, too_small
 from make_disk_image.filesystems.storeview import run_viewed, unshare_failure
 from make_disk_image.models import MIB, ContentEntry, DiskPlan, Entry
@@ -104,10 +111,42 @@ def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
         scratch.unlink(missing_ok=True)
 
 
+@functools.cache
+def writer_crc() -> btrfs_crc.Crc32c | None:
+    """The CRC-32C btrfs_write uses; None: mkfs.btrfs makes every btrfs."""
+    return btrfs_crc.provider()
+
+
+def written(target: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
+            step: str) -> bool:
+    """btrfs_write's filesystem in the plan's root range of `target`; False where no
+    CRC-32C is at hand (the caller uses mkfs.btrfs)."""
+    crc = writer_crc()
+    if crc is None:
+        logger.info("btrfs: no CRC-32C here (AF_ALG refused, libext2fs not found; set %s): "
+                    "mkfs.btrfs --rootdir makes it", btrfs_crc.LIBEXT2FS_ENV)
+        return False
+    offset = plan.root_offset if plan.table is not None else 0
+    try:
+        btrfs_write.write_btrfs(target, offset, plan.root_size, entries, label=plan.label,
+                                uuid=uuid or str(uuidlib.uuid4()), crc=crc)
+    except btrfs_fstree.NoSpace as exc:
+        raise StepError(step, f"the root filesystem ({plan.root_size // MIB} MiB) is too "
+                        f"small for the closure and contents ({exc}); raise diskSize, or "
+                        'use diskSize = "auto"') from exc
+    except btrfs_fstree.TreeError as exc:
+        raise StepError(step, str(exc)) from exc
+    return True
+
+
 @dataclass(frozen=True)
 class Btrfs(Filesystem):
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
              uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
+        if plan.root_size >= self.min_size and written(target, plan, entries, uuid=uuid,
+                                                       step=step):
+            return
+
         def write(scratch: Path) -> None:
             make_btrfs_in(scratch, plan, entries, uuid=uuid, step=step)
 
@@ -123,6 +162,8 @@ class Btrfs(Filesystem):
     def owner_problem(self, entry: ContentEntry) -> str | None:
         if entry.user is None or entry.group is None:
             return None  # unset: root; half set is spec's error
+        if writer_crc() is not None:
+            return None  # btrfs_write gives every entry its own owner
         if is_root(entry.user) and is_root(entry.group):
             return None
         return (f'"{entry.user}:{entry.group}": fsType btrfs is made unprivileged in a '
@@ -135,7 +176,8 @@ FILESYSTEMS = (
     # data) with room for the guest's writes. Measured on bench/'s closure and the test
     # closure: used space stays under 2x the files' bytes + 16 KiB an entry.
     Btrfs("btrfs", "mkfs.btrfs --rootdir (user namespace)",
-          "fixed UUID and label; chunk-tree/device UUIDs and times vary",
+          "the same bytes for the same tree, UUID and label (the engine's writer); "
+          "with mkfs.btrfs: fixed UUID and label, chunk-tree/device UUIDs and times vary",
           min_size=160 * MIB, bytes_per_entry=16 * 1024, data_per_mille=2000,
           fixed=160 * MIB, parted_name="btrfs"),
 )

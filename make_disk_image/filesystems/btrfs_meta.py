@@ -183,8 +183,8 @@ class Metadata:
             space.at = trial.at
             return Chunk(first, length, fmt.BG_METADATA | fmt.BG_DUP,
                          (Stripe(first, self.dev_uuid), Stripe(second, self.dev_uuid)))
-        raise NoSpace(f"{space.size} bytes hold the data but not its metadata "
-                      f"({needed} bytes, twice)")
+        raise NoSpace(f"btrfs_write needed {-(-needed // MIB)} MiB of metadata, twice, "
+                      f"beyond the data's {-(-space.at // MIB)} MiB")
 
     def _build(self, fd: int, offset: int, chunks: list[Chunk], shapes: dict[int, tree.Shape],
                chunk_shape: tree.Shape, items: dict[int, list[Item]],
@@ -273,7 +273,7 @@ class Physical:
                 else:
                     self.at = _align(mirror + fmt.SUPER_SIZE)
         if self.at + length > self.size:
-            raise NoSpace(f"the filesystem needs more than its {self.size} bytes")
+            raise NoSpace(f"btrfs_write needed at least {-(-(self.at + length) // MIB)} MiB")
         start = self.at
         self.at += length
         return start, length
