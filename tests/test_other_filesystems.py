@@ -136,6 +136,21 @@ def test_btrfs_root_keeps_other_owners(closure: Closure, engine: Engine,
         check_root(root, closure)
 
 
+def test_btrfs_root_is_identical_across_builds(closure: Closure, engine: Engine,
+                                               contents_src: Path) -> None:
+    """The engine's btrfs writer: the same spec gives the same root filesystem bytes
+    (mkfs.btrfs' chunk-tree and device UUIDs and its clock varied)."""
+    spec = base_spec(
+        closure, fsType="btrfs", partitionTableType="efi", installBootLoader=False,
+        contents=[{"source": str(contents_src / "conf"), "target": "/etc/app"},
+                  {"source": str(contents_src / "tmp"), "target": "/tmp"}],
+    )
+    runs = [engine.build_without_vm(spec, name=f"btrfs-same-{i}") for i in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    first, second = (extract_root(r).read_bytes() for r in runs)
+    assert first == second
+
+
 @pytest.mark.parametrize("fs_type", ["erofs", "squashfs"])
 def test_read_only_store_image_is_identical_across_builds(
         closure: Closure, engine: Engine, fs_type: str) -> None:
