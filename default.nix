@@ -373,6 +373,18 @@ let
       --cwd /tmp -- ${guest.engine}/bin/make-disk-image guest ${spec}
   '' + finish + postVM);
 
+  # Whether the build VM has work: the boot loader, or an owner given by name, which only
+  # the image's own system resolves (make_disk_image.prepare.guest_mounts_root;
+  # tests/test_nix.py keeps the two in step), or firmware whose variables the VM may
+  # write into efi-vars.fd. Without, prepare and finish run alone: no VM to boot, and no
+  # KVM asked of the builder.
+  isNumber = value: builtins.match "[0-9]+" (toString value) != null;
+  ownedByName =
+    entry:
+    (entry.user or null) != null && !(isNumber entry.user && isNumber (entry.group or ""));
+  guestHasWork =
+    !onlyNixStore && (installBootLoader || touchEFIVars || lib.any ownedByName contents);
+
   # BIOS-only layouts and BIOS GRUB have no meaning where the image's system has no BIOS
   # (interface.json: platforms and the `system` row's rules), unless no boot loader is
   # installed.
@@ -384,9 +396,9 @@ let
 in
 assert checks.arguments;
 assert platformChecked;
-if onlyNixStore then
+if guestHasWork then
+  buildImage
+else
   pkgs.runCommand name {
     passthru = { inherit spec makeDiskImage; };
   } (prepare + finish + postVM)
-else
-  buildImage

@@ -786,8 +786,7 @@ NO_KVM = ["--option", "system-features", "nixos-test benchmark big-parallel"]
 
 
 def test_without_kvm_the_default_build_is_refused(checkout: Path, tmp_path: Path) -> None:
-    proc = nix_build_image(checkout, tmp_path, {"diskSize": 64, "installBootLoader": False},
-                           extra_args=NO_KVM)
+    proc = nix_build_image(checkout, tmp_path, {"diskSize": 64}, extra_args=NO_KVM)
     assert proc.returncode != 0
     assert "with features {kvm} is required" in proc.stderr, proc.stderr[-3000:]
 
@@ -812,3 +811,54 @@ def test_require_kvm_false_builds_without_kvm(checkout: Path, tmp_path: Path) ->
     # The image holds the contents entry the guest chowned (the result may be Nix's
     # cached one, without a build log).
     assert "readme" in debugfs(f"{image}?offset={parts[0].offset}", "ls -l /etc")
+
+
+def vm_features(checkout: Path, tmp_path: Path, image_args: Mapping[str, Any]) -> list[str]:
+    """The image derivation's requiredSystemFeatures: ["kvm"] where it boots a build VM."""
+    expr = tmp_path / "image.nix"
+    expr.write_text(IMAGE_NIX)
+    out = checked(["nix-instantiate", "--eval", "--strict", "--json", "-E",
+                   f"((import {expr}) {{ repo = {checkout}; imageArgs = ''{json.dumps(image_args)}''; "
+                   f"configModule = ''{json.dumps(NO_GRUB)}''; }}).requiredSystemFeatures or [ ]"])
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+OWNED = {"source": str(REPO / "README.md"), "target": "/etc/readme"}
+
+
+@pytest.mark.parametrize("image_args", [
+    {},
+    {"installBootLoader": False},
+    {"installBootLoader": False, "contents": [{**OWNED, "user": "0", "group": "00"}]},
+    {"installBootLoader": False, "contents": [{**OWNED, "user": "alice", "group": "100"}]},
+    {"installBootLoader": False, "contents": [{**OWNED, "user": "root", "group": "root"}]},
+    {"installBootLoader": False, "touchEFIVars": True, "partitionTableType": "efi"},
+    {"onlyNixStore": True, "partitionTableType": "none", "installBootLoader": False},
+])
+def test_a_build_vm_only_where_the_guest_has_work(checkout: Path, tmp_path: Path,
+                                                 image_args: dict[str, Any]) -> None:
+    """default.nix boots the build VM exactly where the engine's guest has work
+    (prepare.guest_mounts_root) or the firmware may write efi-vars.fd."""
+    from make_disk_image.models import ContentEntry, Spec
+    from make_disk_image.prepare import guest_mounts_root
+
+    spec = Spec(toplevel="/nix/store/x", closureInfo="/nix/store/y",
+                installBootLoader=image_args.get("installBootLoader", True),
+                onlyNixStore=image_args.get("onlyNixStore", False),
+                contents=tuple(ContentEntry(**c) for c in image_args.get("contents", [])))
+    boots = guest_mounts_root(spec) or bool(image_args.get("touchEFIVars"))
+    assert vm_features(checkout, tmp_path, image_args) == (["kvm"] if boots else [])
+
+
+def test_without_a_boot_loader_no_vm_and_no_kvm(checkout: Path, tmp_path: Path) -> None:
+    """No boot loader and no owners by name: prepare and finish alone, on a builder
+    without KVM, and the image is complete (its ESP made by finish)."""
+    proc = nix_build_image(checkout, tmp_path, {"partitionTableType": "efi",
+                                                "installBootLoader": False},
+                           extra_args=NO_KVM)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "guest:" not in proc.stderr  # no guest phase ran
+    image = Path(proc.stdout.strip().splitlines()[-1]) / "nixos.img"
+    table = json.loads(checked(["sfdisk", "--json", str(image)]))
+    parts = table["partitiontable"]["partitions"]
+    assert [p["type"] for p in parts] == [ESP_GUID, "0FC63DAF-8483-4772-8E79-3D69D8477DE4"]
