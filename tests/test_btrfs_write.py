@@ -209,6 +209,23 @@ def test_data_across_the_superblock_copy_at_64_mib(tmp_path: Path) -> None:
             subprocess.run(["losetup", "-d", loop], check=True)
 
 
+def test_many_hard_links_in_one_directory_overflow_into_extended_refs(tmp_path: Path) -> None:
+    entries = [Entry("", "dir", 0o755), Entry("d", "dir", 0o755), file_entry("d/file", b"x")]
+    entries += [Entry(f"d/link-{n:04}-{'n' * 40}", "hardlink", 0o644, link="d/file")
+                for n in range(700)]
+    entries += [Entry("e", "dir", 0o755), Entry("e/other", "hardlink", 0o644, link="d/file")]
+    image = tmp_path / "fs.img"
+    write(image, entries)
+    check_clean(image)
+    dump = subprocess.run(["btrfs", "inspect-internal", "dump-tree", "-t", "fs", str(image)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "INODE_EXTREF" in dump
+    if os.geteuid() == 0:
+        with mounted(image, tmp_path / "mnt") as root:
+            compare(root, entries)
+            assert (root / "d/file").stat().st_nlink == 702
+
+
 @needs_root
 def test_the_kernel_writes_to_it_and_check_stays_clean(tmp_path: Path) -> None:
     image = tmp_path / "fs.img"

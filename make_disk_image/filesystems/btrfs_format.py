@@ -44,6 +44,7 @@ DATA_RELOC_TREE = U64 - 9
 # Key types.
 INODE_ITEM = 1
 INODE_REF = 12
+INODE_EXTREF = 13
 DIR_ITEM = 84
 DIR_INDEX = 96
 EXTENT_DATA = 108
@@ -114,6 +115,10 @@ def inode_item(inode: Inode) -> bytes:
 
 def inode_ref(index: int, name: bytes) -> bytes:
     return struct.pack("<QH", index, len(name)) + name
+
+
+def inode_extref(parent: int, index: int, name: bytes) -> bytes:
+    return struct.pack("<QQH", parent, index, len(name)) + name
 
 
 def dir_item(location: Key, transid: int, kind: int, name: bytes) -> bytes:

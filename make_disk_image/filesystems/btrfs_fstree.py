@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from make_disk_image.filesystems import btrfs_format as fmt
+from make_disk_image.filesystems.btrfs_crc import Crc32c
 from make_disk_image.filesystems.btrfs_format import Inode, Key
 from make_disk_image.filesystems.ext4_write import _nonzero_runs, file_reader
 from make_disk_image.models import Entry
@@ -27,6 +28,10 @@ FILE_TYPES = {"dir": fmt.FT_DIR, "file": fmt.FT_REG_FILE, "symlink": fmt.FT_SYML
 MODE_TYPES = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
               "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK, "fifo": stat.S_IFIFO}
 Item = tuple[Key, bytes]
+LINK_MAX = 65535  # names one btrfs inode may have
+# An INODE_REF item holds a directory's names of one inode up to this size; more go to
+# INODE_EXTREF items (a leaf holds 16 KiB).
+REF_ITEM_MAX = 4096
 
 
 class TreeError(Exception):
@@ -220,16 +225,34 @@ def _inode(ino: int, node: Node) -> Inode:
                  rdev=rdev, time=mtime)
 
 
-def fs_items(nodes: dict[int, Node], name_hash: Callable[[bytes], int],
-             generation: int) -> Iterator[Item]:
+def _ref_items(ino: int, node: Node, crc: Crc32c) -> Iterator[Item]:
+    """INODE_REFs, one item per parent directory; the names beyond REF_ITEM_MAX bytes
+    of one (many hard links in one directory) as INODE_EXTREFs (extended_iref)."""
+    if len(node.refs) > LINK_MAX:
+        raise TreeError(f"/{node.entry.path} has more than {LINK_MAX} hard links, the most "
+                        "a btrfs inode holds")
+    refs: dict[int, bytearray] = {}
+    extrefs: dict[int, list[bytes]] = {}
+    for parent, index, name in node.refs:
+        ref = fmt.inode_ref(index, name)
+        item = refs.setdefault(parent, bytearray())
+        if len(item) + len(ref) <= REF_ITEM_MAX:
+            item += ref
+        else:
+            key_hash = crc.raw(parent & 0xFFFFFFFF, name)
+            extrefs.setdefault(key_hash, []).append(fmt.inode_extref(parent, index, name))
+    for parent in sorted(refs):
+        yield (ino, fmt.INODE_REF, parent), bytes(refs[parent])
+    for key_hash in sorted(extrefs):
+        yield (ino, fmt.INODE_EXTREF, key_hash), b"".join(extrefs[key_hash])
+
+
+def fs_items(nodes: dict[int, Node], crc: Crc32c, generation: int) -> Iterator[Item]:
     """The fs tree's items, sorted by key."""
+    name_hash = crc.name_hash
     for ino, node in nodes.items():
         yield (ino, fmt.INODE_ITEM, 0), fmt.inode_item(_inode(ino, node))
-        refs: dict[int, list[bytes]] = {}
-        for parent, index, name in node.refs:
-            refs.setdefault(parent, []).append(fmt.inode_ref(index, name))
-        for parent in sorted(refs):
-            yield (ino, fmt.INODE_REF, parent), b"".join(refs[parent])
+        yield from _ref_items(ino, node, crc)
         if node.children:
             hashed: dict[int, list[bytes]] = {}
             for name, child, kind in node.children:

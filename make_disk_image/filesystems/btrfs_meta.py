@@ -82,7 +82,7 @@ class Metadata:
         self.fs_uuid = derived_uuid(self.fsid, "fs tree")
         low, high = struct.unpack("<QQ", self.fs_uuid)
         return {
-            fmt.FS_TREE: list(fstree.fs_items(nodes, self.crc.name_hash, GENERATION)),
+            fmt.FS_TREE: list(fstree.fs_items(nodes, self.crc, GENERATION)),
             fmt.CSUM_TREE: csum_items(data),
             fmt.UUID_TREE: [((low, fmt.UUID_KEY_SUBVOL, high), struct.pack("<Q", fmt.FS_TREE))],
             fmt.DATA_RELOC_TREE: [
