@@ -213,30 +213,23 @@ class Metadata:
                  fmt.FREE_SPACE_TREE: free_space_items(list(zip(chunks, used, strict=True))),
                  fmt.CHUNK_TREE: self._chunk_items(chunks)}
         ctx = tree.Context(self.fsid, self.chunk_uuid, GENERATION, self.crc.checksum)
-        blocks: list[tuple[int, bytes]] = []
         roots: dict[int, RootRef] = {}
-        for t in (*TREES[1:], fmt.CHUNK_TREE):
+        written = 0
+        # Each tree written as it is built, its items dropped: one tree's blocks at most
+        # are in memory (the fs tree's items and blocks are most of the metadata).
+        for t in (*TREES[1:], fmt.CHUNK_TREE, fmt.ROOT_TREE):
+            if t == fmt.ROOT_TREE:
+                items[t] = self._root_items(roots, shapes)
             built, roots[t] = tree.build(items[t], shapes[t], addresses[t], t, ctx)
-            blocks += built
-        root_items = self._root_items(roots, shapes)
-        built, roots[fmt.ROOT_TREE] = tree.build(root_items, shapes[fmt.ROOT_TREE],
-                                                 addresses[fmt.ROOT_TREE], fmt.ROOT_TREE, ctx)
-        blocks += built
-        blocks.sort()
-        self._write_chunk(fd, offset, meta, [b for a, b in blocks if a >= meta.logical])
-        self._write_chunk(fd, offset, self.system, [b for a, b in blocks if a < meta.logical
-                                                    and a >= self.system.logical
-                                                    and a < self.system.logical
-                                                    + self.system.length])
+            items[t].clear()
+            chunk = self.system if t == fmt.CHUNK_TREE else meta
+            for bytenr, block in built:
+                for stripe in chunk.stripes:
+                    os.pwrite(fd, block, offset + stripe.physical + bytenr - chunk.logical)
+            written += len(built)
         total_used = sys_used + meta_used + sum(self.data_filled)
         self._write_supers(fd, offset, roots, total_used)
-        return len(blocks)
-
-    @staticmethod
-    def _write_chunk(fd: int, offset: int, chunk: Chunk, blocks: list[bytes]) -> None:
-        region = b"".join(blocks)
-        for stripe in chunk.stripes:
-            os.pwrite(fd, region, offset + stripe.physical)
+        return written
 
     def _write_supers(self, fd: int, offset: int, roots: dict[int, RootRef],
                       used: int) -> None:
