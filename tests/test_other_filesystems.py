@@ -125,6 +125,7 @@ def test_btrfs_root_keeps_other_owners(closure: Closure, engine: Engine,
     )
     result = engine.build_without_vm(spec, name="btrfs-owners")
     assert result.returncode == 0, result.stderr
+    assert "btrfs_write took" in result.stderr  # not mkfs.btrfs
     part = extract_root(result)
     proc = subprocess.run(["btrfs", "check", "--readonly", "--check-data-csum", str(part)],
                           capture_output=True, text=True)

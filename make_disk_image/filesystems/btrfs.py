@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,15 +128,20 @@ def written(target: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str
                     "mkfs.btrfs --rootdir makes it", btrfs_crc.LIBEXT2FS_ENV)
         return False
     offset = plan.root_offset if plan.table is not None else 0
+    started = time.monotonic()
     try:
-        btrfs_write.write_btrfs(target, offset, plan.root_size, entries, label=plan.label,
-                                uuid=uuid or str(uuidlib.uuid4()), crc=crc)
+        stats = btrfs_write.write_btrfs(target, offset, plan.root_size, entries,
+                                        label=plan.label, uuid=uuid or str(uuidlib.uuid4()),
+                                        crc=crc)
     except btrfs_fstree.NoSpace as exc:
         raise StepError(step, f"the root filesystem ({plan.root_size // MIB} MiB) is too "
                         f"small for the closure and contents ({exc}); raise diskSize, or "
                         'use diskSize = "auto"') from exc
     except btrfs_fstree.TreeError as exc:
         raise StepError(step, str(exc)) from exc
+    logger.info("[%s] btrfs_write took %.1f s (%d entries, %.1f MiB of data, %d tree blocks; "
+                "CRC-32C: %s)", step, time.monotonic() - started, stats.entries,
+                stats.data_bytes / MIB, stats.metadata_blocks, crc.name)
     return True
 
 
