@@ -4,6 +4,7 @@ mkfs.btrfs 6.14 made)."""
 
 from __future__ import annotations
 
+import ctypes.util
 import struct
 
 import pytest
@@ -32,6 +33,10 @@ def test_sector_sums_are_each_sectors_checksum() -> None:
     assert sums[1] != sums[2]
 
 
-def test_no_library_means_no_libext2fs_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_library_that_does_not_load_falls_back_to_the_loaders(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(btrfs_crc.LIBEXT2FS_ENV, "/nonexistent/libext2fs.so.2")
+    found = ctypes.util.find_library("ext2fs")
+    assert (btrfs_crc._libext2fs() is not None) == (found is not None)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     assert btrfs_crc._libext2fs() is None

@@ -54,12 +54,16 @@ def _sums_of(raw: Raw) -> Sums:
 
 
 def _libext2fs() -> tuple[Raw, Sums] | None:
-    path = os.environ.get(LIBEXT2FS_ENV) or ctypes.util.find_library("ext2fs")
-    if not path:
-        return None
-    try:
-        func = ctypes.CDLL(path).ext2fs_crc32c_le
-    except (OSError, AttributeError):
+    func = None
+    # The named library first; where it cannot be loaded, the one the loader finds.
+    for path in (os.environ.get(LIBEXT2FS_ENV), ctypes.util.find_library("ext2fs")):
+        try:
+            func = ctypes.CDLL(path).ext2fs_crc32c_le if path else None
+        except (OSError, AttributeError):
+            continue
+        if func is not None:
+            break
+    if func is None:
         return None
     func.restype = ctypes.c_uint32
     func.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
