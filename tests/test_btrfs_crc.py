@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes.util
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -38,5 +39,15 @@ def test_a_library_that_does_not_load_falls_back_to_the_loaders(
     monkeypatch.setenv(btrfs_crc.LIBEXT2FS_ENV, "/nonexistent/libext2fs.so.2")
     found = ctypes.util.find_library("ext2fs")
     assert (btrfs_crc._libext2fs() is not None) == (found is not None)
+    # As in a Nix build (nixpkgs' Python finds no library by name): mke2fs's own.
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    traced = btrfs_crc.traced_libext2fs()
+    assert traced is None or Path(traced).is_file()
+    assert (btrfs_crc._libext2fs() is not None) == (traced is not None)
+    monkeypatch.setattr(btrfs_crc, "traced_libext2fs", lambda: None)
     assert btrfs_crc._libext2fs() is None
+
+
+def test_mke2fs_on_path_names_its_libext2fs() -> None:
+    traced = btrfs_crc.traced_libext2fs()
+    assert traced is not None and "libext2fs.so" in traced  # Debian's e2fsprogs here

@@ -3,8 +3,9 @@
 The standard library has no CRC-32C, and a Python loop runs at a few MB/s: 2 GB of data
 needs one in C. Two are tried, in order: the kernel's through AF_ALG ("hash", "crc32c"),
 and e2fsprogs' libext2fs (ext2fs_crc32c_le, which e2fsprogs needs for ext4's metadata
-checksums) through ctypes. Measured on the build host (kernel 6.18 without AF_ALG hash
-sockets): libext2fs, 4 KiB at a time, 100 MB in 0.07 s. Where neither is there,
+checksums) through ctypes, found by name or as mke2fs loads it. Measured on the build
+host (kernel 6.18 without AF_ALG hash sockets): libext2fs, 4 KiB at a time, 100 MB in
+0.07 s. Where neither is there,
 `provider()` is None and the caller uses mkfs.btrfs.
 """
 
@@ -13,10 +14,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from make_disk_image import process
 
 # The environment variable that names libext2fs where the loader cannot find it (Nix).
 LIBEXT2FS_ENV = "MDI_LIBEXT2FS"
@@ -53,10 +57,30 @@ def _sums_of(raw: Raw) -> Sums:
     return sums
 
 
+def traced_libext2fs() -> str | None:
+    """Where mke2fs (on PATH) loads libext2fs from: glibc's loader lists a program's
+    libraries instead of running it when LD_TRACE_LOADED_OBJECTS is set (ldd's way).
+    A Nix build needs this: nixpkgs' Python finds no library by name there."""
+    try:
+        listed = process.run(["mke2fs"], step="btrfs",
+                             env={"LD_TRACE_LOADED_OBJECTS": "1"}).stdout.decode()
+    except process.CommandError:
+        return None  # mke2fs ran (a static one): its usage, and a failure status
+    found = re.search(r"^\s*libext2fs\.so\.\d+ => (/\S+)", listed, re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def _libext2fs_paths() -> Iterator[str | None]:
+    yield os.environ.get(LIBEXT2FS_ENV)
+    yield ctypes.util.find_library("ext2fs")
+    yield traced_libext2fs()
+
+
 def _libext2fs() -> tuple[Raw, Sums] | None:
     func = None
-    # The named library first; where it cannot be loaded, the one the loader finds.
-    for path in (os.environ.get(LIBEXT2FS_ENV), ctypes.util.find_library("ext2fs")):
+    # The named library first; where it cannot be loaded, the one the loader finds by
+    # name, then the one mke2fs loads.
+    for path in _libext2fs_paths():
         try:
             func = ctypes.CDLL(path).ext2fs_crc32c_le if path else None
         except (OSError, AttributeError):
