@@ -137,6 +137,25 @@ def test_btrfs_root_keeps_other_owners(closure: Closure, engine: Engine,
         check_root(root, closure)
 
 
+def test_btrfs_minimal_with_other_owners(closure: Closure, engine: Engine,
+                                         contents_src: Path) -> None:
+    """"minimal"'s trial mkfs.btrfs --shrink measures the tree as root's (owners do not
+    change its size); the writer then gives the entries their own owners."""
+    spec = base_spec(
+        closure, fsType="btrfs", partitionTableType="legacy+gpt", installBootLoader=False,
+        diskSize="minimal",
+        contents=[{"source": str(contents_src / "conf"), "target": "/etc/app",
+                   "user": "1000", "group": "100"},
+                  {"source": str(contents_src / "tmp"), "target": "/tmp"}],
+    )
+    result = engine.build_without_vm(spec, name="btrfs-minimal-owners")
+    assert result.returncode == 0, result.stderr
+    assert "--shrink" in plan_of(result)["minimal"]["method"]
+    with mounted(image_of(result), "btrfs", plan_of(result)["root_offset"]) as root:
+        owned = os.lstat(root / "etc/app/app.toml")
+        assert (owned.st_uid, owned.st_gid) == (1000, 100)
+
+
 def test_btrfs_root_is_identical_across_builds(closure: Closure, engine: Engine,
                                                contents_src: Path) -> None:
     """The engine's btrfs writer: the same spec gives the same root filesystem bytes

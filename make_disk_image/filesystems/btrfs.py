@@ -20,7 +20,7 @@ import logging
 import time
 import uuid as uuidlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from make_disk_image.filesystems import Filesystem, btrfs_crc, btrfs_fstree, btrfs_write
@@ -105,6 +105,9 @@ def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
     scratch = work / "minimal.btrfs"
     with scratch.open("wb") as fh:
         fh.truncate(max(trial_size, 1 << 30))
+    if writer_crc() is not None:
+        # Owners do not change the size; the writer, not this trial, gives them.
+        entries = [replace(e, uid=0, gid=0) if e.uid or e.gid else e for e in entries]
     try:
         make_btrfs_in(scratch, plan, entries, uuid=None, step=step, shrink=True)
         return scratch.stat().st_size
