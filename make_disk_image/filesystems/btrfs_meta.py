@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from make_disk_image.filesystems import btrfs_format as fmt
 from make_disk_image.filesystems import btrfs_fstree as fstree
@@ -66,6 +66,8 @@ def _dir_inode(time: int) -> bytes:
 
 @dataclass
 class Metadata:
+    """Every tree but the fs tree's items, placed and written once the data is."""
+
     fsid: bytes
     dev_uuid: bytes
     label: bytes
@@ -73,6 +75,12 @@ class Metadata:
     system: Chunk
     data_chunks: list[Chunk]
     data_filled: list[int]  # bytes used from each data chunk's start
+    # Set by `write` for the trees and the superblock built after it.
+    total_bytes: int = field(default=0, init=False)
+    chunk_uuid: bytes = field(default=bytes(16), init=False)
+    fs_uuid: bytes = field(default=bytes(16), init=False)
+    root_time: int = field(default=0, init=False)
+    dev_item: bytes = field(default=b"", init=False)
 
     def _fixed_trees(self, nodes: dict[int, fstree.Node],
                      data: fstree.DataSpace) -> dict[int, list[Item]]:
