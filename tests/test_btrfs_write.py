@@ -188,12 +188,14 @@ def test_large_deep_and_crowded_directories(tmp_path: Path) -> None:
 
 
 def test_data_across_the_superblock_copy_at_64_mib(tmp_path: Path) -> None:
+    """A file larger than the largest extent (128 MiB), cut where a data chunk ends
+    before the copy at 64 MiB."""
     source = tmp_path / "data.bin"
-    source.write_bytes(os.urandom(90 * MIB))
+    source.write_bytes(os.urandom(150 * MIB))
     entries = [Entry("", "dir", 0o755),
-               Entry("data", "file", 0o644, source=str(source), size=90 * MIB)]
+               Entry("data", "file", 0o644, source=str(source), size=150 * MIB)]
     image = tmp_path / "fs.img"
-    write(image, entries, size=300 * MIB, offset=MIB)
+    write(image, entries, size=400 * MIB, offset=MIB)
     # The copy at 64 MiB is the filesystem's, untouched by data.
     with image.open("rb") as fh:
         fh.seek(MIB + (64 << 20) + 64)
