@@ -165,7 +165,12 @@ def build_image(
 ) -> BuildResult:
     proc = nix_build_image(checkout, tmp_path, image_args, config_module)
     assert proc.returncode == 0, f"nix-build failed:\n{proc.stderr[-6000:]}"
-    return BuildResult(out=Path(proc.stdout.strip().splitlines()[-1]), log=proc.stderr)
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    log = proc.stderr
+    if "building '" not in log:
+        # Built before by an earlier run (the same derivation): its log as Nix kept it.
+        log += checked(["nix-store", "--read-log", str(out)])
+    return BuildResult(out=out, log=log)
 
 
 def as_raw(image: Path, tmp_path: Path) -> Path:
@@ -817,9 +822,10 @@ def vm_features(checkout: Path, tmp_path: Path, image_args: Mapping[str, Any]) -
     """The image derivation's requiredSystemFeatures: ["kvm"] where it boots a build VM."""
     expr = tmp_path / "image.nix"
     expr.write_text(IMAGE_NIX)
+    call = (f"(import {expr}) {{ repo = {checkout}; imageArgs = ''{json.dumps(image_args)}''; "
+            f"configModule = ''{json.dumps(NO_GRUB)}''; }}")
     out = checked(["nix-instantiate", "--eval", "--strict", "--json", "-E",
-                   f"((import {expr}) {{ repo = {checkout}; imageArgs = ''{json.dumps(image_args)}''; "
-                   f"configModule = ''{json.dumps(NO_GRUB)}''; }}).requiredSystemFeatures or [ ]"])
+                   f"({call}).requiredSystemFeatures or [ ]"])
     return json.loads(out)  # type: ignore[no-any-return]
 
 
