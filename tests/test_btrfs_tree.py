@@ -33,7 +33,9 @@ def test_built_blocks_carry_their_address_level_and_checksum() -> None:
     items = [((n, 1, 0), bytes(3000)) for n in range(12)]
     shape = tree.shape([3000] * 12)
     addresses = [NODESIZE * (10 + n) for n in range(shape.blocks)]
-    blocks, root = tree.build(items, shape, addresses, 5, ctx)
+    blocks: list[tuple[int, bytes]] = []
+    root = tree.build(items, shape, addresses, 5, ctx,
+                      lambda bytenr, block: blocks.append((bytenr, block)))
     assert [a for a, _ in blocks] == addresses
     assert root.bytenr == addresses[-1] and root.level == 1
     assert all(b[:4] == (NODESIZE - 32).to_bytes(4, "little") for _, b in blocks)

@@ -228,13 +228,15 @@ class Metadata:
         for t in (*TREES[1:], fmt.CHUNK_TREE, fmt.ROOT_TREE):
             if t == fmt.ROOT_TREE:
                 items[t] = self._root_items(roots, shapes)
-            built, roots[t] = tree.build(items[t], shapes[t], addresses[t], t, ctx)
-            items[t].clear()
             chunk = self.system if t == fmt.CHUNK_TREE else meta
-            for bytenr, block in built:
+
+            def emit(bytenr: int, block: bytes, chunk: Chunk = chunk) -> None:
                 for stripe in chunk.stripes:
                     os.pwrite(fd, block, offset + stripe.physical + bytenr - chunk.logical)
-            written += len(built)
+
+            roots[t] = tree.build(items[t], shapes[t], addresses[t], t, ctx, emit)
+            items[t].clear()
+            written += shapes[t].blocks
         total_used = sys_used + meta_used + sum(self.data_filled)
         self._write_supers(fd, offset, roots, total_used)
         return written

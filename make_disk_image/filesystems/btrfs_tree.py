@@ -120,11 +120,11 @@ def _leaf(items: Sequence[Item]) -> bytearray:
 
 
 def build(items: Sequence[Item], tree_shape: Shape, addresses: Sequence[int], owner: int,
-          ctx: Context) -> tuple[list[tuple[int, bytes]], RootRef]:
-    """The tree's blocks as (bytenr, bytes), at `addresses` (one per block of
-    `tree_shape`, leaves first), and where its root is."""
+          ctx: Context, emit: Callable[[int, bytes], None]) -> RootRef:
+    """The tree's blocks, each given to `emit` as (bytenr, bytes) as soon as it is made
+    (a tree's blocks are never all in memory: the fs tree's are tens of MiB), at
+    `addresses` (one per block of `tree_shape`, leaves first); where its root is."""
     assert len(addresses) == tree_shape.blocks
-    blocks = []
     # (first key, bytenr) of each block of the level below.
     below: list[tuple[Key, int]] = []
     at = 0
@@ -132,7 +132,7 @@ def build(items: Sequence[Item], tree_shape: Shape, addresses: Sequence[int], ow
         chunk = items[at : at + count]
         bytenr = addresses[index]
         body = _leaf(chunk)
-        blocks.append((bytenr, ctx.seal(body, bytenr, owner, len(chunk), 0)))
+        emit(bytenr, ctx.seal(body, bytenr, owner, len(chunk), 0))
         below.append((chunk[0][0] if chunk else (0, 0, 0), bytenr))
         at += count
     assert at == len(items)
@@ -148,7 +148,7 @@ def build(items: Sequence[Item], tree_shape: Shape, addresses: Sequence[int], ow
                             for key, child in children)
             body = bytearray(NODESIZE)
             body[HEADER.size : HEADER.size + len(ptrs)] = ptrs
-            blocks.append((bytenr, ctx.seal(body, bytenr, owner, len(children), level)))
+            emit(bytenr, ctx.seal(body, bytenr, owner, len(children), level))
             above.append((children[0][0], bytenr))
         below = above
-    return blocks, RootRef(below[0][1], len(tree_shape.nodes))
+    return RootRef(below[0][1], len(tree_shape.nodes))
