@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from make_disk_image.filesystems import btrfs_crc, xfs_fill
+from make_disk_image.filesystems import xfs_format as fmt
 from make_disk_image.models import Entry
 
 CRC = btrfs_crc.provider()
@@ -121,12 +122,13 @@ def test_the_kernel_reads_every_entry_back(mounted: tuple[Path, list[Entry]]) ->
     assert (mnt / "etc").stat().st_nlink == 2 and mnt.stat().st_nlink == 2 + 5
 
 
-@pytest.mark.parametrize("count", [0, 12, 60, 300, 25000])
+@pytest.mark.parametrize("count", [0, 12, 60, 300, 502, 25000])
 def test_every_directory_form_passes_repair(tmp_path: Path, count: int) -> None:
-    # Short form, block, leaf, node; 25,000 inodes need a two-level inode btree.
+    # Short form, block, leaf, node (502: too many names for a leaf block with its
+    # free table, few enough for one index leaf); 25,000 inodes: a two-level inobt.
     entries = [Entry("", "dir", 0o755), Entry("d", "dir", 0o755)]
-    entries += [Entry(f"d/{i:x}-{'n' * (i % 200)}", "file", 0o644, data=b"")
-                for i in range(count)]
+    entries += [Entry(f"d/{i:x}-{'n' * (i % 200 if count != 502 else 0)}", "file", 0o644,
+                      data=b"") for i in range(count)]
     _image(tmp_path, entries, size="600M")
 
 
@@ -148,3 +150,16 @@ def test_a_tree_larger_than_the_filesystem_is_refused(tmp_path: Path) -> None:
     entries = [Entry("", "dir", 0o755), Entry("huge", "file", 0o644, source=str(huge))]
     with pytest.raises(xfs_fill.NoSpace):
         xfs_fill.fill_xfs(image, 0, entries, crc=CRC)
+
+
+def test_equal_hashes_stay_in_one_index_leaf(tmp_path: Path) -> None:
+    # Flipping bit 0 of the third byte and bit 7 of the fourth keeps a 5-byte name's
+    # hash: 1,600 pairs of equal hashes, so leaf boundaries fall among them.
+    pairs = [(bytes([97, 98, 48 + i % 64, 192 + i // 64, 99]),
+              bytes([97, 98, (48 + i % 64) ^ 1, (192 + i // 64) ^ 0x80, 99]))
+             for i in range(1600)]
+    assert all(fmt.da_hash(a) == fmt.da_hash(b) for a, b in pairs)
+    entries = [Entry("", "dir", 0o755), Entry("d", "dir", 0o755)]
+    entries += [Entry("d/" + os.fsdecode(name), "file", 0o644, data=b"")
+                for pair in pairs for name in pair]
+    _image(tmp_path, entries, size="600M")

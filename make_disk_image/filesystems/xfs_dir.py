@@ -187,17 +187,30 @@ def _leaf1(geometry: Geometry, crc: Crc32c, owner: int, disk: int,
     return with_crc(block, DA_CRC_OFFSET, crc)
 
 
+def _leaf_cuts(hashes: Sequence[tuple[int, int]], count: int) -> list[int]:
+    """Where `count` hash-index leaves start (and the end): as even as can be, but equal
+    hashes stay in one leaf (xfs_repair wants each leaf's hashes above the last's)."""
+    cuts = [0]
+    for index in range(1, count):
+        cut = max(cuts[-1], len(hashes) * index // count)
+        while 0 < cut < len(hashes) and hashes[cut - 1][0] == hashes[cut][0]:
+            cut += 1
+        cuts.append(cut)
+    return [*cuts, len(hashes)]
+
+
 def _node_blocks(geometry: Geometry, crc: Crc32c, owner: int, placed: Placed,
                  layout: Layout) -> list[tuple[int, bytes]]:
     first = leaf_first(geometry)
     per_leaf = (geometry.dirblksize - LEAF_HEADER) // 8
     count = layout.leaf - 1
-    base, extra = divmod(len(layout.hashes), count)
-    out, children, at = [], [], 0
+    cuts = _leaf_cuts(layout.hashes, count)
+    out, children = [], []
     for index in range(count):
-        part = layout.hashes[at : at + base + (1 if index < extra else 0)]
-        at += len(part)
-        assert len(part) <= per_leaf
+        part = layout.hashes[cuts[index] : cuts[index + 1]]
+        if not part or len(part) > per_leaf:
+            raise ValueError(f"a directory of {len(layout.hashes)} names has too many "
+                             "equal hashes")
         logical = first + 1 + index
         forw = logical + 1 if index + 1 < count else 0
         back = logical - 1 if index else 0
@@ -241,7 +254,8 @@ def layout(geometry: Geometry, dir_ino: int, parent: int,
     if LEAF_HEADER + 8 * len(hashes) + 2 * len(blocks) + 4 <= size:
         return Layout("leaf", blocks, 1, 0, hashes)
     per_leaf = (size - LEAF_HEADER) // 8
-    leaves = -(-len(hashes) // per_leaf)
+    # At least two: xfs_repair refuses an index node over a single leaf.
+    leaves = max(2, -(-len(hashes) // per_leaf))
     if leaves > (size - NODE_HEADER) // 8:
         raise ValueError(f"a directory of {len(children)} entries needs a deeper index")
     per_free = (size - FREE_HEADER) // 2
