@@ -163,3 +163,35 @@ def test_equal_hashes_stay_in_one_index_leaf(tmp_path: Path) -> None:
     entries += [Entry("d/" + os.fsdecode(name), "file", 0o644, data=b"")
                 for pair in pairs for name in pair]
     _image(tmp_path, entries, size="600M")
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    ((), None),
+    (("-m", "rmapbt=1"), "rmapbt"),
+    (("-m", "finobt=0"), "finobt"),
+    (("-n", "size=8192"), "directory blocks"),
+])
+def test_unsupported_names_what_the_writer_cannot_fill(tmp_path: Path,
+                                                       options: tuple[str, ...],
+                                                       reason: str | None) -> None:
+    image = tmp_path / "xfs.img"
+    subprocess.run(["truncate", "-s", "400M", image], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-f", *options, image], check=True)
+    found = xfs_fill.unsupported(image)
+    assert found is None if reason is None else reason in str(found)
+
+
+def test_make_xfs_falls_back_to_the_protofile_for_what_the_writer_cannot_fill(
+        tmp_path: Path) -> None:
+    from make_disk_image.filesystems.xfs import make_xfs
+
+    image = tmp_path / "rmap.img"
+    subprocess.run(["truncate", "-s", "400M", image], check=True)
+    entries = [Entry("", "dir", 0o755), Entry("f", "file", 0o640, 5, 6, data=b"bytes\n")]
+    make_xfs(image, entries, label="t", uuid=None, deterministic=True, step="t",
+             extra=("-m", "rmapbt=1"))
+    assert subprocess.run(["xfs_repair", "-n", "-f", image], capture_output=True).returncode == 0
+    printed = subprocess.run(["xfs_db", "-r", "-c", "version", "-c", "path /f",
+                              "-c", "print core.uid core.mode", image],
+                             capture_output=True, text=True, check=True).stdout
+    assert "RMAPBT" in printed.upper() and "core.uid = 5" in printed
