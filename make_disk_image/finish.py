@@ -163,7 +163,8 @@ def make_from_store(spec: Spec, handoff: Handoff, dest: Path) -> None:
             "or argument); run prepare and finish with the same spec",
         )
     rootfs.make_from_store(dest, handoff.plan, handoff.store_image_paths,
-                           deterministic=spec.deterministic, step="finish: root filesystem")
+                           uuid=handoff.root_uuid, deterministic=spec.deterministic,
+                           step="finish: root filesystem")
 
 
 def finish(spec: Spec, build_dir: Path, out: Path) -> Path:

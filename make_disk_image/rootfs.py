@@ -32,10 +32,10 @@ def make_root_filesystem(target: Path, plan: DiskPlan, entries: Sequence[Entry],
 
 
 def make_from_store(target: Path, plan: DiskPlan, store_paths: Sequence[str], *,
-                    deterministic: bool, step: str = STEP) -> None:
+                    uuid: str | None, deterministic: bool, step: str = STEP) -> None:
     """The plan's store image of `store_paths`, read by its tool from the store itself
     (staging.store_image_paths), as the whole of `target`."""
-    FILESYSTEMS[plan.fs_type].make_from_store(target, plan, store_paths,
+    FILESYSTEMS[plan.fs_type].make_from_store(target, plan, store_paths, uuid=uuid,
                                               deterministic=deterministic, step=step)
 
 

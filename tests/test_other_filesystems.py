@@ -356,3 +356,28 @@ def test_a_symlink_store_path_takes_the_staged_tree(tmp_path: Path) -> None:
     assert store_image_paths(spec) == (f"{tmp_path}/aaa-dir",)
     (info / "store-paths").write_text(f"{tmp_path}/aaa-dir\n{tmp_path}/bbb-link\n")
     assert store_image_paths(spec) == ()
+
+
+def test_make_from_store_stages_the_paths_for_a_tool_that_needs_a_tree(
+        closure: Closure, tmp_path: Path) -> None:
+    """The base class's make_from_store (erofs has no tool-side reading of its own)
+    stages the store paths as onlyNixStore's tree: the image `make` gives that tree."""
+    from make_disk_image.filesystems import FILESYSTEMS
+    from make_disk_image.prepare import compute_plan
+    from make_disk_image.spec import parse_spec
+    from make_disk_image.staging import build_tree, read_store_paths
+
+    spec = parse_spec(base_spec(closure, fsType="erofs", partitionTableType="none",
+                                onlyNixStore=True, installBootLoader=False, copyChannel=False))
+    tree = build_tree(spec, {})
+    plan = compute_plan(spec, tree)
+    erofs = FILESYSTEMS["erofs"]
+    assert not erofs.reads_store_paths
+    from_store, from_tree = tmp_path / "store.img", tmp_path / "tree.img"
+    erofs.make_from_store(from_store, plan, read_store_paths(Path(spec.closureInfo)),
+                          uuid=ROOT_GUID.lower(), deterministic=True, step="t")
+    erofs.make(from_tree, plan, tree.ordered(), uuid=ROOT_GUID.lower(), deterministic=True,
+               checksums=True, step="t")
+    assert from_store.read_bytes() == from_tree.read_bytes()
+    proc = subprocess.run(["fsck.erofs", str(from_store)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -72,10 +72,17 @@ class Filesystem(ABC):
         which only the bootloader reads, may leave out what costs time and nothing else."""
 
     def make_from_store(self, target: Path, plan: DiskPlan, store_paths: Sequence[str], *,
-                        deterministic: bool, step: str) -> None:
+                        uuid: str | None, deterministic: bool, step: str) -> None:
         """Make the store image of `store_paths` (each at the root under its own name) as
-        the whole of `target`; only for a row with `reads_store_paths`."""
-        raise NotImplementedError(f"{self.name} is made from the staged tree only")
+        the whole of `target`. A row with `reads_store_paths` hands them to its tool; any
+        other stages them here, once, as onlyNixStore's tree, and makes it from that."""
+        from make_disk_image.staging import Tree
+
+        tree = Tree()
+        for path in store_paths:
+            tree.add_host(path, path.rsplit("/", 1)[-1])
+        self.make(target, plan, tree.ordered(), uuid=uuid, deterministic=deterministic,
+                  checksums=True, step=step)
 
     def tune(self, target: Path, plan: DiskPlan, *, deterministic: bool, step: str) -> None:
         """After `make` of the image's own filesystem: what the image needs on top."""

@@ -114,7 +114,7 @@ class Squashfs(Filesystem):
                                                  step=step, compression=plan.compression))
 
     def make_from_store(self, target: Path, plan: DiskPlan, store_paths: Sequence[str], *,
-                        deterministic: bool, step: str) -> None:
+                        uuid: str | None, deterministic: bool, step: str) -> None:
         # The same mksquashfs run write_squashfs makes when top_sources finds the tree
         # is only these store paths, so the same bytes.
         store_image(target, plan, fs_type=self.name, step=step,
