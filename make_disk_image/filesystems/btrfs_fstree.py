@@ -18,6 +18,7 @@ from make_disk_image.filesystems import btrfs_format as fmt
 from make_disk_image.filesystems.btrfs_crc import Crc32c
 from make_disk_image.filesystems.btrfs_format import Inode, Key
 from make_disk_image.filesystems.ext4_write import _nonzero_runs, file_reader
+from make_disk_image.filesystems.tree_order import Numbering
 from make_disk_image.models import Entry
 
 STORE_MTIME = 1  # Nix's canonical store time; None in an entry means this
@@ -55,42 +56,25 @@ class Node:
     inline: bytes | None = None
 
 
-def _name(path: str) -> tuple[str, bytes]:
-    parent, _, name = path.rpartition("/")
-    encoded = os.fsencode(name)
-    if len(encoded) > 255:
-        raise TreeError(f"/{path}: a name is longer than 255 bytes")
-    return parent, encoded
-
-
 def plan_inodes(entries: Sequence[Entry]) -> dict[int, Node]:
     """Inode number -> Node, numbered in the entries' order (the root first)."""
     if not entries or entries[0].path != "" or entries[0].kind != "dir":
         raise TreeError("the first entry must be the root directory")
     root = fmt.FIRST_FREE
     nodes = {root: Node(entries[0], refs=[(root, 0, b"..")])}
-    dirs = {"": root}
-    files: dict[str, int] = {}
+    numbering: Numbering[int] = Numbering(root, TreeError)
     for entry in entries[1:]:
-        parent_path, name = _name(entry.path)
-        parent = dirs.get(parent_path)
-        if parent is None:
-            raise TreeError(f"/{entry.path} comes before its directory /{parent_path}")
-        if entry.kind == "hardlink":
-            found = files.get((entry.link or "").strip("/"))
-            if found is None:
-                raise TreeError(f"/{entry.path} is a hard link to {entry.link!r}, which is "
-                                "no earlier file of the tree")
-            ino = found
+        parent, name, linked = numbering.place(entry)
+        if len(name) > 255:
+            raise TreeError(f"/{entry.path}: a name is longer than 255 bytes")
+        if linked is not None:
+            ino = linked
         else:
             if entry.kind not in FILE_TYPES:
                 raise TreeError(f"/{entry.path}: btrfs cannot hold a {entry.kind}")
             ino = fmt.FIRST_FREE + len(nodes)
             nodes[ino] = Node(entry)
-            if entry.kind == "dir":
-                dirs[entry.path] = ino
-            else:
-                files[entry.path] = ino
+        numbering.add(entry, ino)
         siblings = nodes[parent].children
         nodes[ino].refs.append((parent, len(siblings) + 2, name))
         siblings.append((name, ino, FILE_TYPES[nodes[ino].entry.kind]))

@@ -29,6 +29,7 @@ from make_disk_image.filesystems.ext4_alloc import BlockSpace, InodeSpace, NoSpa
 from make_disk_image.filesystems.ext4_layout import InodeFields
 from make_disk_image.filesystems.ext4_write import TooFragmented, Writer, file_reader
 from make_disk_image.filesystems.ext_blockmap import TooLarge, blocks_in_block_map
+from make_disk_image.filesystems.tree_order import Numbering
 from make_disk_image.models import Entry
 
 logger = logging.getLogger("make_disk_image")
@@ -55,18 +56,13 @@ class Plan:
     rebuilt: list[int] = field(default_factory=list)  # mke2fs's dirs written anew
 
 
-def _parent_and_name(path: str) -> tuple[str, str]:
-    parent, _, name = path.rpartition("/")
-    return parent, name
-
-
 def plan_inodes(entries: Sequence[Entry], inodes: InodeSpace) -> Plan:
     """Number the inodes in order and list every directory's children."""
     if not entries or entries[0].path != "" or entries[0].kind != "dir":
         raise FillError("the first entry must be the root directory")
     plan = Plan()
-    dirs: dict[str, int] = {"": layout.ROOT_INO}
-    files: dict[str, tuple[int, str]] = {}  # what a hard link may point at
+    # Each inode with its kind: a hard link takes its file's.
+    numbering: Numbering[tuple[int, str]] = Numbering((layout.ROOT_INO, "dir"), FillError)
     plan.children[layout.ROOT_INO] = [(b".", layout.ROOT_INO, layout.FT_DIR),
                                       (b"..", layout.ROOT_INO, layout.FT_DIR)]
     plan.subdirs[layout.ROOT_INO] = 0
@@ -76,16 +72,9 @@ def plan_inodes(entries: Sequence[Entry], inodes: InodeSpace) -> Plan:
     if not has_lost_found:
         _add_child(plan, layout.ROOT_INO, b"lost+found", layout.LOST_AND_FOUND_INO, "dir")
     for entry in entries[1:]:
-        parent_path, name = _parent_and_name(entry.path)
-        parent = dirs.get(parent_path)
-        if parent is None:
-            raise FillError(f"/{entry.path} comes before its directory /{parent_path}")
-        if entry.kind == "hardlink":
-            target = files.get((entry.link or "").strip("/"))
-            if target is None:
-                raise FillError(f"/{entry.path} is a hard link to {entry.link!r}, which is "
-                                "no earlier file of the tree")
-            ino, kind = target
+        (parent, _), name, linked = numbering.place(entry)
+        if linked is not None:
+            ino, kind = linked
             plan.links[ino] += 1
             if plan.links[ino] > layout.LINK_MAX:
                 raise FillError(f"/{entry.link} has more than {layout.LINK_MAX} hard links, "
@@ -99,13 +88,11 @@ def plan_inodes(entries: Sequence[Entry], inodes: InodeSpace) -> Plan:
             ino, kind = inodes.take(), entry.kind
             plan.links[ino] = 1
         if kind == "dir":
-            dirs[entry.path] = ino
             plan.children[ino] = [(b".", ino, layout.FT_DIR), (b"..", parent, layout.FT_DIR)]
             plan.subdirs[ino] = 0
-        else:
-            files[entry.path] = (ino, kind)
+        numbering.add(entry, (ino, kind))
         plan.inodes.append(ino)
-        _add_child(plan, parent, os.fsencode(name), ino, kind)
+        _add_child(plan, parent, name, ino, kind)
     return plan
 
 

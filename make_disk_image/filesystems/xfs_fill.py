@@ -22,6 +22,7 @@ from make_disk_image.filesystems import xfs_btree as btree
 from make_disk_image.filesystems import xfs_dir as xdir
 from make_disk_image.filesystems import xfs_format as fmt
 from make_disk_image.filesystems.btrfs_crc import Crc32c
+from make_disk_image.filesystems.tree_order import split
 from make_disk_image.filesystems.xfs_space import NoSpace, Space, update_superblock
 from make_disk_image.models import Entry
 
@@ -53,11 +54,6 @@ class Plan:
     subdirs: dict[str, int] = field(default_factory=dict)
 
 
-def _split(path: str) -> tuple[str, bytes]:
-    parent, _, name = path.rpartition("/")
-    return parent, os.fsencode(name)
-
-
 def _plan(entries: Sequence[Entry], free: list[int], root: int) -> Plan:
     plan = Plan()
     spare = iter(free)
@@ -77,7 +73,7 @@ def _plan(entries: Sequence[Entry], free: list[int], root: int) -> Plan:
         ino = plan.inos[entry.path]
         plan.links[ino] = plan.links.get(ino, 0) + 1
         if entry.path:
-            parent, name = _split(entry.path)
+            parent, name = split(entry.path)
             kind = plan.kinds[ino].kind
             plan.children.setdefault(parent, []).append(xdir.Child(name, ino, _TYPES[kind]))
             if kind == "dir":
@@ -315,7 +311,7 @@ def _inode(writer: Writer, plan: Plan, entry: Entry, ino: int) -> fmt.Inode:
         assert entry.link is not None
         form, fork, size, blocks = writer.symlink(ino, os.fsencode(entry.link))
     elif kind == "dir":
-        parent = plan.inos[_split(entry.path)[0]] if entry.path else ino
+        parent = plan.inos[split(entry.path)[0]] if entry.path else ino
         form, fork, size, blocks = writer.directory(ino, parent,
                                                     plan.children.get(entry.path, []))
         nlink = 2 + plan.subdirs.get(entry.path, 0)
