@@ -1,4 +1,4 @@
-"""ext4_write: runs of data between blocks of zeros, extents merged up to ext4's longest,
+"""ext4_write: extents merged up to ext4's longest,
 and a source that shrinks while it is read."""
 
 from __future__ import annotations
@@ -9,15 +9,7 @@ from pathlib import Path
 import pytest
 
 from make_disk_image.filesystems import ext4_write
-from make_disk_image.filesystems.ext4_write import _add_extent, _nonzero_runs, file_reader
-
-
-def test_blocks_of_zeros_are_holes() -> None:
-    data = b"a" * 16 + bytes(16) + bytes(7) + b"b" + bytes(8) + bytes(16)
-    runs = [(first, bytes(view)) for first, view in _nonzero_runs(data, 16)]
-    assert runs == [(0, b"a" * 16), (2, bytes(7) + b"b" + bytes(8))]
-    assert [first for first, _ in _nonzero_runs(b"a" * 64, 16)] == [0]
-    assert list(_nonzero_runs(bytes(64), 16)) == []
+from make_disk_image.filesystems.ext4_write import _add_extent, file_reader
 
 
 def test_extents_merge_when_contiguous(monkeypatch: pytest.MonkeyPatch) -> None:

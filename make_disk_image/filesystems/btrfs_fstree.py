@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from make_disk_image.filesystems import btrfs_format as fmt
 from make_disk_image.filesystems.btrfs_crc import Crc32c
 from make_disk_image.filesystems.btrfs_format import Inode, Key
-from make_disk_image.filesystems.ext4_write import _nonzero_runs, file_reader
+from make_disk_image.filesystems.data_writes import GatheredWrites, nonzero_runs
+from make_disk_image.filesystems.ext4_write import file_reader
 from make_disk_image.filesystems.tree_order import Numbering
 from make_disk_image.models import Entry
 
 STORE_MTIME = 1  # Nix's canonical store time; None in an entry means this
 CHUNK = 1 << 20  # files are read in pieces of this size
-GATHER = 4 << 20  # consecutive writes are gathered up to this size
 FILE_TYPES = {"dir": fmt.FT_DIR, "file": fmt.FT_REG_FILE, "symlink": fmt.FT_SYMLINK,
               "chardev": fmt.FT_CHRDEV, "blockdev": fmt.FT_BLKDEV, "fifo": fmt.FT_FIFO}
 MODE_TYPES = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
@@ -92,8 +92,10 @@ class DataSpace:
     chunk: int = 0
     used: int = 0  # bytes taken from the current chunk
     csums: list[tuple[int, bytearray]] = field(default_factory=list)  # logical, sums
-    _at: int = 0
-    _gather: bytearray = field(default_factory=bytearray)
+    writes: GatheredWrites = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writes = GatheredWrites(self.fd)
 
     def write(self, data: bytes | memoryview) -> Iterator[tuple[int, int, bool]]:
         """(logical, length, whether it starts a chunk) of each piece of `data`
@@ -125,22 +127,10 @@ class DataSpace:
         return start + len(sums) // 4 * fmt.SECTORSIZE
 
     def _put(self, physical: int, data: bytes) -> None:
-        at = self.offset + physical
-        if self._gather and at != self._at + len(self._gather):
-            self.flush()
-        if not self._gather:
-            self._at = at
-        self._gather += data
-        if len(self._gather) >= GATHER:
-            self.flush()
+        self.writes.write(self.offset + physical, data)
 
     def flush(self) -> None:
-        view = memoryview(self._gather)
-        at = self._at
-        while view:
-            written = os.pwrite(self.fd, view, at)
-            view, at = view[written:], at + written
-        self._gather = bytearray()
+        self.writes.flush()
 
 
 def _contents(entry: Entry) -> tuple[int, Callable[[int, int], bytes], int | None]:
@@ -171,7 +161,7 @@ def write_file(node: Node, space: DataSpace) -> None:
         for at in range(0, size, CHUNK):
             chunk = read(at, min(CHUNK, size - at))
             chunk += bytes(-len(chunk) % fmt.SECTORSIZE)
-            for first, data in _nonzero_runs(chunk, fmt.SECTORSIZE):
+            for first, data in nonzero_runs(chunk, fmt.SECTORSIZE):
                 offset = at + first * fmt.SECTORSIZE
                 for logical, length, fresh in space.write(data):
                     _add_extent(node.extents, offset, logical, length, fresh)

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from make_disk_image.filesystems import ext4_layout as layout
+from make_disk_image.filesystems.data_writes import GatheredWrites, nonzero_runs
 from make_disk_image.filesystems.ext4_alloc import BlockSpace, InodeSpace
 from make_disk_image.filesystems.ext4_layout import MAX_EXTENT_BLOCKS, Geometry, InodeFields
 from make_disk_image.filesystems.ext_blockmap import BlockMap
 
 # Gathered writes are flushed at this size.
-GATHER = 4 << 20
 # Files are read in pieces of this size (a multiple of any block size).
 CHUNK = 1 << 20
 LEAF_EXTENTS_MAX_LEAVES = layout.IN_INODE_EXTENTS
@@ -57,8 +57,10 @@ class Writer:
     block_bitmaps: list[bytearray]
     inode_bitmaps: list[bytearray]
     inodes: dict[int, bytes] = field(default_factory=dict)
-    _gather_at: int = 0
-    _gather: bytearray = field(default_factory=bytearray)
+    writes: GatheredWrites = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writes = GatheredWrites(self.fd)
 
     @classmethod
     @contextmanager
@@ -102,22 +104,7 @@ class Writer:
     # Data.
 
     def _write(self, block: int, data: bytes | bytearray | memoryview) -> None:
-        at = self.offset + block * self.geometry.block_size
-        if self._gather and at != self._gather_at + len(self._gather):
-            self._flush()
-        if not self._gather:
-            self._gather_at = at
-        self._gather += data
-        if len(self._gather) >= GATHER:
-            self._flush()
-
-    def _flush(self) -> None:
-        view = memoryview(self._gather)
-        at = self._gather_at
-        while view:
-            written = os.pwrite(self.fd, view, at)
-            view, at = view[written:], at + written
-        self._gather = bytearray()
+        self.writes.write(self.offset + block * self.geometry.block_size, data)
 
     def write_blocks(self, space: BlockSpace, data: bytes) -> tuple[bytes, int]:
         """Metadata-like `data` (a directory, a symlink target) in new blocks."""
@@ -139,7 +126,7 @@ class Writer:
         for at in range(0, size, CHUNK):
             chunk = read(at, min(CHUNK, size - at))
             chunk += bytes(-len(chunk) % bs)
-            for first, data in _nonzero_runs(chunk, bs):
+            for first, data in nonzero_runs(chunk, bs):
                 used += self._place(space, file_map, at // bs + first, data)
         block_map, extra = self._close(space, file_map)
         return block_map, used + extra
@@ -195,7 +182,7 @@ class Writer:
     # Metadata, once every entry is written.
 
     def finish(self, blocks: BlockSpace, inodes: InodeSpace, dirs_added: list[int]) -> None:
-        self._flush()
+        self.writes.flush()
         self._write_inodes()
         geo = self.geometry
         dirs = [0] * geo.groups
@@ -244,24 +231,6 @@ class Writer:
             struct.pack_into("<H", backup, 90, group)
             os.pwrite(self.fd, backup, self.offset + start * bs)
             os.pwrite(self.fd, self.gdt, self.offset + (start + 1) * bs)
-
-
-def _nonzero_runs(chunk: bytes, bs: int) -> Iterator[tuple[int, memoryview]]:
-    """(first block, data) of each run of blocks in `chunk` that are not all zeros."""
-    view = memoryview(chunk)
-    blocks = len(chunk) // bs
-    # A block of zeros starts and ends with one: two strided slices (one byte per block,
-    # copied in C) find the few candidates, which are then compared in place.
-    firsts, lasts, zero = chunk[::bs], chunk[bs - 1 :: bs], bytes(bs)
-    holes = [] if 0 not in firsts else [
-        i for i in range(blocks)
-        if not firsts[i] and not lasts[i] and chunk.startswith(zero, i * bs)
-    ]  # fmt: skip
-    start = 0
-    for hole in (*holes, blocks):
-        if hole > start:
-            yield start, view[start * bs : hole * bs]
-        start = hole + 1
 
 
 def _add_extent(extents: list[tuple[int, int, int]], logical: int, start: int,
