@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image.filesystems.btrfs_crc import Crc32c, provider
 from make_disk_image.filesystems.btrfs_fstree import NoSpace, TreeError
 from make_disk_image.filesystems.btrfs_write import write_btrfs
+from make_disk_image.filesystems.crc32c import Crc32c, provider
 from make_disk_image.models import MIB, Entry
 
 UUID = "4a2c8b3e-0c1d-4e2f-9a8b-7c6d5e4f3a2b"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image.filesystems import btrfs_crc, xfs_fill
+from make_disk_image.filesystems import crc32c, xfs_fill
 from make_disk_image.filesystems import xfs_format as fmt
 from make_disk_image.models import Entry
 
-CRC = btrfs_crc.provider()
+CRC = crc32c.provider()
 pytestmark = pytest.mark.skipif(CRC is None, reason="no CRC-32C (AF_ALG or libext2fs)")
 ODD = os.fsdecode(b"odd \xff\xfe name $x\nline")
 

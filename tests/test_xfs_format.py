@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image.filesystems import btrfs_crc
+from make_disk_image.filesystems import crc32c
 from make_disk_image.filesystems import xfs_format as fmt
 
-CRC = btrfs_crc.provider()
+CRC = crc32c.provider()
 pytestmark = pytest.mark.skipif(CRC is None, reason="no CRC-32C (AF_ALG or libext2fs)")
 
 

@@ -2,7 +2,7 @@
 
 The engine's own writer lays out the whole filesystem at the root partition's offset in
 one pass, owners the entries' own, the same bytes for the same entries, UUID and label;
-it needs a CRC-32C in C (filesystems.btrfs_crc: the kernel's AF_ALG or libext2fs).
+it needs a CRC-32C in C (filesystems.crc32c: the kernel's AF_ALG or libext2fs).
 Where there is none, and for diskSize = "minimal"'s trial (`--shrink`), mkfs.btrfs
 makes it: it reads a directory with nftw, which fakeroot cannot intercept (glibc's
 internal stat calls), so it runs in a user namespace where the build user is root
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from make_disk_image.filesystems import Filesystem, btrfs_crc, btrfs_fstree, btrfs_write
+from make_disk_image.filesystems import Filesystem, btrfs_fstree, btrfs_write, crc32c
 from make_disk_image.filesystems.scratch import in_partition, too_small
 from make_disk_image.filesystems.storeview import run_viewed, unshare_failure
 from make_disk_image.models import MIB, ContentEntry, DiskPlan, Entry
@@ -116,9 +116,9 @@ def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
 
 
 @functools.cache
-def writer_crc() -> btrfs_crc.Crc32c | None:
+def writer_crc() -> crc32c.Crc32c | None:
     """The CRC-32C btrfs_write uses; None: mkfs.btrfs makes every btrfs."""
-    return btrfs_crc.provider()
+    return crc32c.provider()
 
 
 def written(target: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
@@ -128,7 +128,7 @@ def written(target: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str
     crc = writer_crc()
     if crc is None:
         logger.info("btrfs: no CRC-32C here (AF_ALG refused, libext2fs not found; set %s): "
-                    "mkfs.btrfs --rootdir makes it", btrfs_crc.LIBEXT2FS_ENV)
+                    "mkfs.btrfs --rootdir makes it", crc32c.LIBEXT2FS_ENV)
         return False
     offset = plan.root_offset if plan.table is not None else 0
     started = time.monotonic()

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from make_disk_image.filesystems import btrfs_format as fmt
-from make_disk_image.filesystems.btrfs_crc import Crc32c
 from make_disk_image.filesystems.btrfs_format import Inode, Key
+from make_disk_image.filesystems.crc32c import Crc32c
 from make_disk_image.filesystems.data_writes import GatheredWrites, nonzero_runs
 from make_disk_image.filesystems.ext4_write import file_reader
 from make_disk_image.filesystems.tree_order import Numbering

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from make_disk_image.filesystems import btrfs_format as fmt
 from make_disk_image.filesystems import btrfs_fstree as fstree
 from make_disk_image.filesystems import btrfs_tree as tree
-from make_disk_image.filesystems.btrfs_crc import Crc32c
 from make_disk_image.filesystems.btrfs_format import Chunk, RootRef, Stripe, derived_uuid
 from make_disk_image.filesystems.btrfs_fstree import Item, NoSpace
+from make_disk_image.filesystems.crc32c import Crc32c
 
 MIB = 1 << 20
 GENERATION = 1

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from make_disk_image.filesystems import btrfs_format as fmt
 from make_disk_image.filesystems import btrfs_fstree as fstree
-from make_disk_image.filesystems.btrfs_crc import Crc32c
 from make_disk_image.filesystems.btrfs_format import Chunk, Stripe, derived_uuid
 from make_disk_image.filesystems.btrfs_meta import Metadata, Physical
+from make_disk_image.filesystems.crc32c import Crc32c
 from make_disk_image.models import Entry
 
 MIB = 1 << 20

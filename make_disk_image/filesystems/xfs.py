@@ -1,7 +1,7 @@
 """XFS, made without root: mkfs.xfs makes the empty filesystem and the engine writes
 the tree into it (xfs_fill: one pass, every name, owner, mode and time as given).
 
-Where no CRC-32C is at hand (btrfs_crc), `mkfs.xfs -p PROTOFILE` makes it instead. The
+Where no CRC-32C is at hand (crc32c), `mkfs.xfs -p PROTOFILE` makes it instead. The
 protofile (xfs_proto, beside this module) takes every owner and mode explicitly
 and mkfs.xfs reads file bodies from their sources (no copy). Its mode field has no
 sticky bit, so xfs_db sets it afterwards; names and link targets a protofile cannot
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from make_disk_image import process
-from make_disk_image.filesystems import Filesystem, btrfs_crc, xfs_fill
+from make_disk_image.filesystems import Filesystem, crc32c, xfs_fill
 from make_disk_image.filesystems.btrfs import writer_crc
 from make_disk_image.filesystems.scratch import FIXED_TIME, in_partition, too_small
 from make_disk_image.filesystems.xfs_names import write_back
@@ -48,7 +48,7 @@ def _empty_xfs(scratch: Path, *, label: str, uuid: str | None, step: str,
     return unknown
 
 
-def _fill(image: Path, offset: int, entries: Sequence[Entry], *, crc: btrfs_crc.Crc32c,
+def _fill(image: Path, offset: int, entries: Sequence[Entry], *, crc: crc32c.Crc32c,
           step: str) -> None:
     started = time.monotonic()
     try:
@@ -69,7 +69,7 @@ def make_xfs(scratch: Path, entries: Sequence[Entry], *, label: str, uuid: str |
     crc = writer_crc()
     if crc is None:
         logger.info("xfs: no CRC-32C here (set %s): mkfs.xfs -p makes it",
-                    btrfs_crc.LIBEXT2FS_ENV)
+                    crc32c.LIBEXT2FS_ENV)
     if crc is None or _empty_xfs(scratch, label=label, uuid=uuid, step=step, extra=extra):
         _protofile_xfs(scratch, entries, label=label, uuid=uuid,
                        deterministic=deterministic, step=step, extra=extra)

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from make_disk_image.filesystems.btrfs_crc import Crc32c
+from make_disk_image.filesystems.crc32c import Crc32c
 from make_disk_image.filesystems.xfs_format import Geometry, with_crc
 
 BLOCK_HEADER = 56

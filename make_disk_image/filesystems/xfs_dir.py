@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from make_disk_image.filesystems.btrfs_crc import Crc32c
+from make_disk_image.filesystems.crc32c import Crc32c
 from make_disk_image.filesystems.xfs_format import Geometry, da_hash, with_crc
 
 # File types in directory entries.

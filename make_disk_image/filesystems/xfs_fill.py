@@ -21,7 +21,7 @@ from typing import BinaryIO
 from make_disk_image.filesystems import xfs_btree as btree
 from make_disk_image.filesystems import xfs_dir as xdir
 from make_disk_image.filesystems import xfs_format as fmt
-from make_disk_image.filesystems.btrfs_crc import Crc32c
+from make_disk_image.filesystems.crc32c import Crc32c
 from make_disk_image.filesystems.tree_order import split
 from make_disk_image.filesystems.xfs_space import NoSpace, Space, update_superblock
 from make_disk_image.models import Entry

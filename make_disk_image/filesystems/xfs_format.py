@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from make_disk_image.filesystems.btrfs_crc import Crc32c
+from make_disk_image.filesystems.crc32c import Crc32c
 
 SB_MAGIC = 0x58465342  # "XFSB"
 INODE_MAGIC = 0x494E  # "IN"

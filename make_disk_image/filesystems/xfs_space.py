@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from make_disk_image.filesystems import xfs_btree as btree
-from make_disk_image.filesystems.btrfs_crc import Crc32c
+from make_disk_image.filesystems.crc32c import Crc32c
 from make_disk_image.filesystems.xfs_format import SB_CRC_OFFSET, Geometry, with_crc
 
 AGF_MAGIC, AGI_MAGIC = 0x58414746, 0x58414749

@@ -1,4 +1,5 @@
-"""CRC-32C for btrfs (tree blocks, the superblock, data sectors and name hashes).
+"""CRC-32C for the engine's filesystem writers: btrfs (tree blocks, the superblock, data
+sectors and name hashes) and xfs v5 (every metadata block and inode).
 
 The standard library has no CRC-32C, and a Python loop runs at a few MB/s: 2 GB of data
 needs one in C. Two are tried, in order: the kernel's through AF_ALG ("hash", "crc32c"),

@@ -1,4 +1,4 @@
-"""btrfs_crc: CRC-32C and btrfs' name hash, against recorded facts (the standard check
+"""crc32c: CRC-32C and btrfs' name hash, against recorded facts (the standard check
 value, and DIR_ITEM offsets `btrfs inspect-internal dump-tree` showed for an image
 mkfs.btrfs 6.14 made)."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image.filesystems import btrfs_crc
+from make_disk_image.filesystems import crc32c
 
-CRC = btrfs_crc.provider()
+CRC = crc32c.provider()
 pytestmark = pytest.mark.skipif(CRC is None, reason="no CRC-32C (AF_ALG or libext2fs)")
 
 
@@ -36,18 +36,18 @@ def test_sector_sums_are_each_sectors_checksum() -> None:
 
 def test_a_library_that_does_not_load_falls_back_to_the_loaders(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(btrfs_crc.LIBEXT2FS_ENV, "/nonexistent/libext2fs.so.2")
+    monkeypatch.setenv(crc32c.LIBEXT2FS_ENV, "/nonexistent/libext2fs.so.2")
     found = ctypes.util.find_library("ext2fs")
-    assert (btrfs_crc._libext2fs() is not None) == (found is not None)
+    assert (crc32c._libext2fs() is not None) == (found is not None)
     # As in a Nix build (nixpkgs' Python finds no library by name): mke2fs's own.
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
-    traced = btrfs_crc.traced_libext2fs()
+    traced = crc32c.traced_libext2fs()
     assert traced is None or Path(traced).is_file()
-    assert (btrfs_crc._libext2fs() is not None) == (traced is not None)
-    monkeypatch.setattr(btrfs_crc, "traced_libext2fs", lambda: None)
-    assert btrfs_crc._libext2fs() is None
+    assert (crc32c._libext2fs() is not None) == (traced is not None)
+    monkeypatch.setattr(crc32c, "traced_libext2fs", lambda: None)
+    assert crc32c._libext2fs() is None
 
 
 def test_mke2fs_on_path_names_its_libext2fs() -> None:
-    traced = btrfs_crc.traced_libext2fs()
+    traced = crc32c.traced_libext2fs()
     assert traced is not None and "libext2fs.so" in traced  # Debian's e2fsprogs here
