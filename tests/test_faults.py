@@ -189,7 +189,10 @@ def slow_mke2fs(bin_dir: Path) -> Path:
 def children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended while we looked
         found += [int(child) for child in text]
     return found
 
@@ -202,7 +205,9 @@ def wait_for_child(proc: subprocess.Popen[str], name: str, timeout: float = 60) 
             try:
                 if Path(f"/proc/{child}/comm").read_text().strip() == name:
                     return child
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
+                # A short-lived child (sfdisk, du, ...) ended between the listing and
+                # the read: /proc answers ENOENT or, for a zombie being reaped, ESRCH.
                 continue
         time.sleep(0.005)
     raise AssertionError(f"no {name} child of {proc.pid} within {timeout} s")
