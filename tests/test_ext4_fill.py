@@ -13,7 +13,7 @@ import pytest
 from imagecheck import e2fsck_clean, fs_spec
 
 from make_disk_image import rootfs
-from make_disk_image.filesystems import ext4_alloc, ext4_fill, ext4_write
+from make_disk_image.filesystems import ext4_alloc, ext4_fill, ext4_layout, ext4_write
 from make_disk_image.filesystems.ext4_fill import FilesystemFull, FillError, Times
 from make_disk_image.layouts import plan_disk
 from make_disk_image.models import MIB, Entry, Spec
@@ -315,3 +315,65 @@ def test_triple_indirect_blocks(tmp_path: Path) -> None:
     # 3 data blocks, the triple, double and single indirect blocks: 6 KiB, 12 sectors.
     assert "(TIND)" in stat and "Blockcount: 12" in stat, stat
     assert read_back(image, "/far") == data and read_back(image, "/near") == tail
+
+
+def _kernel_max_file_bytes(image: Path, mnt: Path) -> int:
+    """The longest file the kernel lets `truncate` make on `image`: its s_maxbytes."""
+    subprocess.run(["mount", "-o", "loop", image, mnt], check=True)
+    try:
+        fd = os.open(mnt / "probe", os.O_CREAT | os.O_WRONLY)
+        low, high = 0, 1 << 50
+        while low < high:
+            middle = (low + high + 1) // 2
+            try:
+                os.ftruncate(fd, middle)
+                low = middle
+            except OSError:
+                high = middle - 1
+        os.close(fd)
+        return low
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+
+
+@pytest.mark.parametrize(("fs_type", "block_size", "features"), [
+    ("ext2", 1024, ()), ("ext3", 4096, ()), ("ext3", 4096, ("-O", "huge_file")),
+    ("ext4", 4096, ()), ("ext4", 4096, ("-O", "^huge_file")), ("ext4", 1024, ()),
+])  # fmt: skip
+def test_largest_file_is_never_above_the_kernels(tmp_path: Path, fs_type: str,
+                                                 block_size: int,
+                                                 features: tuple[str, ...]) -> None:
+    """max_file_bytes against the mounted filesystem's own limit: equal, except for block
+    maps without huge_file and 4 KiB blocks, where it counts a whole triple-indirect
+    tree's blocks (2.0 GiB under the kernel's estimate). With 1 KiB blocks a block map's
+    reach (about 16 GiB) is the bound, which both count alike."""
+    image = tmp_path / "fs.img"
+    empty_ext4(image, 64 * MIB, 0, *features, fs_type=fs_type, block_size=block_size)
+    geometry = ext4_layout.parse_superblock(
+        image.read_bytes()[ext4_layout.SUPERBLOCK_OFFSET:][:ext4_layout.SUPERBLOCK_SIZE])
+    ours = ext4_layout.max_file_bytes(geometry)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    kernels = _kernel_max_file_bytes(image, mnt)
+    if geometry.extents or geometry.huge_file or block_size == 1024:
+        assert ours == kernels
+    else:
+        assert 0 <= kernels - ours < 3 << 30, (ours, kernels)
+
+
+def test_a_file_longer_than_the_filesystem_holds_is_refused_first(tmp_path: Path) -> None:
+    """ext3 without huge_file counts a file's sectors in 32 bits (about 2 TiB): a longer
+    file is refused by name before any data is written (the source is never opened)."""
+    image = tmp_path / "fs.img"
+    empty_ext4(image, 16 * MIB, fs_type="ext3")
+    before = image.read_bytes()
+    too_long = Entry("big", "file", 0o644, source=str(tmp_path / "never-read"), size=3 << 40)
+    with pytest.raises(FillError, match=r"/big is 3298534883328 bytes, more than this "
+                       r"filesystem's largest file \(\d+ bytes\); fsType ext4"):
+        ext4_fill.fill(image, 0, [Entry("", "dir", 0o755), too_long], FIXED)
+    assert image.read_bytes() == before
+    empty_ext4(image, 16 * MIB)
+    beyond = Entry("big", "file", 0o644, source=str(tmp_path / "never-read"), size=17 << 40)
+    with pytest.raises(FillError, match=r"more than this filesystem's largest file \(\d+ "
+                       r"bytes\)$"):
+        ext4_fill.fill(image, 0, [Entry("", "dir", 0o755), beyond], FIXED)

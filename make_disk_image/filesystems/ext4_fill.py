@@ -60,6 +60,7 @@ def plan_inodes(entries: Sequence[Entry], inodes: InodeSpace) -> Plan:
     """Number the inodes in order and list every directory's children."""
     if not entries or entries[0].path != "" or entries[0].kind != "dir":
         raise FillError("the first entry must be the root directory")
+    _check_file_sizes(entries, inodes.geometry)
     plan = Plan()
     # Each inode with its kind: a hard link takes its file's.
     numbering: Numbering[tuple[int, str]] = Numbering((layout.ROOT_INO, "dir"), FillError)
@@ -94,6 +95,17 @@ def plan_inodes(entries: Sequence[Entry], inodes: InodeSpace) -> Plan:
         plan.inodes.append(ino)
         _add_child(plan, parent, name, ino, kind)
     return plan
+
+
+def _check_file_sizes(entries: Sequence[Entry], geometry: layout.Geometry) -> None:
+    """Refuse, before any data is written, a file longer than the filesystem holds."""
+    limit = layout.max_file_bytes(geometry)
+    for entry in entries:
+        if entry.kind == "file" and entry.size > limit:
+            hint = "" if geometry.huge_file and geometry.extents else (
+                "; fsType ext4 (with its default huge_file) holds more")
+            raise FillError(f"/{entry.path} is {entry.size} bytes, more than this "
+                            f"filesystem's largest file ({limit} bytes){hint}")
 
 
 def _add_child(plan: Plan, parent: int, name: bytes, ino: int, kind: str) -> None:

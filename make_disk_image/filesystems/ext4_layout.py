@@ -43,6 +43,8 @@ COMPAT_UNSUPPORTED = {0x200: "sparse_super2"}
 INCOMPAT_REQUIRED = {0x2: "filetype"}
 INCOMPAT_EXTENT = 0x40
 RO_COMPAT_DIR_NLINK = 0x20
+RO_COMPAT_LARGE_FILE = 0x2
+RO_COMPAT_HUGE_FILE = 0x8
 INCOMPAT_SUPPORTED = 0x2 | 0x40 | 0x80 | 0x200 | 0x2000 | 0x4000 | 0x8000 | 0x20000
 RO_COMPAT_SUPPORTED = 0x1 | 0x2 | 0x8 | 0x20 | 0x40 | 0x10000
 INCOMPAT_64BIT = 0x80
@@ -78,6 +80,9 @@ class Geometry:
     extents: bool = True
     # A directory with more than LINK_MAX - 2 subdirectories counts 1 link.
     dir_nlink: bool = True
+    # i_size's high half (large_file) and i_blocks' high bits (huge_file) count.
+    large_file: bool = True
+    huge_file: bool = True
 
     @property
     def groups(self) -> int:
@@ -132,7 +137,34 @@ def parse_superblock(raw: bytes | bytearray) -> Geometry:
         free_inodes=free_inodes,
         extents=bool(incompat & INCOMPAT_EXTENT),
         dir_nlink=bool(ro_compat & RO_COMPAT_DIR_NLINK),
+        large_file=bool(ro_compat & RO_COMPAT_LARGE_FILE),
+        huge_file=bool(ro_compat & RO_COMPAT_HUGE_FILE),
     )
+
+
+def max_file_bytes(geometry: Geometry) -> int:
+    """The largest file length this filesystem holds, never above the kernel's s_maxbytes.
+
+    An extent addresses 2^32 logical blocks; a block map 12 direct blocks and three
+    levels of indirect ones. Without huge_file, i_blocks counts 512-byte sectors in 32
+    bits, indirect blocks included: about 2 TiB. Here those indirect blocks are a whole
+    triple-indirect tree's, which with 4 KiB blocks is 2.0 GiB under the kernel's own
+    estimate (tests/test_ext4_fill.py measures both). Without large_file, i_size is 31
+    bits (the writer does not set the feature, as the kernel would on a longer file).
+    """
+    if not geometry.large_file:
+        return (1 << 31) - 1
+    bs = geometry.block_size
+    per_block = bs // 4
+    mapped = (1 << 32) - 1 if geometry.extents else 12 + sum(
+        per_block**level for level in (1, 2, 3))
+    if not geometry.huge_file:
+        counted = ((1 << 32) - 1) // (bs // 512)
+        if not geometry.extents:
+            # The indirect blocks a file that long needs count in i_blocks too.
+            counted -= 3 + 2 * per_block + per_block**2
+        mapped = min(mapped, counted)
+    return mapped * bs
 
 
 def _check_features(compat: int, incompat: int, ro_compat: int) -> None:
