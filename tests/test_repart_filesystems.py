@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from imagecheck import Inode, cat, dumpe2fs, e2fsck_clean, ls, run, stat
+from test_btrfs_write import check_clean, compare, needs_crc
+from test_other_filesystems import mounted
 
 from make_disk_image.models import Entry
 from make_disk_image.process import StepError
@@ -32,19 +37,27 @@ def test_fat_label() -> None:
     assert filesystems.fat_label("a-very-long-label") == "A-VERY-LONG"
 
 
+
+def made_twice(make: Callable[..., None], where: Path, size: int, entries: list[Entry], *,
+               label: str) -> Path:
+    """`make` of `entries` into two files under `where`, which must be the same bytes;
+    the first."""
+    where.mkdir()
+    made = [where / name for name in ("a", "b")]
+    for target in made:
+        make(target, size, entries, fs_uuid=FS_UUID, label=label, step="test")
+    digests = {hashlib.sha256(target.read_bytes()).hexdigest() for target in made}
+    assert len(digests) == 1
+    return made[0]
+
+
 def test_ext4_twice_the_same_bytes(tmp_path: Path) -> None:
     """The engine's writer fills repart's ext4: the same bytes twice, clean, with
     metadata checksums, the entries' owners and modes, repart's label and UUID."""
     entries = [Entry("", "dir", 0o755), Entry("etc", "dir", 0o755),
                Entry("etc/hello", "file", 0o640, 1000, 100, data=b"hello\n", size=6)]
-    digests = []
-    for name in ("a", "b"):
-        target = tmp_path / f"{name}.ext4"
-        filesystems.make_ext4(target, 8 << 20, entries, fs_uuid=FS_UUID, label="root",
-                              step="test")
-        digests.append(hashlib.sha256(target.read_bytes()).hexdigest())
-    assert digests[0] == digests[1]
-    image = tmp_path / "a.ext4"
+    image = made_twice(filesystems.make_ext4, tmp_path / "ext4", 8 << 20, entries,
+                       label="root")
     assert e2fsck_clean(image, 0).returncode == 0
     fields = dumpe2fs(image, 0)
     assert "metadata_csum" in fields["Filesystem features"].split()
@@ -57,22 +70,29 @@ def test_ext4_twice_the_same_bytes(tmp_path: Path) -> None:
     assert 1 << 20 < guess < 64 << 20
 
 
-def test_ext4_in_place_leaves_the_rest_of_the_image(tmp_path: Path) -> None:
-    """Made at an offset inside the image: nothing written before or after it."""
-    image, offset, size = tmp_path / "disk.raw", 1 << 20, 8 << 20
+def made_in_place(make: Callable[..., None], image: Path, size: int,
+                  entries: list[Entry], *, label: str) -> bytes:
+    """`make` at an offset of 1 MiB inside `image`, which holds bytes of its own before
+    and after: nothing written there. The filesystem's bytes."""
+    offset = 1 << 20
     marker = b"not the filesystem's" * 50
     with image.open("wb") as f:
         f.write(marker)
         f.seek(offset + size)
         f.write(marker)
-    entries = [Entry("", "dir", 0o755), Entry("a", "file", 0o644, data=b"x" * 9000, size=9000)]
-    filesystems.make_ext4(image, size, entries, fs_uuid=FS_UUID, label="root", step="test",
-                          offset=offset)
+    make(image, size, entries, fs_uuid=FS_UUID, label=label, step="test", offset=offset)
     data = image.read_bytes()
     assert data[:len(marker)] == marker and data[len(marker):offset].strip(b"\0") == b""
     assert data[offset + size:] == marker
-    assert e2fsck_clean(image, offset).returncode == 0
-    assert cat(image, offset, "/a") == "x" * 9000
+    return data[offset:offset + size]
+
+
+def test_ext4_in_place_leaves_the_rest_of_the_image(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    entries = [Entry("", "dir", 0o755), Entry("a", "file", 0o644, data=b"x" * 9000, size=9000)]
+    made_in_place(filesystems.make_ext4, image, 8 << 20, entries, label="root")
+    assert e2fsck_clean(image, 1 << 20).returncode == 0
+    assert cat(image, 1 << 20, "/a") == "x" * 9000
 
 
 def one_directory(entries: int) -> list[Entry]:
@@ -134,18 +154,105 @@ def test_tree_blocks_count_what_mke2fs_writes(tmp_path: Path) -> None:
     assert made["csum filled"] - made["csum root only"] == counted * 4096
 
 
-@pytest.mark.parametrize(("fmt", "size", "detail"), [
+@pytest.mark.parametrize(("fmt", "size", "detail", "extra"), [
     # The engine's writer runs out of blocks.
-    ("ext4", 8, r"filling it: .*"),
+    ("ext4", 8, r"filling it: .*", ()),
+    ("btrfs", 32, r"btrfs_write needed at least \d+ MiB", ()),
     # mkfs.btrfs grows its file to hold the tree rather than failing.
-    ("btrfs", 32, r"the filesystem needs \d+ MiB"),
+    ("btrfs", 32, r"the filesystem needs \d+ MiB", ("--nodesize", "16384")),
 ])
 def test_too_small_names_the_size_option(tmp_path: Path, fmt: str, size: int,
-                                         detail: str) -> None:
+                                         detail: str, extra: tuple[str, ...]) -> None:
     big = b"x" * ((size + 8) << 20)
     entries = [Entry("", "dir", 0o755), Entry("big", "file", 0o644, data=big, size=len(big))]
     make = {"ext4": filesystems.make_ext4, "btrfs": filesystems.make_btrfs}[fmt]
     with pytest.raises(StepError, match=rf"partition's {size} MiB do not hold its files; "
                        rf"raise its SizeMinBytes \({detail}\)"):
         make(tmp_path / f"small.{fmt}", size << 20, entries, fs_uuid=FS_UUID, label="home",
-             step="test")
+             step="test", extra=extra)
+
+
+def btrfs_entries(tmp_path: Path) -> list[Entry]:
+    """A file of each size class, owners other than root, a symlink and a hard link."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 8192 + b"tail")
+    return [Entry("", "dir", 0o755), Entry("etc", "dir", 0o755),
+            Entry("etc/hello", "file", 0o640, 1000, 100, data=b"hello\n", size=6),
+            Entry("etc/big", "file", 0o444, source=str(big), size=big.stat().st_size),
+            Entry("etc/same", "hardlink", 0o444, link="etc/big"),
+            Entry("etc/alias", "symlink", 0o777, link="hello"),
+            Entry("srv", "dir", 0o1777, 0, 100)]
+
+
+@pytest.fixture
+def no_namespaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An `unshare` first on PATH that fails as a sandbox refusing user namespaces does."""
+    bin_dir = tmp_path / "no-userns"
+    bin_dir.mkdir()
+    (bin_dir / "unshare").write_text(
+        "#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+    (bin_dir / "unshare").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return bin_dir
+
+
+def _commands(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "] $ " in r.getMessage()]
+
+
+@needs_crc
+def test_btrfs_by_the_writer_without_a_namespace(tmp_path: Path, no_namespaces: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The engine's writer makes repart's btrfs where user namespaces are refused: no
+    command at all, clean with its data checksums, the same bytes twice, the entries'
+    bytes, modes, owners and links, repart's label and UUID."""
+    caplog.set_level(logging.INFO, logger="make_disk_image")
+    entries = btrfs_entries(tmp_path)
+    image = made_twice(filesystems.make_btrfs, tmp_path / "btrfs", 256 << 20, entries,
+                       label="home")
+    assert _commands(caplog) == []
+    assert image.stat().st_size == 256 << 20
+    check_clean(image)
+    shown = run("btrfs", "inspect-internal", "dump-super", str(image))
+    assert f"fsid\t\t\t{FS_UUID}" in shown and "label\t\t\thome" in shown
+    if os.geteuid() == 0:
+        with mounted(image, "btrfs") as root:
+            compare(root, entries)
+            assert (root / "etc/big").stat().st_ino == (root / "etc/same").stat().st_ino
+
+
+@needs_crc
+def test_btrfs_in_place_leaves_the_rest_of_the_image(tmp_path: Path) -> None:
+    """In place, the writer writes the bytes it writes into a file of its own."""
+    entries, size = btrfs_entries(tmp_path), 256 << 20
+    data = made_in_place(filesystems.make_btrfs, tmp_path / "disk.raw", size, entries,
+                         label="home")
+    alone = tmp_path / "alone.btrfs"
+    filesystems.make_btrfs(alone, size, entries, fs_uuid=FS_UUID, label="home", step="test")
+    assert data == alone.read_bytes()
+
+
+@pytest.mark.parametrize("offset", [None, 1 << 20])
+def test_btrfs_mkfs_options_keep_mkfs_btrfs(tmp_path: Path, offset: int | None,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """`mkfsOptions` only mean something to mkfs.btrfs: it makes the filesystem, with
+    them, and the log says why; in place, its file is copied in."""
+    caplog.set_level(logging.INFO, logger="make_disk_image")
+    entries = [Entry("", "dir", 0o755),
+               Entry("hello", "file", 0o644, data=b"hello\n", size=6)]
+    size = 256 << 20
+    image = tmp_path / "disk.raw"
+    if offset is not None:
+        with image.open("wb") as f:
+            f.truncate(offset + size)
+    filesystems.make_btrfs(image, size, entries, fs_uuid=FS_UUID, label="home", step="test",
+                           work=tmp_path, extra=("--nodesize", "32768"), offset=offset)
+    assert any("mkfsOptions for btrfs (--nodesize 32768): mkfs.btrfs --rootdir makes it"
+               in r.getMessage() for r in caplog.records)
+    assert any("mkfs.btrfs" in c and "--nodesize 32768" in c for c in _commands(caplog))
+    part = tmp_path / "part.btrfs"
+    part.write_bytes(image.read_bytes()[offset or 0:(offset or 0) + size])
+    check_clean(part)
+    shown = run("btrfs", "inspect-internal", "dump-super", str(part))
+    assert "nodesize\t\t32768" in shown and f"fsid\t\t\t{FS_UUID}" in shown
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw", "part.btrfs"]

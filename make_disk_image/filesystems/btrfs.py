@@ -121,31 +121,40 @@ def writer_crc() -> crc32c.Crc32c | None:
     return crc32c.provider()
 
 
-def written(target: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
-            step: str) -> bool:
-    """btrfs_write's filesystem in the plan's root range of `target`; False where no
-    CRC-32C is at hand (the caller uses mkfs.btrfs)."""
+def write_at(target: Path, offset: int, size: int, entries: Sequence[Entry], *, label: str,
+             uuid: str, step: str) -> bool:
+    """btrfs_write's filesystem of `size` bytes at byte `offset` of `target`, in one pass,
+    no namespace, owners the entries' own; False where no CRC-32C is at hand (the caller
+    uses mkfs.btrfs). Raises btrfs_fstree.NoSpace for a tree too large (the caller names
+    what sized it), StepError for one btrfs cannot hold."""
     crc = writer_crc()
     if crc is None:
         logger.info("btrfs: no CRC-32C here (AF_ALG refused, libext2fs not found; set %s): "
                     "mkfs.btrfs --rootdir makes it", crc32c.LIBEXT2FS_ENV)
         return False
-    offset = plan.root_offset if plan.table is not None else 0
     started = time.monotonic()
     try:
-        stats = btrfs_write.write_btrfs(target, offset, plan.root_size, entries,
-                                        label=plan.label, uuid=uuid or str(uuidlib.uuid4()),
+        stats = btrfs_write.write_btrfs(target, offset, size, entries, label=label, uuid=uuid,
                                         crc=crc)
-    except btrfs_fstree.NoSpace as exc:
-        raise StepError(step, f"the root filesystem ({plan.root_size // MIB} MiB) is too "
-                        f"small for the closure and contents ({exc}); raise diskSize, or "
-                        'use diskSize = "auto"') from exc
     except btrfs_fstree.TreeError as exc:
         raise StepError(step, str(exc)) from exc
     logger.info("[%s] btrfs_write took %.1f s (%d entries, %.1f MiB of data, %d tree blocks; "
                 "CRC-32C: %s)", step, time.monotonic() - started, stats.entries,
                 stats.data_bytes / MIB, stats.metadata_blocks, crc.name)
     return True
+
+
+def written(target: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
+            step: str) -> bool:
+    """write_at in the plan's root range of `target`."""
+    offset = plan.root_offset if plan.table is not None else 0
+    try:
+        return write_at(target, offset, plan.root_size, entries, label=plan.label,
+                        uuid=uuid or str(uuidlib.uuid4()), step=step)
+    except btrfs_fstree.NoSpace as exc:
+        raise StepError(step, f"the root filesystem ({plan.root_size // MIB} MiB) is too "
+                        f"small for the closure and contents ({exc}); raise diskSize, or "
+                        'use diskSize = "auto"') from exc
 
 
 @dataclass(frozen=True)

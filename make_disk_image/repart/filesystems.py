@@ -1,41 +1,51 @@
-"""Each repart `Format=`, made natively into its own file by the unprivileged build user.
+"""Each repart `Format=`, made natively by the unprivileged build user: into its own
+file, or (ext4, btrfs) in place in the image.
 
 | Format | made by | owners | deterministic |
 |---|---|---|---|
 | ext4 | `mkfs.ext4`, then the engine's writer (filesystems/ext.py) | root | bit-identical (*) |
 | vfat | `mkfs.vfat -F 32 --invariant`, mtools | - | bit-identical (fixed times) |
 | swap | `mkswap` | - | bit-identical |
-| btrfs | `mkfs.btrfs --rootdir` in a user namespace (filesystems/btrfs.py) | root | label, UUID |
-| xfs | `mkfs.xfs -p` protofile (filesystems/xfs.py) | root | label, UUID |
+| btrfs | the engine's writer (filesystems/btrfs.py) (**) | root | bit-identical (**) |
+| xfs | `mkfs.xfs`, then the engine's writer (filesystems/xfs.py) (***) | root | bit-identical |
 | erofs | `mkfs.erofs --all-root -T1` of the materialized tree | root | bit-identical |
 | squashfs | `mksquashfs -all-root`, SOURCE_DATE_EPOCH | root | bit-identical |
 
 (*) SOURCE_DATE_EPOCH, and the directory hash seed is the filesystem's UUID.
+(**) With `mkfsOptions` for btrfs (they only mean something to mkfs.btrfs), or where no
+CRC-32C is at hand, `mkfs.btrfs --rootdir` in a user namespace makes it: deterministic
+in label and UUID only.
+(***) Where no CRC-32C is at hand, `mkfs.xfs -p` with a protofile: label and UUID.
 
 Which maker a `Format=` value gets, and what else it asks of the build, is the table's
 (make_disk_image.repart.format_table).
 
 The options are systemd-repart 254's (mkfs-util.c: `-I 256 -m 0 -O has_journal`, FAT32
 forced, label and UUID) plus what makes the bytes reproducible; `mkfsOptions` go last.
-No fakeroot: owners come from the entries, `--all-root` or the protofile; btrfs alone
-needs a user namespace (mkfs.btrfs reads a directory tree), where its files are root's.
+No fakeroot: owners come from the entries, `--all-root` or the protofile. Only
+mkfs.btrfs needs a user namespace (it reads a directory tree), where its files are root's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import shlex
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from make_disk_image import process
-from make_disk_image.filesystems import btrfs, erofs, ext, scratch, squashfs, xfs
+from make_disk_image.filesystems import btrfs, btrfs_fstree, erofs, ext, scratch, squashfs, xfs
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import MIB, Entry, PlannedPartition
 from make_disk_image.process import CommandError, StepError
+from make_disk_image.utils import copy_data_ranges
+
+logger = logging.getLogger("make_disk_image")
 
 SOURCE_DATE_EPOCH = "1"
 # mkfs.ext4 is mke2fs with `-t ext4`.
@@ -241,8 +251,40 @@ def _does_not_fit(step: str, size: int, detail: str) -> StepError:
 
 
 def make_btrfs(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
-               label: str, step: str, extra: Sequence[str] = ()) -> None:
-    _sized(target, size)
+               label: str, step: str, work: Path | None = None, extra: Sequence[str] = (),
+               offset: int | None = None) -> None:
+    """btrfs of `size` bytes holding `entries`: the whole of a new `target`, or, with
+    `offset`, in place in the image `target`. The engine's writer (filesystems.btrfs_write)
+    makes it where a CRC-32C is at hand: one pass, no user namespace, owners the entries'
+    own, the same bytes for the same definition. `mkfsOptions` (`extra`) only mean
+    something to mkfs.btrfs, which then makes it as before, into a file of its own (in
+    `work`, copied in when in place)."""
+    if offset is None:
+        _sized(target, size)
+    if not extra:
+        try:
+            if btrfs.write_at(target, offset or 0, size, entries, label=label,
+                              uuid=str(fs_uuid), step=step):
+                return
+        except btrfs_fstree.NoSpace as exc:
+            raise _does_not_fit(step, size, str(exc)) from exc
+    else:
+        logger.info("[%s] mkfsOptions for btrfs (%s): mkfs.btrfs --rootdir makes it, in a "
+                    "user namespace (its bytes vary beyond label and UUID)", step,
+                    shlex.join(extra))
+    if offset is None:
+        _mkfs_btrfs(target, size, entries, fs_uuid=fs_uuid, label=label, step=step,
+                    extra=extra)
+        return
+    with tempfile.TemporaryDirectory(prefix="btrfs-", dir=work or target.parent) as tmp:
+        own = Path(tmp) / "partition.btrfs"
+        _sized(own, size)
+        _mkfs_btrfs(own, size, entries, fs_uuid=fs_uuid, label=label, step=step, extra=extra)
+        copy_data_ranges(own, target, [(0, size)], step=step, dest_offset=offset)
+
+
+def _mkfs_btrfs(target: Path, size: int, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
+                label: str, step: str, extra: Sequence[str]) -> None:
     with _fits(target, size, btrfs.FULL_WORDS, step=step):
         btrfs.make_btrfs(target, entries, label=label, uuid=str(fs_uuid), step=step,
                          extra=extra)

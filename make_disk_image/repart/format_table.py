@@ -64,7 +64,8 @@ def _ext4_guess(job: Job) -> int:
 
 def _btrfs(job: Job) -> None:
     filesystems.make_btrfs(job.target, job.size, job.entries, fs_uuid=job.fs_uuid,
-                           label=job.label, step=job.step, extra=job.extra)
+                           label=job.label, step=job.step, work=job.work, extra=job.extra,
+                           offset=job.offset)
 
 
 def _xfs(job: Job) -> None:
@@ -99,7 +100,7 @@ def _squashfs(job: Job) -> None:
 
 FORMATS: Mapping[str, RepartFormat] = {f.name: f for f in (
     RepartFormat("ext4", minimum_size=1 << 20, in_place=True, make=_ext4, guess=_ext4_guess),
-    RepartFormat("btrfs", minimum_size=256 << 20, make=_btrfs),
+    RepartFormat("btrfs", minimum_size=256 << 20, in_place=True, make=_btrfs),
     RepartFormat("xfs", minimum_size=300 << 20, make=_xfs),
     RepartFormat("vfat", make=_vfat),
     RepartFormat("erofs", read_only=True, make=_erofs),
