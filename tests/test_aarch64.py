@@ -18,7 +18,7 @@ import pytest
 from aarch64boot import AARCH64_BOOT
 from conftest import boot_work_dir
 
-from testsys import boot, system
+from testsys import boot, efi_vars, esp_loaders, report_check, system
 from testsys.build import build_image
 
 SYSTEM = "aarch64-linux"
@@ -56,14 +56,14 @@ def test_efi_systemd_boot_image_holds_aarch64_loaders_and_boots(work_dir: Path) 
     built = build_image(spec, work_dir, name="efi")
     assert "qemu-system-aarch64" in built.log and "-machine virt,gic-version=max" in built.log
 
-    loaders = boot.efi_loaders(built.image)
+    loaders = esp_loaders.efi_loaders(built.image)
     assert loaders["/EFI/BOOT/BOOTAA64.EFI"] == "aarch64"
     assert loaders["/EFI/systemd/systemd-bootaa64.efi"] == "aarch64"
     assert "x86_64" not in loaders.values()
     # The engine wrote the boot entry (the aarch64 test system leaves it to bootctl's
     # engine-side replacement), into AAVMF's variable store.
     assert built.efi_vars is not None and built.efi_vars.stat().st_size == 64 * 1024 * 1024
-    options, order = boot.efi_boot_entries(built.efi_vars)
+    options, order = efi_vars.efi_boot_entries(built.efi_vars)
     ours = [o for o in options if o.file_path == "\\EFI\\systemd\\systemd-bootaa64.efi"]
     assert len(ours) == 1 and order[0] == ours[0].number
 
@@ -71,7 +71,7 @@ def test_efi_systemd_boot_image_holds_aarch64_loaders_and_boots(work_dir: Path) 
                              system=SYSTEM, timeout=BOOT_TIMEOUT, kernel_timeout=BOOT_TIMEOUT,
                              serial_log=work_dir / "efi-serial.log")  # fmt: skip
     assert result.report.machine == "aarch64"
-    assert boot.check_report(result.report, spec, firmware="uefi",
+    assert report_check.check_report(result.report, spec, firmware="uefi",
                              store_paths=test_system.store_paths()) == []  # fmt: skip
 
 
@@ -86,10 +86,10 @@ def test_hybrid_grub_image_boots_and_rebuilds_bit_identical(work_dir: Path) -> N
 
     raw = work_dir / "hybrid.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", first.image, raw], check=True)
-    assert boot.efi_loaders(raw) == {"/EFI/BOOT/BOOTAA64.EFI": "aarch64"}
+    assert esp_loaders.efi_loaders(raw) == {"/EFI/BOOT/BOOTAA64.EFI": "aarch64"}
     result = boot.boot_image(first.image, firmware="uefi", system=SYSTEM,
                              timeout=BOOT_TIMEOUT, kernel_timeout=BOOT_TIMEOUT,
                              serial_log=work_dir / "hybrid-serial.log")  # fmt: skip
     assert result.report.machine == "aarch64"
-    assert boot.check_report(result.report, spec, firmware="uefi", loader="grub",
+    assert report_check.check_report(result.report, spec, firmware="uefi", loader="grub",
                              store_paths=test_system.store_paths()) == []  # fmt: skip

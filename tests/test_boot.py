@@ -27,7 +27,7 @@ from conftest import boot_work_dir
 
 from make_disk_image import formats
 from make_disk_image.models import Format
-from testsys import boot, system
+from testsys import boot, efi_vars, report_check, system
 from testsys.boot import BootError, Firmware
 from testsys.build import BuiltImage, build_image
 
@@ -170,7 +170,7 @@ def test_image_boots_and_matches_spec(
     case = CASES[name]
     built, test_system = images.build(name, case)
     result = images.boot(name, firmware)
-    problems = boot.check_report(
+    problems = report_check.check_report(
         result.report, built.spec, firmware=firmware, store_paths=test_system.store_paths()
     )
     assert problems == [], "\n".join(problems)
@@ -179,13 +179,13 @@ def test_image_boots_and_matches_spec(
         # switch-to-configuration registered systemd-boot in the image's efi-vars.fd,
         # and the firmware booted through that entry.
         assert built.efi_vars is not None
-        options, order = boot.efi_boot_entries(built.efi_vars)
+        options, order = efi_vars.efi_boot_entries(built.efi_vars)
         ours = [o for o in options if o.description == "Linux Boot Manager"]
         assert len(ours) == 1, options
         entry = ours[0]
         assert entry.file_path == "\\EFI\\systemd\\systemd-bootx64.efi"
         assert entry.partition_number == 1
-        assert entry.partition_guid == boot.ESP_PARTITION_GUID
+        assert entry.partition_guid == report_check.ESP_PARTITION_GUID
         assert order[:1] == [entry.number]
         assert result.report.boot_current == entry.number
 
@@ -212,7 +212,7 @@ def test_minimal_image_boots_after_growing(images: Images, work_dir: Path) -> No
     _, root_size = grow_root(built.image, 2, 64 * 1024 * 1024)
     assert built.image.stat().st_size == plan_size + 64 * 1024 * 1024
     result = boot_built(built, "bios", work_dir / "legacy+gpt-minimal.serial.log")
-    problems = boot.check_report(
+    problems = report_check.check_report(
         result.report, built.spec, firmware="bios", store_paths=test_system.store_paths()
     )
     assert problems == [], "\n".join(problems)
@@ -241,7 +241,7 @@ def test_a_new_format_boots(images: Images, work_dir: Path) -> None:
     result = boot.boot_image(
         vhdx, firmware="bios", timeout=BOOT_TIMEOUT, serial_log=work_dir / "legacy-vhdx.serial.log"
     )
-    problems = boot.check_report(
+    problems = report_check.check_report(
         result.report, built.spec, firmware="bios", store_paths=test_system.store_paths()
     )
     assert problems == [], "\n".join(problems)
@@ -276,7 +276,7 @@ def test_check_report_flags_a_spec_the_image_does_not_meet(images: Images) -> No
     wrong["contents"][2]["group"] = "users"
     missing_path = Path("/nix/store/00000000000000000000000000000000-not-in-the-image")
     store_paths = [*test_system.store_paths(), missing_path]
-    problems = boot.check_report(result, wrong, firmware="uefi", store_paths=store_paths)
+    problems = report_check.check_report(result, wrong, firmware="uefi", store_paths=store_paths)
     text = "\n".join(problems)
     for expected in (
         "firmware",

@@ -24,7 +24,7 @@ from conftest import boot_work_dir
 from imagecheck import sfdisk_json
 from test_boot import CASES, Images, boot_built
 
-from testsys import boot
+from testsys import report_check
 
 pytestmark = [
     pytest.mark.boot,
@@ -106,7 +106,7 @@ def test_root_boots(images: Images, work_dir: Path, fs_type: str, layout: str) -
     )
     grown = grow(built.image, fs_type) if layout == "legacy" else None
     result = boot_built(built, firmware, work_dir / f"{fs_type}-{layout}.serial.log")
-    problems = boot.check_report(
+    problems = report_check.check_report(
         result.report, built.spec, firmware=firmware, store_paths=test_system.store_paths()
     )
     assert problems == [], "\n".join(problems)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from testsys import boot
+from testsys import boot, efi_vars, report_check
 from testsys.build import BuiltImage, build_image
 from testsys.system import (
     BootLoader,
@@ -163,9 +163,9 @@ def image_257(system_257: TestSystem, work_dir: Path) -> BuiltImage:
     return build_image(spec, work_dir / "images", name="efi-257")
 
 
-def linux_boot_manager_entries(built: BuiltImage) -> list[boot.EfiLoadOption]:
+def linux_boot_manager_entries(built: BuiltImage) -> list[efi_vars.EfiLoadOption]:
     assert built.efi_vars is not None
-    options, _ = boot.efi_boot_entries(built.efi_vars)
+    options, _ = efi_vars.efi_boot_entries(built.efi_vars)
     return [o for o in options if o.description == "Linux Boot Manager"]
 
 
@@ -186,9 +186,9 @@ def test_efi_vars_get_a_boot_entry_all_the_same(image_257: BuiltImage, work_dir:
     ours = linux_boot_manager_entries(image_257)
     assert len(ours) == 1
     assert image_257.efi_vars is not None
-    _, order = boot.efi_boot_entries(image_257.efi_vars)
+    _, order = efi_vars.efi_boot_entries(image_257.efi_vars)
     assert ours[0].file_path == "\\EFI\\systemd\\systemd-bootx64.efi"
-    assert ours[0].partition_guid == boot.ESP_PARTITION_GUID
+    assert ours[0].partition_guid == report_check.ESP_PARTITION_GUID
     assert order[:1] == [ours[0].number]
     result = boot.boot_image(
         image_257.image,

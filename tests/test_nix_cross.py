@@ -19,7 +19,7 @@ import pytest
 from aarch64boot import AARCH64_BOOT
 from conftest import REPO, boot_work_dir
 
-from testsys import boot, guestroot, system
+from testsys import boot, efi_vars, esp_loaders, guestroot, report_check, system
 
 SYSTEM = "aarch64-linux"
 pytestmark = [pytest.mark.nix, *AARCH64_BOOT]
@@ -91,12 +91,12 @@ def test_cross_image_is_built_by_nix_build_and_boots_under_aavmf(work_dir: Path)
     assert spec["system"] == SYSTEM and spec["toplevel"] == str(test_system.toplevel)
 
     image = out / "nixos.img"
-    loaders = boot.efi_loaders(image)
+    loaders = esp_loaders.efi_loaders(image)
     assert loaders["/EFI/BOOT/BOOTAA64.EFI"] == "aarch64"
     assert loaders["/EFI/systemd/systemd-bootaa64.efi"] == "aarch64"
     assert "x86_64" not in loaders.values()
     # The engine's guest phase wrote the boot entry into AAVMF's variable store.
-    options, order = boot.efi_boot_entries(out / "efi-vars.fd")
+    options, order = efi_vars.efi_boot_entries(out / "efi-vars.fd")
     ours = [o for o in options if o.file_path == "\\EFI\\systemd\\systemd-bootaa64.efi"]
     assert len(ours) == 1 and order[0] == ours[0].number
 
@@ -107,5 +107,5 @@ def test_cross_image_is_built_by_nix_build_and_boots_under_aavmf(work_dir: Path)
     boot_seconds = time.monotonic() - started
     print(f"nix-build {build_seconds:.1f} s, boot {boot_seconds:.1f} s")
     assert result.report.machine == "aarch64"
-    assert boot.check_report(result.report, spec, firmware="uefi",
+    assert report_check.check_report(result.report, spec, firmware="uefi",
                              store_paths=test_system.store_paths()) == []  # fmt: skip

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from make_disk_image.platforms import PLATFORMS, platform_for
-from testsys import boot, system
+from testsys import boot, efi_vars, esp_loaders, report_check, system
 from testsys.build import BuildError, build_image
 
 UEFI_LAYOUTS = ("efi", "efixbootldr")
@@ -78,7 +78,7 @@ def show_image(raw: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m testsys.demo", description=__doc__)
     parser.add_argument("outdir", type=Path, nargs="?", default=None)
-    parser.add_argument("--layout", default="efi", choices=sorted(boot.ROOT_PARTITION))
+    parser.add_argument("--layout", default="efi", choices=sorted(report_check.ROOT_PARTITION))
     parser.add_argument("--fs-type", default="ext4", choices=WRITABLE_ROOTS,
                         help="the root filesystem (fsType)")
     parser.add_argument(
@@ -138,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"image: {built.image} ({built.image.stat().st_size} bytes, {built.seconds:.0f} s)")
     shutil.rmtree(outdir / "tmp", ignore_errors=True)
     show_image(built.image)
-    loaders = boot.efi_loaders(built.image)
+    loaders = esp_loaders.efi_loaders(built.image)
     if loaders:
         print("\n== EFI binaries on the ESP (PE machine type)")
         for path, machine in loaders.items():
             print(f"{path}: {machine}")
 
     if built.efi_vars is not None:
-        options, order = boot.efi_boot_entries(built.efi_vars)
+        options, order = efi_vars.efi_boot_entries(built.efi_vars)
         print(f"\n== EFI boot entries in {built.efi_vars} (BootOrder {order})")
         for option in options:
             print(f"Boot{option.number:04X} {option.description!r} {option.file_path or ''}")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if report.loader_entry_selected:
         print(f"systemd-boot:    entry {report.loader_entry_selected}")
     print(f"stage 2:         NixOS {report.stage2_version} ran from the image, then powered off")
-    problems = boot.check_report(
+    problems = report_check.check_report(
         report,
         spec,
         firmware=firmware,
