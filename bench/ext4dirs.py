@@ -36,7 +36,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench import FS_UUID, MIB, add_closure, make_closure, write_spec  # noqa: E402
+from engine_cli import write_spec  # noqa: E402
+from measuring import MIB  # noqa: E402
+from mkfs_variants import FS_UUID  # noqa: E402
+from synthetic_closure import add_closure, make_closure  # noqa: E402
 
 SPREAD_DIRS = 100
 LOG_LINES = re.compile(r".*(?:mke2fs took|metadata checksums in|fill|indexed).*")

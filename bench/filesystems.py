@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench import human, run, stopwatch  # noqa: E402
+from measuring import human, run, stopwatch  # noqa: E402
 
 DEFAULT_SOURCES = (
     "/usr/share/locale", "/usr/share/doc", "/usr/share/man", "/usr/share/vim",

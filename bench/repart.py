@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench import make_closure  # noqa: E402
+from synthetic_closure import make_closure  # noqa: E402
+
 from testsys import repart  # noqa: E402
 
 SEED = "0867da16-f251-457d-a9e8-c31f9a3c220b"
