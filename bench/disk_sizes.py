@@ -113,8 +113,12 @@ def bench_sizes(work: Path, closure: Closure, root: Path, layouts: Sequence[str]
                 engine("prepare", spec, "--out", build / "out", cwd=build,
                        env={"out": str(build / "out")})  # fmt: skip
             times[kind] = elapsed()
-        plan = json.loads((build / "xchg/make-disk-image.json").read_text())
-        image = build / "nixos.raw"
+        # The handoff's plan is the "minimal" run's; finish makes its root filesystem.
+        plan = json.loads((build / "xchg/make-disk-image.json").read_text())["plan"]
+        shutil.rmtree(build / "out", ignore_errors=True)
+        engine("finish", spec, "--out", build / "out", cwd=build,
+               env={"out": str(build / "out")})  # fmt: skip
+        image = build / "out/nixos.img"
         fsck = subprocess.run(
             ["e2fsck", "-fn", f"{image}?offset={plan['root_offset']}" if plan["root_offset"]
              else str(image)], capture_output=True, check=False,
