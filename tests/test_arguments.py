@@ -1,6 +1,6 @@
 """make_disk_image/arguments.py: interface.json's argument table as the engine applies it
 (the comparison with Nix's evaluation, message for message and default for default, is
-tests/test_interface.py's)."""
+tests/test_interface.py's and tests/test_interface_defaults.py's)."""
 
 from __future__ import annotations
 
