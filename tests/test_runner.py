@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from make_disk_image import guestinit, qemu, runner
+from make_disk_image import guestinit, runner
 from make_disk_image.kernel import Kernel
-from make_disk_image.platforms import platform_for
 from make_disk_image.process import StepError
 from testsys.vmtools import guest_options, host_guest, host_path_root
 
@@ -86,31 +85,6 @@ def test_firmware_options_select_the_bzimage() -> None:
     assert not runner.uses_firmware(["-smp", "2", "-machine", "q35"])
 
 
-def test_console_text_drops_terminal_controls_split_across_reads() -> None:
-    console = qemu.ConsoleText()
-    text = console.feed("a\r\n\x1b[2") + console.feed("J\x1bcb\r") + console.feed("\nc")
-    assert text == "a\nb\nc"
-
-
-def test_aarch64_guest_gets_its_qemu_machine_cpu_console_and_root(tmp_path: Path) -> None:
-    def argv(system: str) -> list[str]:
-        return qemu.qemu_command(
-            platform=platform_for(system), kernel=tmp_path / "Image",
-            initramfs=tmp_path / "initrd", root=tmp_path, control_dir=tmp_path, disk=None,
-            shares=[], mem_mib=512, qemu_opts=[],
-        )  # fmt: skip
-
-    arm = argv("aarch64-linux")
-    assert arm[0].endswith("qemu-system-aarch64")
-    assert arm[arm.index("-machine") + 1] == "virt,gic-version=max"
-    assert arm[arm.index("-cpu") + 1] == "max,pauth=off,sve=off"
-    assert "console=ttyAMA0" in arm[arm.index("-append") + 1]
-    assert any(a.startswith(f"local,path={tmp_path},mount_tag=root,") for a in arm)
-    # x86_64 (smm) keeps qemu's default machine, so that QEMU_OPTS may choose q35,smm=on.
-    x86 = argv("x86_64-linux")
-    assert "-machine" not in x86 and "console=ttyS0" in x86[x86.index("-append") + 1]
-
-
 def test_guest_inputs_are_checked_before_any_work(tmp_path: Path) -> None:
     guest = host_guest()
     kernel = Kernel(guest.kernel.image, tmp_path)
@@ -121,14 +95,6 @@ def test_guest_inputs_are_checked_before_any_work(tmp_path: Path) -> None:
         runner.run_in_vm([], guest)
     with pytest.raises(StepError, match="not a directory"):
         runner.run_in_vm(["true"], guest, shares=[runner.Share(tmp_path / "none", "/mnt/x")])
-
-
-def test_command_runs_the_roots_program_by_path_with_exactly_its_env() -> None:
-    snippet = guestinit.command_snippet(["sh", "-c", "echo $0"], {"A": "b c"}, "/tmp")
-    assert "which sh" in snippet and "env -i" in snippet and "'A=b c'" in snippet
-    assert "/usr/bin/env" not in snippet
-    absolute = guestinit.command_snippet(["/x/bin/prog"], {}, "/")
-    assert "which" not in absolute
 
 
 # ---------------------------------------------------------------------------
