@@ -375,7 +375,7 @@ let
 
   # Whether the build VM has work: the boot loader, or an owner given by name, which only
   # the image's own system resolves (make_disk_image.prepare.guest_mounts_root;
-  # tests/test_nix.py keeps the two in step), or firmware whose variables the VM may
+  # tests/test_nix_build_vm.py keeps the two in step), or firmware whose variables the VM may
   # write into efi-vars.fd. Without, prepare and finish run alone: no VM to boot, and no
   # KVM asked of the builder.
   isNumber = value: builtins.match "[0-9]+" (toString value) != null;

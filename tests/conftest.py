@@ -129,6 +129,29 @@ class Closure:
         return write_closure_info([Path(r) for r in roots], self.root / f"closure-info-{key}")
 
 
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working tree as a fresh git repository, for the Nix tests: flakes only see `git
+    add`ed files, and this is what a CI clone looks like (without caches and build
+    results)."""
+    dest = tmp_path_factory.mktemp("checkout") / "make-disk-image"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout
+    for name in filter(None, listed.split("\0")):
+        src = REPO / name
+        if not src.exists():  # deleted in the working tree, not yet committed
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target, follow_symlinks=False)
+    add_selected_lib(dest)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A", "--force"], cwd=dest, check=True)
+    return dest
+
+
 # Nix-evaluating tests need nix-instantiate (nix-bin; .ci/setup installs it).
 NEEDS_NIX = pytest.mark.skipif(
     shutil.which("nix-instantiate") is None, reason="nix-instantiate (nix-bin) not installed"

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import NEEDS_NIX
-from test_nix import (  # noqa: F401
+from nixbuild import (
     BOOTLOADER_MARKER,
     build_image,
     checked,
-    checkout,
     fat_read,
     partition_table,
 )
@@ -29,7 +28,7 @@ STORE_IMAGE_ARGS = {"onlyNixStore": True, "installBootLoader": False,
 
 
 @pytest.mark.parametrize("fs_type", ["erofs", "squashfs"])
-def test_nix_store_image(checkout: Path, tmp_path: Path, fs_type: str) -> None:  # noqa: F811
+def test_nix_store_image(checkout: Path, tmp_path: Path, fs_type: str) -> None:
     result = build_image(checkout, tmp_path, {**STORE_IMAGE_ARGS, "fsType": fs_type})
     image = result.out / "nixos.img"
     if fs_type == "erofs":
@@ -41,7 +40,7 @@ def test_nix_store_image(checkout: Path, tmp_path: Path, fs_type: str) -> None: 
     assert "Virtual machine" not in result.log
 
 
-def test_nix_xfs_root(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_nix_xfs_root(checkout: Path, tmp_path: Path) -> None:
     result = build_image(checkout, tmp_path, {"fsType": "xfs", "partitionTableType": "efi",
                                               "installBootLoader": False})
     image = result.out / "nixos.img"
@@ -58,7 +57,7 @@ def test_nix_xfs_root(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
 
 
 @pytest.mark.vm
-def test_nix_btrfs_root_with_the_boot_loader(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_nix_btrfs_root_with_the_boot_loader(checkout: Path, tmp_path: Path) -> None:
     """The stand-in's build VM has no btrfs driver loaded: the guest phase loads it with
     modprobe (kmod on its PATH), mounts the root and installs the boot loader."""
     result = build_image(checkout, tmp_path, {"fsType": "btrfs", "partitionTableType": "efi",
@@ -75,7 +74,7 @@ def test_nix_btrfs_root_with_the_boot_loader(checkout: Path, tmp_path: Path) -> 
     assert "install=1" in marker.splitlines(), marker
 
 
-def test_nixpkgs_vm_gets_the_root_filesystem_driver(checkout: Path) -> None:  # noqa: F811
+def test_nixpkgs_vm_gets_the_root_filesystem_driver(checkout: Path) -> None:
     """A vmTools with `override` (nixpkgs') is given rootModules with btrfs or xfs."""
     expr = f"""
       let

@@ -30,11 +30,10 @@ from typing import Any
 import pytest
 import test_repart_nix
 from conftest import NEEDS_NIX
-from test_nix import (  # noqa: F401
+from nixbuild import (
     BuildResult,
     check_ext4,
     checked,
-    checkout,
     ext4_header,
     nix_build_image,
     partition_table,
@@ -67,7 +66,7 @@ def sandbox_options(host_paths: tuple[str, ...], *, build_users: bool = True) ->
 
 
 @pytest.fixture(scope="module", autouse=True)
-def sandbox_available(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> None:  # noqa: F811
+def sandbox_available(checkout: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Skip where this machine cannot run a Nix sandbox at all: a trivial derivation,
     sandboxed, with nothing of the host. Anything else failing later is the product's."""
     try:
@@ -121,7 +120,7 @@ def refuse_user_namespaces() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
 
 
-def build(checkout: Path, tmp_path: Path, args: dict[str, Any],  # noqa: F811
+def build(checkout: Path, tmp_path: Path, args: dict[str, Any],
           options: list[str], *, refused: bool = False) -> BuildResult:
     tmp_path.mkdir(parents=True, exist_ok=True)
     proc = nix_build_image(checkout, tmp_path, args, extra_args=options,
@@ -130,7 +129,7 @@ def build(checkout: Path, tmp_path: Path, args: dict[str, Any],  # noqa: F811
     return BuildResult(out=Path(proc.stdout.strip().splitlines()[-1]), log=proc.stderr)
 
 
-def build_sandboxed(checkout: Path, tmp_path: Path, args: dict[str, Any],  # noqa: F811
+def build_sandboxed(checkout: Path, tmp_path: Path, args: dict[str, Any],
                     host_paths: tuple[str, ...], *, build_users: bool = True,
                     refused: bool = False) -> BuildResult:
     """A fresh build in the sandbox: its root is the sandbox's, not the host's."""
@@ -143,7 +142,7 @@ def build_sandboxed(checkout: Path, tmp_path: Path, args: dict[str, Any],  # noq
     return result
 
 
-def build_reference(checkout: Path, tmp_path: Path, args: dict[str, Any]) -> BuildResult:  # noqa: F811
+def build_reference(checkout: Path, tmp_path: Path, args: dict[str, Any]) -> BuildResult:
     """The same arguments unsandboxed (the suite's nix.conf), nonce aside."""
     result = build(checkout, tmp_path / "reference", args | {"postVM": RECORD_ROOT}, [])
     assert "var" in (result.out / "build-root").read_text().split()
@@ -161,7 +160,7 @@ def same_bytes(one: Path, other: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(one), str(other)], check=False).returncode == 0
 
 
-def test_erofs_store_image_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_erofs_store_image_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:
     """mkfs.erofs reads the store in place: erofs-utils runs with --all-root, so the
     overflow uid does not matter, and the nested user namespace is allowed."""
     sandboxed = build_sandboxed(checkout, tmp_path, STORE_IMAGE, HOST_PATHS)
@@ -188,7 +187,7 @@ def btrfs_root(result: BuildResult, tmp_path: Path) -> Path:
 
 
 @pytest.mark.vm
-def test_btrfs_root_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_btrfs_root_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:
     """The engine's btrfs writer reads the store as it is (the overflow uid's for a build
     user, the builder's own as root) and gives every entry its own owner: both sandboxed
     images are byte for byte the unsandboxed one. mkfs.btrfs is not run (it would copy
@@ -206,7 +205,7 @@ def test_btrfs_root_in_the_sandbox(checkout: Path, tmp_path: Path) -> None:  # n
 
 @pytest.mark.vm
 def test_default_image_through_the_build_vm_in_the_sandbox(
-    checkout: Path, tmp_path: Path  # noqa: F811
+    checkout: Path, tmp_path: Path
 ) -> None:
     """The default arguments: the stand-in's build VM (TCG, the store over 9p, qemu
     run by the build user) installs the boot loader; the image is the unsandboxed one."""
@@ -223,7 +222,7 @@ def test_default_image_through_the_build_vm_in_the_sandbox(
 
 @NEEDS_FILTER
 def test_erofs_copies_where_the_sandbox_refuses_nested_user_namespaces(
-    checkout: Path, tmp_path: Path  # noqa: F811
+    checkout: Path, tmp_path: Path
 ) -> None:
     """No namespace to bind the store in: the store paths are copied, the log says why,
     and the image is the one bound in place."""
@@ -243,7 +242,7 @@ def test_erofs_copies_where_the_sandbox_refuses_nested_user_namespaces(
 @NEEDS_FILTER
 @pytest.mark.vm
 def test_btrfs_needs_no_user_namespace_in_the_sandbox(
-    checkout: Path, tmp_path: Path  # noqa: F811
+    checkout: Path, tmp_path: Path
 ) -> None:
     """The engine's btrfs writer needs no namespace (mkfs.btrfs, which records the owners
     it reads, did: tests/test_storeview.py keeps its error): where the sandbox refuses
@@ -278,7 +277,7 @@ def test_repart_image_in_the_sandbox() -> None:
 
 
 def test_without_the_host_paths_the_sandbox_hides_the_stand_in(
-    checkout: Path, tmp_path: Path  # noqa: F811
+    checkout: Path, tmp_path: Path
 ) -> None:
     """The sandbox is real: without extra-sandbox-paths, the stand-in's links to
     Debian's binaries lead nowhere."""
