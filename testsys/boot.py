@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from make_disk_image.platforms import Platform, host_platform, platform_for
-from testsys.guest_report import BootError, GuestReport, parse_report
+from testsys.guest_report import BootError as BootError  # raised by boot_image
+from testsys.guest_report import GuestReport, parse_report
 
 Firmware = Literal["bios", "uefi"]
 

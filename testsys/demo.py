@@ -24,10 +24,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from make_disk_image.platforms import PLATFORMS, platform_for
+from make_disk_image.platforms import PLATFORMS, Platform, platform_for
 from testsys import boot, efi_vars, esp_loaders, report_check, system
-from testsys.build import BuildError, build_image
+from testsys.build import BuildError, BuiltImage, build_image
 
 UEFI_LAYOUTS = ("efi", "efixbootldr")
 DEFAULT_OUTDIR = "/var/tmp/make-disk-image-demo"
@@ -75,7 +76,45 @@ def show_image(raw: Path) -> None:
             print(f"({fs_type}: its files are listed by the booted system's report below)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def show_uefi_contents(built: BuiltImage) -> None:
+    """The UEFI loaders on the image's ESP and the boot entries of its variable store."""
+    loaders = esp_loaders.efi_loaders(built.image)
+    if loaders:
+        print("\n== EFI binaries on the ESP (PE machine type)")
+        for path, machine in loaders.items():
+            print(f"{path}: {machine}")
+
+    if built.efi_vars is not None:
+        options, order = efi_vars.efi_boot_entries(built.efi_vars)
+        print(f"\n== EFI boot entries in {built.efi_vars} (BootOrder {order})")
+        for option in options:
+            print(f"Boot{option.number:04X} {option.description!r} {option.file_path or ''}")
+
+
+def show_report(
+    result: boot.BootResult, booted: Platform, firmware_name: str, serial_log: Path
+) -> None:
+    """What the booted system reported over its serial console."""
+    report = result.report
+    print(f"booted and powered off in {result.seconds:.1f} s; serial console: {serial_log}")
+    print(f"architecture:    {report.machine or booted.machine} ({booted.qemu_binary})")
+    print(f"firmware:        {report.firmware} ({firmware_name})")
+    print(f"kernel cmdline:  {report.cmdline}")
+    print(f"root:            {report.root_device} (partition {report.root_partition_number},")
+    print(f"                 {report.partition_table} GUID {report.root_partition_guid})")
+    print(f"file system:     {report.fs_type} label {report.fs_label!r} UUID {report.fs_uuid}")
+    print(f"/etc/NIXOS:      {'present' if report.etc_nixos else 'MISSING'}")
+    print(f"system profile:  {report.system_profile_target()}")
+    print(f"store entries:   {len(report.store_entries)}")
+    motd = report.files.get("/etc/motd")
+    if motd is not None:
+        print(f"/etc/motd:       uid {motd.uid} gid {motd.gid} mode {motd.permissions:04o}")
+    if report.loader_entry_selected:
+        print(f"systemd-boot:    entry {report.loader_entry_selected}")
+    print(f"stage 2:         NixOS {report.stage2_version} ran from the image, then powered off")
+
+
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python3 -m testsys.demo", description=__doc__)
     parser.add_argument("outdir", type=Path, nargs="?", default=None)
     parser.add_argument("--layout", default="efi", choices=sorted(report_check.ROOT_PARTITION))
@@ -87,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(p.machine for p in PLATFORMS.values()),
         help="the image's architecture (default: this machine's)",
     )
-    args = parser.parse_args(argv)
-    system_name = f"{args.arch}-linux" if args.arch else None
-    plat = platform_for(system_name) if system_name else None
+    return parser
+
+
+def make_outdir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """OUTDIR (or its default), made; an error when it holds files or the VM cannot see it."""
     default = Path(f"{DEFAULT_OUTDIR}-{args.arch}" if args.arch else DEFAULT_OUTDIR)
     outdir: Path = (args.outdir or default).absolute()
     if outdir.exists() and any(outdir.iterdir()):
@@ -97,6 +138,37 @@ def main(argv: list[str] | None = None) -> int:
     if any(outdir.is_relative_to(p) for p in ("/tmp", "/run", "/mnt")):
         parser.error("OUTDIR must not be under /tmp, /run or /mnt: the build VM cannot see it")
     outdir.mkdir(parents=True, exist_ok=True)
+    return outdir
+
+
+def image_spec(
+    test_system: system.TestSystem, outdir: Path, layout: str, fs_type: str,
+    touch_efi_vars: bool,
+) -> dict[str, Any]:
+    """The demo image's spec: the layout and fsType asked for, and a contents entry."""
+    source = outdir / "motd"
+    source.write_text("Hello from an image built by make-disk-image.\n")
+    # btrfs is made in a user namespace where only root owns files (README, Filesystems).
+    owner = {} if fs_type == "btrfs" else {"user": "alice", "group": "users"}
+    spec = test_system.spec(
+        partitionTableType=layout,
+        fsType=fs_type,
+        additionalSpace="16M",
+        touchEFIVars=touch_efi_vars,
+        contents=[{"source": str(source), "target": "/etc/motd", "mode": "0640", **owner}],
+    )
+    if touch_efi_vars:
+        code, variables = boot.UEFI_FIRMWARE[test_system.system]
+        spec.update(efiFirmware=str(code), efiVariables=str(variables))
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    system_name = f"{args.arch}-linux" if args.arch else None
+    plat = platform_for(system_name) if system_name else None
+    outdir = make_outdir(parser, args)
     layout: str = args.layout
     uefi_only = plat is not None and not plat.bios
     firmware: boot.Firmware = "uefi" if layout in UEFI_LAYOUTS or uefi_only else "bios"
@@ -115,20 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"toplevel: {test_system.toplevel}")
     print(f"closure:  {len(test_system.store_paths())} store paths")
 
-    source = outdir / "motd"
-    source.write_text("Hello from an image built by make-disk-image.\n")
-    # btrfs is made in a user namespace where only root owns files (README, Filesystems).
-    owner = {} if args.fs_type == "btrfs" else {"user": "alice", "group": "users"}
-    spec = test_system.spec(
-        partitionTableType=layout,
-        fsType=args.fs_type,
-        additionalSpace="16M",
-        touchEFIVars=touch_efi_vars,
-        contents=[{"source": str(source), "target": "/etc/motd", "mode": "0640", **owner}],
-    )
-    if touch_efi_vars:
-        code, variables = boot.UEFI_FIRMWARE[test_system.system]
-        spec.update(efiFirmware=str(code), efiVariables=str(variables))
+    spec = image_spec(test_system, outdir, layout, args.fs_type, touch_efi_vars)
     print(f"\n== make-disk-image build (spec: {outdir / 'image.json'}; log: image.log)")
     try:
         built = build_image(spec, outdir, name="image")
@@ -138,17 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"image: {built.image} ({built.image.stat().st_size} bytes, {built.seconds:.0f} s)")
     shutil.rmtree(outdir / "tmp", ignore_errors=True)
     show_image(built.image)
-    loaders = esp_loaders.efi_loaders(built.image)
-    if loaders:
-        print("\n== EFI binaries on the ESP (PE machine type)")
-        for path, machine in loaders.items():
-            print(f"{path}: {machine}")
-
-    if built.efi_vars is not None:
-        options, order = efi_vars.efi_boot_entries(built.efi_vars)
-        print(f"\n== EFI boot entries in {built.efi_vars} (BootOrder {order})")
-        for option in options:
-            print(f"Boot{option.number:04X} {option.description!r} {option.file_path or ''}")
+    show_uefi_contents(built)
 
     serial_log = outdir / "serial.log"
     booted = platform_for(test_system.system)
@@ -170,22 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the image did not boot: {exc}", file=sys.stderr)
         return 1
     report = result.report
-    print(f"booted and powered off in {result.seconds:.1f} s; serial console: {serial_log}")
-    print(f"architecture:    {report.machine or booted.machine} ({booted.qemu_binary})")
-    print(f"firmware:        {report.firmware} ({firmware_name})")
-    print(f"kernel cmdline:  {report.cmdline}")
-    print(f"root:            {report.root_device} (partition {report.root_partition_number},")
-    print(f"                 {report.partition_table} GUID {report.root_partition_guid})")
-    print(f"file system:     {report.fs_type} label {report.fs_label!r} UUID {report.fs_uuid}")
-    print(f"/etc/NIXOS:      {'present' if report.etc_nixos else 'MISSING'}")
-    print(f"system profile:  {report.system_profile_target()}")
-    print(f"store entries:   {len(report.store_entries)}")
-    motd = report.files.get("/etc/motd")
-    if motd is not None:
-        print(f"/etc/motd:       uid {motd.uid} gid {motd.gid} mode {motd.permissions:04o}")
-    if report.loader_entry_selected:
-        print(f"systemd-boot:    entry {report.loader_entry_selected}")
-    print(f"stage 2:         NixOS {report.stage2_version} ran from the image, then powered off")
+    show_report(result, booted, firmware_name, serial_log)
     problems = report_check.check_report(
         report,
         spec,

@@ -270,6 +270,45 @@ def write_closure_info(roots: Sequence[Path], directory: Path) -> Path:
     return Path(added.stdout.decode().strip())
 
 
+def _boot_loader_config(boot_loader: BootLoader, detect_virt: bool) -> dict[str, Any]:
+    """system.nix's bootLoader: what switch-to-configuration installs, and how."""
+    return {
+        "grubDevices": list(boot_loader.grub_devices),
+        "grubEfi": boot_loader.grub_efi,
+        "systemdBoot": boot_loader.systemd_boot,
+        "canTouchEfiVariables": boot_loader.can_touch_efi_variables,
+        "efiSysMountPoint": boot_loader.efi_sys_mount_point,
+        "xbootldrMountPoint": boot_loader.xbootldr_mount_point or "",
+        "bootctlSystemd": boot_loader.bootctl_systemd,
+        "detectVirt": detect_virt,
+    }
+
+
+def _nix_build_system(config_file: Path, work_dir: Path) -> tuple[Path, Path]:
+    """nix-build of system.nix with `config_file`: (toplevel, channel)."""
+    built = process.run(
+        [
+            "nix-build",
+            PACKAGE_DIR / "system.nix",
+            "--argstr",
+            "configFile",
+            config_file,
+            "-A",
+            "toplevel",
+            "-A",
+            "channel",
+            "--out-link",
+            work_dir / "result",
+        ],
+        step=STEP,
+        env={"NIX_PATH": os.environ.get("NIX_PATH", "")},
+        timeout=600,
+    )
+    toplevel_text, channel_text = built.stdout.decode().split()
+    toplevel, channel = Path(toplevel_text), Path(channel_text)
+    return toplevel, channel
+
+
 def build_test_system(
     work_dir: Path,
     boot_loader: BootLoader,
@@ -319,39 +358,11 @@ def build_test_system(
         "hostName": host_name,
         "passwd": _passwd(users, groups),
         "group": _group(groups),
-        "bootLoader": {
-            "grubDevices": list(boot_loader.grub_devices),
-            "grubEfi": boot_loader.grub_efi,
-            "systemdBoot": boot_loader.systemd_boot,
-            "canTouchEfiVariables": boot_loader.can_touch_efi_variables,
-            "efiSysMountPoint": boot_loader.efi_sys_mount_point,
-            "xbootldrMountPoint": boot_loader.xbootldr_mount_point or "",
-            "bootctlSystemd": boot_loader.bootctl_systemd,
-            "detectVirt": detect_virt,
-        },
+        "bootLoader": _boot_loader_config(boot_loader, detect_virt),
     }
     config_file = work_dir / "testsys-config.json"
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    built = process.run(
-        [
-            "nix-build",
-            PACKAGE_DIR / "system.nix",
-            "--argstr",
-            "configFile",
-            config_file,
-            "-A",
-            "toplevel",
-            "-A",
-            "channel",
-            "--out-link",
-            work_dir / "result",
-        ],
-        step=STEP,
-        env={"NIX_PATH": os.environ.get("NIX_PATH", "")},
-        timeout=600,
-    )
-    toplevel_text, channel_text = built.stdout.decode().split()
-    toplevel, channel = Path(toplevel_text), Path(channel_text)
+    toplevel, channel = _nix_build_system(config_file, work_dir)
     roots = [toplevel, *([channel] if copy_channel else []), *additional_paths]
     closure_info = write_closure_info(roots, work_dir / "closure-info")
     return TestSystem(
