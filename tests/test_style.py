@@ -1,6 +1,6 @@
 """The package stays typed (mypy --strict, setup.cfg); it and the code around it (tests,
-test system, benchmarks) stay lint-clean (ruff, pyproject.toml); the package keeps the
-house limits on module and function length."""
+test system, benchmarks) stay lint-clean (ruff, pyproject.toml) and keep the house
+limits on module and function length."""
 
 from __future__ import annotations
 
@@ -52,8 +52,19 @@ def over_limits(package: Path) -> list[str]:
     return found
 
 
+# Modules past the limit for now, each with the reason; an entry must go once its module
+# is within the limit again (the test below says so).
+OVER_THE_MODULE_LIMIT = {
+    "tests/test_faults.py": "the coordinator's this session; to be split by concern",
+}
+
+
 def test_modules_and_functions_stay_within_the_house_limits() -> None:
-    assert over_limits(REPO / "make_disk_image") == []
+    found = [line for tree in LINTED_TREES for line in over_limits(REPO / tree)]
+    exempt = [line for line in found if line.split(":")[0] in OVER_THE_MODULE_LIMIT
+              and line.count(":") == 1]  # a module's length, not one of its functions
+    assert [line for line in found if line not in exempt] == []
+    assert sorted(line.split(":")[0] for line in exempt) == sorted(OVER_THE_MODULE_LIMIT)
 
 
 def test_the_limits_check_finds_a_long_module_and_a_long_function(tmp_path: Path) -> None:
