@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.models import Entry
 from make_disk_image.process import StepError
 
@@ -30,6 +31,17 @@ STEP = "deduplicate"
 # identical files starts a new inode after that many (the other filesystems allow more).
 MAX_LINKS = 65000
 HASH_WORKERS = 4
+
+
+def check_links_kept(fs_type: str, deduplicate: bool) -> None:
+    """Refuse `deduplicate` where this host's tools would make the filesystem without
+    its links (interface.json's `hardLinks` is what the fsType can hold at all; this is
+    what the host can), before the store is read."""
+    if not deduplicate:
+        return
+    problem = FILESYSTEMS[fs_type].links_problem(STEP)
+    if problem is not None:
+        raise StepError(STEP, f"argument `deduplicate`: {problem}")
 
 
 @dataclass(frozen=True)

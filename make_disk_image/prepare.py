@@ -20,6 +20,7 @@ from pathlib import Path
 
 from make_disk_image import nixdb, rootfs
 from make_disk_image.compression import check_available
+from make_disk_image.dedup import check_links_kept
 from make_disk_image.filesystems import FILESYSTEMS
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.handoff import (
@@ -202,6 +203,7 @@ def prepare(spec: Spec, build_dir: Path, out: Path) -> Handoff:
     try:
         check_sources(spec)
         check_available(spec.fsType, spec.compression)
+        check_links_kept(spec.fsType, spec.deduplicate)
         xchg.mkdir(parents=True, exist_ok=True)
         (xchg / RECORD).unlink(missing_ok=True)
         db_files = nix_db_files(spec, xchg)

@@ -109,6 +109,12 @@ class Filesystem(ABC):
         """Why this filesystem cannot give `entry` its owner, or None."""
         return None
 
+    def links_problem(self, step: str) -> str | None:
+        """Why this filesystem, made with this host's tools, would lose the tree's hard
+        links (`deduplicate`), or None. Asked once, before the store is read; the row's
+        `hardLinks` says whether it can hold them at all (checked at evaluation)."""
+        return None
+
     # What Nix checks too is interface.json's.
     @property
     def interface(self) -> FsTypeInfo:

@@ -1,11 +1,14 @@
 """XFS, made without root: mkfs.xfs makes the empty filesystem and the engine writes
-the tree into it (xfs_fill: one pass, every name, owner, mode and time as given).
+the tree into it (xfs_fill: one pass, every name, owner, mode, time and hard link as
+given).
 
 Where no CRC-32C is at hand (crc32c), `mkfs.xfs -p PROTOFILE` makes it instead. The
 protofile (xfs_proto, beside this module) takes every owner and mode explicitly
 and mkfs.xfs reads file bodies from their sources (no copy). Its mode field has no
 sticky bit, so xfs_db sets it afterwards; names and link targets a protofile cannot
-hold are written as placeholders and given their bytes afterwards (xfs_names).
+hold are written as placeholders and given their bytes afterwards (xfs_names). It has
+no hard links: a tree with some is refused there (`deduplicate`: before the store is
+read, links_problem) rather than written as copies.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ logger = logging.getLogger("make_disk_image")
 
 # What mkfs.xfs says when the tree does not fit.
 FULL_WORDS = ("no space", "enospc", "too small", "size")
+NO_CRC = (f"no CRC-32C for the engine's xfs writer (the kernel's AF_ALG hash refused, "
+          f"e2fsprogs' libext2fs not found: set {crc32c.LIBEXT2FS_ENV} to its "
+          "libext2fs.so.2)")
 
 
 def _empty_xfs(scratch: Path, *, label: str, uuid: str | None, step: str,
@@ -62,18 +68,39 @@ def _fill(image: Path, offset: int, entries: Sequence[Entry], *, crc: crc32c.Crc
                 time.monotonic() - started, len(entries), taken)
 
 
+def _without_links(entries: Sequence[Entry], reason: str, step: str) -> None:
+    """Refuse a tree with hard links where mkfs.xfs -p would make it: its protofile has
+    none, and copies would be another image than the one asked for."""
+    linked = next((e for e in entries if e.kind == "hardlink"), None)
+    if linked is not None:
+        raise StepError(
+            step,
+            f"/{linked.path} is a hard link to /{linked.link} (argument `deduplicate`, or "
+            f"the guest's), and this xfs would be made by mkfs.xfs -p, whose protofile has "
+            f"no hard links: {reason}; fix that, or set deduplicate = false, or use fsType "
+            "ext4 or btrfs",
+        )
+
+
 def make_xfs(scratch: Path, entries: Sequence[Entry], *, label: str, uuid: str | None,
              deterministic: bool, step: str, extra: Sequence[str] = ()) -> None:
     """xfs holding `entries` as the whole of the file `scratch`. A tree that does not fit
     fails with CommandError (FULL_WORDS): the caller names what sized it."""
     crc = writer_crc()
+    reason = None
     if crc is None:
-        logger.info("xfs: no CRC-32C here (set %s): mkfs.xfs -p makes it",
-                    crc32c.LIBEXT2FS_ENV)
-    if crc is None or _empty_xfs(scratch, label=label, uuid=uuid, step=step, extra=extra):
+        reason = NO_CRC
+        logger.info("xfs: %s: mkfs.xfs -p makes it", NO_CRC)
+    else:
+        unknown = _empty_xfs(scratch, label=label, uuid=uuid, step=step, extra=extra)
+        if unknown:
+            reason = f"the engine's xfs writer does not know {unknown}"
+    if reason is not None:
+        _without_links(entries, reason, step)
         _protofile_xfs(scratch, entries, label=label, uuid=uuid,
                        deterministic=deterministic, step=step, extra=extra)
         return
+    assert crc is not None
     _fill(scratch, 0, entries, crc=crc, step=step)
 
 
@@ -148,6 +175,24 @@ class Xfs(Filesystem):
 
         in_partition(target, plan, tool=self.tool, fs_type=self.name, min_size=self.min_size,
                      write=write, step=step)
+
+    def links_problem(self, step: str) -> str | None:
+        """mkfs.xfs -p makes the xfs without CRC-32C, or where this mkfs.xfs' defaults
+        are more than the writer knows: its empty filesystem is made once to see."""
+        if writer_crc() is None:
+            reason = NO_CRC
+        else:
+            with tempfile.TemporaryDirectory(prefix="xfs-probe-") as tmp:
+                probe = Path(tmp) / "probe.xfs"
+                with probe.open("wb") as fh:
+                    fh.truncate(self.min_size)
+                unknown = _empty_xfs(probe, label="probe", uuid=None, step=step, extra=())
+            if not unknown:
+                return None
+            reason = f"the engine's xfs writer does not know {unknown} (this mkfs.xfs' defaults)"
+        return (f"fsType xfs would be made by mkfs.xfs -p here, whose protofile has no hard "
+                f"links: {reason}; fix that, or set deduplicate = false, or use fsType ext4 "
+                "or btrfs")
 
 
 FILESYSTEMS = (
