@@ -56,8 +56,8 @@ class FsTypeInfo:
     takes_uuid: bool  # the tool takes a fixed filesystem UUID (rootFSUID)
     kernel_module: str  # the Linux module the build VM mounts it with
     module: str  # the engine's make_disk_image/filesystems/ module that makes it
-    # The engine can write hard links into it (`deduplicate`); xfsprogs 6.1's protofile
-    # has no hard links.
+    # The engine can write hard links into it (`deduplicate`). Every fsType can now;
+    # the rule hardLinksInFs stays for one that cannot.
     hard_links: bool
     # A store image's compressions, as the tool names them ("none": uncompressed), and
     # the one taken when `compression` is null; empty and None for the others.

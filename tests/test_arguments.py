@@ -5,7 +5,11 @@ tests/test_interface.py's and tests/test_interface_defaults.py's)."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,3 +85,39 @@ def test_values_are_shown_as_nix_shows_them() -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert [arguments.shown(v) for v in values] == json.loads(proc.stdout)
+
+
+@pytest.mark.nix
+@NEEDS_NIX
+def test_a_fs_type_without_hard_links_refuses_deduplicate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fsType holds hard links now (xfs through the engine's writer), so no
+    argument set meets the rule hardLinksInFs; it stays for one that cannot. With a
+    table whose xfs row has none, Nix and the engine refuse alike."""
+    from test_interface import EVALUATION, REPO, engine_message, nix
+
+    table = json.loads(interface.PATH.read_text())
+    assert all(row["hardLinks"] for row in table["fsTypes"])
+    for row in table["fsTypes"]:
+        row["hardLinks"] = row["name"] != "xfs"
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "nix", copy / "nix")
+    shutil.copy(REPO / "default.nix", copy)
+    (copy / "make_disk_image").mkdir()
+    (copy / "make_disk_image/interface.json").write_text(json.dumps(table))
+    arguments = {"fsType": "xfs", "deduplicate": True}
+    call = " ".join(f"{key} = {nix(value)};" for key, value in arguments.items())
+    expr = EVALUATION.replace("REPO/default.nix", f"{copy}/default.nix")
+    proc = subprocess.run(["nix-instantiate", "--readonly-mode", "-E",
+                           expr.replace("REPO", str(REPO)).replace("ARGS", "{ " + call + " }")],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    found = re.search(r"error: makeDiskImage: (.*)", proc.stderr, re.DOTALL)
+    assert found, proc.stderr
+    message = " ".join(line.strip() for line in found[1].splitlines()
+                       if line.strip() and not line.startswith("(use"))
+    assert message == ("argument `deduplicate`: fsType xfs cannot hold hard links; set "
+                       "deduplicate = false, or use a fsType with hard links: \"ext2\", "
+                       '"ext3", "ext4", "btrfs", "erofs", "squashfs"')
+    monkeypatch.setitem(interface.FS_TYPES, "xfs",
+                        replace(interface.FS_TYPES["xfs"], hard_links=False))
+    assert engine_message(arguments) == message

@@ -4,12 +4,15 @@ The image tests build store images (onlyNixStore) from two stores with the same 
 paths: a plain one, and one optimised the way `nix-store --optimise` leaves a store
 (identical files hard-linked, here to the *last* name, not the first the engine picks).
 Deduplication on or off, both give the same image; on, the root filesystem stores each
-content once. Every image is checked by its filesystem's own checker.
+content once. Every image is checked by its filesystem's own checker. xfs keeps the links
+through the engine's writer (its fallback, mkfs.xfs -p, refuses them: tests/test_xfs.py).
 """
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -208,14 +211,29 @@ def test_orphaned_links_become_files_again() -> None:
 # --- images ----------------------------------------------------------------------------
 
 
-def _used_blocks(image: Path) -> int:
+def _used_blocks(image: Path, fs_type: str) -> int:
+    """4 KiB blocks in use: the superblock's count less its free count."""
+    if fs_type == "xfs":
+        listing = subprocess.run(["xfs_db", "-r", "-c", "sb 0", "-c", "print dblocks fdblocks",
+                                  str(image)], check=True, capture_output=True, text=True)
+        fields = dict(line.split(" = ") for line in listing.stdout.splitlines())
+        return int(fields["dblocks"]) - int(fields["fdblocks"])
     listing = subprocess.run(["dumpe2fs", "-h", str(image)], check=True,
-                             capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in listing.splitlines() if ":" in line)
+                             capture_output=True, text=True)
+    fields = dict(line.split(":", 1) for line in listing.stdout.splitlines() if ":" in line)
     return int(fields["Block count"]) - int(fields["Free blocks"])
 
 
-@pytest.mark.parametrize("fs_type", ["ext4", "erofs", "squashfs"])
+CHECKERS = {"ext4": ["e2fsck", "-fn"], "xfs": ["xfs_repair", "-n", "-f"],
+            "erofs": ["fsck.erofs"], "squashfs": ["unsquashfs", "-s"]}
+
+
+def _checked(image: Path, fs_type: str) -> None:
+    proc = subprocess.run([*CHECKERS[fs_type], str(image)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("fs_type", ["ext4", "xfs", "erofs", "squashfs"])
 @pytest.mark.parametrize("deduplicate", [False, True])
 def test_optimised_and_plain_stores_give_identical_images(
         stores: Stores, engine: Engine, fs_type: str, deduplicate: bool) -> None:
@@ -224,11 +242,9 @@ def test_optimised_and_plain_stores_give_identical_images(
                diskSize=64 if fs_type == "ext4" else "auto")
         for kind, paths in (("plain", stores.plain), ("optimised", stores.optimised))
     ]
-    assert images[0].read_bytes() == images[1].read_bytes()
-    check = {"ext4": ["e2fsck", "-fn"], "erofs": ["fsck.erofs"],
-             "squashfs": ["unsquashfs", "-s"]}[fs_type]
-    proc = subprocess.run([*check, str(images[0])], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # xfs: 300 MiB each, compared without reading both into memory.
+    assert filecmp.cmp(images[0], images[1], shallow=False)
+    _checked(images[0], fs_type)
 
 
 def _links(root: Path) -> dict[str, tuple[int, int]]:
@@ -242,8 +258,8 @@ def _links(root: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize(("fs_type", "deduplicate"), [
-    ("btrfs", False), ("btrfs", True), ("xfs", False), ("ext4", True), ("erofs", True),
-    ("squashfs", True)])
+    ("btrfs", False), ("btrfs", True), ("xfs", False), ("xfs", True), ("ext4", True),
+    ("erofs", True), ("squashfs", True)])
 def test_links_in_the_image_are_the_engines(
         stores: Stores, engine: Engine, fs_type: str, deduplicate: bool) -> None:
     """What the filesystem holds, read by the kernel: the same names share an inode
@@ -254,11 +270,12 @@ def test_links_in_the_image_are_the_engines(
     for kind, paths in (("plain", stores.plain), ("optimised", stores.optimised)):
         image = _build(engine, paths, fs_type, f"{fs_type}-{kind}",
                        deduplicate=deduplicate)
-        if fs_type in ("btrfs", "xfs"):
-            check = (["btrfs", "check", "--readonly", str(image)] if fs_type == "btrfs"
-                     else ["xfs_repair", "-n", "-f", str(image)])
-            proc = subprocess.run(check, capture_output=True, text=True)
+        if fs_type == "btrfs":
+            proc = subprocess.run(["btrfs", "check", "--readonly", str(image)],
+                                  capture_output=True, text=True)
             assert proc.returncode == 0, proc.stdout + proc.stderr
+        elif fs_type == "xfs":
+            _checked(image, fs_type)
         with mounted(image, fs_type) as root:
             shapes.append(_links(root))
     assert shapes[0] == shapes[1]
@@ -270,29 +287,33 @@ def test_links_in_the_image_are_the_engines(
         assert shared[1] == 1
 
 
-def test_deduplicated_ext4_stores_each_content_once(stores: Stores, engine: Engine) -> None:
-    """Used blocks, less an empty filesystem's: at most the distinct files' blocks plus
-    directories; without deduplication the copies show (so the bound can fail)."""
+@pytest.mark.parametrize(("fs_type", "disk_size"), [("ext4", 64), ("xfs", 320)])
+def test_deduplicated_images_store_each_content_once(
+        stores: Stores, engine: Engine, fs_type: str, disk_size: int) -> None:
+    """Used blocks, less those of a filesystem holding one copy: at most the distinct
+    files' blocks plus directories; without deduplication the copies show (so the bound
+    can fail). One size for all three: xfs' log and allocation groups follow it."""
     distinct = {(data, mode) for data, mode in STORE.values()}
     distinct_blocks = sum(-(-len(data) // 4096) for data, _ in distinct)
     copies_blocks = sum(-(-len(data) // 4096) for data, _ in STORE.values())
-    empty = _build(engine, [stores.plain[2]], "ext4", "ext4-one", diskSize=64)
-    overhead = _used_blocks(empty) - -(-len(SHARED) // 4096)
+    one = _build(engine, [stores.plain[2]], fs_type, f"{fs_type}-one", diskSize=disk_size)
+    overhead = _used_blocks(one, fs_type) - -(-len(SHARED) // 4096)
     directories = 16  # the store paths' directories, a block each, and slack
-    used = {flag: _used_blocks(_build(engine, stores.optimised, "ext4", f"ext4-{flag}",
-                                      deduplicate=flag, diskSize=64))
-            for flag in (False, True)}
+    images = {flag: _build(engine, stores.optimised, fs_type, f"{fs_type}-{flag}",
+                           deduplicate=flag, diskSize=disk_size) for flag in (False, True)}
+    used = {flag: _used_blocks(image, fs_type) for flag, image in images.items()}
     assert used[True] - overhead <= distinct_blocks + directories
     assert used[False] - overhead >= copies_blocks
+    _checked(images[True], fs_type)
 
 
-def test_auto_size_counts_linked_bytes_once(stores: Stores, engine: Engine) -> None:
-    import json
-
+@pytest.mark.parametrize("fs_type", ["ext4", "xfs"])
+def test_auto_size_counts_linked_bytes_once(stores: Stores, engine: Engine,
+                                            fs_type: str) -> None:
     sizes = {}
     for flag in (False, True):
         result = engine.build_without_vm(
-            _store_spec(stores.plain, "ext4", deduplicate=flag, additionalSpace="0M"),
+            _store_spec(stores.plain, fs_type, deduplicate=flag, additionalSpace="0M"),
             name=f"auto-{flag}")
         assert result.returncode == 0, result.stderr
         plan = json.loads((result.build_dir / "xchg/make-disk-image.json").read_text())["plan"]
@@ -300,17 +321,43 @@ def test_auto_size_counts_linked_bytes_once(stores: Stores, engine: Engine) -> N
     assert sizes[False] - sizes[True] == 3 * -(-len(SHARED) // 4096) * 4096
 
 
-def test_xfs_refuses_deduplication_before_work(stores: Stores, engine: Engine) -> None:
-    result = engine.run("prepare", _store_spec(stores.plain, "xfs", deduplicate=True))
-    assert result.returncode != 0
-    assert "argument `deduplicate`" in result.stderr, result.stderr
-    assert '"ext4", "btrfs"' in result.stderr
+# Two store paths holding the same 240 MiB (sparse: holes read as zeros): deduplicated,
+# an xfs holds it once and its size leaves xfsprogs' 300 MiB floor.
+BIG = 240 * MIB
 
 
-def test_finish_applies_prepares_links_without_reading_again(
-        stores: Stores, engine: Engine) -> None:
-    result = engine.build_without_vm(_store_spec(stores.plain, "ext4", deduplicate=True,
-                                                 diskSize=64), name="handed")
-    assert result.returncode == 0, result.stderr
-    # Hashing is logged once: by prepare; finish takes prepare's tree, links and all.
-    assert result.stderr.count("store files are copies of another") == 1, result.stderr
+@pytest.fixture(scope="module")
+def big_store() -> Iterator[list[Path]]:
+    base = world_readable_dir("mdi-dedup-big-")
+    paths = [base / "dddd-big-one", base / "eeee-big-two"]
+    for path in paths:
+        path.mkdir()
+        with (path / "blob").open("wb") as fh:
+            fh.truncate(BIG)
+        (path / "blob").chmod(0o444)
+        path.chmod(0o555)
+    yield paths
+    _remove(base)
+
+
+@pytest.mark.parametrize("disk_size", ["auto", "minimal"])
+def test_xfs_sizes_count_linked_bytes_once(big_store: list[Path], engine: Engine,
+                                           disk_size: str) -> None:
+    """The xfs row's formula takes the files' bytes once (1.052 x, filesystems'
+    needed_bytes): the sizes differ by one copy of it, and the deduplicated one holds
+    the tree (its image made and checked)."""
+    sizes = {}
+    for flag in (False, True):
+        spec = _store_spec(big_store, "xfs", deduplicate=flag, diskSize=disk_size,
+                           additionalSpace="0M")
+        planned = engine.run("plan", spec, name=f"plan-{flag}")
+        assert planned.returncode == 0, planned.stderr
+        sizes[flag] = json.loads(planned.stdout)["disk_size"]
+    one_copy = BIG * 1052 // 1000
+    assert abs(sizes[False] - sizes[True] - one_copy) <= MIB, sizes
+    image = _build(engine, big_store, "xfs", "xfs-big", deduplicate=True, diskSize=disk_size,
+                   additionalSpace="0M")
+    assert image.stat().st_size == sizes[True]
+    _checked(image, "xfs")
+    assert _used_blocks(image, "xfs") * 4096 < BIG + 80 * MIB  # one copy and the log
+

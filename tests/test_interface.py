@@ -173,8 +173,6 @@ BAD_ARGUMENTS: list[tuple[str, dict[str, Any], str, str]] = [
      "rootFSUID", "squashfs has no filesystem UUID"),
     ("label-too-long", {"label": "a-label-that-is-too-long"}, "label", "16 bytes"),
     ("label-xfs", {"label": "thirteen-char", "fsType": "xfs"}, "label", "12 bytes a xfs"),
-    ("deduplicate-xfs", {"fsType": "xfs", "deduplicate": True}, "deduplicate",
-     '"ext4", "btrfs"'),
     ("deduplicate-string", {"deduplicate": "yes"}, "deduplicate", "true or false"),
     ("compression-ext4", {"compression": "xz"}, "compression", "is not compressed"),
     ("compression-squashfs-brotli", {**STORE_IMAGE, "fsType": "squashfs",
@@ -299,12 +297,13 @@ def test_the_comparison_covers_every_rule_and_type() -> None:
     'onlyNixStore = true; installBootLoader = false; partitionTableType = "none"; '
     'fsType = "squashfs"; rootFSUID = null;',
     'fsType = "xfs"; partitionTableType = "hybrid"; label = "root"; requireKVM = false;',
+    'fsType = "xfs"; deduplicate = true;',
     'contents = [ { source = ./x; target = "/x"; user = "bob"; group = "users"; } ]; '
     'diskSize = 2048; memSize = 2048; additionalPaths = [ ./x ];',
     # Keys the reference ignores are ignored (default.nix warns when it reads them).
     'contents = [ { source = ./x; target = "/x"; owner = "root"; } ];',
-], ids=["defaults", "efi-vhdx-minimal", "squashfs-store", "xfs-hybrid", "contents",
-        "contents-unknown-key"])  # fmt: skip
+], ids=["defaults", "efi-vhdx-minimal", "squashfs-store", "xfs-hybrid", "xfs-deduplicate",
+        "contents", "contents-unknown-key"])  # fmt: skip
 def test_right_arguments_pass_the_checks(arguments: str) -> None:
     """The control: right arguments get past the checks, to where pkgs or config is
     first needed, so the checks above are what stopped the wrong ones."""

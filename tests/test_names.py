@@ -55,7 +55,7 @@ def _listing(root: Path) -> list[tuple[bytes, bytes]]:
     ("ext4", False), ("btrfs", False), ("xfs", False), ("erofs", False), ("squashfs", False),
     # Each name's file is in both directories: linked, and squashfs then reads the tar
     # stream instead of the store.
-    ("ext4", True), ("btrfs", True), ("erofs", True), ("squashfs", True)])
+    ("ext4", True), ("btrfs", True), ("xfs", True), ("erofs", True), ("squashfs", True)])
 def test_every_name_in_every_filesystem(store_path: Path, engine: Engine,
                                         fs_type: str, deduplicate: bool) -> None:
     from test_other_filesystems import mounted

@@ -40,9 +40,16 @@ def test_nix_store_image(checkout: Path, tmp_path: Path, fs_type: str) -> None:
     assert "Virtual machine" not in result.log
 
 
-def test_nix_xfs_root(checkout: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("deduplicate", [False, True])
+def test_nix_xfs_root(checkout: Path, tmp_path: Path, deduplicate: bool) -> None:
+    """With `deduplicate`, the Nix build finds the CRC-32C the engine's xfs writer needs
+    (else prepare refuses it: mkfs.xfs -p has no hard links)."""
     result = build_image(checkout, tmp_path, {"fsType": "xfs", "partitionTableType": "efi",
-                                              "installBootLoader": False})
+                                              "installBootLoader": False,
+                                              "deduplicate": deduplicate})
+    if deduplicate:
+        assert "store files are copies of another" in result.log, result.log[-3000:]
+        assert "xfs_fill took" in result.log, result.log[-3000:]
     image = result.out / "nixos.img"
     _, parts = partition_table(image)
     root = parts[-1]
