@@ -9,9 +9,9 @@ licences and firmware copies included), each added to the Nix store as one store
 with a toplevel linking them and a closureInfo. Each build is prepare + finish as Nix
 runs them without a guest (no bootloader, auto size): ext4, btrfs and xfs on `efi`, erofs
 and squashfs as store images; with `deduplicate` off and on where the filesystem takes
-it. Printed per build: wall time, the root tool's own time from the log, image size,
-allocated bytes. `--compression` adds each store image compression, one run each.
-Run as root (Debian's Nix is single-user here).
+it (interface.json's `hardLinks`: all do). Printed per build: wall time, the root tool's
+own time from the log, image size, allocated bytes. `--compression` adds each store image
+compression, one run each. Run as root (Debian's Nix is single-user here).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from measuring import human, run, stopwatch  # noqa: E402
+
+from make_disk_image.interface import FS_TYPES  # noqa: E402
 
 DEFAULT_SOURCES = (
     "/usr/share/locale", "/usr/share/doc", "/usr/share/man", "/usr/share/vim",
@@ -118,12 +120,11 @@ def main() -> int:
             store_image = fs_type in ("erofs", "squashfs")
             spec = dict(base, fsType=fs_type, onlyNixStore=store_image,
                         partitionTableType="none" if store_image else "efi")
-            flags = (False,) if fs_type == "xfs" else (False, True)
+            flags = (False, True) if FS_TYPES[fs_type].hard_links else (False,)
             for flag in flags:
                 report(work, f"{fs_type} dedup={'on' if flag else 'off'}",
                        dict(spec, deduplicate=flag))
             if args.compression and store_image:
-                from make_disk_image.interface import FS_TYPES
                 for choice in FS_TYPES[fs_type].compressions:
                     report(work, f"{fs_type} compression={choice}", dict(spec, compression=choice))
     finally:
