@@ -1,6 +1,6 @@
-"""The package stays typed (mypy --strict, setup.cfg); it and the code around it (tests,
-test system, benchmarks) stay lint-clean (ruff, pyproject.toml) and keep the house
-limits on module and function length."""
+"""The package and the test system stay typed (mypy --strict, setup.cfg); they and the
+code around them (tests, benchmarks) stay lint-clean (ruff, pyproject.toml) and keep the
+house limits on module and function length."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 from conftest import REPO
 
-PYTHON_TREES = ["make_disk_image"]
-LINTED_TREES = [*PYTHON_TREES, "tests", "testsys", "bench"]
+# The test system is typed too: the tests trust what its readers return.
+PYTHON_TREES = ["make_disk_image", "testsys"]
+LINTED_TREES = [*PYTHON_TREES, "tests", "bench"]
 
 
 def test_mypy_strict() -> None:
