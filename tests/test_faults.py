@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ from typing import Any
 
 import pytest
 from conftest import (
-    NEEDS_NIX,
     REPO,
     UNPRIVILEGED_USER,
     Closure,
@@ -34,27 +32,9 @@ from conftest import (
     base_spec,
     world_readable_dir,
 )
-from test_nix import checkout  # noqa: F401 - the nix-build tests' fixture
-
-from testsys.system import NIXOS_ENTER_DIR, BootLoader, TestSystem, build_test_system
+from faultcheck import assert_no_output, error_line, wait_for_child
 
 MIB = 1024 * 1024
-
-
-def error_line(stderr: str) -> str:
-    """The one `error:` line, which is the last line not quoting a command's stderr."""
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr
-    after = stderr.splitlines()[stderr.splitlines().index(lines[0]) + 1:]
-    assert all(line.startswith("  ") for line in after), stderr
-    return lines[0]
-
-
-def assert_no_output(out: Path) -> None:
-    """Nothing of an image in $out: no image, no partial, no products file."""
-    left = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
-    assert left == [], left
 
 
 @pytest.fixture
@@ -186,33 +166,6 @@ def slow_mke2fs(bin_dir: Path) -> Path:
     return bin_dir
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            text = (task / "children").read_text().split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended while we looked
-        found += [int(child) for child in text]
-    return found
-
-
-def wait_for_child(proc: subprocess.Popen[str], name: str, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        for child in children(proc.pid):
-            try:
-                if Path(f"/proc/{child}/comm").read_text().strip() == name:
-                    return child
-            except (FileNotFoundError, ProcessLookupError):
-                # A short-lived child (sfdisk, du, ...) ended between the listing and
-                # the read: /proc answers ENOENT or, for a zombie being reaped, ESRCH.
-                continue
-        time.sleep(0.005)
-    raise AssertionError(f"no {name} child of {proc.pid} within {timeout} s")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_during_mke2fs(closure: Closure, blob_dir: Path, tmp_path: Path,
                               signum: signal.Signals) -> None:
@@ -319,149 +272,3 @@ def test_failing_post_vm(closure: Closure, tmp_path: Path) -> None:
     assert f"postVM saw {out}/nixos.img" in proc.stderr
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["spec.json"]  # build dir removed too
-
-
-# The guest phase in a VM: few and lean.
-
-@pytest.fixture(scope="module")
-def vm_work() -> Path:
-    # Not under /tmp: the build VM covers /tmp with its own tmpfs.
-    return Path(tempfile.mkdtemp(prefix="mdi-fault-vm-", dir="/var/tmp"))
-
-
-@pytest.fixture(scope="module")
-def uefi_only_system(vm_work: Path) -> Iterator[TestSystem]:
-    """A system whose bootloader is systemd-boot: its switch-to-configuration exits 1
-    on a legacy image, which has no EFI system partition to install to."""
-    yield build_test_system(vm_work / "system", BootLoader(systemd_boot=True))
-    shutil.rmtree(vm_work)
-
-
-def start_build(spec: dict[str, Any], work: Path, name: str) -> tuple[subprocess.Popen[str],
-                                                                      Path]:
-    spec_file = work / f"{name}.json"
-    spec_file.write_text(json.dumps(spec))
-    scratch = work / f"{name}-tmp"
-    scratch.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch),
-           "PATH": f"{NIXOS_ENTER_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "make_disk_image", "build", str(spec_file), "--out",
-         str(work / name)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    return proc, scratch
-
-
-@pytest.mark.vm
-def test_failing_switch_to_configuration(uefi_only_system: TestSystem, vm_work: Path) -> None:
-    spec = uefi_only_system.spec(partitionTableType="legacy", additionalSpace="8M")
-    proc, scratch = start_build(spec, vm_work, "failing-switch")
-    log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 1, log
-    assert error_line(log.split("guest command exited")[-1]).startswith(
-        "error: guest: the guest phase failed in the VM (exit 1)")
-    # The guest's own line names the step, the command and its stderr.
-    assert "switch-to-configuration boot" in log
-    assert "nixos-enter --root /mnt" in log
-    assert "switch-to-configuration: the EFI system partition is not mounted at /boot" in log
-    assert not (vm_work / "failing-switch").exists()
-    assert list(scratch.iterdir()) == []  # the build directory is gone
-
-
-GUEST_STEP = "make-disk-image: [guest"
-
-
-@pytest.mark.vm
-def test_qemu_dying_mid_guest(uefi_only_system: TestSystem, vm_work: Path) -> None:
-    # systemd-boot installs on efi: the guest has seconds of work after its first step.
-    spec = uefi_only_system.spec(partitionTableType="efi", additionalSpace="8M")
-    proc, scratch = start_build(spec, vm_work, "qemu-dies")
-    assert proc.stdout is not None
-    log = ""
-    # Wait until the engine's guest phase logs its first step in the VM, then kill qemu.
-    for text in proc.stdout:
-        log += text
-        if GUEST_STEP in text:
-            break
-    qemu = wait_for_child(proc, "qemu-system-x86")  # comm is cut at 15 characters
-    os.kill(qemu, signal.SIGKILL)
-    rest, _ = proc.communicate(timeout=120)
-    log += rest
-    assert proc.returncode == 1, log
-    line = error_line(log.split(GUEST_STEP, 1)[1])
-    assert line.startswith("error: vm: qemu exited with status -9"), line
-    assert not (vm_work / "qemu-dies").exists()
-    assert list(scratch.iterdir()) == []
-
-
-# Through the Nix layer: nix-build of default.nix against the stand-in nixpkgs. A
-# store-only image needs no VM, so these are quick once the engine package is built.
-
-FAULT_NIX = """
-{ repo, imageArgs, failingQemuImg }:
-let
-  base = import (repo + "/tests/nixpkgs") { };
-  # qemu-img failing as it does when $out is full (the real fault is tested above).
-  brokenQemuUtils = base.runCommand "qemu-utils-out-full" { } ''
-    mkdir -p $out/bin
-    printf '%s\\n' '#!/bin/sh' \\
-      'echo "qemu-img: error while writing at byte 0: No space left on device" >&2' \\
-      'exit 1' > $out/bin/qemu-img
-    chmod +x $out/bin/qemu-img
-  '';
-  pkgs = if failingQemuImg then base // { qemu-utils = brokenQemuUtils; } else base;
-  standIn = (import (repo + "/tests/nixpkgs/flake.nix")).outputs { self = null; };
-  config = (standIn.lib.nixosSystem {
-    system = builtins.currentSystem;
-    modules = [ {
-      boot.loader.grub.enable = false;
-      fileSystems."/" = { device = "/dev/disk/by-label/nix-store"; fsType = "ext4"; };
-    } ];
-  }).config;
-in
-import (repo + "/default.nix") ({ inherit pkgs config; inherit (pkgs) lib; }
-  // builtins.fromJSON imageArgs)
-"""
-
-STORE_ONLY = {"onlyNixStore": True, "installBootLoader": False, "partitionTableType": "none",
-              "copyChannel": False}
-
-
-def nix_build_fault(repo: Path, tmp_path: Path, args: dict[str, Any],
-                    failing_qemu_img: bool = False) -> subprocess.CompletedProcess[str]:
-    expr = tmp_path / "fault.nix"
-    expr.write_text(FAULT_NIX)
-    return subprocess.run(
-        ["nix-build", str(expr), "--arg", "repo", str(repo), "--argstr", "imageArgs",
-         json.dumps(STORE_ONLY | args), "--arg", "failingQemuImg",
-         "true" if failing_qemu_img else "false", "--out-link", str(tmp_path / "result")],
-        capture_output=True, text=True)
-
-
-def assert_reason_is_last(stderr: str, reason: str) -> None:
-    """The build failed, and the reason is what the log ends with (before Nix's own
-    summary), so a user reading the bottom of the log sees it."""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    summary = next(i for i, line in enumerate(lines) if "error: builder for" in line)
-    assert any(reason in line for line in lines[max(0, summary - 3):summary]), stderr[-3000:]
-
-
-@pytest.mark.nix
-@NEEDS_NIX
-def test_nix_build_failing_post_vm(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
-    proc = nix_build_fault(checkout, tmp_path,
-                           {"postVM": 'echo "postVM: cannot upload $diskImage" >&2; exit 3'})
-    assert proc.returncode != 0
-    assert "failed with exit code 3" in proc.stderr, proc.stderr[-3000:]
-    assert_reason_is_last(proc.stderr, "postVM: cannot upload /nix/store/")
-    assert not (tmp_path / "result").exists()
-
-
-@pytest.mark.nix
-@NEEDS_NIX
-def test_nix_build_failing_finish(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
-    proc = nix_build_fault(checkout, tmp_path, {"format": "qcow2"}, failing_qemu_img=True)
-    assert proc.returncode != 0, "nix-build succeeded although finish failed"
-    assert_reason_is_last(proc.stderr, "No space left on device")
-    assert "error: finish: command failed (exit 1): qemu-img convert" in proc.stderr
-    assert not (tmp_path / "result").exists()
