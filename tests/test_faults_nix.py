@@ -14,7 +14,6 @@ import pytest
 from conftest import (
     NEEDS_NIX,
 )
-from test_nix import checkout  # noqa: F401 - the nix-build tests' fixture
 
 MIB = 1024 * 1024
 
@@ -73,7 +72,7 @@ def assert_reason_is_last(stderr: str, reason: str) -> None:
 
 @pytest.mark.nix
 @NEEDS_NIX
-def test_nix_build_failing_post_vm(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_nix_build_failing_post_vm(checkout: Path, tmp_path: Path) -> None:
     proc = nix_build_fault(checkout, tmp_path,
                            {"postVM": 'echo "postVM: cannot upload $diskImage" >&2; exit 3'})
     assert proc.returncode != 0
@@ -84,7 +83,7 @@ def test_nix_build_failing_post_vm(checkout: Path, tmp_path: Path) -> None:  # n
 
 @pytest.mark.nix
 @NEEDS_NIX
-def test_nix_build_failing_finish(checkout: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_nix_build_failing_finish(checkout: Path, tmp_path: Path) -> None:
     proc = nix_build_fault(checkout, tmp_path, {"format": "qcow2"}, failing_qemu_img=True)
     assert proc.returncode != 0, "nix-build succeeded although finish failed"
     assert_reason_is_last(proc.stderr, "No space left on device")

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import conftest
 import pytest
 from nixbuild import (
     BIOS_BOOT_GUID,
@@ -329,9 +328,3 @@ def test_flake_build_package_and_check(checkout: Path) -> None:
             )
         )[0]["outputs"]["out"]
         assert (Path(out) / "nix-support" / "hydra-build-products").is_file()
-
-
-
-
-# tests/test_faults.py imports the fixture from here, where it was before conftest had it.
-checkout = conftest.checkout
