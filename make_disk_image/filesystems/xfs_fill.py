@@ -2,10 +2,11 @@
 entries, in one pass: the engine's own writer (issue 22), not wired in yet.
 
 Inodes are numbered in the entries' order: the root is mkfs' root inode, the rest take
-the free inodes of mkfs' first chunk and then new 64-inode chunks in AG 0. Blocks are
-taken in order from each AG's largest free extent (xfs_space): inode chunks and inode
-btree blocks first, then each entry's blocks as it comes. Every time is the entry's
-own (or the store's, 1), so the same entries give the same bytes.
+the free inodes of mkfs' first chunk and then new 64-inode chunks in AG 0 (in the
+next AGs once AG 0 is full). Blocks are taken in order from each AG's largest free
+extent (xfs_space): inode chunks and inode btree blocks first, then each entry's
+blocks as it comes. Every time is the entry's own (or the store's, 1), so the same
+entries give the same bytes.
 """
 
 from __future__ import annotations
@@ -251,18 +252,18 @@ def _fill(f: BinaryIO, base: int, g: fmt.Geometry, space: Space, entries: Sequen
           crc: Crc32c) -> int:
     # AG 0's inode numbers are its AG inode numbers.
     mkfs_chunks = dict(space.inode_records(0))
-    records = dict(mkfs_chunks)
+    records = dict(mkfs_chunks)  # first inode number of each chunk -> its free mask
     free = [start + i for start, mask in sorted(records.items()) for i in range(CHUNK)
             if mask >> i & 1]
     need = sum(1 for e in entries if e.kind != "hardlink" and e.path) - len(free)
-    chunk_blocks = CHUNK * g.inodesize // g.blocksize
-    for _ in range(max(0, -(-need // CHUNK))):
-        _, agbno, _ = space.take(chunk_blocks, align=g.inoalignmt, agno=0)
-        start = agbno << g.inopblog
+    for start in _new_chunks(space, g, max(0, -(-need // CHUNK))):
         records[start] = (1 << CHUNK) - 1
         free += range(start, start + CHUNK)
     if max(free, default=0) >= 1 << 32:
-        raise FillError("inode numbers beyond 32 bits")
+        # Short-form directories would need 8-byte inode numbers, which the writer
+        # does not write; only AGs past 2^32 inode numbers (filesystems of TiBs) get here.
+        raise FillError(f"{len(free)} inodes: more than fit under 32-bit inode numbers "
+                        "(the writer's limit)")
     if not entries or entries[0].path != "":
         raise FillError("the entries do not start with the root directory")
     plan = _plan(entries, free, g.rootino)
@@ -331,21 +332,56 @@ def _inode(writer: Writer, plan: Plan, entry: Entry, ino: int) -> fmt.Inode:
                      crtime=when)
 
 
+def _new_chunks(space: Space, g: fmt.Geometry, count: int) -> list[int]:
+    """`count` new 64-inode chunks (their first inode numbers): AG 0 first, as the
+    closer inodes are to the root the better; then AG 1 and on once AG 0 is full (a
+    tree of many small entries in a small filesystem)."""
+    chunk_blocks = CHUNK * g.inodesize // g.blocksize
+    starts: list[int] = []
+    agno, in_ag = 0, len(space.inode_records(0))
+    per_leaf = (g.blocksize - btree.BLOCK_HEADER) // 16  # inobt records a leaf holds
+    while len(starts) < count:
+        # Room stays for the AG's inode btrees (two, their leaves at least half full).
+        btree_blocks = 2 * (-(-(in_ag + 1) // (per_leaf // 2)) + 2)
+        if space.room(agno, g.inoalignmt) < chunk_blocks + btree_blocks:
+            if agno + 1 == g.agcount:
+                raise NoSpace(f"no room for {count - len(starts)} more inode chunks")
+            agno, in_ag = agno + 1, 0
+            continue
+        _, agbno, _ = space.take(chunk_blocks, align=g.inoalignmt, agno=agno)
+        starts.append(g.ino(agno, agbno, 0))
+        in_ag += 1
+    return starts
+
+
 def _write_inode_btrees(space: Space, g: fmt.Geometry, crc: Crc32c,
                         records: dict[int, int]) -> None:
+    """Each AG's inode btrees (AG 0's always: mkfs' root chunk is there) and AGI."""
+    by_ag: dict[int, list[tuple[int, int]]] = {0: []}
+    for start, mask in sorted(records.items()):
+        agno, agbno, index = g.ino_place(start)
+        by_ag.setdefault(agno, []).append(((agbno << g.inopblog) | index, mask))
+    for agno, ordered in by_ag.items():
+        space.write_agi(agno, crc, _ag_inodes(space, g, crc, agno, ordered))
+
+
+def _ag_inodes(space: Space, g: fmt.Geometry, crc: Crc32c, agno: int,
+               ordered: list[tuple[int, int]]) -> Callable[[Callable[[], int]], dict[str, int]]:
+    """The AGI fields of one AG's chunks, (AG inode, free mask) in order, their inobt
+    and finobt written with the blocks `take` gives."""
     def inodes(take: Callable[[], int]) -> dict[str, int]:
-        ordered = sorted(records.items())
-        inobt = btree.build(g, crc, magic=btree.INOBT, agno=0, key_size=4, take=take,
+        inobt = btree.build(g, crc, magic=btree.INOBT, agno=agno, key_size=4, take=take,
                             records=[btree.inobt_record(s, m) for s, m in ordered])
-        finobt = btree.build(g, crc, magic=btree.FINOBT, agno=0, key_size=4, take=take,
+        finobt = btree.build(g, crc, magic=btree.FINOBT, agno=agno, key_size=4, take=take,
                              records=[btree.inobt_record(s, m) for s, m in ordered if m])
         for tree in (inobt, finobt):
             for agbno, block in tree.blocks.items():
-                space.write(0, agbno, block)
-        return {"count": CHUNK * len(records),
-                "freecount": sum(bin(m).count("1") for m in records.values()),
-                "root": inobt.root, "level": inobt.levels, "newino": max(records),
+                space.write(agno, agbno, block)
+        return {"count": CHUNK * len(ordered),
+                "freecount": sum(bin(m).count("1") for _, m in ordered),
+                "root": inobt.root, "level": inobt.levels,
+                "newino": max(s for s, _ in ordered),
                 "free_root": finobt.root, "free_level": finobt.levels,
                 "ino_blocks": len(inobt.blocks), "fino_blocks": len(finobt.blocks)}
 
-    space.write_agi(0, crc, inodes)
+    return inodes

@@ -77,6 +77,11 @@ class Space:
         self.f.seek(self.offset(agno, agbno))
         self.f.write(data)
 
+    def room(self, agno: int, align: int = 1) -> int:
+        """The blocks in a row AG `agno` still has from its next `align`ed block."""
+        ag = self.ags[agno]
+        return max(0, ag.end - -(-ag.next // align) * align)
+
     def take(self, count: int, *, align: int = 1, agno: int | None = None
              ) -> tuple[int, int, int]:
         """Up to `count` blocks in a row: (AG, first block, count). With `agno`, only

@@ -1,0 +1,79 @@
+"""The xfs writer's limits on big trees: inodes past AG 0 once it is full (xfs_repair
+clean, the kernel reads them back)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from make_disk_image.filesystems import crc32c, xfs_fill
+from make_disk_image.models import Entry
+
+CRC = crc32c.provider()
+pytestmark = pytest.mark.skipif(CRC is None, reason="no CRC-32C (AF_ALG or libext2fs)")
+DIRS, PER_DIR = 45, 1000
+
+
+def _xfs_db(image: Path, *commands: str) -> str:
+    args = [arg for command in commands for arg in ("-c", command)]
+    return subprocess.run(["xfs_db", "-r", *args, image], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _many_small(count_dirs: int, per_dir: int) -> list[Entry]:
+    entries = [Entry("", "dir", 0o755)]
+    for d in range(count_dirs):
+        entries.append(Entry(f"d{d}", "dir", 0o755))
+        # Mostly empty files: the inodes fill the filesystem, not their blocks.
+        entries += [Entry(f"d{d}/f{i}", "file", 0o644,
+                          data=f"{d}/{i}\n".encode() if i % 100 == 0 else b"")
+                    for i in range(per_dir)]
+    return entries
+
+
+@pytest.fixture
+def spilled(tmp_path: Path) -> Iterator[tuple[Path, list[Entry]]]:
+    # 2 KiB inodes in mkfs' 4 AGs of 80 MiB: AG 0 holds some 40,000 of them, as 512-byte
+    # ones in a 320 MiB root would some 160,000 (a tight diskSize, many small entries).
+    assert CRC is not None
+    image = tmp_path / "xfs.img"
+    subprocess.run(["truncate", "-s", "320M", image], check=True)
+    subprocess.run(["mkfs.xfs", "-q", "-f", "-i", "size=2048", image], check=True)
+    entries = _many_small(DIRS, PER_DIR)
+    xfs_fill.fill_xfs(image, 0, entries, crc=CRC)
+    yield image, entries
+
+
+def test_inodes_go_past_a_full_ag_0(spilled: tuple[Path, list[Entry]]) -> None:
+    image, entries = spilled
+    repair = subprocess.run(["xfs_repair", "-n", "-f", image], capture_output=True,
+                            text=True)
+    assert repair.returncode == 0, repair.stdout[-4000:] + repair.stderr[-2000:]
+    counts = [int(line.split("=")[1]) for line in
+              _xfs_db(image, "agi 0", "print count", "agi 1", "print count").splitlines()]
+    assert counts[1] > 0 and sum(counts) >= len(entries)
+    sb = _xfs_db(image, "sb 0", "print icount ifree")
+    assert f"icount = {sum(counts)}" in sb
+
+
+def test_the_kernel_reads_inodes_past_ag_0_back(spilled: tuple[Path, list[Entry]],
+                                                tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    image, entries = spilled
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop,ro", image, mnt], check=True)
+    try:
+        for d in range(DIRS):
+            assert len(os.listdir(mnt / f"d{d}")) == PER_DIR
+        for entry in entries[-PER_DIR:]:
+            assert (mnt / entry.path).read_bytes() == entry.data
+        last = mnt / entries[-1].path
+        assert last.stat().st_ino >> 32 == 0 and last.stat().st_ino > (mnt / "d0/f0").stat().st_ino
+    finally:
+        subprocess.run(["umount", mnt], check=True)
