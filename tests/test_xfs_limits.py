@@ -1,5 +1,7 @@
 """The xfs writer's limits on big trees: inodes past AG 0 once it is full (xfs_repair
-clean, the kernel reads them back)."""
+clean, the kernel reads them back); a directory deeper than one level of hash index
+and a file of more extents than an inode holds are refused naming the limit and the
+fix (fsType ext4 or btrfs), before any of the file's bytes are copied."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from make_disk_image.filesystems import crc32c, xfs_fill
+from make_disk_image.filesystems.xfs import make_xfs
 from make_disk_image.models import Entry
+from make_disk_image.process import StepError
 
 CRC = crc32c.provider()
 pytestmark = pytest.mark.skipif(CRC is None, reason="no CRC-32C (AF_ALG or libext2fs)")
@@ -77,3 +81,36 @@ def test_the_kernel_reads_inodes_past_ag_0_back(spilled: tuple[Path, list[Entry]
         assert last.stat().st_ino >> 32 == 0 and last.stat().st_ino > (mnt / "d0/f0").stat().st_ino
     finally:
         subprocess.run(["umount", mnt], check=True)
+
+
+def test_a_directory_past_one_index_level_names_the_limit_and_the_fix(
+        tmp_path: Path) -> None:
+    image = tmp_path / "xfs.img"
+    subprocess.run(["truncate", "-s", "600M", image], check=True)
+    names = 254_100  # 504 leaves of 504 hashes hold 254,014 names besides . and ..
+    entries = [Entry("", "dir", 0o755), Entry("wide", "dir", 0o755)]
+    entries += [Entry(f"wide/{i}", "file", 0o644, data=b"") for i in range(names)]
+    with pytest.raises(StepError) as caught:
+        make_xfs(image, entries, label="t", uuid=None, deterministic=True, step="t")
+    text = str(caught.value)
+    assert "/wide: a directory of 254100 entries" in text and "254014 names" in text
+    assert "use fsType ext4 or btrfs" in text
+
+
+def test_a_file_of_too_many_extents_is_refused_before_its_bytes(tmp_path: Path) -> None:
+    # 32 AGs of 80 MiB: a 2 GiB file crosses 26 of them (the log's takes more), 27
+    # extents (an inode holds 21).
+    image = tmp_path / "xfs.img"
+    subprocess.run(["truncate", "-s", "2560M", image], check=True)
+    big = tmp_path / "big"
+    with big.open("wb") as f:
+        f.truncate(2 << 30)
+    entries = [Entry("", "dir", 0o755), Entry("big", "file", 0o644, source=str(big))]
+    with pytest.raises(StepError) as caught:
+        make_xfs(image, entries, label="t", uuid=None, deterministic=True, step="t",
+                 extra=("-d", "agcount=32"))
+    text = str(caught.value)
+    assert "/big: 27 extents: more than the 21 an inode holds" in text
+    assert "use fsType ext4 or btrfs" in text
+    # Refused before the copy: the image holds no more than mkfs' metadata.
+    assert os.stat(image).st_blocks * 512 < 200 << 20

@@ -29,6 +29,10 @@ NODE_HEADER = 64
 FREE_HEADER = 64
 
 
+class TooManyNames(ValueError):
+    """A directory needs more hash-index leaves than one index node points to."""
+
+
 @dataclass(frozen=True)
 class Child:
     """One entry of a directory: its name, inode and file type (FT_*)."""
@@ -257,7 +261,10 @@ def layout(geometry: Geometry, dir_ino: int, parent: int,
     # At least two: xfs_repair refuses an index node over a single leaf.
     leaves = max(2, -(-len(hashes) // per_leaf))
     if leaves > (size - NODE_HEADER) // 8:
-        raise ValueError(f"a directory of {len(children)} entries needs a deeper index")
+        most = (size - NODE_HEADER) // 8 * per_leaf - 2
+        raise TooManyNames(f"a directory of {len(children)} entries: more than the "
+                           f"{most} names one level of hash index holds (the writer's "
+                           "limit)")
     per_free = (size - FREE_HEADER) // 2
     return Layout("node", blocks, leaves + 1, -(-len(blocks) // per_free), hashes)
 

@@ -103,8 +103,11 @@ class Writer:
 
     def extents(self, runs: list[tuple[int, int, int, int]]) -> bytes:
         """The data fork for (file block, AG, AG block, count) runs."""
-        if len(runs) * 16 > self.geometry.literal_size:
-            raise FillError(f"{len(runs)} extents: more than an inode holds")
+        most = self.geometry.literal_size // 16
+        if len(runs) > most:
+            # Only a file longer than ~20 AGs or 8 GiB extents gets here.
+            raise FillError(f"{len(runs)} extents: more than the {most} an inode holds "
+                            "(the writer's limit: it makes no extent btree)")
         return b"".join(btree.extent_record(off, btree.fsblock(self.geometry, a, b), n)
                         for off, a, b, n in runs)
 
@@ -130,6 +133,7 @@ class Writer:
             try:
                 length = os.fstat(src).st_size
                 runs = self.place(-(-length // size_of))
+                self.extents(runs)  # refused before its bytes are copied
                 for at, agno, agbno, got in runs:
                     count = min(got * size_of, length - at * size_of)
                     _copy(src, at * size_of, self.f.fileno(),
@@ -307,14 +311,20 @@ def _inode(writer: Writer, plan: Plan, entry: Entry, ino: int) -> fmt.Inode:
     kind = entry.kind
     nlink = plan.links[ino]
     if kind == "file":
-        form, fork, size, blocks = writer.file(entry)
+        try:
+            form, fork, size, blocks = writer.file(entry)
+        except FillError as exc:
+            raise FillError(f"/{entry.path}: {exc}") from exc
     elif kind == "symlink":
         assert entry.link is not None
         form, fork, size, blocks = writer.symlink(ino, os.fsencode(entry.link))
     elif kind == "dir":
         parent = plan.inos[split(entry.path)[0]] if entry.path else ino
-        form, fork, size, blocks = writer.directory(ino, parent,
-                                                    plan.children.get(entry.path, []))
+        try:
+            form, fork, size, blocks = writer.directory(ino, parent,
+                                                        plan.children.get(entry.path, []))
+        except xdir.TooManyNames as exc:
+            raise FillError(f"/{entry.path}: {exc}") from exc
         nlink = 2 + plan.subdirs.get(entry.path, 0)
     elif kind in ("chardev", "blockdev"):
         assert entry.device is not None
