@@ -1,6 +1,7 @@
 """XFS v5 directories in the form their size needs: short form (in the inode), block
 (one block: entries and their hash index), leaf (data blocks and one hash-index block)
-and node (data blocks, hash-index leaves under one index node, free-space index).
+and node (data blocks, hash-index leaves under a btree of index nodes: one level up to
+254,014 names at 4 KiB directory blocks, two up to some 128 million; free-space index).
 
 A directory's blocks are laid out by logical directory block: data from 0, the hash
 index from LEAF_FIRST (32 GiB in), the free index from FREE_FIRST (64 GiB in). Every
@@ -27,10 +28,11 @@ DA_CRC_OFFSET = 12
 LEAF_HEADER = 64
 NODE_HEADER = 64
 FREE_HEADER = 64
+MAX_DEPTH = 5  # the kernel's deepest directory index: nodes and the leaves under them
 
 
 class TooManyNames(ValueError):
-    """A directory needs more hash-index leaves than one index node points to."""
+    """A directory needs a hash index deeper than the kernel reads."""
 
 
 @dataclass(frozen=True)
@@ -203,11 +205,43 @@ def _leaf_cuts(hashes: Sequence[tuple[int, int]], count: int) -> list[int]:
     return [*cuts, len(hashes)]
 
 
+def _leaf_count(geometry: Geometry, names: int) -> int:
+    """Hash-index leaves of a node-form directory of `names` (. and .. included); at
+    least two: xfs_repair refuses an index node over a single leaf."""
+    return max(2, -(-names // ((geometry.dirblksize - LEAF_HEADER) // 8)))
+
+
+def _index_shape(geometry: Geometry, leaves: int) -> list[int]:
+    """The index nodes each level above the leaves needs, the lowest level first and
+    the root (one node) last."""
+    per_node = (geometry.dirblksize - NODE_HEADER) // 8
+    shape = [-(-leaves // per_node)]
+    while shape[-1] > 1:
+        shape.append(-(-shape[-1] // per_node))
+    return shape
+
+
+def _node(geometry: Geometry, crc: Crc32c, owner: int, disk: int, level: int,
+          entries: Sequence[tuple[int, int]], forw: int, back: int) -> bytes:
+    """An index node of `level` (1: over leaves): (largest hash, logical block) each."""
+    body = _da_info(geometry, NODE_MAGIC, disk, owner, forw, back) + \
+        struct.pack(">HHI", len(entries), level, 0) + \
+        b"".join(struct.pack(">II", h, b) for h, b in entries)
+    return with_crc(body.ljust(geometry.dirblksize, b"\0"), DA_CRC_OFFSET, crc)
+
+
 def _node_blocks(geometry: Geometry, crc: Crc32c, owner: int, placed: Placed,
                  layout: Layout) -> list[tuple[int, bytes]]:
-    first = leaf_first(geometry)
+    """The hash index of a node-form directory: the root node at the leaf range's
+    start, the lower nodes (level by level, the higher first) after it, then the
+    leaves; each level's blocks linked to their siblings."""
     per_leaf = (geometry.dirblksize - LEAF_HEADER) // 8
-    count = layout.leaf - 1
+    count = _leaf_count(geometry, len(layout.hashes))
+    shape = _index_shape(geometry, count)
+    firsts, at = {}, leaf_first(geometry)
+    for level in range(len(shape), 0, -1):
+        firsts[level] = at
+        at += shape[level - 1]
     cuts = _leaf_cuts(layout.hashes, count)
     out, children = [], []
     for index in range(count):
@@ -215,7 +249,7 @@ def _node_blocks(geometry: Geometry, crc: Crc32c, owner: int, placed: Placed,
         if not part or len(part) > per_leaf:
             raise ValueError(f"a directory of {len(layout.hashes)} names has too many "
                              "equal hashes")
-        logical = first + 1 + index
+        logical = at + index
         forw = logical + 1 if index + 1 < count else 0
         back = logical - 1 if index else 0
         head = _da_info(geometry, LEAFN_MAGIC, placed(logical), owner, forw, back) + \
@@ -223,12 +257,20 @@ def _node_blocks(geometry: Geometry, crc: Crc32c, owner: int, placed: Placed,
         body = head + b"".join(struct.pack(">II", h, a) for h, a in part)
         out.append((logical, with_crc(body.ljust(geometry.dirblksize, b"\0"),
                                       DA_CRC_OFFSET, crc)))
-        children.append(struct.pack(">II", part[-1][0], logical))
-    root = _da_info(geometry, NODE_MAGIC, placed(first), owner) + \
-        struct.pack(">HHI", count, 1, 0) + b"".join(children)
-    out.insert(0, (first, with_crc(root.ljust(geometry.dirblksize, b"\0"), DA_CRC_OFFSET,
-                                   crc)))
-    return out
+        children.append((part[-1][0], logical))
+    for level, nodes in enumerate(shape, start=1):
+        above = []
+        for index in range(nodes):
+            group = children[len(children) * index // nodes :
+                             len(children) * (index + 1) // nodes]
+            logical = firsts[level] + index
+            forw = logical + 1 if index + 1 < nodes else 0
+            back = logical - 1 if index else 0
+            out.append((logical, _node(geometry, crc, owner, placed(logical), level, group,
+                                       forw, back)))
+            above.append((group[-1][0], logical))
+        children = above
+    return sorted(out)
 
 
 def layout(geometry: Geometry, dir_ino: int, parent: int,
@@ -257,16 +299,13 @@ def layout(geometry: Geometry, dir_ino: int, parent: int,
     hashes = _hashes(geometry, blocks)
     if LEAF_HEADER + 8 * len(hashes) + 2 * len(blocks) + 4 <= size:
         return Layout("leaf", blocks, 1, 0, hashes)
-    per_leaf = (size - LEAF_HEADER) // 8
-    # At least two: xfs_repair refuses an index node over a single leaf.
-    leaves = max(2, -(-len(hashes) // per_leaf))
-    if leaves > (size - NODE_HEADER) // 8:
-        most = (size - NODE_HEADER) // 8 * per_leaf - 2
-        raise TooManyNames(f"a directory of {len(children)} entries: more than the "
-                           f"{most} names one level of hash index holds (the writer's "
-                           "limit)")
+    leaves = _leaf_count(geometry, len(hashes))
+    shape = _index_shape(geometry, leaves)
+    if len(shape) >= MAX_DEPTH:
+        raise TooManyNames(f"a directory of {len(children)} entries: more than "
+                           f"{MAX_DEPTH - 1} levels of hash index hold")
     per_free = (size - FREE_HEADER) // 2
-    return Layout("node", blocks, leaves + 1, -(-len(blocks) // per_free), hashes)
+    return Layout("node", blocks, leaves + sum(shape), -(-len(blocks) // per_free), hashes)
 
 
 def _hashes(geometry: Geometry,
