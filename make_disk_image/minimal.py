@@ -2,7 +2,8 @@
 
 Each filesystem's row says what its tree needs (`Filesystem.minimal_plan`): ext2/3/4
 measure it by trial mke2fs runs (make_disk_image.filesystems.ext_minimal); btrfs by a
-trial `mkfs.btrfs --shrink`; the others take their auto formula. The disk is then the
+run of the engine's writer that stores nothing (or, without a CRC-32C, a trial
+`mkfs.btrfs --shrink`); the others take their auto formula. The disk is then the
 smallest whole number of MiB whose root partition (the layout's own geometry) leaves
 `additionalSpace + SLACK` free.
 """
@@ -49,7 +50,8 @@ def estimated_minimal_plan(spec: Spec, tree: Tree, fs: Filesystem,
     needs (`fs.minimal_content`), plus additionalSpace and SLACK, in the smallest whole
     MiB disk of the layout.
 
-    btrfs: a trial `mkfs.btrfs --rootdir --shrink` measures it. xfs cannot shrink and
+    btrfs: the engine's writer measures its own layout of the tree (without a CRC-32C,
+    a trial `mkfs.btrfs --rootdir --shrink` does). xfs cannot shrink and
     has no cheap measure; erofs and squashfs are what their tool makes: for them the
     auto formula (filesystems.needed_bytes) stands.
     """
@@ -60,8 +62,10 @@ def estimated_minimal_plan(spec: Spec, tree: Tree, fs: Filesystem,
     with tempfile.TemporaryDirectory(prefix="mdi-minimal-", dir=work) as tmp:
         content, method, trial_size = fs.minimal_content(
             Path(tmp), plan_disk(spec, MIB, None), tree.ordered(), estimate=estimate, step=STEP,
+            room=spec.additionalSpace + SLACK,
         )
-    need = max(fs.min_size, content + spec.additionalSpace + SLACK)
+    floor = fs.minimal_floor()
+    need = max(floor, content + spec.additionalSpace + SLACK)
     disk = -(-(need + reserved) // MIB) * MIB
     while True:
         plan = plan_disk(spec, disk, None)
@@ -75,7 +79,7 @@ def estimated_minimal_plan(spec: Spec, tree: Tree, fs: Filesystem,
         slack=SLACK, filesystem_size=plan.root_size,
         free_blocks=(plan.root_size - content) // FS_BLOCK, disk_image_size=disk,
         method=f"{method}; + additionalSpace + {SLACK / MIB:g} MiB free, at least "
-               f"{fs.min_size // MIB} MiB; smallest {spec.partitionTableType} disk in whole MiB",
+               f"{floor // MIB} MiB; smallest {spec.partitionTableType} disk in whole MiB",
     )
     log_minimal(minimal)
     return replace(plan, size_source="minimal", minimal=minimal)

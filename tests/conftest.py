@@ -274,12 +274,16 @@ class Engine:
         build_dir: Path | None = None,
         out: Path | None = None,
         name: str = "build",
+        path_first: Path | None = None,
     ) -> EngineRun:
+        """The engine's `phase` as the build user; `path_first`: a directory whose
+        commands stand before the system's on PATH."""
         if build_dir is None or out is None:
             build_dir, out = self.new_build(name)
         spec_path = self.write_spec(build_dir, spec)
+        system_path = "/usr/sbin:/usr/bin:/sbin:/bin"
         env = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": f"{path_first}:{system_path}" if path_first else system_path,
             "HOME": str(build_dir),
             "TMPDIR": str(build_dir),
             "PYTHONPATH": str(self.pkg),
@@ -309,14 +313,17 @@ class Engine:
         return EngineRun(proc.returncode, proc.stdout, proc.stderr, build_dir, out)
 
 
-    def build_without_vm(self, spec: dict[str, Any], *, name: str = "build") -> EngineRun:
+    def build_without_vm(self, spec: dict[str, Any], *, name: str = "build",
+                         path_first: Path | None = None) -> EngineRun:
         """prepare, then finish, as Nix runs them when the guest has nothing to do
         (onlyNixStore, or no bootloader and no owners by name)."""
         build_dir, out = self.new_build(name)
-        prepared = self.run("prepare", spec, build_dir=build_dir, out=out)
+        prepared = self.run("prepare", spec, build_dir=build_dir, out=out,
+                            path_first=path_first)
         if prepared.returncode != 0:
             return prepared
-        finished = self.run("finish", spec, build_dir=build_dir, out=out)
+        finished = self.run("finish", spec, build_dir=build_dir, out=out,
+                            path_first=path_first)
         return EngineRun(finished.returncode, finished.stdout,
                          prepared.stderr + finished.stderr, build_dir, out)
 

@@ -48,9 +48,11 @@ def extract_root(result: EngineRun) -> Path:
 
 
 @contextlib.contextmanager
-def mounted(image: Path, fs_type: str, offset: int = 0) -> Iterator[Path]:
+def mounted(image: Path, fs_type: str, offset: int = 0, *,
+            writable: bool = False) -> Iterator[Path]:
     where = Path(tempfile.mkdtemp(prefix="mdi-fs-mnt-"))
-    subprocess.run(["mount", "-t", fs_type, "-o", f"loop,ro,offset={offset}", str(image),
+    mode = "rw" if writable else "ro"
+    subprocess.run(["mount", "-t", fs_type, "-o", f"loop,{mode},offset={offset}", str(image),
                     str(where)], check=True)
     try:
         yield where
@@ -139,8 +141,8 @@ def test_btrfs_root_keeps_other_owners(closure: Closure, engine: Engine,
 
 def test_btrfs_minimal_with_other_owners(closure: Closure, engine: Engine,
                                          contents_src: Path) -> None:
-    """"minimal"'s trial mkfs.btrfs --shrink measures the tree as root's (owners do not
-    change its size); the writer then gives the entries their own owners."""
+    """"minimal"'s measure (the writer's own layout, owners included) and the writer
+    giving the entries their own owners."""
     spec = base_spec(
         closure, fsType="btrfs", partitionTableType="legacy+gpt", installBootLoader=False,
         diskSize="minimal",
@@ -150,7 +152,7 @@ def test_btrfs_minimal_with_other_owners(closure: Closure, engine: Engine,
     )
     result = engine.build_without_vm(spec, name="btrfs-minimal-owners")
     assert result.returncode == 0, result.stderr
-    assert "--shrink" in plan_of(result)["minimal"]["method"]
+    assert "btrfs_write's layout" in plan_of(result)["minimal"]["method"]
     with mounted(image_of(result), "btrfs", plan_of(result)["root_offset"]) as root:
         owned = os.lstat(root / "etc/app/app.toml")
         assert (owned.st_uid, owned.st_gid) == (1000, 100)
@@ -219,8 +221,8 @@ def test_impossible_combinations_fail_before_work(
 
 @pytest.mark.parametrize("fs_type", ["btrfs", "xfs", "squashfs"])
 def test_minimal_size(closure: Closure, engine: Engine, fs_type: str) -> None:
-    """"minimal": btrfs measured by a trial `mkfs.btrfs --shrink`, no larger than "auto";
-    xfs and the store images take their auto formula."""
+    """"minimal": btrfs measured by its writer (tests/test_btrfs_minimal.py), no larger
+    than "auto"; xfs and the store images take their auto formula."""
     store_image = fs_type == "squashfs"
     layout = "none" if store_image else "legacy+gpt"
     common = dict(fsType=fs_type, partitionTableType=layout, installBootLoader=False,
@@ -233,7 +235,7 @@ def test_minimal_size(closure: Closure, engine: Engine, fs_type: str) -> None:
     assert plan["size_source"] == "minimal"
     assert plan["minimal"]["method"]
     if fs_type == "btrfs":
-        assert "--shrink" in plan["minimal"]["method"]
+        assert "btrfs_write's layout" in plan["minimal"]["method"]
         assert plan["disk_size"] < plan_of(auto)["disk_size"]
     if not store_image:
         part = extract_root(minimal)

@@ -98,10 +98,15 @@ class Filesystem(ABC):
 
         return estimated_minimal_plan(spec, tree, self, work)
 
+    def minimal_floor(self) -> int:
+        """The least root filesystem `diskSize = "minimal"` gives it."""
+        return self.min_size
+
     def minimal_content(self, work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
-                        estimate: int, step: str) -> tuple[int, str, int]:
+                        estimate: int, step: str, room: int = 0) -> tuple[int, str, int]:
         """The bytes "minimal" gives the tree, how they were found, and the size of the
-        trial filesystem that measured them (0: none)."""
+        trial filesystem that measured them (0: none). `room`: the free bytes that will be
+        added (additionalSpace and the slack), which some layouts need to know."""
         return estimate, (f"the auto formula of {self.name} (filesystems.needed_bytes): "
                           f"{estimate} bytes"), 0
 

@@ -3,9 +3,10 @@
 The engine's own writer lays out the whole filesystem at the root partition's offset in
 one pass, owners the entries' own, the same bytes for the same entries, UUID and label;
 it needs a CRC-32C in C (filesystems.crc32c: the kernel's AF_ALG or libext2fs).
-Where there is none, and for diskSize = "minimal"'s trial (`--shrink`), mkfs.btrfs
-makes it: it reads a directory with nftw, which fakeroot cannot intercept (glibc's
-internal stat calls), so it runs in a user namespace where the build user is root
+diskSize = "minimal" is measured by the same writer (`writer_needs`). Where there is
+none, mkfs.btrfs makes it (and "minimal"'s trial `--shrink` measures it): it reads a
+directory with nftw, which fakeroot cannot intercept (glibc's internal stat calls), so
+it runs in a user namespace where the build user is root
 (`unshare --map-root-user`) and reads filesystems.storeview's tree: the store paths
 bound in place where the build user owns them, the rest materialized as that user, so
 every file comes out owned by root. Other owners cannot be mapped without root or
@@ -115,6 +116,20 @@ def shrunk_btrfs_size(work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
         scratch.unlink(missing_ok=True)
 
 
+def writer_needs(entries: Sequence[Entry], *, crc: crc32c.Crc32c,
+                 step: str) -> btrfs_write.Stats:
+    """btrfs_write.needed_size with "minimal"'s metadata room: no namespace, no mkfs."""
+    started = time.monotonic()
+    try:
+        stats = btrfs_write.needed_size(entries, crc=crc)
+    except btrfs_fstree.TreeError as exc:
+        raise StepError(step, str(exc)) from exc
+    logger.info("[%s] btrfs_write's layout measured in %.1f s: %.1f MiB (%.1f MiB of data, "
+                "%d tree blocks)", step, time.monotonic() - started, stats.end / MIB,
+                stats.data_bytes / MIB, stats.metadata_blocks)
+    return stats
+
+
 @functools.cache
 def writer_crc() -> crc32c.Crc32c | None:
     """The CRC-32C btrfs_write uses; None: mkfs.btrfs makes every btrfs."""
@@ -122,7 +137,7 @@ def writer_crc() -> crc32c.Crc32c | None:
 
 
 def write_at(target: Path, offset: int, size: int, entries: Sequence[Entry], *, label: str,
-             uuid: str, step: str) -> bool:
+             uuid: str, step: str, for_guest: bool = False) -> bool:
     """btrfs_write's filesystem of `size` bytes at byte `offset` of `target`, in one pass,
     no namespace, owners the entries' own; False where no CRC-32C is at hand (the caller
     uses mkfs.btrfs). Raises btrfs_fstree.NoSpace for a tree too large (the caller names
@@ -135,7 +150,7 @@ def write_at(target: Path, offset: int, size: int, entries: Sequence[Entry], *, 
     started = time.monotonic()
     try:
         stats = btrfs_write.write_btrfs(target, offset, size, entries, label=label, uuid=uuid,
-                                        crc=crc)
+                                        crc=crc, for_guest=for_guest)
     except btrfs_fstree.TreeError as exc:
         raise StepError(step, str(exc)) from exc
     logger.info("[%s] btrfs_write took %.1f s (%d entries, %.1f MiB of data, %d tree blocks; "
@@ -146,11 +161,14 @@ def write_at(target: Path, offset: int, size: int, entries: Sequence[Entry], *, 
 
 def written(target: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str | None,
             step: str) -> bool:
-    """write_at in the plan's root range of `target`."""
+    """write_at in the plan's root range of `target`. A "minimal" root keeps the
+    metadata room it was measured with, and the rest of its free space unallocated,
+    for data or metadata as the guest needs."""
     offset = plan.root_offset if plan.table is not None else 0
     try:
         return write_at(target, offset, plan.root_size, entries, label=plan.label,
-                        uuid=uuid or str(uuidlib.uuid4()), step=step)
+                        uuid=uuid or str(uuidlib.uuid4()), step=step,
+                        for_guest=plan.size_source == "minimal")
     except btrfs_fstree.NoSpace as exc:
         raise StepError(step, f"the root filesystem ({plan.root_size // MIB} MiB) is too "
                         f"small for the closure and contents ({exc}); raise diskSize, or "
@@ -161,8 +179,9 @@ def written(target: Path, plan: DiskPlan, entries: Sequence[Entry], *, uuid: str
 class Btrfs(Filesystem):
     def make(self, target: Path, plan: DiskPlan, entries: Sequence[Entry], *,
              uuid: str | None, deterministic: bool, checksums: bool, step: str) -> None:
-        if plan.root_size >= self.min_size and written(target, plan, entries, uuid=uuid,
-                                                       step=step):
+        # A "minimal" root was measured by the writer, which needs no least size.
+        large_enough = plan.root_size >= self.min_size or plan.size_source == "minimal"
+        if large_enough and written(target, plan, entries, uuid=uuid, step=step):
             return
 
         def write(scratch: Path) -> None:
@@ -171,8 +190,20 @@ class Btrfs(Filesystem):
         in_partition(target, plan, tool=self.tool, fs_type=self.name, min_size=self.min_size,
                      write=write, step=step)
 
+    def minimal_floor(self) -> int:
+        # The writer's measure holds all it needs; mkfs.btrfs' layout needs min_size.
+        return 0 if writer_crc() is not None else self.min_size
+
     def minimal_content(self, work: Path, plan: DiskPlan, entries: Sequence[Entry], *,
-                        estimate: int, step: str) -> tuple[int, str, int]:
+                        estimate: int, step: str, room: int = 0) -> tuple[int, str, int]:
+        crc = writer_crc()
+        if crc is not None:
+            stats = writer_needs(entries, crc=crc, step=step)
+            # The guest's files fill `room`, and finish writes them with the tree.
+            content = stats.grown_end(room) - room
+            return content, (f"btrfs_write's layout of the tree, its metadata room for the "
+                             f"guest's writes: {stats.end} bytes, {content} with the "
+                             "guest's files moving its metadata"), 0
         trial_size = 2 * estimate
         content = shrunk_btrfs_size(work, plan, entries, trial_size=trial_size, step=step)
         return content, f"mkfs.btrfs --rootdir --shrink of the tree: {content} bytes", trial_size

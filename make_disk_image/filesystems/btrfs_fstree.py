@@ -92,6 +92,7 @@ class DataSpace:
     chunk: int = 0
     used: int = 0  # bytes taken from the current chunk
     csums: list[tuple[int, bytearray]] = field(default_factory=list)  # logical, sums
+    written: int = 0  # bytes stored (zero sectors are not)
     writes: GatheredWrites = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,7 +104,9 @@ class DataSpace:
         view = memoryview(data)
         while view:
             if self.chunk >= len(self.chunks):
-                raise NoSpace("the files' data is larger than the space planned for it")
+                _, physical, length = self.chunks[-1]
+                least = -(-(physical + length + len(view)) // (1 << 20))
+                raise NoSpace(f"btrfs_write needed at least {least} MiB")
             logical, physical, length = self.chunks[self.chunk]
             take = min(len(view), length - self.used)
             if not take:
@@ -127,6 +130,7 @@ class DataSpace:
         return start + len(sums) // 4 * fmt.SECTORSIZE
 
     def _put(self, physical: int, data: bytes) -> None:
+        self.written += len(data)
         self.writes.write(self.offset + physical, data)
 
     def flush(self) -> None:

@@ -27,6 +27,23 @@ GENERATION = 1
 # Free metadata space left for whoever mounts it (the build VM registers the store).
 METADATA_SLACK = 64 * MIB
 SLACKS = (METADATA_SLACK, 32 * MIB, 16 * MIB, 8 * MIB, 4 * MIB, 2 * MIB, MIB)
+# A root sized for the guest (`for_guest`: diskSize = "minimal") keeps free in its
+# metadata chunk what the kernel wants there, so that the guest's writes never make it
+# take a new metadata chunk (twice its size, DUP) out of the unallocated space left for
+# the guest's data: its global reserve (the extent, checksum, free space and root trees'
+# bytes, at least RESERVE_ITEMS items' worth, at most 512 MiB: fs/btrfs/block-rsv.c;
+# Linux 6.18 reserves 5.5 MiB, 22 items, on a tree of a few blocks),
+# GUEST_METADATA beyond it for what the guest's writes copy on write, and the chunk under
+# 80% used with 2 MiB to spare after them (should_alloc_chunk's threshold).
+# Measured on the 2 GB closure with additionalSpace 0: 8 MiB free beyond the used
+# 61.3 MiB made the kernel take a 16 MiB metadata chunk at the first write, and the
+# guest could write 1 MiB; 16 MiB free, none taken, 16 MiB written.
+GUEST_METADATA = 8 * MIB
+RESERVE_ITEMS = 22
+ITEM_RESERVE = fmt.NODESIZE * 8 * 2  # a tree item's worst case: 8 levels, two trees
+RESERVE_MAX = 512 * MIB
+ALLOC_THRESHOLD_PER_CENT = 80
+ALLOC_SPARE = 2 * MIB
 MAX_CSUMS = (fmt.LEAF_SPACE - 2 * fmt.ITEM.size) // 4 - 1
 ROOT_NAME = b"default"
 EXTENT_ITEM_MAX = 53  # a data extent's EXTENT_ITEM with its backref
@@ -47,6 +64,16 @@ def csum_items(data: fstree.DataSpace) -> list[Item]:
             items.append(((fmt.EXTENT_CSUM, fmt.EXTENT_CSUM_KEY,
                            start + first * fmt.SECTORSIZE), piece))
     return items
+
+
+def guest_room(used: int, reserve_blocks: int) -> int:
+    """The free bytes a metadata chunk holding `used` bytes of trees keeps for the guest
+    (the notes at GUEST_METADATA), `reserve_blocks` the blocks of the trees the kernel's
+    global reserve counts."""
+    reserve = min(RESERVE_MAX, max(reserve_blocks * fmt.NODESIZE, RESERVE_ITEMS * ITEM_RESERVE))
+    grown = used + GUEST_METADATA + ALLOC_SPARE
+    below_threshold = -(-grown * 100 // ALLOC_THRESHOLD_PER_CENT) - used
+    return _align(max(below_threshold, reserve + GUEST_METADATA))
 
 
 def free_space_items(groups: list[tuple[Chunk, int]]) -> list[Item]:
@@ -75,12 +102,15 @@ class Metadata:
     system: Chunk
     data_chunks: list[Chunk]
     data_filled: list[int]  # bytes used from each data chunk's start
+    for_guest: bool = False  # free metadata room: guest_room's, not SLACKS'
     # Set by `write` for the trees and the superblock built after it.
     total_bytes: int = field(default=0, init=False)
     chunk_uuid: bytes = field(default=bytes(16), init=False)
     fs_uuid: bytes = field(default=bytes(16), init=False)
     root_time: int = field(default=0, init=False)
     dev_item: bytes = field(default=b"", init=False)
+    data_end: int = field(default=0, init=False)  # where the metadata chunk was placed from
+    stripe: int = field(default=0, init=False)  # the metadata chunk's length (each copy)
 
     def _fixed_trees(self, nodes: dict[int, fstree.Node],
                      data: fstree.DataSpace) -> dict[int, list[Item]]:
@@ -174,14 +204,23 @@ class Metadata:
         # Counting up from one block stops where the count is exactly the tree's.
         shapes[fmt.EXTENT_TREE] = extent_shape
         meta_blocks = sum(shapes[t].blocks for t in TREES)
-        meta = self._place_metadata(space, meta_blocks * fmt.NODESIZE)
+        data_end = space.at
+        slacks: tuple[int, ...] = SLACKS
+        if self.for_guest:
+            reserved = (fmt.EXTENT_TREE, fmt.CSUM_TREE, fmt.FREE_SPACE_TREE, fmt.ROOT_TREE)
+            room = guest_room(meta_blocks * fmt.NODESIZE, sum(shapes[t].blocks for t in reserved))
+            # Less where it does not fit (the guest's files grew the data; the measure
+            # allows for them): the filesystem is made all the same.
+            slacks = (room, *(slack for slack in SLACKS if slack < room))
+        meta = self._place_metadata(space, meta_blocks * fmt.NODESIZE, slacks)
+        self.data_end, self.stripe = data_end, meta.length
         chunks[-1] = meta
         return self._build(fd, offset, chunks, shapes, chunk_shape, items, data_extents)
 
-    def _place_metadata(self, space: Physical, needed: int) -> Chunk:
-        """The metadata chunk: what the trees need and as much free room as fits, up to
-        METADATA_SLACK (a stripe moved past a superblock copy costs room)."""
-        for slack in SLACKS:
+    def _place_metadata(self, space: Physical, needed: int, slacks: tuple[int, ...]) -> Chunk:
+        """The metadata chunk: what the trees need and the first free room of `slacks`
+        that fits (a stripe moved past a superblock copy costs room)."""
+        for slack in slacks:
             trial = copy.copy(space)
             try:
                 first, length = trial.take(_align(needed) + slack)

@@ -23,6 +23,7 @@ from pathlib import Path
 from make_disk_image.filesystems import btrfs_format as fmt
 from make_disk_image.filesystems import btrfs_fstree as fstree
 from make_disk_image.filesystems.btrfs_format import Chunk, Stripe, derived_uuid
+from make_disk_image.filesystems.btrfs_fstree import NoSpace
 from make_disk_image.filesystems.btrfs_meta import Metadata, Physical
 from make_disk_image.filesystems.crc32c import Crc32c
 from make_disk_image.models import Entry
@@ -30,6 +31,8 @@ from make_disk_image.models import Entry
 MIB = 1 << 20
 SYSTEM_LEN = 4 * MIB
 DATA_CHUNK_MAX = 1 << 30
+# needed_size's device: beyond any closure (the superblock copies past it are not written).
+TRIAL_SIZE = 1 << 50
 
 
 def _align(value: int, to: int = MIB) -> int:
@@ -41,13 +44,35 @@ class Stats:
     entries: int
     data_bytes: int
     metadata_blocks: int
+    end: int  # the device bytes its chunks take: the least size the same layout fits
+    written: int  # the bytes it wrote: data, both copies of every tree block, superblocks
+    data_end: int  # the device bytes up to the data's end, where the metadata follows
+    stripe: int  # the metadata chunk's length (each of its two copies)
+
+    def grown_end(self, growth: int) -> int:
+        """The least size for the same tree once files of `growth` bytes more are added
+        (the guest's): the metadata moves up by as much, and a copy of it moved past a
+        superblock copy it would cover costs its length and a MiB."""
+        end = self.end + growth
+        if any(self.data_end < mirror <= end for mirror in fmt.SUPER_MIRRORS[1:]):
+            end += self.stripe + MIB
+        return end
 
 
 def _data_chunks(space: Physical, upper: int, dev_uuid: bytes) -> list[Chunk]:
-    chunks = []
+    """Data chunks for at most `upper` bytes, cut at the device's end: zero sectors are
+    left out, so the data may fit where its upper bound does not (the sizes "minimal"
+    measures are exact only so)."""
+    chunks: list[Chunk] = []
     left = max(_align(upper), MIB)
     while left:
-        start, length = space.take(min(left, DATA_CHUNK_MAX), split=True)
+        room = (space.size - space.at) // MIB * MIB
+        try:
+            start, length = space.take(min(left, DATA_CHUNK_MAX, max(room, MIB)), split=True)
+        except NoSpace:
+            if not chunks:
+                raise
+            break  # the device's end, or a superblock copy just before it
         chunks.append(Chunk(start, length, fmt.BG_DATA, (Stripe(start, dev_uuid),)))
         left -= length
     return chunks
@@ -63,10 +88,12 @@ def _trim(chunks: list[Chunk], data: fstree.DataSpace) -> tuple[list[Chunk], lis
 
 
 def write_btrfs(image: Path, offset: int, size: int, entries: Sequence[Entry], *,
-                label: str, uuid: str, crc: Crc32c) -> Stats:
+                label: str, uuid: str, crc: Crc32c, for_guest: bool = False) -> Stats:
     """btrfs of `size` bytes holding `entries` (parents first, the root first) at byte
-    `offset` of `image`. Raises fstree.TreeError for a tree btrfs cannot hold, NoSpace
-    when it does not fit."""
+    `offset` of `image`. Its metadata chunk keeps free as much as fits up to
+    btrfs_meta.METADATA_SLACK; `for_guest`, what the guest's writes need of it
+    (btrfs_meta.guest_room), the rest of `size` left unallocated. Raises fstree.TreeError
+    for a tree btrfs cannot hold, NoSpace when it does not fit."""
     fsid = uuidlib.UUID(uuid).bytes
     dev_uuid = derived_uuid(fsid, "device")
     encoded_label = label.encode()
@@ -89,9 +116,23 @@ def write_btrfs(image: Path, offset: int, size: int, entries: Sequence[Entry], *
         data_chunks, filled = _trim(data_chunks, data)
         last = data_chunks[-1]
         space.at = last.logical + last.length
-        meta = Metadata(fsid, dev_uuid, encoded_label, crc, system, data_chunks, filled)
+        meta = Metadata(fsid, dev_uuid, encoded_label, crc, system, data_chunks, filled,
+                        for_guest)
         blocks = meta.write(fd, offset, space, nodes, data)
     finally:
         os.close(fd)
-    return Stats(len(entries), sum(filled), blocks)
+    supers = sum(1 for m in fmt.SUPER_MIRRORS if m + fmt.SUPER_SIZE <= space.size)
+    written = data.written + 2 * blocks * fmt.NODESIZE + supers * fmt.SUPER_SIZE
+    return Stats(len(entries), sum(filled), blocks, space.at, written, meta.data_end,
+                 meta.stripe)
+
+
+def needed_size(entries: Sequence[Entry], *, crc: Crc32c, for_guest: bool = True) -> Stats:
+    """What write_btrfs lays out for `entries` on a device as large as it may want: its
+    `end` is the least size that takes the same layout (with `for_guest`, the same free
+    metadata room). A full run of the writer (the files read, their zero sectors found,
+    every tree built) into /dev/null: exact, deterministic, nothing stored."""
+    null = Path(os.devnull)
+    return write_btrfs(null, 0, TRIAL_SIZE, entries, label="", uuid=str(uuidlib.UUID(int=0)),
+                       crc=crc, for_guest=for_guest)
 
