@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_btrfs_write import check_clean, needs_crc
 
 from make_disk_image.repart import build, spec
 
@@ -206,3 +207,24 @@ def test_btrfs_mkfs_options_are_mkfs_btrfs_options(tmp_path: Path,
     assert "nodesize\t\t32768" in shown
     assert any("mkfs.btrfs" in r.getMessage() for r in caplog.records)
     subprocess.run(["btrfs", "check", "--readonly", part], check=True, capture_output=True)
+
+
+@needs_crc
+def test_btrfs_minimize_guess(tmp_path: Path) -> None:
+    """Format=btrfs with Minimize=guess is built (no SizeMinBytes needed): the guess
+    (filesystems.guess_btrfs_size), at least repart's 256 MiB for btrfs, and not grown
+    to its SizeMaxBytes; the filesystem checks clean and holds the closure."""
+    data = appliance(tmp_path)
+    data["partitions"]["40-root"]["repartConfig"].update(Format="btrfs", SizeMaxBytes="1G")
+    out = _build(tmp_path, data)
+    records = json.loads((out / "repart-output.json").read_text())
+    root = records[3]
+    assert root["raw_size"] == 256 << 20
+    part = tmp_path / "root.btrfs"
+    with (out / "appliance.raw").open("rb") as src:
+        src.seek(root["offset"])
+        part.write_bytes(src.read(root["raw_size"]))
+    check_clean(part)
+    names = subprocess.run(["btrfs", "inspect-internal", "dump-tree", "-t", "fs", str(part)],
+                           capture_output=True, text=True, check=True).stdout
+    assert all(f"name: {n}\n" in names for n in ("aaaa-app", "app", "libx.so", "srv"))

@@ -34,10 +34,10 @@ def test_what_is_not_built_is_refused_before_any_work(
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"name": "x", "partitions": {
         "10-esp": {"repartConfig": {"Type": "esp", "Format": "vfat"}},
-        "20-home": {"repartConfig": {"Type": "home", "Format": "btrfs",
+        "20-home": {"repartConfig": {"Type": "home", "Format": "xfs",
                                      "Minimize": "guess"}}}}))
     assert cli.main([str(spec), "--out", str(tmp_path / "out"), "--work",
                      str(tmp_path / "work")]) == 1
-    assert "repartConfig.Minimize: guess is built for ext4 here" in \
+    assert "repartConfig.Minimize: guess is built for ext4, btrfs here" in \
         capsys.readouterr().err
     assert list((tmp_path / "work").iterdir()) == []

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from imagecheck import Inode, cat, dumpe2fs, e2fsck_clean, ls, run, stat
-from test_btrfs_write import check_clean, compare, needs_crc
+from test_btrfs_write import check_clean, compare, crc, needs_crc
 from test_other_filesystems import mounted
 
+from make_disk_image.filesystems import crc32c
+from make_disk_image.filesystems.btrfs_write import needed_size, write_btrfs
 from make_disk_image.models import Entry
 from make_disk_image.process import StepError
 from make_disk_image.repart import filesystems
@@ -256,3 +258,34 @@ def test_btrfs_mkfs_options_keep_mkfs_btrfs(tmp_path: Path, offset: int | None,
     shown = run("btrfs", "inspect-internal", "dump-super", str(part))
     assert "nodesize\t\t32768" in shown and f"fsid\t\t\t{FS_UUID}" in shown
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw", "part.btrfs"]
+
+
+@needs_crc
+def test_btrfs_guess_is_the_writers_bytes_and_a_half(tmp_path: Path, no_namespaces: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Minimize=guess for btrfs, as repart guesses: the bytes the filesystem holds once
+    written on a sparse 1 TiB file (what that file allocates), plus half; counted by the
+    writer into /dev/null, no command run, and a filesystem of that size checks clean."""
+    caplog.set_level(logging.INFO, logger="make_disk_image")
+    entries = btrfs_entries(tmp_path)
+    entries += [Entry(f"srv/f{i}", "file", 0o644, data=os.urandom(3000 + i), size=3000 + i)
+                for i in range(500)]
+    guess = filesystems.guess_btrfs_size(entries, step="test")
+    assert _commands(caplog) == []
+    trial = tmp_path / "trial.btrfs"
+    with trial.open("wb") as f:
+        f.truncate(1 << 40)
+    write_btrfs(trial, 0, 1 << 40, entries, label="home", uuid=str(FS_UUID), crc=crc())
+    held = trial.stat().st_blocks * 512
+    trial.unlink()
+    assert guess == max(held + held // 2, needed_size(entries, crc=crc()).end)
+    image = tmp_path / "guessed.btrfs"
+    filesystems.make_btrfs(image, guess, entries, fs_uuid=FS_UUID, label="home", step="test")
+    check_clean(image)
+
+
+def test_btrfs_guess_refusals_name_the_fix() -> None:
+    problem = filesystems.guess_btrfs_problem(("--nodesize", "32768"))
+    assert problem is not None and "mkfsOptions" in problem and "SizeMinBytes" in problem
+    if crc32c.provider() is not None:
+        assert filesystems.guess_btrfs_problem(()) is None

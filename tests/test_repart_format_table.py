@@ -51,7 +51,7 @@ def test_a_format_without_maker_is_refused_before_any_work(
     d = definitions.parse("20-home", {"Type": "home", "Format": "xfs"}, "x86-64")
     with pytest.raises(StepError, match=r"Format: xfs is not built by this engine yet; "
                        r"use ext4, btrfs, vfat"):
-        build._check_buildable([d])
+        build._check_buildable([d], {})
 
 
 @pytest.mark.parametrize("name", [n for n, row in FORMATS.items()
@@ -60,5 +60,5 @@ def test_a_format_without_maker_is_refused_before_any_work(
 def test_minimize_guess_without_a_guess_is_refused(name: str) -> None:
     d = definitions.parse("20-x", {"Type": "linux-generic", "Format": name,
                                    "Minimize": "guess"}, "x86-64")
-    with pytest.raises(StepError, match=r"Minimize: guess is built for ext4 here"):
-        build._check_buildable([d])
+    with pytest.raises(StepError, match=r"Minimize: guess is built for ext4, btrfs here"):
+        build._check_buildable([d], {})

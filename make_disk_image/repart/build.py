@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -99,7 +99,8 @@ def _premade(spec: RepartSpec, d: Definition, entries: list[Entry], fs_uuid: UUI
         return job.target.stat().st_size, job.target
     if d.minimize == "guess":
         assert fs.guess is not None  # _check_buildable
-        return fs.guess(job), None
+        # repart's least size for the format holds for a guess too.
+        return max(fs.guess(job), fs.minimum_size), None
     return None, None
 
 
@@ -120,8 +121,10 @@ def _make(spec: RepartSpec, p: Partition, entries: list[Entry], work: Path,
     return job.target
 
 
-def _check_buildable(defs: Sequence[Definition]) -> None:
-    """What repart accepts but this engine does not build yet: refused before any work."""
+def _check_buildable(defs: Sequence[Definition],
+                     mkfs_options: Mapping[str, Sequence[str]]) -> None:
+    """What repart accepts but this engine does not build (here): refused before any
+    work."""
     for d in defs:
         fs = d.filesystem
         if fs is not None and fs.make is None:
@@ -131,13 +134,17 @@ def _check_buildable(defs: Sequence[Definition]) -> None:
             raise StepError(STEP, f"{definitions.option(d.name, 'Minimize')}: guess is built "
                             f"for {', '.join(format_table.guessed())} here; give this "
                             "partition a SizeMinBytes instead")
+        problem = fs.guess_problem(mkfs_options.get(d.format or "", ())) \
+            if d.minimize == "guess" and fs is not None else None
+        if problem:
+            raise StepError(STEP, f"{definitions.option(d.name, 'Minimize')}: {problem}")
 
 
 def build(spec: RepartSpec, work: Path) -> Built:
     started = time.monotonic()
     defs = definitions.parse_all(
         {n: p.repart_config for n, p in spec.partitions.items()}, spec.architecture)
-    _check_buildable(defs)
+    _check_buildable(defs, spec.mkfs_options)
     seed = spec.seed or uuid4()
     part_uuids = uuids.partition_uuids(seed, defs)
     labels = uuids.labels(defs)

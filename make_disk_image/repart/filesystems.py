@@ -39,7 +39,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from make_disk_image import process
-from make_disk_image.filesystems import btrfs, btrfs_fstree, erofs, ext, scratch, squashfs, xfs
+from make_disk_image.filesystems import (
+    btrfs,
+    btrfs_fstree,
+    btrfs_write,
+    erofs,
+    ext,
+    scratch,
+    squashfs,
+    xfs,
+)
 from make_disk_image.filesystems import vfat as fat
 from make_disk_image.models import MIB, Entry, PlannedPartition
 from make_disk_image.process import CommandError, StepError
@@ -58,6 +67,10 @@ READ_CHUNK = 1 << 20
 FAST_SYMLINK = 60  # targets this long or longer take a block
 FIRST_INODE = 12  # the orphan file's (lost+found is 11); the tree's inodes follow
 FAT_LABEL_BYTES = 11
+GUESS_BTRFS_NEEDS = (
+    "Minimize=guess for btrfs is measured by the engine's btrfs writer, which needs a "
+    "CRC-32C (the kernel's AF_ALG, or libext2fs: name it in MDI_LIBEXT2FS); or give this "
+    "partition a SizeMinBytes")
 
 
 def _sized(target: Path, size: int) -> None:
@@ -188,6 +201,32 @@ def guess_ext4_size(work: Path, entries: Sequence[Entry], *, fs_uuid: uuid.UUID,
                     env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH})
         used = data_bytes(trial) + BLOCK * tree_blocks(entries)
     return used + used // 2
+
+
+def guess_btrfs_size(entries: Sequence[Entry], *, step: str) -> int:
+    """Minimize=guess for btrfs as repart 254 guesses (the bytes a filesystem made on a
+    sparse 1 TiB file and filled holds, plus half of them), the filesystem being the one
+    this engine writes: its data, both copies of its tree blocks and its superblocks,
+    counted by a run of the writer into /dev/null (filesystems.btrfs_write.needed_size);
+    never less than the writer's own layout needs."""
+    crc = btrfs.writer_crc()
+    if crc is None:
+        raise StepError(step, GUESS_BTRFS_NEEDS)
+    try:
+        stats = btrfs_write.needed_size(entries, crc=crc)
+    except btrfs_fstree.TreeError as exc:
+        raise StepError(step, str(exc)) from exc
+    return max(stats.written + stats.written // 2, stats.end)
+
+
+def guess_btrfs_problem(extra: Sequence[str]) -> str | None:
+    """Why Minimize=guess for btrfs cannot be measured here, or None."""
+    if extra:
+        return ("it is measured by the engine's btrfs writer, and mkfsOptions for btrfs "
+                "make mkfs.btrfs write it instead; drop them, or give a SizeMinBytes")
+    if btrfs.writer_crc() is None:
+        return GUESS_BTRFS_NEEDS
+    return None
 
 
 def fat_label(label: str) -> str:

@@ -50,6 +50,8 @@ class RepartFormat:
     make: Callable[[Job], None] | None = None
     # Minimize=guess: the bytes the partition gets; None: refused (use SizeMinBytes).
     guess: Callable[[Job], int] | None = None
+    # Why its guess cannot be made with these mkfsOptions on this host, or None.
+    guess_problem: Callable[[Sequence[str]], str | None] = lambda extra: None
 
 
 def _ext4(job: Job) -> None:
@@ -66,6 +68,10 @@ def _btrfs(job: Job) -> None:
     filesystems.make_btrfs(job.target, job.size, job.entries, fs_uuid=job.fs_uuid,
                            label=job.label, step=job.step, work=job.work, extra=job.extra,
                            offset=job.offset)
+
+
+def _btrfs_guess(job: Job) -> int:
+    return filesystems.guess_btrfs_size(job.entries, step=job.step)
 
 
 def _xfs(job: Job) -> None:
@@ -100,7 +106,8 @@ def _squashfs(job: Job) -> None:
 
 FORMATS: Mapping[str, RepartFormat] = {f.name: f for f in (
     RepartFormat("ext4", minimum_size=1 << 20, in_place=True, make=_ext4, guess=_ext4_guess),
-    RepartFormat("btrfs", minimum_size=256 << 20, in_place=True, make=_btrfs),
+    RepartFormat("btrfs", minimum_size=256 << 20, in_place=True, make=_btrfs,
+                  guess=_btrfs_guess, guess_problem=filesystems.guess_btrfs_problem),
     RepartFormat("xfs", minimum_size=300 << 20, make=_xfs),
     RepartFormat("vfat", make=_vfat),
     RepartFormat("erofs", read_only=True, make=_erofs),
