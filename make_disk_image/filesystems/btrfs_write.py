@@ -108,6 +108,12 @@ def write_btrfs(image: Path, offset: int, size: int, entries: Sequence[Entry], *
     upper = sum(_align(n.entry.size, fmt.SECTORSIZE) for n in nodes.values()
                 if n.entry.kind == "file" and n.entry.size > fmt.MAX_INLINE)
     data_chunks = _data_chunks(space, upper, dev_uuid)
+    if sum(c.length for c in data_chunks) < _align(upper) and str(image) != os.devnull:
+        # Cut at the device's end: whether the data fits depends on its zero sectors.
+        # A run into /dev/null first finds out, so a tree too large leaves the disk as
+        # it was.
+        write_btrfs(Path(os.devnull), offset, size, entries, label=label, uuid=uuid, crc=crc,
+                    for_guest=for_guest)
     fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
     try:
         data = fstree.DataSpace(fd, offset, [(c.logical, c.stripes[0].physical, c.length)
