@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from make_disk_image.filesystems import xfs_bmap as bmap
 from make_disk_image.filesystems import xfs_btree as btree
 from make_disk_image.filesystems import xfs_dir as xdir
 from make_disk_image.filesystems import xfs_format as fmt
 from make_disk_image.filesystems.crc32c import Crc32c
 from make_disk_image.filesystems.tree_order import split
+from make_disk_image.filesystems.xfs_bmap import DataFork
 from make_disk_image.filesystems.xfs_space import NoSpace, Space, update_superblock
 from make_disk_image.models import Entry
 
@@ -101,15 +103,22 @@ class Writer:
             left -= got
         return runs
 
-    def extents(self, runs: list[tuple[int, int, int, int]]) -> bytes:
-        """The data fork for (file block, AG, AG block, count) runs."""
-        most = self.geometry.literal_size // 16
-        if len(runs) > most:
-            # Only a file longer than ~20 AGs or 8 GiB extents gets here.
-            raise FillError(f"{len(runs)} extents: more than the {most} an inode holds "
-                            "(the writer's limit: it makes no extent btree)")
-        return b"".join(btree.extent_record(off, btree.fsblock(self.geometry, a, b), n)
-                        for off, a, b, n in runs)
+    def mapped(self, ino: int, runs: list[tuple[int, int, int, int]], size: int,
+               blocks: int) -> DataFork:
+        """The data fork mapping (file block, AG, AG block, count) runs: in the inode,
+        or an extent btree past 21 extents (its blocks counted in the inode's)."""
+        g = self.geometry
+        records = [btree.extent_record(o, btree.fsblock(g, a, b), n) for o, a, b, n in runs]
+
+        def take() -> tuple[int, int]:
+            agno, agbno, _ = self.space.take(1)
+            return btree.fsblock(g, agno, agbno), btree.daddr(g, agno, agbno)
+
+        def write(fsblock: int, data: bytes) -> None:
+            self.put(fsblock >> g.agblklog, fsblock & ((1 << g.agblklog) - 1), data)
+
+        form, fork, taken = bmap.data_fork(g, self.crc, ino, records, take, write)
+        return DataFork(form, fork, size, blocks + taken, len(records))
 
     def place(self, blocks: int) -> list[tuple[int, int, int, int]]:
         """(file block, AG, AG block, count) runs of `blocks` new blocks."""
@@ -119,8 +128,8 @@ class Writer:
             at += got
         return runs
 
-    def file(self, entry: Entry) -> tuple[int, bytes, int, int]:
-        """(format, fork, size, blocks) of a regular file, its bytes written."""
+    def file(self, ino: int, entry: Entry) -> DataFork:
+        """A regular file's data fork, its bytes written."""
         size_of = self.geometry.blocksize
         if entry.data is not None:
             length = len(entry.data)
@@ -133,7 +142,6 @@ class Writer:
             try:
                 length = os.fstat(src).st_size
                 runs = self.place(-(-length // size_of))
-                self.extents(runs)  # refused before its bytes are copied
                 for at, agno, agbno, got in runs:
                     count = min(got * size_of, length - at * size_of)
                     _copy(src, at * size_of, self.f.fileno(),
@@ -145,28 +153,28 @@ class Writer:
                 _, agno, agbno, got = runs[-1]
                 os.pwrite(self.f.fileno(), bytes(size_of - length % size_of),
                           self.space.offset(agno, agbno) + length - runs[-1][0] * size_of)
-        return fmt.FMT_EXTENTS, self.extents(runs), length, -(-length // size_of)
+        return self.mapped(ino, runs, length, -(-length // size_of))
 
-    def symlink(self, ino: int, target: bytes) -> tuple[int, bytes, int, int]:
+    def symlink(self, ino: int, target: bytes) -> DataFork:
         if len(target) > MAX_LINK:
             raise FillError(f"a symlink target of {len(target)} bytes (xfs: {MAX_LINK})")
         if len(target) <= self.geometry.literal_size:
-            return fmt.FMT_LOCAL, target, len(target), 0
+            return DataFork(fmt.FMT_LOCAL, target, len(target))
         agno, agbno, _ = self.space.take(1)
         header = struct.pack(">IIII16sQQQ", SYMLINK_MAGIC, 0, len(target), 0,
                              self.geometry.uuid, ino, btree.daddr(self.geometry, agno, agbno),
                              0)
         block = (header + target).ljust(self.geometry.blocksize, b"\0")
         self.put(agno, agbno, fmt.with_crc(block, SYMLINK_CRC_OFFSET, self.crc))
-        return fmt.FMT_EXTENTS, self.extents([(0, agno, agbno, 1)]), len(target), 1
+        return self.mapped(ino, [(0, agno, agbno, 1)], len(target), 1)
 
     def directory(self, ino: int, parent: int,
-                  children: list[xdir.Child]) -> tuple[int, bytes, int, int]:
+                  children: list[xdir.Child]) -> DataFork:
         g = self.geometry
         # Short form counts its entries in a byte.
         short = xdir.short_form(parent, children) if len(children) < 256 else b""
         if short and len(short) <= g.literal_size:
-            return fmt.FMT_LOCAL, short, len(short), 0
+            return DataFork(fmt.FMT_LOCAL, short, len(short))
         layout = xdir.layout(g, ino, parent, children)
         runs, where = [], {}
         for first, count in layout.ranges(g):
@@ -180,8 +188,7 @@ class Writer:
                                lambda logical: btree.daddr(g, *where[logical]))
         for logical, data in blocks:
             self.put(*where[logical], data)
-        return (fmt.FMT_EXTENTS, self.extents(runs), len(layout.data) * g.dirblksize,
-                len(where))
+        return self.mapped(ino, runs, len(layout.data) * g.dirblksize, len(where))
 
 
 def _copy(src: int, src_at: int, dst: int, dst_at: int, count: int) -> None:
@@ -291,7 +298,11 @@ def _fill(f: BinaryIO, base: int, g: fmt.Geometry, space: Space, entries: Sequen
         entry = plan.kinds[ino]
         if entry.path != path:
             continue  # a hard link's second name
-        inode = _inode(writer, plan, entry, ino)
+        try:
+            inode = _inode(writer, plan, entry, ino)
+        except (FillError, ValueError) as exc:
+            # ValueError: a directory or extent btree past what the writer builds.
+            raise FillError(f"/{entry.path}: {exc}") from exc
         start = ino & ~(CHUNK - 1)
         at = (ino - start) * g.inodesize
         chunks[start][at : at + g.inodesize] = inode.encode(g, crc)
@@ -311,35 +322,27 @@ def _inode(writer: Writer, plan: Plan, entry: Entry, ino: int) -> fmt.Inode:
     kind = entry.kind
     nlink = plan.links[ino]
     if kind == "file":
-        try:
-            form, fork, size, blocks = writer.file(entry)
-        except FillError as exc:
-            raise FillError(f"/{entry.path}: {exc}") from exc
+        fork = writer.file(ino, entry)
     elif kind == "symlink":
         assert entry.link is not None
-        form, fork, size, blocks = writer.symlink(ino, os.fsencode(entry.link))
+        fork = writer.symlink(ino, os.fsencode(entry.link))
     elif kind == "dir":
         parent = plan.inos[split(entry.path)[0]] if entry.path else ino
-        try:
-            form, fork, size, blocks = writer.directory(ino, parent,
-                                                        plan.children.get(entry.path, []))
-        except xdir.TooManyNames as exc:
-            raise FillError(f"/{entry.path}: {exc}") from exc
+        fork = writer.directory(ino, parent, plan.children.get(entry.path, []))
         nlink = 2 + plan.subdirs.get(entry.path, 0)
     elif kind in ("chardev", "blockdev"):
         assert entry.device is not None
         major, minor = entry.device
-        form, fork, size, blocks = fmt.FMT_DEV, struct.pack(">I", major << 18 | minor), 0, 0
+        fork = DataFork(fmt.FMT_DEV, struct.pack(">I", major << 18 | minor))
     elif kind == "fifo":
-        form, fork, size, blocks = fmt.FMT_DEV, struct.pack(">I", 0), 0, 0
+        fork = DataFork(fmt.FMT_DEV, struct.pack(">I", 0))
     else:
-        raise FillError(f"/{entry.path}: xfs cannot hold a {kind}")
+        raise FillError(f"xfs cannot hold a {kind}")
     when = (entry.mtime if entry.mtime is not None else STORE_MTIME, 0)
-    extents = len(fork) // 16 if form == fmt.FMT_EXTENTS else 0
-    return fmt.Inode(ino=ino, mode=_MODES[kind] | (entry.mode & 0o7777), fmt=form,
-                     nlink=nlink, uid=entry.uid, gid=entry.gid, size=size, nblocks=blocks,
-                     nextents=extents, fork=fork, atime=when, mtime=when, ctime=when,
-                     crtime=when)
+    return fmt.Inode(ino=ino, mode=_MODES[kind] | (entry.mode & 0o7777), fmt=fork.form,
+                     nlink=nlink, uid=entry.uid, gid=entry.gid, size=fork.size,
+                     nblocks=fork.blocks, nextents=fork.extents, fork=fork.data, atime=when,
+                     mtime=when, ctime=when, crtime=when)
 
 
 def _new_chunks(space: Space, g: fmt.Geometry, count: int) -> list[int]:
