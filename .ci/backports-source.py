@@ -66,7 +66,8 @@ def main() -> int:
                     options.append(rest.pop(0))
                 options.append(rest.pop(0))
             if len(rest) >= 3 and rest[1] == suite:
-                signed = [o for o in " ".join(options).strip("[]").split() if o.startswith("signed-by=")]
+                words_in_brackets = " ".join(options).strip("[]").split()
+                signed = [o for o in words_in_brackets if o.startswith("signed-by=")]
                 print("Types: deb")
                 print(f"URIs: {rest[0]}")
                 print(f"Suites: {suite}-backports")
