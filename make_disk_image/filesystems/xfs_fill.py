@@ -1,5 +1,5 @@
 """Filling an empty xfs (mkfs.xfs's, untouched: headers, AGs, log, features) with the
-entries, in one pass: the engine's own writer (issue 22), not wired in yet.
+entries, in one pass: the engine's own writer (issue 22), which filesystems/xfs.py runs.
 
 Inodes are numbered in the entries' order: the root is mkfs' root inode, the rest take
 the free inodes of mkfs' first chunk and then new 64-inode chunks in AG 0 (in the

@@ -1,7 +1,7 @@
-"""XFS v5 on-disk facts the engine's own xfs writer needs (not wired in yet).
+"""XFS v5 on-disk facts the engine's own xfs writer (xfs_fill) needs.
 
-The plan (issue 22): mkfs.xfs makes the empty filesystem (headers, AGs, log, features,
-geometry, in milliseconds), and the engine writes the tree into it. This module holds
+mkfs.xfs makes the empty filesystem (headers, AGs, log, features, geometry, in
+milliseconds), and the engine writes the tree into it. This module holds
 the pieces every later part builds on, each checked against images mkfs.xfs 6.1 made:
 the geometry from the primary superblock, inode numbers, the directory name hash,
 bigtime timestamps, the v5 checksum placement, and the v3 inode core.
