@@ -98,6 +98,16 @@ def checked(argv: list[str], **kwargs: Any) -> str:
     return proc.stdout
 
 
+def nix_build_expression(tmp_path: Path, name: str, text: str, args: list[str],
+                         **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """nix-build of the expression `text`, written to tmp_path/`name`, with `args`
+    (--arg/--argstr pairs); the result linked at tmp_path/result."""
+    expr = tmp_path / name
+    expr.write_text(text)
+    return run(["nix-build", str(expr), *args, "--out-link", str(tmp_path / "result")],
+               **kwargs)
+
+
 def nix_build_image(
     checkout: Path,
     tmp_path: Path,
@@ -107,26 +117,12 @@ def nix_build_image(
     **kwargs: Any,
 ) -> subprocess.CompletedProcess[str]:
     """nix-build of IMAGE_NIX; `kwargs` go to subprocess.run."""
-    expr = tmp_path / "image.nix"
-    expr.write_text(IMAGE_NIX)
-    return run(
-        [
-            "nix-build",
-            str(expr),
-            "--arg",
-            "repo",
-            str(checkout),
-            "--argstr",
-            "imageArgs",
-            json.dumps(image_args),
-            "--argstr",
-            "configModule",
-            # GRUB without devices is an error in NixOS: no boot loader by default.
-            json.dumps(NO_GRUB if config_module is None else config_module),
-            "--out-link",
-            str(tmp_path / "result"),
-            *(extra_args or []),
-        ],
+    # GRUB without devices is an error in NixOS: no boot loader by default.
+    module = NO_GRUB if config_module is None else config_module
+    return nix_build_expression(
+        tmp_path, "image.nix", IMAGE_NIX,
+        ["--arg", "repo", str(checkout), "--argstr", "imageArgs", json.dumps(image_args),
+         "--argstr", "configModule", json.dumps(module), *(extra_args or [])],
         **kwargs,
     )
 

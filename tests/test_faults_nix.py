@@ -14,6 +14,7 @@ import pytest
 from conftest import (
     NEEDS_NIX,
 )
+from nixbuild import nix_build_expression
 
 MIB = 1024 * 1024
 
@@ -53,13 +54,10 @@ STORE_ONLY = {"onlyNixStore": True, "installBootLoader": False, "partitionTableT
 
 def nix_build_fault(repo: Path, tmp_path: Path, args: dict[str, Any],
                     failing_qemu_img: bool = False) -> subprocess.CompletedProcess[str]:
-    expr = tmp_path / "fault.nix"
-    expr.write_text(FAULT_NIX)
-    return subprocess.run(
-        ["nix-build", str(expr), "--arg", "repo", str(repo), "--argstr", "imageArgs",
-         json.dumps(STORE_ONLY | args), "--arg", "failingQemuImg",
-         "true" if failing_qemu_img else "false", "--out-link", str(tmp_path / "result")],
-        capture_output=True, text=True)
+    return nix_build_expression(
+        tmp_path, "fault.nix", FAULT_NIX,
+        ["--arg", "repo", str(repo), "--argstr", "imageArgs", json.dumps(STORE_ONLY | args),
+         "--arg", "failingQemuImg", "true" if failing_qemu_img else "false"])
 
 
 def assert_reason_is_last(stderr: str, reason: str) -> None:

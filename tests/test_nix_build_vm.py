@@ -21,9 +21,9 @@ from nixbuild import (
     check_ext4,
     checked,
     debugfs,
+    nix_build_expression,
     nix_build_image,
     partition_table,
-    run,
 )
 
 pytestmark = NIX_BUILD_TESTS
@@ -68,22 +68,9 @@ pkgs.vmTools.runInLinuxVM (
 def build_vm_probe(
     tmp_path: Path, checkout: Path, guest_exit: int
 ) -> subprocess.CompletedProcess[str]:
-    expr = tmp_path / "probe.nix"
-    expr.write_text(VM_PROBE_NIX)
-    return run(
-        [
-            "nix-build",
-            str(expr),
-            "--arg",
-            "repo",
-            str(checkout),
-            "--arg",
-            "guestExit",
-            str(guest_exit),
-            "--out-link",
-            str(tmp_path / "result"),
-        ]
-    )
+    return nix_build_expression(tmp_path, "probe.nix", VM_PROBE_NIX,
+                                ["--arg", "repo", str(checkout),
+                                 "--arg", "guestExit", str(guest_exit)])
 
 
 def test_stand_in_run_in_linux_vm(checkout: Path, tmp_path: Path) -> None:
